@@ -1,0 +1,35 @@
+using System.Runtime.InteropServices;
+
+namespace Vism.Abstractions;
+
+/// <summary>
+/// The single thread that owns a device. vism has one concurrency model: every device, its
+/// transport and its event channel run on exactly one loop thread; a loop serves many devices
+/// (a fixed pool, by default one loop per core). Nothing on a loop may block; work for another
+/// device is handed to that device's loop with <see cref="Post"/>. The loop installs a
+/// <see cref="SynchronizationContext"/>, so an <c>await</c> started on the loop resumes on it.
+/// </summary>
+public interface IDeviceLoop
+{
+    /// <summary>Whether the calling thread is this loop's thread.</summary>
+    bool IsOnLoop { get; }
+
+    /// <summary>Queues <paramref name="work"/> to run on the loop thread. Safe from any thread.
+    /// An exception thrown by <paramref name="work"/> is logged and does not stop the loop.</summary>
+    /// <param name="work">The work item.</param>
+    void Post(Action work);
+
+    /// <summary>Calls <paramref name="onReadable"/> on the loop whenever <paramref name="fd"/> is
+    /// readable (level-triggered) or has hung up. Dispose the result to stop watching; this must
+    /// happen before the descriptor is closed.</summary>
+    /// <param name="fd">An open file descriptor the caller keeps alive while watched.</param>
+    /// <param name="onReadable">Called on the loop thread.</param>
+    /// <returns>A registration; disposing it removes the watch.</returns>
+    IDisposable WatchReadable(SafeHandle fd, Action onReadable);
+
+    /// <summary>Runs <paramref name="callback"/> once on the loop after <paramref name="due"/>.</summary>
+    /// <param name="due">Delay; zero or negative runs at the next turn of the loop.</param>
+    /// <param name="callback">Called on the loop thread.</param>
+    /// <returns>A registration; disposing it before it fires cancels it.</returns>
+    IDisposable Schedule(TimeSpan due, Action callback);
+}

@@ -1,0 +1,65 @@
+using Microsoft.Win32.SafeHandles;
+
+namespace Vism.Abstractions;
+
+/// <summary>Capacity accounting of a memory backend, in bytes.</summary>
+/// <param name="Capacity">Bytes the backend may hand out in total.</param>
+/// <param name="Used">Bytes held by live regions now.</param>
+/// <param name="HighWater">The most bytes ever held at once.</param>
+public readonly record struct MemoryUsage(ulong Capacity, ulong Used, ulong HighWater)
+{
+    /// <summary>Bytes still available.</summary>
+    public ulong Free => Capacity > Used ? Capacity - Used : 0;
+}
+
+/// <summary>
+/// Backing for one region: a file descriptor with an offset and length. Every transport maps a
+/// region by handing these three to the other side, so backing is never a pointer.
+/// </summary>
+public interface IMemoryBlock : IDisposable
+{
+    /// <summary>The file descriptor (memfd, hugetlbfs or regular file). Owned by the block.</summary>
+    SafeFileHandle Handle { get; }
+
+    /// <summary>Offset of the region's first byte in the file (page aligned).</summary>
+    ulong Offset { get; }
+
+    /// <summary>Length in bytes (a multiple of the backend's page size).</summary>
+    ulong Length { get; }
+
+    /// <summary>Returns the memory to the system (hole punch or unlink) because the region is
+    /// freed. After this the block only needs disposing. Idempotent.</summary>
+    void Release();
+}
+
+/// <summary>A region a persistent backend found again at start-up.</summary>
+/// <param name="Token">The region's token.</param>
+/// <param name="Block">Its backing, contents intact.</param>
+public readonly record struct RecoveredBlock(ulong Token, IMemoryBlock Block);
+
+/// <summary>
+/// A memory plugin: where regions live. One instance per device, created through DI with its
+/// options type. All members are called on the device's loop.
+/// </summary>
+public interface IMemoryBackend : IDisposable
+{
+    /// <summary>Allocation granularity and alignment (4 KiB, 2 MiB, 1 GiB).</summary>
+    ulong PageSize { get; }
+
+    /// <summary>Current accounting.</summary>
+    MemoryUsage Usage { get; }
+
+    /// <summary>Claims <paramref name="length"/> bytes (a multiple of <see cref="PageSize"/>) that
+    /// read as zeros, with the pages really reserved (fallocate), so exhaustion shows here and
+    /// never as a SIGBUS later.</summary>
+    /// <param name="length">Bytes to claim.</param>
+    /// <param name="token">The token of the region being created (a persistent backend records it).</param>
+    /// <param name="failure">Why it failed (no space, no huge pages), when it returns null.</param>
+    /// <returns>The block, or null when memory is exhausted.</returns>
+    IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure);
+
+    /// <summary>Regions persisted by an earlier run (empty unless the backend persists regions).
+    /// Called once, at start-up, before any allocation.</summary>
+    /// <returns>The recovered blocks; the caller owns them.</returns>
+    IReadOnlyList<RecoveredBlock> Recover();
+}

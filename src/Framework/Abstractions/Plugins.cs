@@ -1,0 +1,122 @@
+using System.Diagnostics.CodeAnalysis;
+
+namespace Vism.Abstractions;
+
+/// <summary>The version of this plugin contract. A plugin records the version it was built
+/// against with <see cref="VismPluginAttribute"/>; the host refuses a plugin of another version.</summary>
+public static class VismContract
+{
+    /// <summary>The contract version of this Abstractions assembly.</summary>
+    public const int Version = 1;
+}
+
+/// <summary>Marks an assembly as a vism plugin: <c>[assembly: VismPlugin(VismContract.Version)]</c>.
+/// The constant is compiled into the plugin, so the host learns which contract it was built against.</summary>
+/// <param name="contractVersion">Pass <see cref="VismContract.Version"/>.</param>
+[AttributeUsage(AttributeTargets.Assembly, AllowMultiple = false)]
+public sealed class VismPluginAttribute(int contractVersion) : Attribute
+{
+    /// <summary>The contract version the plugin was compiled against.</summary>
+    public int ContractVersion { get; } = contractVersion;
+}
+
+/// <summary>The three kinds of plugin a device is composed of.</summary>
+public enum PluginKind
+{
+    /// <summary>A transport (<see cref="ITransport"/>), from <c>[device.transport]</c>.</summary>
+    Transport,
+
+    /// <summary>A memory backend (<see cref="IMemoryBackend"/>), from <c>[device.memory]</c>.</summary>
+    Memory,
+
+    /// <summary>An event channel (<see cref="IEventChannel"/>), from <c>[device.events]</c>.</summary>
+    Events,
+}
+
+/// <summary>
+/// A plugin's entry point. The host creates every public non-abstract class implementing this
+/// interface in a plugin assembly (parameterless constructor) and calls <see cref="Register"/> once.
+/// </summary>
+public interface IVismPlugin
+{
+    /// <summary>Registers the kinds this plugin provides.</summary>
+    /// <param name="builder">The registrar.</param>
+    void Register(IVismPluginBuilder builder);
+}
+
+/// <summary>
+/// Registers plugin kinds by name. For each device the host creates the implementation through
+/// dependency injection, with these services available to its constructor: the options object
+/// (bound from the TOML section, validated), <see cref="DeviceDescription"/>,
+/// <see cref="HostDescription"/>, the device's <see cref="IDeviceLoop"/>, <see cref="IDeviceCounters"/>,
+/// <c>ILogger&lt;T&gt;</c> and <c>ILoggerFactory</c>.
+/// </summary>
+public interface IVismPluginBuilder
+{
+    /// <summary>Registers a transport.</summary>
+    /// <typeparam name="TTransport">The implementation.</typeparam>
+    /// <typeparam name="TOptions">Its options; public settable properties bind to kebab-case TOML keys.</typeparam>
+    /// <param name="kind">The <c>kind</c> value that selects it, e.g. <c>vhost-user</c>.</param>
+    /// <param name="summary">One line for <c>vism plugins</c>.</param>
+    /// <returns>The builder.</returns>
+    IVismPluginBuilder AddTransport<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicConstructors)] TTransport,
+        [DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.All)] TOptions>(string kind, string summary)
+        where TTransport : class, ITransport where TOptions : class, new();
+
+    /// <summary>Registers a memory backend.</summary>
+    /// <typeparam name="TBackend">The implementation.</typeparam>
+    /// <typeparam name="TOptions">Its options; public settable properties bind to kebab-case TOML keys.</typeparam>
+    /// <param name="kind">The <c>kind</c> value that selects it, e.g. <c>file</c>.</param>
+    /// <param name="summary">One line for <c>vism plugins</c>.</param>
+    /// <returns>The builder.</returns>
+    IVismPluginBuilder AddMemory<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicConstructors)] TBackend,
+        [DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.All)] TOptions>(string kind, string summary)
+        where TBackend : class, IMemoryBackend where TOptions : class, new();
+
+    /// <summary>Registers an event channel.</summary>
+    /// <typeparam name="TChannel">The implementation.</typeparam>
+    /// <typeparam name="TOptions">Its options; public settable properties bind to kebab-case TOML keys.</typeparam>
+    /// <param name="kind">The <c>kind</c> value that selects it, e.g. <c>vq</c>.</param>
+    /// <param name="summary">One line for <c>vism plugins</c>.</param>
+    /// <returns>The builder.</returns>
+    IVismPluginBuilder AddEvents<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicConstructors)] TChannel,
+        [DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.All)] TOptions>(string kind, string summary)
+        where TChannel : class, IEventChannel where TOptions : class, new();
+}
+
+/// <summary>
+/// Options that check themselves after binding and before anything starts. Property-level
+/// documentation for <c>vism plugins</c> comes from <see cref="System.ComponentModel.DescriptionAttribute"/>.
+/// </summary>
+public interface IValidatableOptions
+{
+    /// <summary>Reports every problem through <paramref name="context"/>; must not throw or start anything.</summary>
+    /// <param name="context">Where errors go, and what is known about the device.</param>
+    void Validate(OptionsValidationContext context);
+}
+
+/// <summary>Collects validation errors for one plugin section; the host adds file, line and column.</summary>
+public abstract class OptionsValidationContext
+{
+    /// <summary>The device being validated.</summary>
+    public abstract DeviceDescription Device { get; }
+
+    /// <summary>The host being validated.</summary>
+    public abstract HostDescription Host { get; }
+
+    /// <summary>Reports an error on <paramref name="key"/> of this plugin's section (kebab-case TOML key).</summary>
+    /// <param name="key">The key inside the plugin's section.</param>
+    /// <param name="message">What is wrong and what would be right.</param>
+    public abstract void Error(string key, string message);
+
+    /// <summary>Reports an error on a key of the enclosing <c>[[device]]</c> table, such as <c>region-size</c>.</summary>
+    /// <param name="key">The device-level key.</param>
+    /// <param name="message">What is wrong and what would be right.</param>
+    public abstract void DeviceError(string key, string message);
+
+    /// <summary>Declares that this device will serve <paramref name="endpoint"/> (a socket path),
+    /// so the host can report two devices claiming the same one.</summary>
+    /// <param name="key">The key the endpoint came from.</param>
+    /// <param name="endpoint">The endpoint, normalised (absolute path).</param>
+    public abstract void ClaimEndpoint(string key, string endpoint);
+}
