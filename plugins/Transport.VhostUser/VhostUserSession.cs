@@ -560,6 +560,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         MoveMappingsToStale();
         bool protocolFeatures = _features is not { } f || (f & ProtocolFeaturesMask) != 0;
         foreach (Ring ring in _rings) ring.Reset(enabled: !protocolFeatures);
+        _features = null; // the device forgot them; the frontend sends SET_FEATURES before the next start
         _device.Reset();
         return Outcome.Ok;
     }
