@@ -65,11 +65,4 @@ internal static partial class LibC
 
     [LibraryImport("libc", EntryPoint = "setrlimit", SetLastError = true)]
     public static partial int setrlimit(int resource, in RLimit limit);
-
-    public const int EPOLL_CLOEXEC = 0x80000;
-
-    /// <summary>Mono.Posix's epoll_create passes EPOLL_CLOEXEC as decimal 2000000 (an octal literal
-    /// lost in translation) and gets EINVAL; call epoll_create1 directly.</summary>
-    [LibraryImport("libc", EntryPoint = "epoll_create1", SetLastError = true)]
-    public static partial int epoll_create1(int flags);
 }
