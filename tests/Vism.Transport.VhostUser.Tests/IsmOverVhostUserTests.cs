@@ -65,7 +65,7 @@ internal sealed class IsmRig : IAsyncDisposable
 
     public IsmHost Host { get; }
 
-    public IsmPeer Add(string name)
+    public IsmPeer Add(string name, bool connect = true)
     {
         EventLoop loop = _loops[_peers.Count % _loops.Length];
         DeviceDescription description = DeviceLayout.Compute(name, Virtio.IsmDeviceId, 16 * MiB, MiB, 1);
@@ -74,11 +74,12 @@ internal sealed class IsmRig : IAsyncDisposable
         IsmDevice device = Host.AddDevice(description, loop, new InMemoryBackend(64 * MiB), events, counters);
         var options = new VhostUserOptions { SocketPath = _dir[name + ".sock"], VectorCount = Vectors };
         var host = new HostDescription { Gid = Host.Gid, StateDirectory = _dir.Path, SocketDirectory = _dir.Path };
-        var transport = new VhostUserTransport(options, description, host, loop, counters, NullLogger<VhostUserTransport>.Instance);
+        var log = new ListLogger<VhostUserTransport>();
+        var transport = new VhostUserTransport(options, description, host, loop, counters, log);
         loop.InvokeAsync(() => transport.Start(device)).GetAwaiter().GetResult();
-        var peer = new IsmPeer(device, transport, events, counters);
+        var peer = new IsmPeer(device, transport, events, counters, log);
         _peers.Add(peer);
-        peer.Connect();
+        if (connect) peer.Connect();
         return peer;
     }
 
@@ -91,8 +92,14 @@ internal sealed class IsmRig : IAsyncDisposable
     }
 }
 
-internal sealed class IsmPeer(IsmDevice device, VhostUserTransport transport, VectorChannel events, DeviceCounters counters) : IAsyncDisposable
+internal sealed class IsmPeer(IsmDevice device, VhostUserTransport transport, VectorChannel events, DeviceCounters counters,
+    ListLogger<VhostUserTransport> log) : IAsyncDisposable
 {
+    public ListLogger<VhostUserTransport> Log { get; } = log;
+
+    /// <summary>The transport's log, for assertion messages.</summary>
+    public string LogText => string.Join("\n", Log.Lines.Select(l => $"{l.Level}: {l.Message}"));
+
     public IsmDevice Device { get; } = device;
     public VhostUserTransport Transport { get; } = transport;
     public VectorChannel Events { get; } = events;

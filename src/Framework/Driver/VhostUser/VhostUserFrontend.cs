@@ -281,14 +281,16 @@ public sealed class VhostUserFrontend : IDriverTransport
         Send(FrontendRequest.SetFeatures, U64Payload.ToBytes(features));
         if (Has(ProtocolFeature.Status)) AddStatus(DeviceStatus.FeaturesOk);
         SendMemory();
+        // The order QEMU 11.1.3 was seen to use: rings the driver set up, enable every ring, then call fds.
         for (int i = 0; i < QueueCount; i++)
             if (_queues[i] is not null) SendRing(i);
-        for (int i = 0; i < QueueCount; i++)
-            Send(FrontendRequest.SetVringCall, U64Payload.ToBytes((ulong)i), [_calls[i].Handle]);
         if ((_deviceFeatures & ProtocolFeaturesBit) != 0)
             for (int i = 0; i < QueueCount; i++)
                 Send(FrontendRequest.SetVringEnable, new VringState((uint)i, 1).ToBytes());
-        if (Has(ProtocolFeature.Status)) AddStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.DriverOk);
+        for (int i = 0; i < QueueCount; i++)
+            Send(FrontendRequest.SetVringCall, U64Payload.ToBytes((ulong)i), [_calls[i].Handle]);
+        if (Has(ProtocolFeature.Status) && _options.SendDriverOkStatus)
+            AddStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.DriverOk);
         IsStarted = true;
     }
 
