@@ -242,6 +242,17 @@ public sealed class ControlQueueTests
         Assert.True(a.C.Alloc(4096).Ok);
     }
 
+    [Fact]
+    public void A_driver_repeating_a_bad_request_is_counted_every_time_but_cannot_flood_the_log()
+    {
+        using var rig = new Rig();
+        Peer p = rig.AddClient("p");
+        for (int i = 0; i < 100; i++)
+            Assert.Equal(IsmControl.AckErr, p.C.Send(9, 0, [], 0).Ack);
+        Assert.Equal(100, p.Counters.Get("err.ctrl.unknown-class"));
+        Assert.Equal(10 + 3, rig.Logs.Entries.Count(e => e.Message.Contains("ctrl.unknown-class"))); // 1..10, 16, 32, 64
+    }
+
     private static Peer AddWithBackend(Rig rig, IMemoryBackend backend)
     {
         DeviceDescription description = DeviceLayout.Compute("faulty", Virtio.IsmDeviceId, 16 * Rig.MiB, Rig.MiB, 1);
