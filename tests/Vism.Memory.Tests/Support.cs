@@ -89,10 +89,11 @@ internal sealed class PrivateMount : IDisposable
         return new PrivateMount("tmpfs", $"size={size},mode=0700");
     }
 
+    /// <param name="size">The mount's own limit in bytes; 0 for none (only the pool limits it).</param>
     public static PrivateMount Hugetlbfs(ulong pageSize, ulong size)
     {
         Skip.IfNot(Machine.IsRoot, "mounting a private hugetlbfs needs root");
-        return new PrivateMount("hugetlbfs", $"pagesize={pageSize >> 20}M,size={size},mode=0700");
+        return new PrivateMount("hugetlbfs", $"pagesize={pageSize >> 20}M,mode=0700" + (size != 0 ? $",size={size}" : ""));
     }
 
     /// <summary>Bytes in use on the mount (statvfs).</summary>
