@@ -39,9 +39,6 @@ internal static unsafe partial class Posix
     [LibraryImport("libc", EntryPoint = "statfs", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int statfs(string path, StatFs* buf);
 
-    [LibraryImport("libc", EntryPoint = "fstatfs", SetLastError = true)]
-    private static partial int fstatfs(int fd, StatFs* buf);
-
     /// <summary>struct statfs on 64-bit Linux (x86-64 and arm64 share it).</summary>
     [StructLayout(LayoutKind.Sequential)]
     public struct StatFs
@@ -92,19 +89,6 @@ internal static unsafe partial class Posix
         return true;
     }
 
-    /// <summary>fstatfs of an open descriptor.</summary>
-    public static bool TryStatFs(SafeFileHandle handle, out StatFs result)
-    {
-        StatFs buf;
-        if (fstatfs(Fd.Raw(handle), &buf) != 0)
-        {
-            result = default;
-            return false;
-        }
-        result = buf;
-        return true;
-    }
-
     /// <summary>Claims [0, length) of the file with fallocate (mode 0, extending the size), retrying
     /// when a signal interrupts it (shmem and hugetlbfs give up with EINTR on a pending signal, and
     /// the .NET runtime uses signals).</summary>
@@ -127,13 +111,6 @@ internal static unsafe partial class Posix
     {
         using SafeFileHandle? dir = TryOpen(directory, O_RDONLY | O_DIRECTORY, 0, out Errno e);
         return dir is null ? e : Sync(dir);
-    }
-
-    /// <summary>Blocks allocated to the file behind a descriptor, in bytes (st_blocks * 512).</summary>
-    public static ulong AllocatedBytes(SafeFileHandle handle)
-    {
-        PosixException.Check(Syscall.fstat(Fd.Raw(handle), out Stat st), "fstat");
-        return (ulong)st.st_blocks * 512;
     }
 
     /// <summary>The errno of the last call made through this class.</summary>

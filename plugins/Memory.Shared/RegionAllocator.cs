@@ -44,11 +44,11 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (length == 0 || length % pageSize != 0)
-            return Refuse("bad-length", $"a region of {length} bytes is not a positive multiple of the page size {Sizes.Format(pageSize)}", out failure);
+            return Refuse("bad-length", LogLevel.Debug, $"a region of {length} bytes is not a positive multiple of the page size {Sizes.Format(pageSize)}", out failure);
         if (!meter.TryReserve(length))
         {
             MemoryUsage u = meter.Usage;
-            return Refuse("capacity", $"capacity exhausted: {Sizes.Format(u.Used)} of {Sizes.Format(u.Capacity)} in use, {Sizes.Format(length)} requested", out failure);
+            return Refuse("capacity", LogLevel.Debug, $"capacity exhausted: {Sizes.Format(u.Used)} of {Sizes.Format(u.Capacity)} in use, {Sizes.Format(length)} requested", out failure);
         }
 
         PendingFile? file;
@@ -64,7 +64,7 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
         if (file is null)
         {
             meter.Return(length);
-            return Refuse("create-failed", failure ?? "the region file could not be created", out failure);
+            return Refuse("create-failed", LogLevel.Warning, failure ?? "the region file could not be created", out failure);
         }
 
         Errno? claim = Posix.Claim(file.Handle, length);
@@ -73,7 +73,7 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
         {
             Abandon(file);
             meter.Return(length);
-            return Refuse(claim is null ? "commit-failed" : "claim-failed", reason, out failure);
+            return Refuse(claim is null ? "commit-failed" : "claim-failed", LogLevel.Warning, reason, out failure);
         }
         failure = null;
         return new RegionBlock(file.Handle, length, token, file.FinalPath, meter, counters, log);
@@ -104,10 +104,13 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
         file.Handle.Dispose();
     }
 
-    private IMemoryBlock? Refuse(string counter, string reason, out string? failure)
+    /// <summary>Counts and logs a refusal. Refusals a driver causes (length, capacity) are logged at
+    /// Debug, since the core logs every ERR ack with this reason; running out of the machine's
+    /// memory or space is a Warning for the operator.</summary>
+    private IMemoryBlock? Refuse(string counter, LogLevel level, string reason, out string? failure)
     {
         counters.Increment("memory.alloc-failed." + counter);
-        log.LogWarning("Allocation refused: {Reason}", reason);
+        log.Log(level, "Allocation refused: {Reason}", reason);
         failure = reason;
         return null;
     }

@@ -184,6 +184,7 @@ public sealed class FileMemoryTests : IDisposable
         }
         Assert.Empty(Directory.EnumerateFileSystemEntries(_shm.Path));
         Assert.Equal(fdsBefore, Fd.CountOpen());
+        Assert.DoesNotContain(_shm.Path, System.IO.File.ReadAllText("/proc/self/maps")); // the backend maps nothing itself
     }
 
     [Fact]
@@ -202,6 +203,31 @@ public sealed class FileMemoryTests : IDisposable
         Assert.Equal(new MemoryUsage(8 * MiB, 4 * MiB, 6 * MiB), backend.Usage);
         b.Dispose(); // closing without release also gives the bytes back
         Assert.Equal(new MemoryUsage(8 * MiB, 0, 6 * MiB), backend.Usage);
+    }
+
+    [Fact]
+    public void ReleasesAndDisposesRacingOnManyThreads_GiveEachRegionBackExactlyOnce()
+    {
+        using FileMemoryBackend backend = Backend(capacity: 32 * MiB);
+        var blocks = Enumerable.Range(1, 32).Select(t => Allocate(backend, MiB, (ulong)t)).ToList();
+        Assert.Equal(32 * MiB, backend.Usage.Used);
+
+        // Two devices' loops may free the same region's backing at once (release on one, dispose
+        // on another); meanwhile this device keeps allocating and reading its usage.
+        var fresh = new System.Collections.Concurrent.ConcurrentBag<IMemoryBlock>();
+        Parallel.Invoke(
+            () => Parallel.ForEach(blocks, b => b.Release()),
+            () => Parallel.ForEach(blocks, b => b.Dispose()),
+            () => { for (int i = 0; i < 200; i++) Assert.InRange(backend.Usage.Used, 0UL, 32 * MiB); },
+            () =>
+            {
+                for (int i = 0; i < 8; i++)
+                    if (backend.TryAllocate(MiB, 1000 + (ulong)i, out _) is { } b) fresh.Add(b);
+            });
+
+        Assert.Equal((ulong)fresh.Count * MiB, backend.Usage.Used);
+        foreach (IMemoryBlock b in fresh) { b.Release(); b.Dispose(); }
+        Assert.Equal(new MemoryUsage(32 * MiB, 0, 32 * MiB), backend.Usage);
     }
 
     [Fact]
