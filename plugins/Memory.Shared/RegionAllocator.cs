@@ -45,7 +45,7 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (length == 0 || length % pageSize != 0)
             return Refuse("bad-length", LogLevel.Debug, $"a region of {length} bytes is not a positive multiple of the page size {Sizes.Format(pageSize)}", out failure);
-        if (!meter.TryReserve(length))
+        if (!meter.TryReserve(length, out ulong total))
         {
             MemoryUsage u = meter.Usage;
             return Refuse("capacity", LogLevel.Debug, $"capacity exhausted: {Sizes.Format(u.Used)} of {Sizes.Format(u.Capacity)} in use, {Sizes.Format(length)} requested", out failure);
@@ -76,6 +76,7 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
             return Refuse(claim is null ? "commit-failed" : "claim-failed", LogLevel.Warning, reason, out failure);
         }
         failure = null;
+        meter.Confirm(total);
         return new RegionBlock(file.Handle, length, token, file.FinalPath, meter, counters, log);
     }
 

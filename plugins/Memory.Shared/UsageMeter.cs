@@ -16,20 +16,23 @@ internal sealed class UsageMeter(ulong capacity)
 
     public MemoryUsage Usage => new(Capacity, Volatile.Read(ref _used), Volatile.Read(ref _highWater));
 
-    /// <summary>Reserves <paramref name="bytes"/> if they fit under the capacity.</summary>
-    public bool TryReserve(ulong bytes)
+    /// <summary>Reserves <paramref name="bytes"/> if they fit under the capacity. The high-water mark
+    /// moves only when the caller confirms, so an allocation that fails later never shows in it.</summary>
+    /// <param name="bytes">Bytes to reserve.</param>
+    /// <param name="total">Bytes in use with this reservation, for <see cref="Confirm"/>.</param>
+    public bool TryReserve(ulong bytes, out ulong total)
     {
         while (true)
         {
             ulong used = Volatile.Read(ref _used);
+            total = used + bytes;
             if (bytes > Capacity || used > Capacity - bytes) return false;
-            if (Interlocked.CompareExchange(ref _used, used + bytes, used) == used)
-            {
-                RaiseHighWater(used + bytes);
-                return true;
-            }
+            if (Interlocked.CompareExchange(ref _used, total, used) == used) return true;
         }
     }
+
+    /// <summary>A reservation became a live region: <paramref name="total"/> bytes were in use.</summary>
+    public void Confirm(ulong total) => RaiseHighWater(total);
 
     /// <summary>Counts <paramref name="bytes"/> even beyond the capacity (regions recovered from an
     /// earlier run with a larger capacity are kept, not dropped).</summary>

@@ -140,7 +140,8 @@ public sealed class FileMemoryTests : IDisposable
         Assert.InRange(blocks.Count, 3, 4);
         Assert.Contains("no space left", failure);
         Assert.Equal(1, _counters.Get("memory.alloc-failed.claim-failed"));
-        Assert.Equal((ulong)blocks.Count * MiB, backend.Usage.Used); // the refused one is not counted
+        Assert.Equal((ulong)blocks.Count * MiB, backend.Usage.Used); // the refused one is not counted,
+        Assert.Equal((ulong)blocks.Count * MiB, backend.Usage.HighWater); // not even in the high-water mark
         foreach (IMemoryBlock b in blocks)
         {
             using Mapping m = Blocks.Map(b);
