@@ -62,6 +62,53 @@ public sealed class ThroughCoreTests
             NullLogger<HugetlbMemoryBackend>.Instance), expectedReason: "is full");
     }
 
+    [Fact]
+    public void File_Persist_AHostRestartedAfterACrash_FindsTheRegionByItsToken_WithItsContents()
+    {
+        using var dir = new TempDir("vism-persist");
+        DeviceDescription owner = DeviceLayout.Compute("owner", Virtio.IsmDeviceId, 16 * MiB, MiB, 1);
+        DeviceDescription peer = DeviceLayout.Compute("peer", Virtio.IsmDeviceId, 16 * MiB, MiB, 1);
+        FileMemoryBackend Persistent(DeviceDescription d, IDeviceCounters c) => new(
+            new FileMemoryOptions { Directory = dir.Path, Persist = true }, d, Devices.Host(), c, NullLogger<FileMemoryBackend>.Instance);
+
+        // First run: a driver allocates a region and writes into it; then the process dies: nothing
+        // is released or reset (the objects are abandoned, their descriptors closed by finalizers).
+        ulong token;
+        var firstLoop = new EventLoop("memory-test-first-run");
+        {
+            var host = new IsmHost(new IsmHostOptions { Gid = 7 }, NullLoggerFactory.Instance);
+            var counters = new DeviceCounters();
+            IsmDevice device = host.AddDevice(owner, firstLoop, Persistent(owner, counters), null, counters);
+            IsmClient client = IsmClient.Start(InMemoryTransport.StartFor(device), NoEvents);
+            AllocReply reply = client.Alloc(MiB);
+            Assert.True(reply.Ok);
+            token = reply.Token;
+            "persisted across the restart"u8.CopyTo(client.Region(reply.Offset, 64));
+        }
+        firstLoop.Dispose();
+
+        // Second run: the owner's backend recovers the region under its token; a peer attaches it.
+        using var loop = new EventLoop("memory-test-second-run");
+        using var restarted = new IsmHost(new IsmHostOptions { Gid = 7 }, NullLoggerFactory.Instance);
+        var ownerCounters = new DeviceCounters();
+        var peerCounters = new DeviceCounters();
+        using FileMemoryBackend memory = Persistent(owner, ownerCounters);
+        using FileMemoryBackend peerMemory = Persistent(peer, peerCounters);
+        IsmDevice ownerDevice = restarted.AddDevice(owner, loop, memory, null, ownerCounters);
+        IsmDevice peerDevice = restarted.AddDevice(peer, loop, peerMemory, null, peerCounters);
+        Assert.True(Assert.Single(restarted.Snapshot().Regions).Recovered);
+        Assert.Equal(MiB, memory.Usage.Used);
+        using (InMemoryTransport transport = InMemoryTransport.StartFor(peerDevice))
+        using (IsmClient peerClient = IsmClient.Start(transport, NoEvents))
+        {
+            AttachReply attached = peerClient.Attach(token);
+            Assert.True(attached.Ok, $"ATTACH ack {attached.Ack}");
+            Assert.Equal("persisted across the restart", System.Text.Encoding.ASCII.GetString(peerClient.Region(attached.Offset, 28)));
+        }
+        restarted.RemoveDevice(peerDevice);
+        restarted.RemoveDevice(ownerDevice);
+    }
+
     /// <summary>Fills <paramref name="regions"/> regions of <paramref name="regionSize"/> until the
     /// ALLOC ack is ERR, checks a peer device attached to one sees the owner's writes, DETACHes one
     /// and ALLOCs again (zeroed), then removes the devices and checks every byte was given back.</summary>
