@@ -1,4 +1,6 @@
 using System.Buffers.Binary;
+using Microsoft.Win32.SafeHandles;
+using Vism.Native;
 
 namespace Vism.Transport.Mmio.Protocol;
 
@@ -167,5 +169,25 @@ public static class MmioFrame
         new MmioHeader(type, flags, id, (uint)payload.Length, status).Write(frame);
         payload.CopyTo(frame.AsSpan(MmioHeader.Length));
         return frame;
+    }
+
+    /// <summary>Blocking: receives one whole message from a VMM-side socket (the device side reads
+    /// incrementally on its loop instead). Descriptors that arrive with it are added to <paramref name="fds"/>.</summary>
+    /// <param name="socket">A blocking socket.</param>
+    /// <param name="fds">Receives the message's descriptors; null closes them.</param>
+    /// <returns>The message, or null when the peer closed the connection before it.</returns>
+    /// <exception cref="InvalidDataException">The header announces more than <see cref="MmioProtocol.MaxPayload"/> bytes.</exception>
+    /// <exception cref="EndOfStreamException">The peer closed the connection in the middle of the message.</exception>
+    public static (MmioHeader Header, byte[] Payload)? Receive(UnixSocket socket, List<SafeFileHandle>? fds)
+    {
+        var header = new byte[MmioHeader.Length];
+        if (!socket.ReceiveExactly(header, fds)) return null;
+        MmioHeader h = MmioHeader.Read(header);
+        if (h.Size > MmioProtocol.MaxPayload)
+            throw new InvalidDataException($"a {h.Type} message announces {h.Size} payload bytes; the limit is {MmioProtocol.MaxPayload}");
+        var payload = new byte[h.Size];
+        if (h.Size > 0 && !socket.ReceiveExactly(payload, fds))
+            throw new EndOfStreamException("the peer closed the connection in the middle of a message");
+        return (h, payload);
     }
 }
