@@ -40,7 +40,7 @@ internal sealed class MmioGuestMemory : IGuestMemory, IDisposable
             MemoryRegion r = table[i];
             if (r.Size == 0 || r.Size % page != 0 || r.GuestPhysical % page != 0 || r.FdOffset % page != 0)
                 return $"region {i}: address 0x{r.GuestPhysical:x}, size 0x{r.Size:x} and fd offset 0x{r.FdOffset:x} must be page aligned and the size positive";
-            if (r.Size - 1 > ulong.MaxValue - r.GuestPhysical)
+            if (r.Size > ulong.MaxValue - r.GuestPhysical) // the end address must be representable
                 return $"region {i}: [0x{r.GuestPhysical:x}, +0x{r.Size:x}) wraps past 2^64";
             if (r.Size > (ulong)nint.MaxValue || r.FdOffset > long.MaxValue || r.Size > (ulong)long.MaxValue - r.FdOffset)
                 return $"region {i}: size 0x{r.Size:x} at fd offset 0x{r.FdOffset:x} cannot be mapped";

@@ -203,7 +203,7 @@ public sealed class MmioRegisters
     public bool SetShmBase(ShmId id, ulong guestPhysical)
     {
         ulong length = ShmLength(id);
-        if (length == MmioRegister.NoSharedMemory || length == 0 || guestPhysical > ulong.MaxValue - (length - 1))
+        if (length == MmioRegister.NoSharedMemory || length == 0 || length > ulong.MaxValue - guestPhysical)
             return false;
         _shmBase[id] = guestPhysical;
         return true;
