@@ -165,7 +165,7 @@ public sealed class MmioSession : ITransportServices
         if (epoch != _epoch)
             // Reset or detached meanwhile: a reset already queued the UNMAP behind this MAP; a
             // detached VMM holds nothing.
-            return MapFailed("map", failure ?? "the device was reset while the VMM mapped the region");
+            return MapFailed("map", failure ?? "the device was reset, or its VMM left, while the VMM mapped the region");
         if (failure is not null)
         {
             _mappings.Remove(entry);
