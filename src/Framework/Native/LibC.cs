@@ -48,13 +48,6 @@ internal static partial class LibC
     [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
     public static partial int fcntl(int fd, int cmd, int arg);
 
-    public const int EPOLL_CLOEXEC = 0x80000;
-
-    // Mono.Posix's EpollFlags.EPOLL_CLOEXEC is the octal literal 02000000 read as decimal, which
-    // epoll_create1 rejects with EINVAL; call it directly.
-    [LibraryImport("libc", EntryPoint = "epoll_create1", SetLastError = true)]
-    public static partial int epoll_create1(int flags);
-
     [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
     public static partial nint mmap(nint addr, nuint length, int prot, int flags, int fd, long offset);
 
