@@ -59,6 +59,7 @@ public sealed class MmioVmmClient : IDriverTransport
     private volatile string? _failure;
     private int _disposed;
     private long _mapRequests;
+    private long _configChanges;
 
     private MmioVmmClient(UnixSocket socket, GuestRam ram, bool ownsRam, MmioVmmOptions options, HelloReply hello)
     {
@@ -97,6 +98,9 @@ public sealed class MmioVmmClient : IDriverTransport
 
     /// <summary>MAP requests the device has sent so far.</summary>
     public long MapRequests => Interlocked.Read(ref _mapRequests);
+
+    /// <summary>Configuration-change interrupts received (InterruptStatus bit 1), e.g. after DEVICE_NEEDS_RESET.</summary>
+    public long ConfigChanges => Interlocked.Read(ref _configChanges);
 
     /// <summary>Mappings the device holds in the REGIONS window now.</summary>
     public int MappingCount
@@ -632,6 +636,8 @@ public sealed class MmioVmmClient : IDriverTransport
         {
             if ((status & MmioRegister.InterruptUsedBuffer) != 0)
                 Array.Fill(_queueSignalled, true);
+            if ((status & MmioRegister.InterruptConfigChange) != 0)
+                Interlocked.Increment(ref _configChanges);
             Monitor.PulseAll(_irqLock);
         }
     }
