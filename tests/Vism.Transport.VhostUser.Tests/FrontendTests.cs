@@ -37,9 +37,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task Handshake_negotiates_what_QEMU_acks_and_reports_the_windows()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
+        await using var c = Connected.Open();
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         Assert.Equal(VhostUserFrontendOptions.QemuProtocolFeatures, f.ProtocolFeatures);
         Assert.Equal(1, f.QueueCount);
         Assert.Equal(509UL, f.MaxMemSlots);
@@ -86,10 +85,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task A_kick_reaches_the_device_and_its_signal_reaches_the_call_fd()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         b.WaitFor(() => b.Device.Status == Running, "DRIVER_OK");
         f.Kick(0);
         Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)), "the device's SignalQueue did not reach the call fd");
@@ -99,9 +96,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task Config_space_is_read_through_get_config_at_any_width()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
+        await using var c = Connected.Open();
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         var all = new byte[32];
         f.ReadConfig(0, all);
         Assert.Equal(b.Device.ConfigBytes.ToArray(), all);
@@ -114,10 +110,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task A_notify_slot_write_reaches_the_device_once()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         b.WaitFor(() => f.MappingCount(ShmId.Notify) == 1, "the NOTIFY window mapped at start");
         b.On(() => b.Device.SlotsInUse = 4);
         f.Kick(0); // activity re-arms the poller
@@ -131,10 +125,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task Notify_polling_stops_while_no_slot_is_in_use()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         b.WaitFor(() => f.MappingCount(ShmId.Notify) == 1, "the NOTIFY window mapped at start");
         b.WaitFor(() => b.Transport.Session!.Poller is { Armed: false }, "the poller to disarm with no slot in use");
         long scans = b.On(() => b.Transport.Session!.Poller!.Scans);
@@ -148,14 +140,11 @@ public sealed class FrontendTests
     [Fact]
     public async Task A_mapped_block_is_shared_with_the_frontend_window_and_unmapped_again()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
-        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         using var block = new TestBlock(1 << 20);
         "written by the backend"u8.CopyTo(block.Span(64));
-        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 1 << 20, block, 1 << 20, writable: true).AsTask()));
+        Assert.Null(b.Map(ShmId.Regions, 1 << 20, block, 1 << 20, writable: true));
         Assert.Equal(1, f.MappingCount(ShmId.Regions));
         unsafe
         {
@@ -164,20 +153,17 @@ public sealed class FrontendTests
             "written by the driver"u8.CopyTo(window[32..]);
         }
         Assert.Equal("written by the driver"u8.ToArray(), block.Span(64)[32..53].ToArray());
-        Assert.Null(b.OnAsync(() => b.Services.UnmapAsync(ShmId.Regions, 1 << 20, 1 << 20).AsTask()));
+        Assert.Null(b.Unmap(ShmId.Regions, 1 << 20, 1 << 20));
         Assert.Equal(0, f.MappingCount(ShmId.Regions));
     }
 
     [Fact]
     public async Task A_read_only_mapping_is_read_only_in_the_frontend()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
-        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         using var block = new TestBlock(1 << 20);
-        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: false).AsTask()));
+        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: false));
         ulong start = (ulong)f.ShmAddress(ShmId.Regions);
         string line = File.ReadLines("/proc/self/maps").First(l => Convert.ToUInt64(l[..l.IndexOf('-')], 16) == start);
         Assert.StartsWith("r--s", line.Split(' ')[1]);
@@ -186,12 +172,11 @@ public sealed class FrontendTests
     [Fact]
     public async Task Mapping_is_refused_before_the_device_is_started()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
+        await using var c = Connected.Open();
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         using var block = new TestBlock(1 << 20);
         Assert.False(b.On(() => b.Services.CanMap));
-        string? error = b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask());
+        string? error = b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true);
         Assert.Contains("not started", error);
         Assert.Equal(0, f.BackendMaps);
         Assert.Equal(1, b.Counters.Get("vhost-user.map-errors"));
@@ -204,20 +189,17 @@ public sealed class FrontendTests
     [InlineData(0UL, 0UL, "empty")]
     public async Task Bad_window_ranges_are_refused_without_reaching_the_frontend(ulong offset, ulong length, string reason)
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
-        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         int mapsBefore = f.BackendMaps;
         using var block = new TestBlock(2 << 20);
         if (offset == 4096 && length == 1 << 20)
         {
-            Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+            Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
             mapsBefore = f.BackendMaps;
             reason = "overlaps";
         }
-        string? error = b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, offset, block, length, writable: true).AsTask());
+        string? error = b.Map(ShmId.Regions, offset, block, length, writable: true);
         Assert.NotNull(error);
         Assert.Contains(reason, error);
         Assert.Equal(mapsBefore, f.BackendMaps);
@@ -226,13 +208,10 @@ public sealed class FrontendTests
     [Fact]
     public async Task Status_zero_resets_the_device_and_drops_the_frontend_mappings()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
-        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         using var block = new TestBlock(1 << 20);
-        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
         int resets = b.On(() => b.Device.Resets);
         f.WriteStatus(DeviceStatus.Reset);
         b.WaitFor(() => b.Device.Resets > resets && b.Device.Status == DeviceStatus.Reset, "the device reset");
@@ -242,19 +221,16 @@ public sealed class FrontendTests
         // Started again, the device works as before.
         Probe(f);
         b.WaitFor(() => b.Device.Status == Running && b.Services.CanMap, "a second start");
-        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
     }
 
     [Fact]
     public async Task Mappings_a_frontend_kept_over_a_stop_are_removed_at_the_next_start()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
-        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         using var block = new TestBlock(1 << 20);
-        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
         // A VM pause: QEMU stops the backend (GET_VRING_BASE, SET_STATUS 0) but keeps its mappings.
         f.Request(FrontendRequest.GetVringBase, new VringState(0, 0).ToBytes());
         f.Send(FrontendRequest.SetStatus, U64Payload.ToBytes(0));
@@ -293,9 +269,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task A_config_change_reaches_the_frontend_as_a_new_generation()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
+        await using var c = Connected.Open();
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         uint before = f.ReadConfigGeneration();
         b.On(() => { b.Services.SignalConfigChange(); return 0; });
         b.WaitFor(() => f.ReadConfigGeneration() == before + 1, "CONFIG_CHANGE_MSG");
