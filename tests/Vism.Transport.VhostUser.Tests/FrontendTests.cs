@@ -52,11 +52,11 @@ public sealed class FrontendTests
     [Theory]
     [InlineData(false)] // QEMU 11.1.3: the running controlq is the start
     [InlineData(true)]  // a frontend that also sends SET_STATUS(DRIVER_OK) at the end
-    public async Task Driver_ok_starts_the_device_with_guest_physical_ring_addresses(bool sendDriverOk)
+    public async Task Driver_ok_starts_the_device_with_guest_physical_ring_addresses(bool sendStatus)
     {
         await using var b = new Backend();
         using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram, new VhostUserFrontendOptions { SendDriverOkStatus = sendDriverOk });
+        using VhostUserFrontend f = b.Connect(ram, new VhostUserFrontendOptions { SendStartStopStatus = sendStatus });
         QueueSettings[] rings = Probe(f);
         b.WaitFor(() => b.Device.Status == Running, "DRIVER_OK");
         (int index, QueueSettings started) = Assert.Single(b.Device.StartedQueues);
@@ -205,23 +205,61 @@ public sealed class FrontendTests
         Assert.Equal(mapsBefore, f.BackendMaps);
     }
 
+    [Theory]
+    [InlineData(true)]  // SET_STATUS 0 at the stop: the device resets at once
+    [InlineData(false)] // QEMU 11.1.3: only a stop; the restart at ring base 0 shows a new driver
+    public async Task A_driver_reset_resets_the_device_and_drops_the_frontend_mappings(bool sendStatus)
+    {
+        await using var c = Connected.Open(frontend: new VhostUserFrontendOptions { SendStartStopStatus = sendStatus }, start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
+        using var block = new TestBlock(1 << 20);
+        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
+        f.Kick(0); // the controlq moves on: its base is no longer 0
+        Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)));
+        int resets = b.On(() => b.Device.Resets);
+        f.WriteStatus(DeviceStatus.Reset);
+        b.WaitFor(() => !b.Services.CanMap, "the stop");
+        Assert.Equal(0, f.MappingCount(ShmId.Regions));
+        Assert.Equal(0, f.MappingCount(ShmId.Notify));
+        if (sendStatus) b.WaitFor(() => b.Device.Resets > resets && b.Device.Status == DeviceStatus.Reset, "the device reset");
+        else Assert.Equal(resets, b.On(() => b.Device.Resets)); // a stop alone is not a reset (it may be a pause)
+        // Started again, the device works as before, from a reset state.
+        Probe(f);
+        b.WaitFor(() => b.Device.Status == Running && b.Services.CanMap, "a second start");
+        Assert.True(b.On(() => b.Device.Resets) > resets);
+        Assert.Equal(sendStatus ? 0 : 1, b.Counters.Get("vhost-user.implicit-resets"));
+        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
+    }
+
     [Fact]
-    public async Task Status_zero_resets_the_device_and_drops_the_frontend_mappings()
+    public async Task A_stop_and_a_restart_where_the_rings_stopped_keep_the_devices_state()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
         using var block = new TestBlock(1 << 20);
         Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
+        f.Kick(0);
+        Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)));
+        (int _, QueueSettings ring) = b.Device.StartedQueues.Single();
         int resets = b.On(() => b.Device.Resets);
-        f.WriteStatus(DeviceStatus.Reset);
-        b.WaitFor(() => b.Device.Resets > resets && b.Device.Status == DeviceStatus.Reset, "the device reset");
+        // A VM pause as QEMU 11.1.3 does it: rings disabled, GET_VRING_BASE; mappings kept.
+        f.Send(FrontendRequest.SetVringEnable, new VringState(0, 0).ToBytes());
+        Assert.True(VringState.TryRead(f.Request(FrontendRequest.GetVringBase, new VringState(0, 0).ToBytes()), out VringState stopped));
+        Assert.Equal(1u, stopped.Num);
         Assert.False(b.On(() => b.Services.CanMap));
-        Assert.Equal(0, f.MappingCount(ShmId.Regions));
-        Assert.Equal(0, f.MappingCount(ShmId.Notify));
-        // Started again, the device works as before.
-        Probe(f);
-        b.WaitFor(() => b.Device.Status == Running && b.Services.CanMap, "a second start");
-        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
+        // Resume: same features, the ring where it stopped.
+        f.Send(FrontendRequest.SetFeatures, U64Payload.ToBytes(b.Device.DriverFeatures | (1UL << 30)));
+        f.Send(FrontendRequest.SetVringBase, new VringState(0, stopped.Num).ToBytes());
+        using EventFd kick = EventFd.Create();
+        f.Send(FrontendRequest.SetVringKick, U64Payload.ToBytes(0), [kick.Handle]);
+        f.Send(FrontendRequest.SetVringEnable, new VringState(0, 1).ToBytes());
+        b.WaitFor(() => b.Services.CanMap, "the resume");
+        Assert.Equal(resets, b.On(() => b.Device.Resets));
+        Assert.Equal(0, b.Counters.Get("vhost-user.implicit-resets"));
+        Assert.Equal(ring with { NextAvail = 1 }, b.Device.StartedQueues.Last().Settings);
+        Assert.Equal(1, f.MappingCount(ShmId.Regions));
+        Assert.Equal(1, f.MappingCount(ShmId.Notify)); // still mapped: not mapped twice
+        Assert.Equal(0, b.Counters.Get("vhost-user.map-errors"));
     }
 
     [Fact]

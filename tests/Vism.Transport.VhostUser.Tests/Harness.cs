@@ -128,7 +128,8 @@ internal sealed class Connected : IAsyncDisposable
         if (start)
         {
             FrontendTests.Probe(c.F);
-            backend.WaitFor(() => backend.Device.Services is { CanMap: true }, "the device to start");
+            backend.WaitFor(() => backend.Device.Services is { CanMap: true } && c.F.MappingCount(ShmId.Notify) == 1,
+                "the device to start and share its NOTIFY window");
         }
         return c;
     }

@@ -122,6 +122,13 @@ public sealed class QemuStartTests
         Assert.Equal(0, q.Counters.Get("vhost-user.map-errors"));
         Assert.Equal(0, q.Counters.Get("vhost-user.request-errors"));
         Assert.Single(rig.Host.Snapshot().Regions.Single().References);
+        Assert.Equal(IsmControl.AckOk, b.C.Detach(attach.Offset));
+
+        // Not tested here: a guest reset followed by a restart. QEMU 11.1.3 then crashes now and then
+        // (SIGSEGV in memory_region_get_fd called from its vhost-user memory-table code: it dropped the
+        // shared-memory mappings at the reset while its vhost memory table still referred to them).
+        // vism's side of that sequence is tested with its own frontend (FrontendTests,
+        // IsmOverVhostUserTests), which behaves as QEMU 11.1.3 does on the wire.
 
         qemu.Dispose(); // QEMU killed: vism releases what it held and serves the socket again
         long deadline = Environment.TickCount64 + 20_000;
