@@ -1,1 +1,3 @@
-Console.WriteLine("hi");
+using Vism.Host.Commands;
+
+return await Cli.InvokeAsync(args, Console.Out, Console.Error);

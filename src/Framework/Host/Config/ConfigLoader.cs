@@ -347,48 +347,43 @@ public sealed partial class ConfigLoader
         };
     }
 
-    /// <summary>Computes the REGIONS + NOTIFY layout: back to back, the total a power of two.</summary>
+    /// <summary>Computes the REGIONS + NOTIFY layout (Core's rule: back to back, the total a power of two).
+    /// With <paramref name="maxRegions"/> the window is the smallest that holds at least that many regions.</summary>
     internal static DeviceDescription? Layout(string name, uint deviceId, ulong regionSize, ulong? windowSize, int? maxRegions,
         ulong notifySize, out string? error)
     {
         error = null;
-        static ulong NotifyWindow(ulong regions, ulong notify) => (regions * notify + PageSize - 1) / PageSize * PageSize;
-        ulong window;
-        ulong regions;
-        if (maxRegions is int n)
+        if (maxRegions is int wanted)
         {
-            regions = (ulong)n;
-            ulong need = regions * regionSize + NotifyWindow(regions, notifySize);
-            window = ulong.IsPow2(need) ? need : 1UL << (64 - System.Numerics.BitOperations.LeadingZeroCount(need));
-            if (need > MaxWindowSize || window > MaxWindowSize)
+            for (ulong window = regionSize * 2; window <= MaxWindowSize && window != 0; window *= 2)
             {
-                error = $"{n} regions of {Sizes.Format(regionSize)} need a {Sizes.Format(window)} window, more than {Sizes.Format(MaxWindowSize)}";
-                return null;
+                DeviceDescription? d = TryCompute(name, deviceId, window, regionSize, notifySize, out error);
+                if (d is not null && d.MaxRegions >= wanted) return d;
             }
+            error = $"{wanted} regions of {Sizes.Format(regionSize)} do not fit in a window of at most {Sizes.Format(MaxWindowSize)}";
+            return null;
         }
-        else
+        ulong size = windowSize ?? DefaultWindowSize;
+        if (size <= regionSize)
         {
-            window = windowSize ?? DefaultWindowSize;
-            regions = window / regionSize;
-            while (regions > 0 && regions * regionSize + NotifyWindow(regions, notifySize) > window) regions--;
-            regions = Math.Min(regions, (ulong)MaxRegionsLimit);
-            if (regions == 0)
-            {
-                error = $"a {Sizes.Format(window)} window has no room for one {Sizes.Format(regionSize)} region plus its notify page: use a window of at least {Sizes.Format(regionSize * 2)}";
-                return null;
-            }
+            error = $"a {Sizes.Format(size)} window has no room for one {Sizes.Format(regionSize)} region plus its notify page: use a window of at least {Sizes.Format(regionSize * 2)}";
+            return null;
         }
-        ulong regionsWindow = regions * regionSize;
-        return new DeviceDescription
+        return TryCompute(name, deviceId, size, regionSize, notifySize, out error);
+    }
+
+    private static DeviceDescription? TryCompute(string name, uint deviceId, ulong window, ulong regionSize, ulong notifySize, out string? error)
+    {
+        error = null;
+        try
         {
-            Name = name,
-            VirtioId = deviceId,
-            RegionSize = regionSize,
-            NotifySize = notifySize,
-            MaxRegions = (int)regions,
-            RegionsWindowSize = regionsWindow,
-            NotifyWindowSize = window - regionsWindow,
-        };
+            return DeviceLayoutRule.Compute(name, deviceId, window, regionSize, notifySize);
+        }
+        catch (ArgumentException ex)
+        {
+            error = ex.Message;
+            return null;
+        }
     }
 
     private static string Installed(PluginCatalog catalog, PluginKind kind)
