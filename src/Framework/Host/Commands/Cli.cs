@@ -38,6 +38,9 @@ public static class Cli
             "vism: virtio-ism devices (shared-memory regions between VMs and containers) served from one host process.\n" +
             "Start with `vism demo config/default.toml`.");
         root.Add(plugins);
+        // The default prints the entry assembly's version, which is the test host's under a test runner.
+        foreach (VersionOption v in root.Options.OfType<VersionOption>())
+            v.Action = new PrintVersion(output);
 
         var validate = new Command("validate", "Check a config file and its plugins' options; print every error as file:line:column: key: message (exit code 2)");
         validate.Add(config);
@@ -165,6 +168,15 @@ public static class Cli
             output.WriteLine("not loaded:");
             foreach (PluginFailure f in catalog.Failures) output.WriteLine($"  {f}");
         }
+        return ExitCodes.Ok;
+    }
+}
+
+internal sealed class PrintVersion(TextWriter output) : System.CommandLine.Invocation.SynchronousCommandLineAction
+{
+    public override int Invoke(ParseResult parseResult)
+    {
+        output.WriteLine(Cli.Version);
         return ExitCodes.Ok;
     }
 }
