@@ -66,7 +66,7 @@ public sealed class CliTests : IClassFixture<PluginFixture>, IDisposable
         Assert.Equal("", output);
         Assert.Contains($"{file}:2:9: host.loops: 0 loops: choose 1..256", error);
         Assert.Contains($"{file}:5:1: device[0].colour: unknown key 'colour'", error);
-        Assert.Contains($"{file}:7:8: device[0].transport.kind: no transport plugin 'nope' is installed (installed: kit-transport)", error);
+        Assert.Contains($"{file}:7:8: device[0].transport.kind: no transport plugin 'nope' is installed (installed: failing-start, kit-transport, mem, needs-dep, throwing)", error);
         Assert.Contains("3 error(s)", error);
     }
 

@@ -214,8 +214,8 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
             """);
         Assert.Equal(
         [
-            "F:4:8: device[0].transport.kind: no transport plugin 'vhost-usr' is installed (installed: kit-transport)",
-            "F:8:8: device[0].events.kind: no events plugin 'irq' is installed (installed: kit-events)",
+            "F:4:8: device[0].transport.kind: no transport plugin 'vhost-usr' is installed (installed: failing-start, kit-transport, mem, needs-dep, throwing)",
+            "F:8:8: device[0].events.kind: no events plugin 'irq' is installed (installed: kit-events, mem-events)",
         ], errors);
     }
 
@@ -232,7 +232,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
         [
             "F:1:3: device[0].memory: missing [device.memory] with a kind (installed: sample-shm)",
             "F:1:3: device[0].name: every device needs a name (name = \"ism0\")",
-            "F:3:9: device[0].transport.kind: missing kind (installed: kit-transport)",
+            "F:3:9: device[0].transport.kind: missing kind (installed: failing-start, kit-transport, mem, needs-dep, throwing)",
         ], errors.Order(StringComparer.Ordinal).ToList());
     }
 

@@ -51,7 +51,18 @@ public static class Cli
         list.SetAction(r => ListPlugins(r.GetValue(plugins) ?? [], output, error));
         root.Add(list);
 
-        // RUN_DEMO_PLACEHOLDER
+        var logLevel = new Option<LogLevel?>("--log-level") { Description = "Overrides [host] log-level (trace, debug, information, warning, error, critical)" };
+        var run = new Command("run", "Serve the devices of a config file until SIGINT or SIGTERM");
+        run.Add(config);
+        run.Add(logLevel);
+        run.SetAction((r, ct) => RunCommand.RunAsync(r.GetRequiredValue(config), r.GetValue(plugins) ?? [], r.GetValue(logLevel), output, error, ct));
+        root.Add(run);
+
+        var demo = new Command("demo", "Start the config's devices through their real transports and drive two built-in peers through them: ALLOC, ATTACH, write, notify, event, read, DETACH");
+        demo.Add(config);
+        demo.Add(logLevel);
+        demo.SetAction((r, ct) => DemoCommand.RunAsync(r.GetRequiredValue(config), r.GetValue(plugins) ?? [], r.GetValue(logLevel), output, error, ct));
+        root.Add(demo);
 
         var stateDir = new Option<string?>("--state-dir") { Description = $"State directory of the running host (default: the config's state-dir, else {HostSettings.DefaultStateDirectory})" };
         var statusConfig = new Option<string?>("--config") { Description = "Take the state directory from this config file" };

@@ -377,7 +377,7 @@ public sealed partial class ConfigLoader
         error = null;
         try
         {
-            return DeviceLayoutRule.Compute(name, deviceId, window, regionSize, notifySize);
+            return Vism.Core.DeviceLayout.Compute(name, deviceId, window, regionSize, notifySize);
         }
         catch (ArgumentException ex)
         {
