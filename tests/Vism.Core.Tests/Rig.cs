@@ -25,6 +25,9 @@ internal sealed class Rig : IDisposable
 
     public CapturingLogs Logs { get; }
 
+    /// <summary>The token hint a <see cref="HostSnapshot"/> shows for <paramref name="token"/>.</summary>
+    public static string Hint(ulong token) => $"{token >> 48:x4}…";
+
     public EventLoop[] Loops { get; }
 
     public IsmHost Host { get; }

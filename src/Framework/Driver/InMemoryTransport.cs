@@ -1,4 +1,3 @@
-using Microsoft.Win32.SafeHandles;
 using Vism.Abstractions;
 using Vism.Native;
 
@@ -19,9 +18,10 @@ public sealed class InMemoryTransport : ITransport, IDriverTransport, ITransport
 {
     private readonly Lock _lock = new();
     private readonly SortedDictionary<ulong, WindowMapping> _mappings = new();
+    private readonly List<Action> _held = [];
     private readonly TimeSpan _callTimeout;
     private IVirtioDevice? _device;
-    private SharedRamView? _deviceView;
+    private GuestRam? _deviceView;
     private Mapping? _regionsWindow;
     private EventFd[] _queueSignals = [];
     private EventFd[] _vectors = [];
@@ -48,6 +48,29 @@ public sealed class InMemoryTransport : ITransport, IDriverTransport, ITransport
     /// <summary>Test hook, called on the loop for each map request with its window offset: a
     /// non-null result fails that request with the result as the reason.</summary>
     public Func<ulong, string?>? MapFault { get; set; }
+
+    /// <summary>Test hook: while true, map and unmap answers are held back until
+    /// <see cref="ReleaseHeldAnswers"/> (a VMM that is slow to answer).</summary>
+    public bool HoldAnswers { get; set; }
+
+    /// <summary>Map and unmap answers held back by <see cref="HoldAnswers"/>.</summary>
+    public int HeldAnswers
+    {
+        get { lock (_lock) return _held.Count; }
+    }
+
+    /// <summary>Delivers every held answer, in order, on the device's loop.</summary>
+    public void ReleaseHeldAnswers()
+    {
+        List<Action> held;
+        lock (_lock)
+        {
+            held = [.. _held];
+            _held.Clear();
+        }
+        foreach (Action answer in held)
+            Device.Loop.Post(answer);
+    }
 
     /// <summary>The device served (after <see cref="Start"/>).</summary>
     public IVirtioDevice Device => _device ?? throw new InvalidOperationException("the transport is not started");
@@ -99,7 +122,7 @@ public sealed class InMemoryTransport : ITransport, IDriverTransport, ITransport
         if (_device is not null)
             throw new InvalidOperationException("the transport already serves a device");
         _device = device;
-        _deviceView = new SharedRamView(Ram.Handle, Ram.GuestBase, Ram.Size);
+        _deviceView = Ram.CreateView();
         ulong regions = WindowLength(ShmId.Regions);
         if (regions > 0)
             _regionsWindow = Mapping.Reserve(regions);
@@ -210,7 +233,16 @@ public sealed class InMemoryTransport : ITransport, IDriverTransport, ITransport
     private ValueTask<string?> Later(string? result)
     {
         var tcs = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
-        Device.Loop.Post(() => tcs.SetResult(result));
+        Action answer = () => tcs.SetResult(result);
+        lock (_lock)
+        {
+            if (HoldAnswers)
+            {
+                _held.Add(answer);
+                return new ValueTask<string?>(tcs.Task);
+            }
+        }
+        Device.Loop.Post(answer);
         return new ValueTask<string?>(tcs.Task);
     }
 
@@ -367,34 +399,5 @@ public sealed class InMemoryTransport : ITransport, IDriverTransport, ITransport
         foreach (EventFd e in _vectors) e.Dispose();
         _configSignal.Dispose();
         Ram.Dispose();
-    }
-
-    /// <summary>The device's own mapping of guest RAM (a second mmap of the same memfd).</summary>
-    private sealed class SharedRamView : IGuestMemory, IDisposable
-    {
-        private readonly Mapping _map;
-        private readonly ulong _base;
-        private readonly ulong _size;
-
-        public SharedRamView(SafeFileHandle fd, ulong guestBase, ulong size)
-        {
-            _map = Mapping.Map(fd, 0, size);
-            _base = guestBase;
-            _size = size;
-        }
-
-        public bool TryTranslate(ulong address, ulong length, out nint host)
-        {
-            host = 0;
-            if (address < _base)
-                return false;
-            ulong offset = address - _base;
-            if (offset > _size || length > _size - offset)
-                return false;
-            host = _map.Address + (nint)offset;
-            return true;
-        }
-
-        public void Dispose() => _map.Dispose();
     }
 }
