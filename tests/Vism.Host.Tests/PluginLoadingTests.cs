@@ -26,19 +26,7 @@ public sealed class PluginLoadingTests : IDisposable
             }
         }
         public sealed class Options { }
-        public sealed class Channel : IEventChannel
-        {
-            public ulong Features => 0;
-            public int QueueCount => 0;
-            public void Activate(IEventContext context) { }
-            public void Deactivate() { }
-            public void OnRegionUpdated(ulong offset) { }
-            public void OnRegionDetached(ulong offset) { }
-            public bool TryBindVector(ulong offset, ulong vector, out string? failure) { failure = null; return true; }
-            public void OnQueueNotified(int queueIndex) { }
-            public void Dispose() { }
-        }
-        """;
+        """ + TestPlugins.NoOpChannel("Channel");
 
     private static string Dep(string ns, string value) =>
         $$"""namespace {{ns}}; public static class Helper { public static string Name() => "{{value}}"; }""";

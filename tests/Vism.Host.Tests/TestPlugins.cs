@@ -53,7 +53,7 @@ public static class TestPlugins
 
     /// <summary>A plugin providing transport <c>kit-transport</c> (claims its socket path as endpoint) and
     /// events <c>kit-events</c>; they validate options but serve nothing.</summary>
-    public const string KitSource = Header + """
+    public static readonly string KitSource = Header + """
         [assembly: VismPlugin(VismContract.Version)]
         namespace Kit;
         public sealed class KitPlugin : IVismPlugin
@@ -89,10 +89,14 @@ public static class TestPlugins
             public System.Threading.Tasks.ValueTask DisposeAsync() => default;
         }
         public sealed class KitEventsOptions { }
-        public sealed class KitEvents : IEventChannel
+        """ + NoOpChannel("KitEvents");
+
+    /// <summary>Source of an event channel that offers nothing and does nothing.</summary>
+    public static string NoOpChannel(string className) => $$"""
+        public sealed class {{className}} : IEventChannel
         {
-            public ulong Features => 1;
-            public int QueueCount => 1;
+            public ulong Features => 0;
+            public int QueueCount => 0;
             public void Activate(IEventContext context) { }
             public void Deactivate() { }
             public void OnRegionUpdated(ulong offset) { }
