@@ -174,6 +174,37 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
         Assert.Equal(0, runtime.Ism.DeviceCount);
     }
 
+    [Fact]
+    public async Task A_socket_a_transport_left_behind_is_removed_on_stop_and_other_files_are_not()
+    {
+        Directory.CreateDirectory(_dir["sockets"]);
+        string toml = Toml(devices: 1) + $"""
+
+            [[device]]
+            name = "kit0"
+            [device.transport]
+            kind = "kit-transport"
+            socket-path = "{_dir["sockets/left.sock"]}"
+            [device.memory]
+            kind = "sample-shm"
+            [[device]]
+            name = "kit1"
+            [device.transport]
+            kind = "kit-transport"
+            socket-path = "{_dir["sockets/file"]}"
+            [device.memory]
+            kind = "sample-shm"
+            """;
+        HostRuntime runtime = await HostRuntime.StartAsync(Config(toml), NullLoggerFactory.Instance);
+        // The kit transport never removes anything: stand in for a transport that forgets its socket.
+        using (var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, 0))
+            socket.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(_dir["sockets/left.sock"]));
+        File.WriteAllText(_dir["sockets/file"], "not a socket");
+        await runtime.DisposeAsync();
+        Assert.False(File.Exists(_dir["sockets/left.sock"]));
+        Assert.True(File.Exists(_dir["sockets/file"]));
+    }
+
     [Theory]
     [InlineData("throwing", "transport throwing (plugin Faulty) cannot be created: InvalidOperationException: constructor boom")]
     [InlineData("needs-dep", "transport needs-dep (plugin Faulty) cannot be created: missing dependency Faulty.Dep")]

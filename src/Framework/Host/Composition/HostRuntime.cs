@@ -255,6 +255,8 @@ public sealed class HostRuntime : IAsyncDisposable
             string name = d.Settings.Name;
             if (d.Transport is ITransport transport)
                 await Quietly($"device {name}: stopping transport", () => d.Loop.InvokeAsync(async () => { await transport.DisposeAsync().ConfigureAwait(true); return true; })).ConfigureAwait(false);
+            foreach (string endpoint in d.Settings.Endpoints)
+                RemoveLeftoverSocket(name, endpoint);
             if (d.Device is IsmDevice device)
                 await Quietly($"device {name}: removing", () => { Ism.RemoveDevice(device); return Task.CompletedTask; }).ConfigureAwait(false);
             if (d.Events is IEventChannel events)
@@ -267,6 +269,15 @@ public sealed class HostRuntime : IAsyncDisposable
         await Quietly("registry", () => { Ism.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         await Quietly("loops", () => { _loops.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         await _services.DisposeAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>A transport must remove its socket when it stops; if one is left, remove it and say so.</summary>
+    private void RemoveLeftoverSocket(string device, string endpoint)
+    {
+        if (!endpoint.StartsWith('/') || Mono.Unix.Native.Syscall.lstat(endpoint, out Mono.Unix.Native.Stat st) != 0) return;
+        if ((st.st_mode & Mono.Unix.Native.FilePermissions.S_IFMT) != Mono.Unix.Native.FilePermissions.S_IFSOCK) return;
+        _log.LogWarning("device {Name}: its transport left the socket {Endpoint} behind; removing it", device, endpoint);
+        try { File.Delete(endpoint); } catch (IOException ex) { _log.LogWarning("cannot remove {Endpoint}: {Error}", endpoint, ex.Message); }
     }
 
     private async Task Quietly(string what, Func<Task> action)
