@@ -39,6 +39,15 @@ public static class TestPlugins
         return path;
     }
 
+    private static string Metadata(string key) =>
+        typeof(TestPlugins).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!;
+
+    /// <summary>The in-repo plugins as the host's build deployed them (<c>&lt;host output&gt;/plugins</c>).</summary>
+    public static string InRepoPluginsDir => Path.Combine(Metadata("VismHostOutput"), "plugins");
+
+    /// <summary>The repository root (for config/).</summary>
+    public static string Repository => Metadata("VismRepository");
+
     /// <summary>The published sample third-party plugin (built by the test project from tests/sample-plugin).</summary>
     public static string SamplePluginDir =>
         Path.Combine(AppContext.BaseDirectory, "sample-plugins", "Vism.Sample.ShmMemory");
