@@ -29,7 +29,7 @@ public sealed partial class ProcessTests : IClassFixture<PluginFixture>, IDispos
         };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "vism.dll"));
         foreach (string a in args) psi.ArgumentList.Add(a);
-        foreach (string p in _plugins.SearchPaths)
+        foreach (string p in _plugins.SearchPaths.Append(TestPlugins.InRepoPluginsDir))
         {
             psi.ArgumentList.Add("--plugins");
             psi.ArgumentList.Add(p);
@@ -99,6 +99,43 @@ public sealed partial class ProcessTests : IClassFixture<PluginFixture>, IDispos
         Assert.Contains("stopping", err);
         Assert.Contains("device p1: stopped", err);
         Assert.False(File.Exists(status), "the status socket was left behind");
+    }
+
+    [Theory]
+    [InlineData("vhost-user", ".sock")]
+    [InlineData("mmio", ".mmio.sock")]
+    public void Run_serves_real_sockets_and_removes_them_on_SIGTERM(string transport, string suffix)
+    {
+        string file = _dir["real.toml"];
+        File.WriteAllText(file, $"""
+            [host]
+            state-dir = "{_dir["state"]}"
+            socket-dir = "{_dir["sockets"]}"
+            [[device]]
+            name = "r0"
+            [device.transport]
+            kind = "{transport}"
+            [device.memory]
+            kind = "sample-shm"
+            [[device]]
+            name = "r1"
+            [device.transport]
+            kind = "{transport}"
+            [device.memory]
+            kind = "sample-shm"
+            """);
+        string[] sockets = [_dir[$"sockets/r0{suffix}"], _dir[$"sockets/r1{suffix}"]];
+        using Process vism = Start("run", file);
+        var sw = Stopwatch.StartNew();
+        while (!sockets.All(File.Exists) && !vism.HasExited && sw.Elapsed < Wait) Thread.Sleep(50);
+        Assert.True(sockets.All(File.Exists), $"the sockets never appeared: {(vism.HasExited ? vism.StandardError.ReadToEnd() : "still running")}");
+
+        Assert.Equal(0, kill(vism.Id, 15));
+        (int code, _, string err) = Finish(vism);
+        Assert.True(code == 0, err);
+        Assert.Contains($"device r0: devid 1, transport {transport} at {sockets[0]}", err);
+        Assert.All(sockets, s => Assert.False(File.Exists(s), $"{s} was left behind"));
+        Assert.DoesNotContain("left the socket", err);
     }
 
     [Fact]
