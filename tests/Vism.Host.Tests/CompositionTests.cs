@@ -160,6 +160,7 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
         await using HostRuntime first = await HostRuntime.StartAsync(Config(Toml()), NullLoggerFactory.Instance);
         DeviceStartException ex = await Assert.ThrowsAsync<DeviceStartException>(() => HostRuntime.StartAsync(Config(Toml()), NullLoggerFactory.Instance));
         Assert.Contains("another vism host is running with state directory", ex.Message);
+        Assert.Null(ex.Device);
     }
 
     [Fact]

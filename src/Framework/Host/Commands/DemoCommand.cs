@@ -44,7 +44,7 @@ public static class DemoCommand
             {
                 runtime = await HostRuntime.StartAsync(config, logs).ConfigureAwait(false);
             }
-            catch (Exception ex) when (ex is DeviceStartException or InvalidOperationException or IOException or UnauthorizedAccessException)
+            catch (DeviceStartException ex)
             {
                 error.WriteLine($"vism demo: {ex.Message}");
                 return ExitCodes.Failed;
@@ -56,9 +56,14 @@ public static class DemoCommand
                     // The peers block on their driver queues; they run off the loops, like a VMM's vCPU threads.
                     await Task.Run(() => demo.Run(runtime), ct).ConfigureAwait(false);
                 }
-                catch (Exception ex) when (ex is DemoStepException or DriverTransportException or InvalidOperationException)
+                catch (Exception ex) when (ex is DemoStepException or DriverTransportException)
                 {
-                    error.WriteLine($"vism demo: step {demo.Step} failed: {ex.Message}");
+                    error.WriteLine($"vism demo: step {demo.Step + 1} failed: {ex.Message}");
+                    return ExitCodes.Failed;
+                }
+                catch (Exception ex)
+                {
+                    error.WriteLine($"vism demo: step {demo.Step + 1} failed: {ex.GetType().Name}: {ex.Message}");
                     return ExitCodes.Failed;
                 }
             }

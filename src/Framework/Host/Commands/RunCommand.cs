@@ -33,7 +33,7 @@ public static class RunCommand
             {
                 runtime = await HostRuntime.StartAsync(config, logs).ConfigureAwait(false);
             }
-            catch (Exception ex) when (ex is DeviceStartException or InvalidOperationException or IOException or UnauthorizedAccessException)
+            catch (DeviceStartException ex)
             {
                 log.LogCritical("{Reason}; vism stops", ex.Message);
                 return ExitCodes.Failed;

@@ -11,12 +11,13 @@ using Vism.Native;
 
 namespace Vism.Host.Composition;
 
-/// <summary>A device could not be composed or started; names the device and the plugin at fault.</summary>
-public sealed class DeviceStartException(string device, string message, Exception? inner = null)
-    : Exception($"device {device}: {message}", inner)
+/// <summary>The host could not start: a device could not be composed or started (the message names
+/// the device and the plugin at fault), or the host itself could not (<see cref="Device"/> is null).</summary>
+public sealed class DeviceStartException(string? device, string message, Exception? inner = null)
+    : Exception(device is null ? message : $"device {device}: {message}", inner)
 {
-    /// <summary>The device's name.</summary>
-    public string Device { get; } = device;
+    /// <summary>The device's name; null when the failure is not a device's.</summary>
+    public string? Device { get; } = device;
 }
 
 /// <summary>One composed, started device and everything it owns.</summary>
@@ -56,6 +57,7 @@ public sealed class HostRuntime : IAsyncDisposable
     private readonly LoopPool _loops;
     private readonly ServiceProvider _services;
     private readonly List<RunningDevice> _devices = [];
+    private readonly Lock _devicesLock = new();
     private readonly DateTimeOffset _started = DateTimeOffset.UtcNow;
     private StatusSocket? _status;
     private bool _disposed;
@@ -76,7 +78,11 @@ public sealed class HostRuntime : IAsyncDisposable
 
     public HostDescription Host { get; }
 
-    public IReadOnlyList<RunningDevice> Devices => _devices;
+    /// <summary>The devices started so far, in config order.</summary>
+    public IReadOnlyList<RunningDevice> Devices
+    {
+        get { lock (_devicesLock) return [.. _devices]; }
+    }
 
     /// <summary>Composes and starts every device of <paramref name="config"/>, then serves status.</summary>
     /// <exception cref="DeviceStartException">A device could not start; everything started is stopped again.</exception>
@@ -95,6 +101,7 @@ public sealed class HostRuntime : IAsyncDisposable
         };
         var loops = new LoopPool(Math.Min(config.Host.Loops, Math.Max(1, config.Devices.Count)), logs);
         var runtime = new HostRuntime(config, ism, loops, BuildServices(config, host, logs), host, logs);
+        string? starting = null;
         try
         {
             Directory.CreateDirectory(config.Host.SocketDirectory);
@@ -102,16 +109,19 @@ public sealed class HostRuntime : IAsyncDisposable
             if (serveStatus)
                 runtime._status = StatusSocket.Start(config.Host.StateDirectory, runtime.StatusJson, logs.CreateLogger<StatusSocket>());
             foreach (DeviceSettings device in config.Devices)
+            {
+                starting = device.Name;
                 await runtime.StartDeviceAsync(device).ConfigureAwait(false);
+            }
         }
         catch (Exception ex)
         {
             await runtime.DisposeAsync().ConfigureAwait(false);
             if (ex is DeviceStartException) throw;
-            throw new DeviceStartException(runtime._devices.LastOrDefault()?.Settings.Name ?? "(host)", ex.Message, ex);
+            throw new DeviceStartException(starting, ex.Message, ex);
         }
         runtime._log.LogInformation("vism {Version}: gid {Gid:x16}, sharing {Sharing}, {Devices} device(s) on {Loops} loop(s); status: {Status}",
-            Cli.Version, ism.Gid, config.Host.Sharing.ToString().ToLowerInvariant(), runtime._devices.Count, loops.Loops.Count,
+            Cli.Version, ism.Gid, config.Host.Sharing.ToString().ToLowerInvariant(), config.Devices.Count, loops.Loops.Count,
             runtime._status?.Path ?? "(none)");
         return runtime;
     }
@@ -142,7 +152,7 @@ public sealed class HostRuntime : IAsyncDisposable
         var counters = new DeviceCounters();
         IServiceScope scope = _services.CreateScope();
         var running = new RunningDevice(settings, loop, counters, scope);
-        _devices.Add(running);
+        lock (_devicesLock) _devices.Add(running);
         scope.ServiceProvider.GetRequiredService<DeviceContext>().Set(settings, loop, counters);
         string name = settings.Name;
 
@@ -199,7 +209,7 @@ public sealed class HostRuntime : IAsyncDisposable
     public StatusReport Report()
     {
         HostSnapshot snapshot = Ism.Snapshot();
-        Dictionary<string, RunningDevice> byName = _devices.ToDictionary(d => d.Settings.Name, StringComparer.Ordinal);
+        Dictionary<string, RunningDevice> byName = Devices.ToDictionary(d => d.Settings.Name, StringComparer.Ordinal);
         return new StatusReport
         {
             Version = Cli.Version,
@@ -249,9 +259,10 @@ public sealed class HostRuntime : IAsyncDisposable
         _disposed = true;
         if (_status is not null)
             await Quietly("status socket", async () => await _status.DisposeAsync().ConfigureAwait(false)).ConfigureAwait(false);
-        for (int i = _devices.Count - 1; i >= 0; i--)
+        IReadOnlyList<RunningDevice> devices = Devices;
+        for (int i = devices.Count - 1; i >= 0; i--)
         {
-            RunningDevice d = _devices[i];
+            RunningDevice d = devices[i];
             string name = d.Settings.Name;
             if (d.Transport is ITransport transport)
                 await Quietly($"device {name}: stopping transport", () => d.Loop.InvokeAsync(async () => { await transport.DisposeAsync().ConfigureAwait(true); return true; })).ConfigureAwait(false);
