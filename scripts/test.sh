@@ -55,10 +55,13 @@ for trx in "$RESULTS"/*.trx; do
   files=$((files + 1))
   counters=$(grep -o '<Counters [^>]*>' "$trx" | head -1)
   get() { echo "$counters" | sed -n "s/.* $1=\"\([0-9]*\)\".*/\1/p"; }
-  p=$(get passed); f=$(get failed); e=$(get error); t=$(get timeout); a=$(get aborted); n=$(get notExecuted)
+  total=$(get total); p=$(get passed); f=$(get failed); e=$(get error); t=$(get timeout); a=$(get aborted)
+  bad=$(( ${f:-0} + ${e:-0} + ${t:-0} + ${a:-0} ))
   passed=$((passed + ${p:-0}))
-  failed=$((failed + ${f:-0} + ${e:-0} + ${t:-0} + ${a:-0}))
-  skipped=$((skipped + ${n:-0}))
+  failed=$((failed + bad))
+  # Skipped tests are counted in total but neither passed nor failed.
+  s=$(( ${total:-0} - ${p:-0} - bad ))
+  [ "$s" -gt 0 ] && skipped=$((skipped + s))
 done
 projects=$(dotnet sln Framework.sln list | grep -c 'Tests\.csproj$' || true)
 if [ "$files" -lt "$projects" ]; then
