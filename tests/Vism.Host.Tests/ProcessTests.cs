@@ -50,7 +50,8 @@ public sealed partial class ProcessTests : IClassFixture<PluginFixture>, IDispos
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
 
-    private string Config(string transport = "mem")
+    /// <summary>Two devices, p0 and p1 (or the given names), with the sample memory plugin.</summary>
+    private string Config(string transport = "mem", string first = "mem", string names = "p")
     {
         string file = _dir["vism.toml"];
         File.WriteAllText(file, $"""
@@ -58,13 +59,13 @@ public sealed partial class ProcessTests : IClassFixture<PluginFixture>, IDispos
             state-dir = "{_dir["state"]}"
             socket-dir = "{_dir["sockets"]}"
             [[device]]
-            name = "p0"
+            name = "{names}0"
             [device.transport]
-            kind = "mem"
+            kind = "{first}"
             [device.memory]
             kind = "sample-shm"
             [[device]]
-            name = "p1"
+            name = "{names}1"
             [device.transport]
             kind = "{transport}"
             [device.memory]
@@ -106,24 +107,7 @@ public sealed partial class ProcessTests : IClassFixture<PluginFixture>, IDispos
     [InlineData("mmio", ".mmio.sock")]
     public void Run_serves_real_sockets_and_removes_them_on_SIGTERM(string transport, string suffix)
     {
-        string file = _dir["real.toml"];
-        File.WriteAllText(file, $"""
-            [host]
-            state-dir = "{_dir["state"]}"
-            socket-dir = "{_dir["sockets"]}"
-            [[device]]
-            name = "r0"
-            [device.transport]
-            kind = "{transport}"
-            [device.memory]
-            kind = "sample-shm"
-            [[device]]
-            name = "r1"
-            [device.transport]
-            kind = "{transport}"
-            [device.memory]
-            kind = "sample-shm"
-            """);
+        string file = Config(transport, first: transport, names: "r");
         string[] sockets = [_dir[$"sockets/r0{suffix}"], _dir[$"sockets/r1{suffix}"]];
         using Process vism = Start("run", file);
         var sw = Stopwatch.StartNew();
