@@ -18,7 +18,6 @@ namespace Vism.Transport.Mmio;
 internal sealed class MmioConnection : IMmioVmm, IDisposable
 {
     private const int MessagesPerTurn = 64;
-    private const int LoudLogLimit = 64;
 
     private readonly UnixSocket _socket;
     private readonly IDeviceLoop _loop;
@@ -375,9 +374,8 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
 
     private void Refuse(MmioHeader h, MmioStatus status, string reason, bool reply = true)
     {
-        _counters.Increment("mmio.protocol.error");
-        LogLevel level = _counters.Get("mmio.protocol.error") <= LoudLogLimit ? LogLevel.Warning : LogLevel.Debug;
-        _log.Log(level, "{Device}: VMM message {Type} (id {Id}): {Status}: {Reason}", Name, h.Type, h.Id, status, reason);
+        CountedLog.Refusal(_counters, _log, "mmio.protocol.error", "{Device}: VMM message {Type} (id {Id}): {Status}: {Reason}",
+            Name, h.Type, h.Id, status, reason);
         if (reply && WantsReply(h)) Reply(h, status);
     }
 

@@ -39,6 +39,15 @@ internal sealed class MmioHarness : IAsyncDisposable
     public MmioVmmClient Connect(MmioVmmOptions? options = null, GuestRam? ram = null) =>
         MmioVmmClient.Connect(SocketPath, ram, options);
 
+    /// <summary>A bare protocol peer that has done HELLO, once the device is connected to it.</summary>
+    public async Task<RawVmm> ConnectRawAsync()
+    {
+        var peer = RawVmm.Connect(SocketPath);
+        peer.Hello();
+        await WaitUntil(() => Device.Services is not null, "the device is connected");
+        return peer;
+    }
+
     public Task<T> OnLoop<T>(Func<T> work) => Loop.InvokeAsync(work);
 
     public Task OnLoop(Action work) => Loop.InvokeAsync(work);

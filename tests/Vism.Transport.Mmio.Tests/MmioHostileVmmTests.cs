@@ -24,14 +24,6 @@ public sealed class MmioHostileVmmTests
 
     private static byte[] Access(uint offset, uint width, ulong value = 0) => new RegisterAccess(offset, width, value).Encode();
 
-    private static async Task<RawVmm> AttachedPeer(MmioHarness h)
-    {
-        var peer = RawVmm.Connect(h.SocketPath);
-        peer.Hello();
-        await h.WaitUntil(() => h.Device.Services is not null, "the device is connected");
-        return peer;
-    }
-
     private static async Task AssertServedAgain(MmioHarness h)
     {
         await h.WaitUntil(() => !h.Transport.HasVmm, "the connection ended");
@@ -79,7 +71,7 @@ public sealed class MmioHostileVmmTests
     public async Task AnOversizedPayloadEndsTheConnectionAndReleasesTheDevice()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using (RawVmm peer = await AttachedPeer(h))
+        using (RawVmm peer = await h.ConnectRawAsync())
         {
             var header = new byte[MmioHeader.Length];
             new MmioHeader(MmioMessageType.Write, MmioMessageFlags.None, 1, 1 << 20).Write(header);
@@ -98,7 +90,7 @@ public sealed class MmioHostileVmmTests
     public async Task MalformedPayloadsAreAnsweredBadMessageAndTheConnectionGoesOn()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using RawVmm peer = await AttachedPeer(h);
+        using RawVmm peer = await h.ConnectRawAsync();
 
         Assert.Equal(MmioStatus.BadMessage, peer.Call(MmioMessageType.Read, new byte[4]).Header.Status);
         Assert.Equal(MmioStatus.BadMessage, peer.Call(MmioMessageType.Write, new byte[3], MmioMessageFlags.NeedReply).Header.Status);
@@ -121,7 +113,7 @@ public sealed class MmioHostileVmmTests
     public async Task UnknownMessageTypesAreAnsweredUnknownType(ushort type)
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using RawVmm peer = await AttachedPeer(h);
+        using RawVmm peer = await h.ConnectRawAsync();
         Assert.Equal(MmioStatus.UnknownType, peer.Call((MmioMessageType)type, new byte[8]).Header.Status);
     }
 
@@ -129,7 +121,7 @@ public sealed class MmioHostileVmmTests
     public async Task AReplyThatAnswersNothingIsCountedAndIgnored()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using RawVmm peer = await AttachedPeer(h);
+        using RawVmm peer = await h.ConnectRawAsync();
         using var block = new MemfdBlock(0x10000);
         Task<string?> map = h.Loop.InvokeAsync(async () => await h.Services.MapAsync(ShmId.Regions, 0, block, 0x10000, true));
         var (request, _) = peer.Receive(new List<SafeFileHandle>());
@@ -145,7 +137,7 @@ public sealed class MmioHostileVmmTests
     public async Task BadRegisterAccessesAnswerBadAccessAndReadZero()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using RawVmm peer = await AttachedPeer(h);
+        using RawVmm peer = await h.ConnectRawAsync();
 
         foreach ((uint offset, uint width) in new[] { (0x1000u, 4u), (0xffff_fff0u, 4u), (R.MagicValue, 3u), (R.MagicValue, 8u), (R.MagicValue, 0xffff_ffffu), (R.Version + 1, 4u) })
         {
@@ -162,7 +154,7 @@ public sealed class MmioHostileVmmTests
     public async Task HostileQueueSizesAndRingAddressesNeverStartAQueue()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using RawVmm peer = await AttachedPeer(h);
+        using RawVmm peer = await h.ConnectRawAsync();
         using SafeFileHandle ram = MemFd.Create("hostile-ram", RamSize);
         Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetMemTable, SetMemTable.Encode([new MemoryRegion(RamBase, RamSize, 0)]), MmioMessageFlags.None, ram).Header.Status);
         void W(uint offset, ulong value) =>
@@ -220,7 +212,7 @@ public sealed class MmioHostileVmmTests
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
         int before = Fd.CountOpen();
-        using (RawVmm peer = await AttachedPeer(h))
+        using (RawVmm peer = await h.ConnectRawAsync())
         {
             var regions = new List<MemoryRegion>();
             for (int i = 0; i + 2 < fields.Length; i += 3) regions.Add(new MemoryRegion(fields[i], fields[i + 1], fields[i + 2]));
@@ -245,7 +237,7 @@ public sealed class MmioHostileVmmTests
     public async Task DescriptorsOnAMessageThatTakesNoneAreClosedAndRefused()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using RawVmm peer = await AttachedPeer(h);
+        using RawVmm peer = await h.ConnectRawAsync();
         int before = Fd.CountOpen();
         using (EventFd stray = EventFd.Create())
         {
@@ -259,7 +251,7 @@ public sealed class MmioHostileVmmTests
     public async Task InterruptLinesMustExistAndBeEventfds()
     {
         await using MmioHarness h = await MmioHarness.StartAsync(new MmioOptions { Vectors = 2 });
-        using RawVmm peer = await AttachedPeer(h);
+        using RawVmm peer = await h.ConnectRawAsync();
         using EventFd irq = EventFd.Create();
         using SafeFileHandle notAnEventfd = MemFd.Create("not-irq", 4096);
 
@@ -280,7 +272,7 @@ public sealed class MmioHostileVmmTests
     public async Task ShmBaseForAWindowTheDeviceLacksOrUnalignedIsRefused()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using RawVmm peer = await AttachedPeer(h);
+        using RawVmm peer = await h.ConnectRawAsync();
         Assert.Equal(MmioStatus.BadRange, peer.Call(MmioMessageType.SetShmBase, new SetShmBase((ShmId)7, 0x1_0000_0000).Encode()).Header.Status);
         Assert.Equal(MmioStatus.BadRange, peer.Call(MmioMessageType.SetShmBase, new SetShmBase(ShmId.Regions, 0x1_0000_0100).Encode()).Header.Status);
         Assert.Equal(MmioStatus.BadRange, peer.Call(MmioMessageType.SetShmBase, new SetShmBase(ShmId.Regions, ulong.MaxValue - 4095).Encode()).Header.Status);
@@ -291,7 +283,7 @@ public sealed class MmioHostileVmmTests
     {
         await using MmioHarness h = await MmioHarness.StartAsync(new MmioOptions { Vectors = 1 });
         int before = Fd.CountOpen();
-        using (RawVmm peer = await AttachedPeer(h))
+        using (RawVmm peer = await h.ConnectRawAsync())
         {
             using SafeFileHandle ram = MemFd.Create("ram", RamSize);
             using EventFd irq = EventFd.Create();
@@ -312,7 +304,7 @@ public sealed class MmioHostileVmmTests
     public async Task AVmmThatStopsReadingItsSocketIsDroppedInsteadOfStallingTheLoop()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using RawVmm peer = await AttachedPeer(h);
+        using RawVmm peer = await h.ConnectRawAsync();
         byte[] read = MmioFrame.Build(MmioMessageType.Read, MmioMessageFlags.None, 1, Access(R.MagicValue, 4));
         byte[] burst = [.. Enumerable.Range(0, 256).SelectMany(_ => read)];
 

@@ -265,9 +265,7 @@ public sealed class MmioSocketTests
     public async Task AMapInFlightWhenTheVmmLeavesFailsAndTheDeviceIsReleased()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using var peer = RawVmm.Connect(h.SocketPath);
-        peer.Hello();
-        await h.WaitUntil(() => h.Device.Services is not null, "the device is connected");
+        using RawVmm peer = await h.ConnectRawAsync();
         using var block = new MemfdBlock(0x10000);
         Task<string?> map = h.Loop.InvokeAsync(async () => await h.Services.MapAsync(ShmId.Regions, 0, block, 0x10000, true));
         var (request, _) = peer.Receive();
@@ -283,9 +281,7 @@ public sealed class MmioSocketTests
     public async Task AVmmThatDoesNotAnswerAMapInTimeIsDisconnected()
     {
         await using MmioHarness h = await MmioHarness.StartAsync(new MmioOptions { MapTimeoutMs = 200 });
-        using var peer = RawVmm.Connect(h.SocketPath);
-        peer.Hello();
-        await h.WaitUntil(() => h.Device.Services is not null, "the device is connected");
+        using RawVmm peer = await h.ConnectRawAsync();
         using var block = new MemfdBlock(0x10000);
 
         string? failure = await h.Loop.InvokeAsync(async () => await h.Services.MapAsync(ShmId.Regions, 0, block, 0x10000, true));
