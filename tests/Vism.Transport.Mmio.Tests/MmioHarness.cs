@@ -48,6 +48,14 @@ internal sealed class MmioHarness : IAsyncDisposable
         return peer;
     }
 
+    /// <summary>The device's MapAsync for the connected VMM, run on the loop.</summary>
+    public Task<string?> Map(ShmId id, ulong offset, IMemoryBlock block, ulong length, bool writable = true) =>
+        Loop.InvokeAsync(async () => await Services.MapAsync(id, offset, block, length, writable));
+
+    /// <summary>The device's UnmapAsync for the connected VMM, run on the loop.</summary>
+    public Task<string?> Unmap(ShmId id, ulong offset, ulong length) =>
+        Loop.InvokeAsync(async () => await Services.UnmapAsync(id, offset, length));
+
     public Task<T> OnLoop<T>(Func<T> work) => Loop.InvokeAsync(work);
 
     public Task OnLoop(Action work) => Loop.InvokeAsync(work);

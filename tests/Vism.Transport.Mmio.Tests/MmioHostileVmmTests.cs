@@ -123,7 +123,7 @@ public sealed class MmioHostileVmmTests
         await using MmioHarness h = await MmioHarness.StartAsync();
         using RawVmm peer = await h.ConnectRawAsync();
         using var block = new MemfdBlock(0x10000);
-        Task<string?> map = h.Loop.InvokeAsync(async () => await h.Services.MapAsync(ShmId.Regions, 0, block, 0x10000, true));
+        Task<string?> map = h.Map(ShmId.Regions, 0, block, 0x10000, true);
         var (request, _) = peer.Receive(new List<SafeFileHandle>());
 
         peer.SendRaw(MmioFrame.Build(MmioMessageType.Map, MmioMessageFlags.Reply, request.Id + 1000, []));
