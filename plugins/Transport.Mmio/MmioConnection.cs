@@ -30,6 +30,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     private readonly EventFd?[] _lines;
     private readonly Dictionary<uint, PendingRequest> _pending = [];
     private readonly List<SafeFileHandle> _fds = [];
+    private readonly List<byte[]> _outbox = [];
     private readonly byte[] _header = new byte[MmioHeader.Length];
     private byte[] _payload = [];
     private int _headerGot;
@@ -160,6 +161,8 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             {
                 foreach (SafeFileHandle fd in fds) fd.Dispose(); // adopted ones were replaced by duplicates
             }
+            // Replies go out only now: when the VMM reads one, the descriptors it sent are closed.
+            FlushReplies();
             if (_broken) Close("sending to the VMM failed");
         }
     }
@@ -212,6 +215,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             _log.LogError("{Device}: the VMM speaks MMIO protocol version {Theirs}; this device speaks {Ours}; connection refused",
                 Name, hello.Version, MmioProtocol.Version);
             Reply(h, MmioStatus.VersionMismatch, ours.Encode());
+            FlushReplies();
             Close($"protocol version mismatch (VMM {hello.Version}, device {MmioProtocol.Version})");
             return;
         }
@@ -222,7 +226,6 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
         }
         _helloDone = true;
         Reply(h, MmioStatus.Ok, ours.Encode());
-        if (_broken) return;
         _session.Attach();
         _log.LogInformation("{Device}: VMM attached (MMIO protocol {Version}, window 0x{Window:x}, {Vectors} vectors)",
             Name, MmioProtocol.Version, ours.WindowSize, _options.Vectors);
@@ -380,7 +383,13 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     }
 
     private void Reply(MmioHeader h, MmioStatus status, ReadOnlySpan<byte> payload = default) =>
-        Send(MmioFrame.Build(h.Type, MmioMessageFlags.Reply, h.Id, payload, status), null);
+        _outbox.Add(MmioFrame.Build(h.Type, MmioMessageFlags.Reply, h.Id, payload, status));
+
+    private void FlushReplies()
+    {
+        foreach (byte[] frame in _outbox) Send(frame, null);
+        _outbox.Clear();
+    }
 
     private void RejectAndClose(MmioStatus status, string reason)
     {
@@ -459,6 +468,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             p.Completion.TrySetResult($"the VMM disconnected ({reason})");
         }
         _pending.Clear();
+        _outbox.Clear();
         _session.Detach();
         for (int i = 0; i < _lines.Length; i++)
         {
