@@ -277,6 +277,31 @@ public sealed class MmioSocketTests
     }
 
     [Fact]
+    public async Task RegisterAccessesAreServedWhileAMapAwaitsTheVmmsAnswer()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await h.ConnectRawAsync();
+        using var block = new MemfdBlock(0x10000);
+        Task<string?> map = h.Map(ShmId.Regions, 0, block, 0x10000);
+        var fds = new List<Microsoft.Win32.SafeHandles.SafeFileHandle>();
+        var (request, payload) = peer.Receive(fds);
+        Assert.Equal(MmioMessageType.Map, request.Type);
+        Assert.True(WindowMapping.TryDecode(payload, out WindowMapping m));
+        Assert.Equal(new WindowMapping(ShmId.Regions, true, 0, 0, 0x10000), m);
+        Assert.Single(fds);
+        fds[0].Dispose();
+
+        // The MAP is unanswered; the device's loop still answers the guest's register accesses.
+        var (reply, value) = peer.Call(MmioMessageType.Read, new RegisterAccess(R.DeviceId, 4, 0).Encode());
+        Assert.Equal(MmioStatus.Ok, reply.Status);
+        Assert.Equal(Virtio.IsmDeviceId, (uint)BitConverter.ToUInt64(value));
+        Assert.False(map.IsCompleted);
+
+        peer.SendRaw(MmioFrame.Build(MmioMessageType.Map, MmioMessageFlags.Reply, request.Id, []));
+        Assert.Null(await map);
+    }
+
+    [Fact]
     public async Task AVmmThatDoesNotAnswerAMapInTimeIsDisconnected()
     {
         await using MmioHarness h = await MmioHarness.StartAsync(new MmioOptions { MapTimeoutMs = 200 });
