@@ -175,6 +175,7 @@ public sealed class FileMemoryTests : IDisposable
     [Fact]
     public void WithoutPersist_NoFileIsEverVisibleInTheDirectory_AndNoFdIsLeaked()
     {
+        using (FileMemoryBackend warm = Backend()) Blocks.WarmUp(warm);
         int fdsBefore = Fd.CountOpen();
         using (FileMemoryBackend backend = Backend())
         {
