@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using Vism.Abstractions;
+using Vism.Mmio;
 
 namespace Vism.Transport.Mmio;
 

@@ -2,8 +2,8 @@ using System.Buffers.Binary;
 using Microsoft.Win32.SafeHandles;
 using Vism.Abstractions;
 using Vism.Native;
-using Vism.Transport.Mmio.Protocol;
-using R = Vism.Transport.Mmio.MmioRegister;
+using Vism.Mmio;
+using R = Vism.Mmio.MmioRegister;
 
 namespace Vism.Transport.Mmio.Tests;
 

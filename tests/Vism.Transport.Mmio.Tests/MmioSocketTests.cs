@@ -1,8 +1,8 @@
 using Vism.Abstractions;
 using Vism.Driver;
 using Vism.Driver.Mmio;
-using Vism.Transport.Mmio.Protocol;
-using R = Vism.Transport.Mmio.MmioRegister;
+using Vism.Mmio;
+using R = Vism.Mmio.MmioRegister;
 
 namespace Vism.Transport.Mmio.Tests;
 
