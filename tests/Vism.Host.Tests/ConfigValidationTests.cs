@@ -352,6 +352,40 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
+    public void Damaged_files_are_reported_as_errors_never_thrown()
+    {
+        // Deterministic mutations of a valid file: deleted, duplicated and replaced characters.
+        var random = new Random(1234);
+        const string alphabet = "[]{}=\".,#\n \\'0x1aZ-_.\t";
+        string file = _dir["damaged.toml"];
+        int invalid = 0;
+        for (int i = 0; i < 1500; i++)
+        {
+            var text = new System.Text.StringBuilder(Good);
+            for (int m = random.Next(1, 4); m > 0; m--)
+            {
+                int at = random.Next(text.Length);
+                switch (random.Next(3))
+                {
+                    case 0: text.Remove(at, Math.Min(random.Next(1, 6), text.Length - at)); break;
+                    case 1: text.Insert(at, text.ToString(at, Math.Min(random.Next(1, 12), text.Length - at))); break;
+                    default: text[at] = alphabet[random.Next(alphabet.Length)]; break;
+                }
+            }
+            File.WriteAllText(file, text.ToString());
+            ConfigLoader loader = ConfigLoader.Parse(file);
+            VismConfig? config = loader.BindDevices(_catalog);
+            Assert.Equal(config is null, loader.Errors.Any);
+            if (config is null)
+            {
+                invalid++;
+                Assert.All(loader.Errors.Errors, e => Assert.True(e.Pos.Line >= 1 && e.Pos.Column >= 1 && e.Key.Length > 0 && e.Message.Length > 0, e.ToString()));
+            }
+        }
+        Assert.InRange(invalid, 500, 1500);
+    }
+
+    [Fact]
     public void An_unreadable_file_is_reported_not_thrown()
     {
         ConfigLoader loader = ConfigLoader.Parse(_dir["missing.toml"]);

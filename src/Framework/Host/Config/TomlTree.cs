@@ -132,13 +132,13 @@ public static class TomlTree
         void Visit(IEnumerable<KeyValueSyntax> items)
         {
             foreach (KeyValueSyntax kv in items)
-                if (kv.Key is not null && kv.Span.Start.Offset <= offset && offset <= kv.Span.End.Offset + 1)
+                if (kv?.Key is not null && kv.Span.Start.Offset <= offset && offset <= kv.Span.End.Offset + 1)
                     found = prefix + string.Join('.', KeyParts(kv.Key).Select(p => p.Name));
         }
         Visit(doc.KeyValues);
-        foreach (TableSyntaxBase t in doc.Tables)
+        foreach (TableSyntaxBase? t in doc.Tables)
         {
-            if (t.Name is null) continue;
+            if (t?.Name is null) continue;
             prefix = string.Join('.', KeyParts(t.Name).Select(p => p.Name)) + ".";
             Visit(t.Items);
         }
@@ -194,18 +194,20 @@ public static class TomlTree
         }
     }
 
+    // A tree with syntax errors may lack any part of a key; KeyAt reads such trees, so nothing here may assume one.
     private static List<(string Name, TextPos Pos)> KeyParts(KeySyntax key)
     {
-        var parts = new List<(string, TextPos)> { Part(key.Key!) };
-        foreach (DottedKeyItemSyntax dotted in key.DotKeys)
-            parts.Add(Part(dotted.Key!));
+        var parts = new List<(string, TextPos)> { Part(key.Key) };
+        foreach (DottedKeyItemSyntax? dotted in key.DotKeys)
+            parts.Add(Part(dotted?.Key));
         return parts;
     }
 
-    private static (string, TextPos) Part(BareKeyOrStringValueSyntax key) => key switch
+    private static (string, TextPos) Part(BareKeyOrStringValueSyntax? key) => key switch
     {
-        BareKeySyntax bare => (bare.Key?.Text ?? "", TextPos.From(bare.Span)),
-        StringValueSyntax s => (s.Value ?? "", TextPos.From(s.Span)),
-        _ => ("", TextPos.From(key.Span)),
+        BareKeySyntax bare => (bare.Key?.Text ?? "?", TextPos.From(bare.Span)),
+        StringValueSyntax s => (s.Value ?? "?", TextPos.From(s.Span)),
+        null => ("?", new TextPos(1, 1)),
+        _ => ("?", TextPos.From(key.Span)),
     };
 }
