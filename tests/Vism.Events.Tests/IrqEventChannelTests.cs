@@ -1,0 +1,115 @@
+namespace Vism.Events.Tests;
+
+/// <summary>Events.Irq through the driver over the in-memory transport: updates before EVENT_VECTOR,
+/// rebinding, detach and reset, and batching of regions that share a vector.</summary>
+public sealed class IrqEventChannelTests
+{
+    [Fact]
+    public void An_update_before_EVENT_VECTOR_is_held_and_fires_the_vector_the_region_is_then_bound_to()
+    {
+        using var rig = new EventRig();
+        Peer a = rig.Add(EventsKind.Vq);
+        Peer b = rig.Add(EventsKind.Irq);
+        AllocReply region = a.Alloc();
+        ulong at = b.Attach(region.Token);
+        a.C.Notify(region.Offset);
+        a.C.Notify(region.Offset);
+        Assert.True(b.WaitCounter("events.irq.unbound", 2));
+        Assert.Equal(1, b.Counters.Get("events.folded"));
+        for (int v = 0; v < 4; v++)
+            Assert.False(b.C.WaitVector(v, TimeSpan.Zero));
+
+        Assert.Equal(IsmControl.AckOk, b.C.EventVector(at, 2));
+        Assert.Equal([at], b.C.WaitVectorEvent(2, EventRig.Wait));
+        Assert.False(b.C.WaitVector(2, EventRig.Quiet)); // held once, fired once
+        Assert.Equal(1, b.Counters.Get("events.irq.fired-on-bind"));
+    }
+
+    [Fact]
+    public void With_unbound_drop_an_update_before_EVENT_VECTOR_is_dropped_and_counted()
+    {
+        using var rig = new EventRig();
+        Peer a = rig.Add(EventsKind.Vq);
+        Peer b = rig.Add(EventsKind.Irq, new PeerSpec { Irq = new IrqEventOptions { Unbound = UnboundUpdates.Drop } });
+        AllocReply region = a.Alloc();
+        ulong at = b.Attach(region.Token);
+        a.C.Notify(region.Offset);
+        Assert.True(b.WaitCounter("events.irq.dropped-unbound", 1));
+
+        Assert.Equal(IsmControl.AckOk, b.C.EventVector(at, 2));
+        Assert.False(b.C.WaitVector(2, EventRig.Quiet));
+        a.C.Notify(region.Offset);
+        Assert.Equal([at], b.C.WaitVectorEvent(2, EventRig.Wait));
+    }
+
+    [Fact]
+    public void Rebinding_a_region_moves_its_updates_to_the_new_vector()
+    {
+        using var rig = new EventRig();
+        Peer a = rig.Add(EventsKind.Vq);
+        Peer b = rig.Add(EventsKind.Irq);
+        AllocReply region = a.Alloc();
+        ulong at = b.Attach(region.Token);
+        Assert.Equal(IsmControl.AckOk, b.C.EventVector(at, 0));
+        Assert.Equal(IsmControl.AckOk, b.C.EventVector(at, 3));
+
+        a.C.Notify(region.Offset);
+        Assert.Equal([at], b.C.WaitVectorEvent(3, EventRig.Wait));
+        Assert.False(b.C.WaitVector(0, EventRig.Quiet));
+        Assert.Empty(b.C.RegionsOnVector(0));
+    }
+
+    [Fact]
+    public void Detach_clears_the_binding_so_a_region_attached_again_in_that_slot_fires_nothing_until_bound()
+    {
+        using var rig = new EventRig();
+        Peer a = rig.Add(EventsKind.Vq);
+        Peer b = rig.Add(EventsKind.Irq);
+        AllocReply first = a.Alloc();
+        AllocReply second = a.Alloc();
+        ulong at = b.Attach(first.Token);
+        Assert.Equal(IsmControl.AckOk, b.C.EventVector(at, 1));
+        Assert.Equal(IsmControl.AckOk, b.C.Detach(at));
+        Assert.Null(b.OnLoop(() => b.Irq.VectorOf(at)));
+        Assert.Empty(b.C.RegionsOnVector(1));
+
+        Assert.Equal(at, b.Attach(second.Token)); // the freed slot is reused
+        a.C.Notify(second.Offset);
+        Assert.True(b.WaitCounter("events.irq.unbound", 1));
+        Assert.False(b.C.WaitVector(1, EventRig.Quiet));
+    }
+
+    [Fact]
+    public void A_reset_clears_every_binding()
+    {
+        using var rig = new EventRig();
+        Peer b = rig.Add(EventsKind.Irq);
+        AllocReply own = b.Alloc();
+        Assert.Equal(IsmControl.AckOk, b.C.EventVector(own.Offset, 1));
+        Assert.Equal(1, b.OnLoop(() => b.Irq.VectorOf(own.Offset)));
+
+        b.T.WriteStatus(DeviceStatus.Reset);
+        Assert.False(b.OnLoop(() => b.Irq.IsActive));
+        Assert.Null(b.OnLoop(() => b.Irq.VectorOf(own.Offset)));
+    }
+
+    [Fact]
+    public void Regions_sharing_a_vector_updated_within_the_batch_delay_fire_it_once()
+    {
+        using var rig = new EventRig();
+        Peer a = rig.Add(EventsKind.Vq);
+        Peer b = rig.Add(EventsKind.Irq, new PeerSpec { Irq = new IrqEventOptions { BatchDelay = TimeSpan.FromSeconds(1) } });
+        var atA = new List<ulong>();
+        for (int i = 0; i < 3; i++)
+        {
+            AllocReply r = a.Alloc();
+            atA.Add(r.Offset);
+            Assert.Equal(IsmControl.AckOk, b.C.EventVector(b.Attach(r.Token), 1));
+        }
+        foreach (ulong offset in atA)
+            a.C.Notify(offset);
+        Assert.Equal(3, b.C.WaitVectorEvent(1, EventRig.Wait)?.Count);
+        Assert.Equal(1, b.Counters.Get("events.irq.fired"));
+        Assert.Equal(2, b.Counters.Get("events.folded"));
+    }
+}
