@@ -55,6 +55,9 @@ internal sealed class EventRig : IDisposable
 
     public EventLoop[] Loops { get; }
 
+    /// <summary>Whether the transport delivers every NOTIFY write (see <see cref="ITransportKind.TrapsNotifyWrites"/>).</summary>
+    public bool TrapsNotifyWrites => _transport.TrapsNotifyWrites;
+
     public IsmHost Host { get; }
 
     /// <summary>Adds a device using <paramref name="events"/>, serves it and starts a client on it.</summary>
@@ -73,7 +76,7 @@ internal sealed class EventRig : IDisposable
         IsmDevice device = Host.AddDevice(description, loop, new InMemoryBackend(256 * MiB), channel, counters);
         var peer = new Peer(device, channel, counters);
         _peers.Add(peer);
-        peer.Serve(_transport.Serve(device, spec.Vectors, _scratch.Path), spec.Client);
+        peer.Serve(_transport.Serve(device, spec.Vectors, _scratch.Path, Logs), spec.Client);
         return peer;
     }
 
@@ -109,6 +112,9 @@ internal sealed class Peer(IsmDevice device, IEventChannel events, DeviceCounter
         _served = served;
         _client = IsmClient.Start(served.Driver, options);
     }
+
+    /// <summary>Returns once every NOTIFY write this peer's driver made has been routed by its device.</summary>
+    public void AwaitNotifies() => (_served ?? throw new InvalidOperationException("not served")).AwaitNotifies();
 
     /// <summary>Runs on the device's loop and waits.</summary>
     public T OnLoop<T>(Func<T> work) => Device.Loop.InvokeAsync(work).WaitAsync(EventRig.Wait).GetAwaiter().GetResult();

@@ -63,26 +63,28 @@ public sealed class NotifyPathTests
             {
                 for (int i = 0; i < Notifies; i++)
                     a.C.Notify(region.Offset);
-                Assert.True(a.WaitCounter("notify.routed", Notifies));
+                a.AwaitNotifies();
                 b.Settle();
             });
         offsets.AddRange(b.CollectEvents());
 
-        Assert.InRange(offsets.Count, 1, Notifies);
+        long seen = Seen(rig, a);
+        Assert.InRange(offsets.Count, 1, seen);
         Assert.All(offsets, o => Assert.Equal(at, o));
         // Each update was either written once or folded into the one already pending; none waits.
-        Assert.Equal(Notifies, b.Counters.Get("events.updates"));
-        Assert.Equal(Notifies, b.Counters.Get("events.vq.queued") + b.Counters.Get("events.folded"));
+        Assert.Equal(seen, b.Counters.Get("events.updates"));
+        Assert.Equal(seen, b.Counters.Get("events.vq.queued") + b.Counters.Get("events.folded"));
         Assert.Equal(offsets.Count, b.Counters.Get("events.vq.offsets"));
         Assert.Equal(0, b.OnLoop(() => b.Vq.Pending));
 
         Assert.Equal(IsmControl.AckOk, b.C.Detach(at));
         for (int i = 0; i < 100; i++)
             a.C.Notify(region.Offset);
-        Assert.True(a.WaitCounter("notify.writes", Notifies + 100));
+        a.AwaitNotifies();
         b.Settle();
         Assert.Empty(b.CollectEvents());
-        Assert.Equal(Notifies, b.Counters.Get("events.updates"));
+        Assert.Equal(seen, a.Counters.Get("notify.routed"));
+        Assert.Equal(seen, b.Counters.Get("events.updates"));
     }
 
     [Theory]
@@ -107,23 +109,24 @@ public sealed class NotifyPathTests
             {
                 for (int i = 0; i < Notifies; i++)
                     a.C.Notify(region.Offset);
-                Assert.True(a.WaitCounter("notify.routed", Notifies));
+                a.AwaitNotifies();
                 b.Settle();
             });
         firings += b.CollectFirings(2);
 
+        long seen = Seen(rig, a);
         long fired = b.Counters.Get("events.irq.fired");
-        Assert.InRange(firings, 1, Notifies);
-        Assert.InRange(fired, firings, Notifies); // a driver may see two firings as one interrupt, never more
-        Assert.Equal(Notifies, b.Counters.Get("events.updates"));
-        Assert.Equal(Notifies, fired + b.Counters.Get("events.folded"));
+        Assert.InRange(firings, 1, seen);
+        Assert.InRange(fired, firings, seen); // a driver may see two firings as one interrupt, never more
+        Assert.Equal(seen, b.Counters.Get("events.updates"));
+        Assert.Equal(seen, fired + b.Counters.Get("events.folded"));
         Assert.False(b.C.WaitVector(0, TimeSpan.Zero));
 
         Assert.Equal(IsmControl.AckOk, b.C.Detach(at));
         b.CollectFirings(2);
         for (int i = 0; i < 100; i++)
             a.C.Notify(region.Offset);
-        Assert.True(a.WaitCounter("notify.writes", Notifies + 100));
+        a.AwaitNotifies();
         b.Settle();
         Assert.False(b.C.WaitVector(2, EventRig.Quiet));
         Assert.Equal(fired, b.Counters.Get("events.irq.fired"));
@@ -143,11 +146,13 @@ public sealed class NotifyPathTests
         (ulong[] atA, ulong[] atB) = Share(a, b, 1000);
 
         // Every region updated twice while the driver has posted no buffer: the second update folds.
-        foreach (ulong offset in atA)
-            a.C.Notify(offset);
-        foreach (ulong offset in atA)
-            a.C.Notify(offset);
-        Assert.True(a.WaitCounter("notify.routed", 2000));
+        for (int pass = 0; pass < 2; pass++)
+        {
+            foreach (ulong offset in atA)
+                a.C.Notify(offset);
+            a.AwaitNotifies();
+        }
+        Assert.Equal(2000, a.Counters.Get("notify.routed"));
         b.Settle();
         Assert.Equal(1000, b.OnLoop(() => b.Vq.Pending));
         Assert.Equal(1000, b.Counters.Get("events.folded"));
@@ -175,7 +180,8 @@ public sealed class NotifyPathTests
 
         foreach (ulong offset in atA)
             a.C.Notify(offset);
-        Assert.True(a.WaitCounter("notify.routed", 1000));
+        a.AwaitNotifies();
+        Assert.Equal(1000, a.Counters.Get("notify.routed"));
         b.Settle();
 
         var seen = new List<ulong>();
@@ -344,9 +350,11 @@ public sealed class NotifyPathTests
         // v1: only a device that negotiated an event feature takes part in events.
         a.C.Notify(region.Offset);
         Assert.True(a.WaitCounter("notify.dropped.writer-no-events", 1));
-        // A slot that holds no region: counted as an error on the writer, nobody is signalled.
+        // A slot that holds no region signals nobody (a trapping transport reports it, counted as
+        // an error on the writer; vhost-user only scans the slots in use).
         a.T.WriteNotify((ulong)(d.MaxRegions - 1) * a.C.NotifySize);
-        Assert.True(a.WaitCounter("err.notify.unassigned", 1));
+        a.AwaitNotifies();
+        Assert.Equal(rig.TrapsNotifyWrites ? 1 : 0, a.Counters.Get("err.notify.unassigned"));
         b.Settle();
         Assert.Null(b.C.WaitEvent(EventRig.Quiet));
         Assert.Equal(0, b.Counters.Get("events.updates"));
@@ -355,6 +363,19 @@ public sealed class NotifyPathTests
         // feature, so the update is counted there and goes nowhere.
         b.C.Notify(at);
         Assert.True(a.WaitCounter("events.dropped.no-events", 1));
+    }
+
+    /// <summary>The NOTIFY writes <paramref name="writer"/>'s device saw of the <see cref="Notifies"/>
+    /// its driver made: all of them when the transport traps writes, at least one otherwise.</summary>
+    private static long Seen(EventRig rig, Peer writer)
+    {
+        long seen = writer.Counters.Get("notify.writes");
+        if (rig.TrapsNotifyWrites)
+            Assert.Equal(Notifies, seen);
+        else
+            Assert.InRange(seen, 1, Notifies);
+        Assert.Equal(seen, writer.Counters.Get("notify.routed"));
+        return seen;
     }
 
     /// <summary>Allocates <paramref name="count"/> regions on <paramref name="a"/> and attaches them on <paramref name="b"/>.</summary>
