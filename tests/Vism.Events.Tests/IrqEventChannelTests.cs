@@ -1,3 +1,5 @@
+using System.Diagnostics;
+
 namespace Vism.Events.Tests;
 
 /// <summary>Events.Irq through the driver over the in-memory transport: updates before EVENT_VECTOR,
@@ -106,10 +108,19 @@ public sealed class IrqEventChannelTests
             atA.Add(r.Offset);
             Assert.Equal(IsmControl.AckOk, b.C.EventVector(b.Attach(r.Token), 1));
         }
+        long start = Stopwatch.GetTimestamp();
         foreach (ulong offset in atA)
             a.C.Notify(offset);
+        Assert.True(b.WaitCounter("events.updates", 3));
+        // The vector is due one second after the first update; when the last arrived well before
+        // that (as it does unless the machine stalls), it fires once for all three.
+        bool prompt = Stopwatch.GetElapsedTime(start) < TimeSpan.FromMilliseconds(900);
+
         Assert.Equal(3, b.C.WaitVectorEvent(1, EventRig.Wait)?.Count);
-        Assert.Equal(1, b.Counters.Get("events.irq.fired"));
-        Assert.Equal(2, b.Counters.Get("events.folded"));
+        b.CollectFirings(1);
+        long fired = b.Counters.Get("events.irq.fired");
+        Assert.Equal(3, fired + b.Counters.Get("events.folded"));
+        if (prompt)
+            Assert.Equal(1, fired);
     }
 }

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Diagnostics;
 
 namespace Vism.Events.Tests;
 
@@ -197,10 +198,17 @@ public sealed class VqEventChannelTests
             atA.Add(r.Offset);
             atB.Add(b.Attach(r.Token));
         }
+        long start = Stopwatch.GetTimestamp();
         foreach (ulong offset in atA)
             a.C.Notify(offset);
-        Assert.Equal(atB, b.C.WaitEvent(EventRig.Wait));
-        Assert.Equal(1, b.Counters.Get("events.vq.buffers"));
+        Assert.True(b.WaitCounter("events.updates", 3));
+        // The flush is due one second after the first update; when the last arrived well before
+        // that (as it does unless the machine stalls), all three share the first buffer.
+        bool prompt = Stopwatch.GetElapsedTime(start) < TimeSpan.FromMilliseconds(900);
+
+        Assert.Equal(atB, b.CollectEvents(atLeast: 3));
+        if (prompt)
+            Assert.Equal(1, b.Counters.Get("events.vq.buffers"));
     }
 
     [Fact]
