@@ -24,9 +24,8 @@ public sealed class IrqEventChannel : IEventChannel
 {
     private const int Unbound = -1;
 
-    private readonly DeviceDescription _device;
     private readonly IrqEventOptions _options;
-    private readonly ILogger _log;
+    private readonly RegionSlots _slots;
     private readonly DeferredFlush _flush;
     private readonly int[] _vectorOf;
     private readonly bool[] _held;
@@ -48,9 +47,8 @@ public sealed class IrqEventChannel : IEventChannel
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(loop);
         ArgumentNullException.ThrowIfNull(log);
-        _device = device;
         _options = options;
-        _log = log;
+        _slots = new RegionSlots(device, log);
         _flush = new DeferredFlush(loop, options.BatchDelay, Flush);
         _vectorOf = new int[device.MaxRegions];
         _held = new bool[device.MaxRegions];
@@ -70,7 +68,7 @@ public sealed class IrqEventChannel : IEventChannel
     /// <summary>The vector the region at <paramref name="offset"/> is bound to, or null (loop thread).</summary>
     /// <param name="offset">A region offset.</param>
     public int? VectorOf(ulong offset) =>
-        RegionSlots.TryGetSlot(_device, offset, out int slot) && _vectorOf[slot] != Unbound ? _vectorOf[slot] : null;
+        _slots.TryGetSlot(offset, out int slot) && _vectorOf[slot] != Unbound ? _vectorOf[slot] : null;
 
     /// <inheritdoc />
     public void Activate(IEventContext context)
@@ -93,13 +91,8 @@ public sealed class IrqEventChannel : IEventChannel
     public void OnRegionUpdated(ulong offset)
     {
         IEventContext? context = _context;
-        if (context is null)
+        if (!_slots.TryResolve(context, offset, "update", out int slot))
             return;
-        if (!RegionSlots.TryGetSlot(_device, offset, out int slot))
-        {
-            BadOffset(context, "update", offset);
-            return;
-        }
         if (_vectorOf[slot] != Unbound)
         {
             Raise(context, slot);
@@ -120,13 +113,8 @@ public sealed class IrqEventChannel : IEventChannel
     public void OnRegionDetached(ulong offset)
     {
         IEventContext? context = _context;
-        if (context is null)
+        if (!_slots.TryResolve(context, offset, "detach", out int slot))
             return;
-        if (!RegionSlots.TryGetSlot(_device, offset, out int slot))
-        {
-            BadOffset(context, "detach", offset);
-            return;
-        }
         if (_raised[slot] || _held[slot])
             context.Counters.Increment("events.irq.dropped-detached");
         _raised[slot] = false;
@@ -143,7 +131,7 @@ public sealed class IrqEventChannel : IEventChannel
             failure = "the irq event channel is not active (VIRTIO_ISM_F_EVENT_IRQ not negotiated or the device is not running)";
             return false;
         }
-        if (!RegionSlots.TryGetSlot(_device, offset, out int slot))
+        if (!_slots.TryGetSlot(offset, out int slot))
         {
             failure = $"offset 0x{offset:x} names no region slot";
             return false;
@@ -220,13 +208,6 @@ public sealed class IrqEventChannel : IEventChannel
         if (_firing.Count > 0)
             context.Counters.Increment("events.irq.fired", _firing.Count);
         _firing.Clear();
-    }
-
-    private void BadOffset(IEventContext context, string what, ulong offset)
-    {
-        context.Counters.Increment("err.events.bad-offset");
-        _log.LogError("device {Name}: {What} for offset 0x{Offset:x}, which names no region slot (region_size {RegionSize}, {MaxRegions} slots)",
-            _device.Name, what, offset, _device.RegionSize, _device.MaxRegions);
     }
 
     private void Clear()

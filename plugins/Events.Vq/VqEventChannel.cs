@@ -27,6 +27,7 @@ public sealed class VqEventChannel : IEventChannel
 {
     private readonly DeviceDescription _device;
     private readonly ILogger _log;
+    private readonly RegionSlots _slots;
     private readonly SlotQueue _pending;
     private readonly DeferredFlush _flush;
     private byte[] _record = new byte[8 + 8 * 64];
@@ -46,6 +47,7 @@ public sealed class VqEventChannel : IEventChannel
         ArgumentNullException.ThrowIfNull(log);
         _device = device;
         _log = log;
+        _slots = new RegionSlots(device, log);
         _pending = new SlotQueue(device.MaxRegions);
         _flush = new DeferredFlush(loop, options.BatchDelay, Flush);
     }
@@ -82,13 +84,8 @@ public sealed class VqEventChannel : IEventChannel
     public void OnRegionUpdated(ulong offset)
     {
         IEventContext? context = _context;
-        if (context is null)
+        if (!_slots.TryResolve(context, offset, "update", out int slot))
             return;
-        if (!RegionSlots.TryGetSlot(_device, offset, out int slot))
-        {
-            BadOffset(context, "update", offset);
-            return;
-        }
         if (!_pending.Add(slot))
         {
             context.Counters.Increment("events.folded");
@@ -102,13 +99,8 @@ public sealed class VqEventChannel : IEventChannel
     public void OnRegionDetached(ulong offset)
     {
         IEventContext? context = _context;
-        if (context is null)
+        if (!_slots.TryResolve(context, offset, "detach", out int slot))
             return;
-        if (!RegionSlots.TryGetSlot(_device, offset, out int slot))
-        {
-            BadOffset(context, "detach", offset);
-            return;
-        }
         if (_pending.Remove(slot))
             context.Counters.Increment("events.vq.dropped-detached");
     }
@@ -181,7 +173,7 @@ public sealed class VqEventChannel : IEventChannel
         BinaryPrimitives.WriteUInt64LittleEndian(record, (ulong)count);
         int slot = _pending.First;
         for (int i = 0; i < count; i++, slot = _pending.Next(slot))
-            BinaryPrimitives.WriteUInt64LittleEndian(record[(8 + 8 * i)..], RegionSlots.OffsetOf(_device, slot));
+            BinaryPrimitives.WriteUInt64LittleEndian(record[(8 + 8 * i)..], _slots.OffsetOf(slot));
 
         int written = chain.Write(context.Memory, 0, record);
         if (written != length)
@@ -199,13 +191,6 @@ public sealed class VqEventChannel : IEventChannel
         context.Counters.Increment("events.vq.buffers");
         context.Counters.Increment("events.vq.offsets", count);
         return true;
-    }
-
-    private void BadOffset(IEventContext context, string what, ulong offset)
-    {
-        context.Counters.Increment("err.events.bad-offset");
-        _log.LogError("device {Name}: {What} for offset 0x{Offset:x}, which names no region slot (region_size {RegionSize}, {MaxRegions} slots)",
-            _device.Name, what, offset, _device.RegionSize, _device.MaxRegions);
     }
 
     private void Drop(string counter)

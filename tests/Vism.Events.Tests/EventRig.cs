@@ -80,6 +80,30 @@ internal sealed class EventRig : IDisposable
         return peer;
     }
 
+    /// <summary>A writer (Events.Vq) and a reader using <paramref name="reader"/>, sharing one region
+    /// the writer allocated.</summary>
+    public SharedRegion Pair(EventsKind reader, PeerSpec? readerSpec = null, PeerSpec? writer = null)
+    {
+        Peer a = Add(EventsKind.Vq, writer);
+        Peer b = Add(reader, readerSpec);
+        AllocReply region = a.Alloc();
+        return new SharedRegion(a, b, region.Offset, b.Attach(region.Token));
+    }
+
+    /// <summary>Allocates <paramref name="count"/> regions on <paramref name="a"/> and attaches them on <paramref name="b"/>.</summary>
+    public static (ulong[] AtA, ulong[] AtB) Share(Peer a, Peer b, int count)
+    {
+        var atA = new ulong[count];
+        var atB = new ulong[count];
+        for (int i = 0; i < count; i++)
+        {
+            AllocReply r = a.Alloc();
+            atA[i] = r.Offset;
+            atB[i] = b.Attach(r.Token);
+        }
+        return (atA, atB);
+    }
+
     public void Dispose()
     {
         foreach (Peer p in _peers)
@@ -90,6 +114,13 @@ internal sealed class EventRig : IDisposable
         _scratch.Dispose();
     }
 }
+
+/// <summary>Two peers sharing a region.</summary>
+/// <param name="A">The writer (it allocated the region).</param>
+/// <param name="B">The reader (it attached it).</param>
+/// <param name="AtA">The region's offset on <paramref name="A"/>.</param>
+/// <param name="AtB">The region's offset on <paramref name="B"/>.</param>
+internal sealed record SharedRegion(Peer A, Peer B, ulong AtA, ulong AtB);
 
 /// <summary>One device with its event channel, counters and driver.</summary>
 internal sealed class Peer(IsmDevice device, IEventChannel events, DeviceCounters counters) : IDisposable

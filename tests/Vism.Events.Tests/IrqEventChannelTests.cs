@@ -10,12 +10,9 @@ public sealed class IrqEventChannelTests
     public void An_update_before_EVENT_VECTOR_is_held_and_fires_the_vector_the_region_is_then_bound_to()
     {
         using var rig = new EventRig();
-        Peer a = rig.Add(EventsKind.Vq);
-        Peer b = rig.Add(EventsKind.Irq);
-        AllocReply region = a.Alloc();
-        ulong at = b.Attach(region.Token);
-        a.C.Notify(region.Offset);
-        a.C.Notify(region.Offset);
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Irq);
+        a.C.Notify(atA);
+        a.C.Notify(atA);
         Assert.True(b.WaitCounter("events.irq.unbound", 2));
         Assert.Equal(1, b.Counters.Get("events.folded"));
         for (int v = 0; v < 4; v++)
@@ -31,16 +28,13 @@ public sealed class IrqEventChannelTests
     public void With_unbound_drop_an_update_before_EVENT_VECTOR_is_dropped_and_counted()
     {
         using var rig = new EventRig();
-        Peer a = rig.Add(EventsKind.Vq);
-        Peer b = rig.Add(EventsKind.Irq, new PeerSpec { Irq = new IrqEventOptions { Unbound = UnboundUpdates.Drop } });
-        AllocReply region = a.Alloc();
-        ulong at = b.Attach(region.Token);
-        a.C.Notify(region.Offset);
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Irq, new PeerSpec { Irq = new IrqEventOptions { Unbound = UnboundUpdates.Drop } });
+        a.C.Notify(atA);
         Assert.True(b.WaitCounter("events.irq.dropped-unbound", 1));
 
         Assert.Equal(IsmControl.AckOk, b.C.EventVector(at, 2));
         Assert.False(b.C.WaitVector(2, EventRig.Quiet));
-        a.C.Notify(region.Offset);
+        a.C.Notify(atA);
         Assert.Equal([at], b.C.WaitVectorEvent(2, EventRig.Wait));
     }
 
@@ -48,14 +42,11 @@ public sealed class IrqEventChannelTests
     public void Rebinding_a_region_moves_its_updates_to_the_new_vector()
     {
         using var rig = new EventRig();
-        Peer a = rig.Add(EventsKind.Vq);
-        Peer b = rig.Add(EventsKind.Irq);
-        AllocReply region = a.Alloc();
-        ulong at = b.Attach(region.Token);
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Irq);
         Assert.Equal(IsmControl.AckOk, b.C.EventVector(at, 0));
         Assert.Equal(IsmControl.AckOk, b.C.EventVector(at, 3));
 
-        a.C.Notify(region.Offset);
+        a.C.Notify(atA);
         Assert.Equal([at], b.C.WaitVectorEvent(3, EventRig.Wait));
         Assert.False(b.C.WaitVector(0, EventRig.Quiet));
         Assert.Empty(b.C.RegionsOnVector(0));
@@ -101,13 +92,9 @@ public sealed class IrqEventChannelTests
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq);
         Peer b = rig.Add(EventsKind.Irq, new PeerSpec { Irq = new IrqEventOptions { BatchDelay = TimeSpan.FromSeconds(1) } });
-        var atA = new List<ulong>();
-        for (int i = 0; i < 3; i++)
-        {
-            AllocReply r = a.Alloc();
-            atA.Add(r.Offset);
-            Assert.Equal(IsmControl.AckOk, b.C.EventVector(b.Attach(r.Token), 1));
-        }
+        (ulong[] atA, ulong[] atB) = EventRig.Share(a, b, 3);
+        foreach (ulong offset in atB)
+            Assert.Equal(IsmControl.AckOk, b.C.EventVector(offset, 1));
         long start = Stopwatch.GetTimestamp();
         foreach (ulong offset in atA)
             a.C.Notify(offset);

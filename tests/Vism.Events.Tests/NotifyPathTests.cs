@@ -20,10 +20,7 @@ public sealed class NotifyPathTests
     public void A_notify_reaches_the_peer_as_an_event_within_a_generous_bound(string transport, EventsKind events)
     {
         using var rig = new EventRig(transport);
-        Peer a = rig.Add(EventsKind.Vq);
-        Peer b = rig.Add(events);
-        AllocReply region = a.Alloc();
-        ulong at = b.Attach(region.Token);
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(events);
         if (events == EventsKind.Irq)
             Assert.Equal(IsmControl.AckOk, b.C.EventVector(at, 1));
 
@@ -31,7 +28,7 @@ public sealed class NotifyPathTests
         for (int i = 0; i < 20; i++)
         {
             long start = Stopwatch.GetTimestamp();
-            a.C.Notify(region.Offset);
+            a.C.Notify(atA);
             IReadOnlyList<ulong>? got = events == EventsKind.Vq ? b.C.WaitEvent(EventRig.Wait) : b.C.WaitVectorEvent(1, EventRig.Wait);
             TimeSpan took = Stopwatch.GetElapsedTime(start);
             Assert.Equal([at], got);
@@ -47,10 +44,7 @@ public sealed class NotifyPathTests
     public void Ten_thousand_notifies_give_eventq_records_at_most_once_per_notify_and_none_after_detach(string transport)
     {
         using var rig = new EventRig(transport);
-        Peer a = rig.Add(EventsKind.Vq);
-        Peer b = rig.Add(EventsKind.Vq);
-        AllocReply region = a.Alloc();
-        ulong at = b.Attach(region.Token);
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq);
 
         var offsets = new List<ulong>();
         WhileReading(
@@ -62,7 +56,7 @@ public sealed class NotifyPathTests
             () =>
             {
                 for (int i = 0; i < Notifies; i++)
-                    a.C.Notify(region.Offset);
+                    a.C.Notify(atA);
                 a.AwaitNotifies();
                 b.Settle();
             });
@@ -79,7 +73,7 @@ public sealed class NotifyPathTests
 
         Assert.Equal(IsmControl.AckOk, b.C.Detach(at));
         for (int i = 0; i < 100; i++)
-            a.C.Notify(region.Offset);
+            a.C.Notify(atA);
         a.AwaitNotifies();
         b.Settle();
         Assert.Empty(b.CollectEvents());
@@ -92,10 +86,7 @@ public sealed class NotifyPathTests
     public void Ten_thousand_notifies_fire_the_bound_vector_at_most_once_per_notify_and_never_after_detach(string transport)
     {
         using var rig = new EventRig(transport);
-        Peer a = rig.Add(EventsKind.Vq);
-        Peer b = rig.Add(EventsKind.Irq);
-        AllocReply region = a.Alloc();
-        ulong at = b.Attach(region.Token);
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Irq);
         Assert.Equal(IsmControl.AckOk, b.C.EventVector(at, 2));
 
         int firings = 0;
@@ -108,7 +99,7 @@ public sealed class NotifyPathTests
             () =>
             {
                 for (int i = 0; i < Notifies; i++)
-                    a.C.Notify(region.Offset);
+                    a.C.Notify(atA);
                 a.AwaitNotifies();
                 b.Settle();
             });
@@ -125,7 +116,7 @@ public sealed class NotifyPathTests
         Assert.Equal(IsmControl.AckOk, b.C.Detach(at));
         b.CollectFirings(2);
         for (int i = 0; i < 100; i++)
-            a.C.Notify(region.Offset);
+            a.C.Notify(atA);
         a.AwaitNotifies();
         b.Settle();
         Assert.False(b.C.WaitVector(2, EventRig.Quiet));
@@ -143,7 +134,7 @@ public sealed class NotifyPathTests
         {
             Client = new IsmClientOptions { PostEventBuffers = false, EventBuffers = 4, EventBufferSize = 8 + 8 * 7 },
         });
-        (ulong[] atA, ulong[] atB) = Share(a, b, 1000);
+        (ulong[] atA, ulong[] atB) = EventRig.Share(a, b, 1000);
 
         // Every region updated twice while the driver has posted no buffer: the second update folds.
         for (int pass = 0; pass < 2; pass++)
@@ -174,7 +165,7 @@ public sealed class NotifyPathTests
         var small = new PeerSpec { Window = 8 * EventRig.MiB, RegionSize = 4096 };
         Peer a = rig.Add(EventsKind.Vq, small);
         Peer b = rig.Add(EventsKind.Irq, small);
-        (ulong[] atA, ulong[] atB) = Share(a, b, 1000);
+        (ulong[] atA, ulong[] atB) = EventRig.Share(a, b, 1000);
         for (int i = 0; i < atB.Length; i++)
             Assert.Equal(IsmControl.AckOk, b.C.EventVector(atB[i], (ulong)(i % 4)));
 
@@ -242,7 +233,7 @@ public sealed class NotifyPathTests
         using var rig = new EventRig(transport);
         Peer a = rig.Add(EventsKind.Vq);
         Peer b = rig.Add(EventsKind.Irq);
-        (ulong[] atA, ulong[] atB) = Share(a, b, 4);
+        (ulong[] atA, ulong[] atB) = EventRig.Share(a, b, 4);
         Assert.Equal(IsmControl.AckOk, b.C.EventVector(atB[0], 3));
         Assert.Equal(IsmControl.AckOk, b.C.EventVector(atB[1], 3));
         Assert.Equal(IsmControl.AckOk, b.C.EventVector(atB[2], 1));
@@ -270,10 +261,7 @@ public sealed class NotifyPathTests
     public void Event_vector_is_ERR_for_a_vector_the_transport_lacks_or_an_offset_that_is_not_attached(string transport)
     {
         using var rig = new EventRig(transport);
-        Peer a = rig.Add(EventsKind.Vq);
-        Peer b = rig.Add(EventsKind.Irq, new PeerSpec { Vectors = 4 });
-        AllocReply region = a.Alloc();
-        ulong at = b.Attach(region.Token);
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Irq, new PeerSpec { Vectors = 4 });
 
         Assert.Equal(IsmControl.AckErr, b.C.EventVector(at, 4));
         Assert.Equal(IsmControl.AckErr, b.C.EventVector(at, ulong.MaxValue));
@@ -313,19 +301,16 @@ public sealed class NotifyPathTests
     public void A_driver_that_declines_the_event_feature_gets_no_events_and_EVENT_VECTOR_is_ERR(string transport, EventsKind events)
     {
         using var rig = new EventRig(transport);
-        Peer a = rig.Add(EventsKind.Vq);
-        Peer b = rig.Add(events, new PeerSpec { Client = new IsmClientOptions { EventVq = false, EventIrq = false } });
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(events, new PeerSpec { Client = new IsmClientOptions { EventVq = false, EventIrq = false } });
         Assert.False(b.C.Driver.Has(Features.IsmEventVq) || b.C.Driver.Has(Features.IsmEventIrq));
         Assert.Single(b.C.Driver.Queues);
         Assert.False(b.OnLoop(() => b.Events is VqEventChannel v ? v.IsActive : ((IrqEventChannel)b.Events).IsActive));
-        AllocReply region = a.Alloc();
-        ulong at = b.Attach(region.Token);
 
         Assert.Equal(IsmControl.AckErr, b.C.EventVector(at, 0));
         Assert.Equal(1, b.Counters.Get("err.event-vector.not-negotiated"));
         Assert.Throws<InvalidOperationException>(() => b.C.WaitEvent(TimeSpan.Zero));
 
-        a.C.Notify(region.Offset);
+        a.C.Notify(atA);
         Assert.True(a.WaitCounter("notify.routed", 1));
         b.Settle();
         Assert.Equal(1, b.Counters.Get("events.dropped.no-events"));
@@ -339,16 +324,13 @@ public sealed class NotifyPathTests
     public void The_notify_window_has_a_slot_per_region_and_a_writer_without_an_event_feature_signals_nobody(string transport)
     {
         using var rig = new EventRig(transport);
-        Peer a = rig.Add(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { EventVq = false } });
-        Peer b = rig.Add(EventsKind.Vq);
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq, writer: new PeerSpec { Client = new IsmClientOptions { EventVq = false } });
         DeviceDescription d = a.Device.Description;
         Assert.True(a.T.ShmLength(ShmId.Notify) >= (ulong)d.MaxRegions * a.C.NotifySize);
         Assert.Equal(d.NotifyWindowSize, b.T.ShmLength(ShmId.Notify));
-        AllocReply region = a.Alloc();
-        ulong at = b.Attach(region.Token);
 
         // v1: only a device that negotiated an event feature takes part in events.
-        a.C.Notify(region.Offset);
+        a.C.Notify(atA);
         Assert.True(a.WaitCounter("notify.dropped.writer-no-events", 1));
         // A slot that holds no region signals nobody (a trapping transport reports it, counted as
         // an error on the writer; vhost-user only scans the slots in use).
@@ -376,20 +358,6 @@ public sealed class NotifyPathTests
             Assert.InRange(seen, 1, Notifies);
         Assert.Equal(seen, writer.Counters.Get("notify.routed"));
         return seen;
-    }
-
-    /// <summary>Allocates <paramref name="count"/> regions on <paramref name="a"/> and attaches them on <paramref name="b"/>.</summary>
-    private static (ulong[] AtA, ulong[] AtB) Share(Peer a, Peer b, int count)
-    {
-        var atA = new ulong[count];
-        var atB = new ulong[count];
-        for (int i = 0; i < count; i++)
-        {
-            AllocReply r = a.Alloc();
-            atA[i] = r.Offset;
-            atB[i] = b.Attach(r.Token);
-        }
-        return (atA, atB);
     }
 
     /// <summary>Runs <paramref name="act"/> while a reader thread repeats <paramref name="step"/>

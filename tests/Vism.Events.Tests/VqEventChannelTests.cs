@@ -18,14 +18,7 @@ public sealed class VqEventChannelTests
         Peer b = rig.Add(EventsKind.Vq, Tiny with { Client = new IsmClientOptions { PostEventBuffers = false } });
         int slots = b.Device.Description.MaxRegions;
         Assert.Equal(7, slots);
-        var atA = new List<ulong>();
-        var atB = new List<ulong>();
-        for (int i = 0; i < slots; i++)
-        {
-            AllocReply r = a.Alloc();
-            atA.Add(r.Offset);
-            atB.Add(b.Attach(r.Token));
-        }
+        (ulong[] atA, ulong[] atB) = EventRig.Share(a, b, slots);
 
         for (int round = 0; round < 50; round++)
             foreach (ulong offset in atA)
@@ -49,14 +42,7 @@ public sealed class VqEventChannelTests
         {
             Client = new IsmClientOptions { PostEventBuffers = false, EventBuffers = 4, EventBufferSize = 8 + 8 * 3 + 4 },
         });
-        var atB = new List<ulong>();
-        var atA = new List<ulong>();
-        for (int i = 0; i < 7; i++)
-        {
-            AllocReply r = a.Alloc();
-            atA.Add(r.Offset);
-            atB.Add(b.Attach(r.Token));
-        }
+        (ulong[] atA, ulong[] atB) = EventRig.Share(a, b, 7);
         foreach (ulong offset in atA)
             a.C.Notify(offset);
         Assert.True(a.WaitCounter("notify.routed", 7));
@@ -75,11 +61,8 @@ public sealed class VqEventChannelTests
     public void A_buffer_too_small_for_one_offset_comes_back_empty_and_the_update_waits_for_a_usable_one()
     {
         using var rig = new EventRig();
-        Peer a = rig.Add(EventsKind.Vq);
-        Peer b = rig.Add(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { PostEventBuffers = false } });
-        AllocReply region = a.Alloc();
-        ulong at = b.Attach(region.Token);
-        a.C.Notify(region.Offset);
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { PostEventBuffers = false } });
+        a.C.Notify(atA);
         Assert.True(a.WaitCounter("notify.routed", 1));
         b.Settle();
 
@@ -129,11 +112,8 @@ public sealed class VqEventChannelTests
     public void A_reset_drops_pending_updates_and_the_restarted_driver_gets_none_of_them()
     {
         using var rig = new EventRig();
-        Peer a = rig.Add(EventsKind.Vq);
-        Peer b = rig.Add(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { PostEventBuffers = false } });
-        AllocReply region = a.Alloc();
-        b.Attach(region.Token);
-        a.C.Notify(region.Offset);
+        (Peer a, Peer b, ulong atA, _) = rig.Pair(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { PostEventBuffers = false } });
+        a.C.Notify(atA);
         Assert.True(a.WaitCounter("notify.routed", 1));
         b.Settle();
         Assert.Equal(1, b.OnLoop(() => b.Vq.Pending));
@@ -155,11 +135,8 @@ public sealed class VqEventChannelTests
     public void Interrupt_suppression_by_the_driver_holds_back_the_interrupt_but_not_the_event(bool eventIdx)
     {
         using var rig = new EventRig();
-        Peer a = rig.Add(EventsKind.Vq);
-        Peer b = rig.Add(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { EventIdx = eventIdx } });
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { EventIdx = eventIdx } });
         var signals = (InMemoryTransport)b.T;
-        AllocReply region = a.Alloc();
-        ulong at = b.Attach(region.Token);
         DriverQueue eventq = b.C.Driver.Queues[Virtio.EventQueue];
         Assert.Equal(eventIdx, eventq.EventIdx);
         if (eventIdx)
@@ -168,7 +145,7 @@ public sealed class VqEventChannelTests
             eventq.SuppressInterrupts(true);
         signals.DrainQueueSignals(Virtio.EventQueue);
 
-        a.C.Notify(region.Offset);
+        a.C.Notify(atA);
         Assert.True(b.WaitCounter("events.vq.offsets", 1));
         Assert.Equal(0UL, signals.DrainQueueSignals(Virtio.EventQueue));
         Assert.Equal(1, b.Counters.Get("queue.interrupt-suppressed"));
@@ -179,7 +156,7 @@ public sealed class VqEventChannelTests
             eventq.RawSetUsedEvent(eventq.UsedIndex);
         else
             eventq.SuppressInterrupts(false);
-        a.C.Notify(region.Offset);
+        a.C.Notify(atA);
         Assert.True(b.T.WaitQueue(Virtio.EventQueue, EventRig.Wait));
         Assert.Equal([at], b.C.DrainEvents());
     }
@@ -190,14 +167,7 @@ public sealed class VqEventChannelTests
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq);
         Peer b = rig.Add(EventsKind.Vq, new PeerSpec { Vq = new VqEventOptions { BatchDelay = TimeSpan.FromSeconds(1) } });
-        var atA = new List<ulong>();
-        var atB = new List<ulong>();
-        for (int i = 0; i < 3; i++)
-        {
-            AllocReply r = a.Alloc();
-            atA.Add(r.Offset);
-            atB.Add(b.Attach(r.Token));
-        }
+        (ulong[] atA, ulong[] atB) = EventRig.Share(a, b, 3);
         long start = Stopwatch.GetTimestamp();
         foreach (ulong offset in atA)
             a.C.Notify(offset);
