@@ -32,6 +32,7 @@ public sealed class VqEventChannel : IEventChannel
     private readonly DeferredFlush _flush;
     private byte[] _record = new byte[8 + 8 * 64];
     private IEventContext? _context;
+    private bool _waitingForBuffers;
     private bool _disposed;
 
     /// <summary>Creates the channel for one device (the host does, through DI).</summary>
@@ -117,9 +118,9 @@ public sealed class VqEventChannel : IEventChannel
     {
         if (queueIndex != Virtio.EventQueue || _context is null)
             return;
-        // New buffers: whatever waited for one goes out now; a flush already scheduled for this
-        // turn has nothing left to do and is cancelled.
-        if (_pending.Count > 0)
+        // Updates that waited for a buffer go out now. Otherwise a kick changes nothing: pending
+        // updates keep waiting for their scheduled flush (the batch delay is not cut short).
+        if (_waitingForBuffers && _pending.Count > 0)
         {
             _flush.Cancel();
             Flush();
@@ -133,6 +134,7 @@ public sealed class VqEventChannel : IEventChannel
         if (context is null || _pending.Count == 0)
             return;
         IVirtqueue? queue = context.GetQueue(Virtio.EventQueue);
+        _waitingForBuffers = true;
         if (queue is null || !queue.IsReady)
         {
             context.Counters.Increment("events.vq.no-queue");
@@ -150,6 +152,7 @@ public sealed class VqEventChannel : IEventChannel
             if (!Fill(context, queue, chain))
                 return;
         }
+        _waitingForBuffers = false;
     }
 
     /// <summary>Fills one buffer with the oldest pending offsets and returns it to the driver.</summary>
@@ -196,6 +199,7 @@ public sealed class VqEventChannel : IEventChannel
     private void Drop(string counter)
     {
         _flush.Cancel();
+        _waitingForBuffers = false;
         int dropped = _pending.Count;
         _pending.Clear();
         if (dropped > 0)
