@@ -10,12 +10,14 @@ public sealed class VqEventChannelTests
     /// <summary>A device with 7 region slots (32 KiB window of 4 KiB regions).</summary>
     private static readonly PeerSpec Tiny = new() { Window = 32 << 10, RegionSize = 4096 };
 
-    [Fact]
-    public void Pending_updates_never_exceed_one_per_region_slot_and_every_fold_is_counted()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Pending_updates_never_exceed_one_per_region_slot_and_every_fold_is_counted(bool eventIdx)
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq, Tiny);
-        Peer b = rig.Add(EventsKind.Vq, Tiny with { Client = new IsmClientOptions { PostEventBuffers = false } });
+        Peer b = rig.Add(EventsKind.Vq, Tiny with { Client = new IsmClientOptions { PostEventBuffers = false, EventIdx = eventIdx } });
         int slots = b.Device.Description.MaxRegions;
         Assert.Equal(7, slots);
         (ulong[] atA, ulong[] atB) = EventRig.Share(a, b, slots);
