@@ -1,26 +1,15 @@
-using System.Diagnostics.CodeAnalysis;
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using Mono.Unix.Native;
 using Vism.Abstractions;
 using Vism.Native;
+using Vism.Testing;
 using Vism.VhostUser;
 
 namespace Vism.Transport.VhostUser.Tests;
 
 public sealed class OptionsTests
 {
-    private sealed class Context(DeviceDescription device) : OptionsValidationContext
-    {
-        public List<(string Key, string Message)> Errors { get; } = [];
-        public List<string> Endpoints { get; } = [];
-        public override DeviceDescription Device { get; } = device;
-        public override HostDescription Host { get; } = new() { Gid = 1, StateDirectory = "/var/lib/vism", SocketDirectory = "/run/vism" };
-        public override void Error(string key, string message) => Errors.Add((key, message));
-        public override void DeviceError(string key, string message) => Errors.Add(("device." + key, message));
-        public override void ClaimEndpoint(string key, string endpoint) => Endpoints.Add(endpoint);
-    }
-
     private static readonly DeviceDescription Device = new()
     {
         Name = "ism0", RegionSize = 1 << 20, NotifySize = 1, MaxRegions = 1023, RegionsWindowSize = 1023UL << 20, NotifyWindowSize = 1 << 20,
@@ -29,7 +18,7 @@ public sealed class OptionsTests
     [Fact]
     public void Defaults_are_valid_and_claim_the_socket_in_the_socket_directory()
     {
-        var ctx = new Context(Device);
+        var ctx = new RecordingValidationContext(Device);
         new VhostUserOptions().Validate(ctx);
         Assert.Empty(ctx.Errors);
         Assert.Equal(["/run/vism/ism0.sock"], ctx.Endpoints);
@@ -38,7 +27,7 @@ public sealed class OptionsTests
     [Fact]
     public void Every_bad_value_is_reported_against_its_key()
     {
-        var ctx = new Context(Device);
+        var ctx = new RecordingValidationContext(Device);
         new VhostUserOptions
         {
             SocketPath = "/tmp/" + new string('s', 120),
@@ -56,34 +45,13 @@ public sealed class OptionsTests
     [Fact]
     public void The_plugin_registers_the_vhost_user_transport_with_its_options()
     {
-        var builder = new RecordingBuilder();
+        var builder = new RecordingPluginBuilder();
         new VhostUserPlugin().Register(builder);
-        Assert.Equal([("vhost-user", typeof(VhostUserTransport), typeof(VhostUserOptions))], builder.Transports);
+        Assert.Equal([("vhost-user", PluginKind.Transport, typeof(VhostUserTransport), typeof(VhostUserOptions))], builder.Registrations);
         Assert.NotNull(typeof(VhostUserPlugin).Assembly.GetCustomAttributes(typeof(VismPluginAttribute), false)
             .Cast<VismPluginAttribute>().SingleOrDefault(a => a.ContractVersion == VismContract.Version));
         Assert.All(typeof(VhostUserOptions).GetProperties(), p =>
             Assert.NotNull(p.GetCustomAttributes(typeof(System.ComponentModel.DescriptionAttribute), false).SingleOrDefault()));
-    }
-
-    private sealed class RecordingBuilder : IVismPluginBuilder
-    {
-        public List<(string, Type, Type)> Transports { get; } = [];
-
-        public IVismPluginBuilder AddTransport<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicConstructors)] TTransport,
-            [DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.All)] TOptions>(string kind, string summary)
-            where TTransport : class, ITransport where TOptions : class, new()
-        {
-            Transports.Add((kind, typeof(TTransport), typeof(TOptions)));
-            return this;
-        }
-
-        public IVismPluginBuilder AddMemory<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicConstructors)] TBackend,
-            [DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.All)] TOptions>(string kind, string summary)
-            where TBackend : class, IMemoryBackend where TOptions : class, new() => throw new InvalidOperationException("not a memory plugin");
-
-        public IVismPluginBuilder AddEvents<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicConstructors)] TChannel,
-            [DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.All)] TOptions>(string kind, string summary)
-            where TChannel : class, IEventChannel where TOptions : class, new() => throw new InvalidOperationException("not an events plugin");
     }
 }
 
