@@ -291,6 +291,13 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
             {
                 outcome = Outcome.Fail(ex.Message);
             }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // A bug, in vism or in the device it drives: this request fails, the connection and
+                // every other device carry on, and the exception is in the log.
+                _log.LogError(ex, "{Device}: {Request} failed unexpectedly", _device.Description.Name, name);
+                outcome = Outcome.Fail($"internal error: {ex.GetType().Name}: {ex.Message}");
+            }
             error = outcome.Error;
             reply = outcome.Reply;
         }
