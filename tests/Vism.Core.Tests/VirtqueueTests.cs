@@ -337,6 +337,26 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
+    public void A_stopped_queue_reports_its_next_index_and_resumes_from_it()
+    {
+        using var rig = new Rig();
+        Peer p = rig.AddClient("p");
+        for (int i = 0; i < 5; i++)
+            Assert.True(p.C.Alloc(4096).Ok);
+        DriverQueue q = p.C.Driver.Queues[0];
+
+        ushort next = p.T.Call(d => d.StopQueue(0));
+        Assert.Equal(q.AvailIndex, next);
+        Assert.False(p.T.Call(d => d.IsQueueStarted(0)));
+        Assert.Equal(0, p.T.Call(d => d.StopQueue(9)));
+
+        QueueSettings resume = q.Settings with { NextAvail = next };
+        Assert.True(p.T.Call(d => d.TryStartQueue(0, resume)));
+        Assert.True(p.C.Alloc(4096).Ok);
+        Assert.Equal(6, p.Device.RegionsInUse);
+    }
+
+    [Fact]
     public void Vring_need_event_matches_the_virtio_definition()
     {
         Assert.True(SplitQueue.NeedEvent(0, 1, 0));
