@@ -127,6 +127,6 @@ public sealed partial class IsmDevice
 
         public ILogger Log => device._log;
 
-        public IGuestMemory Memory => device._services?.Memory ?? throw new InvalidOperationException("the device has no driver connected");
+        public IGuestMemory? Memory => Active ? device._services?.Memory : null;
     }
 }
