@@ -153,6 +153,51 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
+    public void Random_garbage_in_the_controlq_is_answered_or_resets_the_device_and_never_escapes()
+    {
+        using var rig = new Rig(loops: 1);
+        Peer victim = rig.AddClient("victim");
+        Peer bystander = rig.AddClient("bystander");
+        var random = new Random(20260101);
+        GuestRam ram = victim.T.Ram;
+        ulong scratch = ram.Allocate(4096, 16);
+        int answered = 0, resets = 0;
+        for (int round = 0; round < 100; round++) // each round starts a new client, which takes ~20 KiB of the 4 MiB guest RAM
+        {
+            IsmClient client = victim.C;
+            DriverQueue q = client.Driver.Queues[0];
+            random.NextBytes(ram.Span(scratch, 4096));
+            for (int d = 0; d < q.Size; d++)
+            {
+                ulong address = random.Next(4) switch
+                {
+                    0 => (ulong)random.NextInt64(),
+                    _ => scratch + (ulong)random.Next(4096),
+                };
+                ushort flags = (ushort)(random.Next(8) & (round % 3 == 0 ? 7 : 3));
+                q.RawDescriptor(d, address, (uint)random.Next(64), flags, (ushort)random.Next(q.Size + 2));
+            }
+            ushort before = q.UsedIndex;
+            q.RawPublish((ushort)random.Next(q.Size + 1));
+            victim.T.Kick(0);
+            Assert.True(WaitUntil(() => q.UsedIndex != before || (victim.Device.Status & DeviceStatus.DeviceNeedsReset) != 0), $"round {round}");
+            if ((victim.Device.Status & DeviceStatus.DeviceNeedsReset) != 0)
+            {
+                resets++;
+                victim.Reconnect();
+            }
+            else
+            {
+                answered++;
+                victim.Reconnect(); // the driver's own bookkeeping no longer matches what it wrote
+            }
+        }
+        Assert.True(resets > 0 && answered > 0, $"{resets} resets, {answered} answered");
+        Assert.True(bystander.C.Alloc(4096).Ok);
+        Assert.Equal(0, bystander.Counters.Sum("err."));
+    }
+
+    [Fact]
     public void A_chain_of_only_zero_length_descriptors_is_answered_without_an_ack()
     {
         using var rig = new Rig();
