@@ -221,8 +221,7 @@ public sealed class ControlQueueTests
         Peer a = rig.AddClient("a");
         Peer b = rig.AddDevice("b", throwing);
         b.Connect();
-        AllocReply region = a.C.Alloc(4096);
-        Assert.True(b.C.Attach(region.Token).Ok);
+        AllocReply region = Rig.Share(a, b).Region;
 
         a.C.Notify(region.Offset);
         Assert.True(b.T.WaitConfigChange(Rig.Wait));

@@ -236,8 +236,7 @@ public sealed class RegistryTests
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
         Peer b = rig.AddClient("b");
-        AllocReply region = a.C.Alloc(4096);
-        Assert.True(b.C.Attach(region.Token).Ok);
+        AllocReply region = Rig.Share(a, b).Region;
         Assert.True(b.C.Alloc(4096).Ok);
 
         rig.Host.RemoveDevice(b.Device);

@@ -37,6 +37,17 @@ internal sealed class Rig : IDisposable
         Run(loop, () => { });
     }
 
+    /// <summary><paramref name="owner"/> allocates a region of <paramref name="size"/> bytes and
+    /// <paramref name="peer"/> attaches it; both must succeed.</summary>
+    public static (AllocReply Region, ulong PeerOffset) Share(Peer owner, Peer peer, ulong size = 4096)
+    {
+        AllocReply region = owner.C.Alloc(size);
+        Assert.True(region.Ok);
+        AttachReply attach = peer.C.Attach(region.Token);
+        Assert.True(attach.Ok);
+        return (region, attach.Offset);
+    }
+
     /// <summary>The token hint a <see cref="HostSnapshot"/> shows for <paramref name="token"/>.</summary>
     public static string Hint(ulong token) => $"{token >> 48:x4}…";
 

@@ -128,8 +128,7 @@ public sealed class VirtqueueTests
         using var rig = new Rig(loops: 1); // both devices share one loop: the fault must not stop it
         Peer victim = rig.AddClient("victim", options: new IsmClientOptions { IndirectDesc = ring.Indirect });
         Peer bystander = rig.AddClient("bystander");
-        AllocReply shared = bystander.C.Alloc(4096);
-        Assert.True(victim.C.Attach(shared.Token).Ok);
+        AllocReply shared = Rig.Share(bystander, victim).Region;
         DriverQueue q = victim.C.Driver.Queues[Virtio.ControlQueue];
         ushort usedBefore = q.UsedIndex;
 
