@@ -294,7 +294,7 @@ public sealed partial class IsmDevice : IVirtioDevice
             return false;
         }
         DeviceQueue q = _queues[index];
-        q.Stop();
+        StopQueue(index); // a restarted queue starts afresh; a control request in flight is abandoned
         ulong features = DriverFeatures;
         q.Ring.Configure(settings, Features.Has(features, Features.RingEventIdx), Features.Has(features, Features.RingIndirectDesc));
         q.Started = true;

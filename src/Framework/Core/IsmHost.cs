@@ -168,7 +168,7 @@ public sealed class IsmHost : IDisposable
                 .Select(r => new RegionSnapshot(
                     TokenHint: $"{r.Token >> 48:x4}…",
                     Size: r.Size,
-                    Length: r.Block.Length,
+                    Length: r.Length,
                     OwnerDevId: r.OwnerDevId,
                     HomeDevId: r.Home.DevId,
                     Recovered: r.Recovered,
@@ -281,9 +281,9 @@ public sealed class IsmHost : IDisposable
     /// <summary>Registers a region just allocated by <paramref name="owner"/> at <paramref name="slot"/>.</summary>
     internal Region CreateRegion(IsmDevice owner, int slot, ulong token, IMemoryBlock block, ulong size)
     {
-        var region = new Region(token, block, size, owner, recovered: false) { OwnerDevId = owner.DevId };
-        region.Entries = new() { [owner.DevId] = IsmPermissions.Read | IsmPermissions.Write | IsmPermissions.Attach | IsmPermissions.Manage };
-        region.Peers.Add(owner.DevId);
+        var region = new Region(token, block, size, owner, recovered: false);
+        region.SetOwner(owner.DevId, IsmPermissions.Read | IsmPermissions.Write | IsmPermissions.Attach | IsmPermissions.Manage);
+        region.AddPeer(owner.DevId);
         region.Refs = [new RegionRef(owner, slot)];
         lock (_lock)
             _regions.Add(token, region);
@@ -303,24 +303,19 @@ public sealed class IsmHost : IDisposable
                 return "unknown-token";
             if (region.IsReferencedBy(device))
                 return "already-attached";
-            if (region.Block.Length > device.Description.RegionSize)
+            if (region.Length > device.Description.RegionSize)
                 return "region-too-large";
             IsmPermissions perms = region.EffectiveFor(device.DevId);
             if ((perms & IsmPermissions.Attach) == 0)
                 return "denied";
             if ((perms & (IsmPermissions.Read | IsmPermissions.Write)) == 0)
                 return "no-access";
-            if (Sharing == SharingMode.Pair && !region.Peers.Contains(device.DevId) && region.Peers.Count >= 2)
+            if (Sharing == SharingMode.Pair && !region.PairAllows(device.DevId))
                 return "pair-taken";
             writable = (perms & IsmPermissions.Write) != 0;
-            region.Peers.Add(device.DevId);
+            region.AddPeer(device.DevId);
             if (region.Recovered && region.OwnerDevId == 0)
-            {
-                // Nobody manages a recovered region until its first attacher claims it.
-                region.OwnerDevId = device.DevId;
-                region.Entries ??= [];
-                region.Entries[device.DevId] = perms | IsmPermissions.Manage;
-            }
+                region.SetOwner(device.DevId, perms | IsmPermissions.Manage); // its first attacher manages a recovered region
             region.Refs = [.. region.Refs, new RegionRef(device, slot)];
             return null;
         }
@@ -366,8 +361,7 @@ public sealed class IsmHost : IDisposable
             }
             else
             {
-                region.Entries ??= [];
-                region.Entries[peer] = entry;
+                region.SetEntry(peer, entry);
                 if (denyOther)
                     region.DenyOther = true;
             }
