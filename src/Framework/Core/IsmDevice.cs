@@ -374,7 +374,8 @@ public sealed partial class IsmDevice : IVirtioDevice
     // ---- memory accounting ----
 
     /// <summary>Returns <paramref name="block"/>'s memory and disposes it, on this device's loop
-    /// (the block belongs to this device's backend).</summary>
+    /// (the block belongs to this device's backend). While the host shuts down the block is only
+    /// disposed, so that persisted regions survive a graceful stop.</summary>
     internal void FreeBlock(IMemoryBlock block)
     {
         if (!Loop.IsOnLoop)
@@ -384,7 +385,8 @@ public sealed partial class IsmDevice : IVirtioDevice
         }
         try
         {
-            block.Release();
+            if (!Host.ShuttingDown)
+                block.Release();
         }
         catch (Exception ex)
         {

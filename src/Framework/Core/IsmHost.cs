@@ -46,6 +46,7 @@ public sealed class IsmHost : IDisposable
     private readonly ILogger _log;
     private ulong _lastDevId;
     private bool _disposed;
+    private volatile bool _shuttingDown;
 
     /// <summary>Creates the registry.</summary>
     /// <param name="options">Host settings.</param>
@@ -210,9 +211,22 @@ public sealed class IsmHost : IDisposable
         return "hostname:" + Environment.MachineName;
     }
 
-    /// <summary>Removes every device and disposes the token key.</summary>
+    /// <summary>Whether <see cref="BeginShutdown"/> was called.</summary>
+    public bool ShuttingDown => _shuttingDown;
+
+    /// <summary>
+    /// The host is stopping. From now on a region whose last reference goes (transports
+    /// disconnecting, devices being removed) is only closed, never released: a persistent memory
+    /// backend keeps its contents for the next start, and every other backend's memory goes back
+    /// to the system when its descriptors close. Call it before stopping transports.
+    /// <see cref="Dispose"/> calls it too.
+    /// </summary>
+    public void BeginShutdown() => _shuttingDown = true;
+
+    /// <summary>Shuts down (<see cref="BeginShutdown"/>), removes every device and disposes the token key.</summary>
     public void Dispose()
     {
+        BeginShutdown();
         List<IsmDevice> devices;
         lock (_lock)
         {
