@@ -61,7 +61,7 @@ public class VhostUserBenchmarks
         _disposables.Add(memory);
         IsmDevice device = _host.AddDevice(description, loop, memory, new BenchVectorChannel(), counters);
         var host = new HostDescription { Gid = 1, StateDirectory = _dir, SocketDirectory = _dir };
-        var transport = new VhostUserTransport(new VhostUserOptions { VectorCount = 1 }, description, host, loop, counters,
+        var transport = new VhostUserTransport(new VhostUserOptions { Vectors = 1 }, description, host, loop, counters,
             NullLogger<VhostUserTransport>.Instance);
         loop.InvokeAsync(() => transport.Start(device)).GetAwaiter().GetResult();
         _transports.Add(transport);

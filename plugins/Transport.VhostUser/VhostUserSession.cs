@@ -62,7 +62,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         _framer = new MessageFramer(socket, RequestTable.MaxPayload);
         _outbox = new Outbox(socket, loop, reason => Close($"main socket: {reason}"));
         _memory = new GuestMemoryTable(options.MaxMemSlots);
-        _rings = new Ring[device.QueueCount + options.VectorCount];
+        _rings = new Ring[device.QueueCount + options.Vectors];
         for (int i = 0; i < _rings.Length; i++) _rings[i] = new Ring();
         ulong notifyLength = NotifyWindowLength(device);
         if (notifyLength > 0)
@@ -94,7 +94,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     public IGuestMemory Memory => _memory;
 
-    public int VectorCount => _options.VectorCount;
+    public int VectorCount => _options.Vectors;
 
     public bool CanMap => MapBlocker() is null;
 
@@ -106,7 +106,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     public void SignalVector(int vector)
     {
-        if ((uint)vector >= (uint)_options.VectorCount)
+        if ((uint)vector >= (uint)_options.Vectors)
         {
             _counters.Increment("vhost-user.signals-dropped");
             return;

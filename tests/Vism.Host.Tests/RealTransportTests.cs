@@ -80,7 +80,7 @@ public sealed class RealTransportTests : IClassFixture<PluginFixture>, IDisposab
     public async Task The_demo_runs_over_each_real_transport_and_memory(string transport, string memory, string events)
     {
         if (memory == "hugetlb") Machine.RequireHugePages(8);
-        string transportOptions = transport == "vhost-user" && events == "irq" ? "vector-count = 4" : "";
+        string transportOptions = transport == "vhost-user" && events == "irq" ? "vectors = 4" : "";
         string memoryOptions = memory == "file" ? $"directory = \"{_shm}\"" : "page-size = \"2MiB\"";
         string region = memory == "hugetlb" ? "2MiB" : "1MiB";
         string devices = string.Concat(Enumerable.Range(0, 2).Select(i => $"""

@@ -288,7 +288,7 @@ public sealed class FrontendTests
     [Fact]
     public async Task Per_region_vectors_fire_the_call_fds_of_the_extra_queues()
     {
-        await using var b = new Backend(new VhostUserOptions { VectorCount = 2 });
+        await using var b = new Backend(new VhostUserOptions { Vectors = 2 });
         using var ram = new GuestRam();
         using VhostUserFrontend f = b.Connect(ram, new VhostUserFrontendOptions { VectorCount = 2 });
         Assert.Equal(3, f.QueueCount);

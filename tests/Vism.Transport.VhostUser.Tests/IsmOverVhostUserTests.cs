@@ -72,7 +72,7 @@ internal sealed class IsmRig : IAsyncDisposable
         var counters = new DeviceCounters();
         var events = new VectorChannel();
         IsmDevice device = Host.AddDevice(description, loop, new InMemoryBackend(64 * MiB), events, counters);
-        var options = new VhostUserOptions { SocketPath = _dir[name + ".sock"], VectorCount = Vectors };
+        var options = new VhostUserOptions { SocketPath = _dir[name + ".sock"], Vectors = Vectors };
         var host = new HostDescription { Gid = Host.Gid, StateDirectory = _dir.Path, SocketDirectory = _dir.Path };
         var log = new ListLogger<VhostUserTransport>();
         var transport = new VhostUserTransport(options, description, host, loop, counters, log);

@@ -31,13 +31,13 @@ public sealed class OptionsTests
         new VhostUserOptions
         {
             SocketPath = "/tmp/" + new string('s', 120),
-            VectorCount = -1,
+            Vectors = -1,
             MaxMemSlots = 0,
             NotifyPollFastMs = 0,
             NotifyPollSlowMs = 20_000,
             BackendReplyTimeoutMs = 5,
         }.Validate(ctx);
-        Assert.Equal(["socket-path", "vector-count", "max-mem-slots", "notify-poll-fast-ms", "notify-poll-slow-ms", "backend-reply-timeout-ms"],
+        Assert.Equal(["socket-path", "vectors", "max-mem-slots", "notify-poll-fast-ms", "notify-poll-slow-ms", "backend-reply-timeout-ms"],
             ctx.Errors.Select(e => e.Key));
         Assert.Empty(ctx.Endpoints);
     }
