@@ -23,6 +23,10 @@ public sealed record DriverTarget
     /// <summary>The device itself, for connectors that serve it in this process (the in-memory
     /// transport); null when only the endpoint is known.</summary>
     public IVirtioDevice? Device { get; init; }
+
+    /// <summary>The transport instance serving the device, for connectors of in-process transports
+    /// whose driver side lives in the transport object; null when only the endpoint is known.</summary>
+    public ITransport? Transport { get; init; }
 }
 
 /// <summary>
