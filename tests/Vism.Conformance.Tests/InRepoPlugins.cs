@@ -1,3 +1,5 @@
+using Vism.Events.Irq;
+using Vism.Events.Vq;
 using Vism.Memory.File;
 using Vism.Memory.Hugetlb;
 using Vism.Transport.Mmio;
@@ -11,10 +13,10 @@ internal static class InRepoPlugins
     /// <summary>Huge pages the suite needs at most at once (two devices with every 2 MiB slot filled).</summary>
     public const int HugePages = 16;
 
-    public static IVismPlugin[] All => [new VhostUserPlugin(), new MmioPlugin(), new FileMemoryPlugin(), new HugetlbMemoryPlugin()];
+    public static IVismPlugin[] All => [new VhostUserPlugin(), new MmioPlugin(), new FileMemoryPlugin(), new HugetlbMemoryPlugin(), new VqEventsPlugin(), new IrqEventsPlugin()];
 
     public static DirectComposer Composer(ILoggerFactory? logs = null, params IVismPlugin[] extra) =>
         new DirectComposer(logs ?? NullLoggerFactory.Instance, [.. All, .. extra])
             // The vhost-user transport offers no per-region vectors unless told to (EVENT_IRQ needs them).
-            .Configure<VhostUserOptions>(o => o.VectorCount = 4);
+            .Configure<VhostUserOptions>(o => o.Vectors = 4);
 }

@@ -104,7 +104,7 @@ public static class MatrixCommand
         {
             if (!KindOption.TryParse(text, out KindOption? o))
             {
-                error.WriteLine($"vism matrix: --option {text}: expected KIND.KEY=VALUE, e.g. vhost-user.vector-count=8");
+                error.WriteLine($"vism matrix: --option {text}: expected KIND.KEY=VALUE, e.g. vhost-user.vectors=8");
                 return ExitCodes.BadConfig;
             }
             options.Add(o!);

@@ -12,13 +12,13 @@ namespace Vism.Host.Composition;
 
 /// <summary>An option <c>vism matrix</c> sets in the section of one plugin kind.</summary>
 /// <param name="Kind">The plugin kind name, e.g. <c>vhost-user</c>.</param>
-/// <param name="Key">The option's TOML key, e.g. <c>vector-count</c>.</param>
+/// <param name="Key">The option's TOML key, e.g. <c>vectors</c>.</param>
 /// <param name="Value">The value as a TOML literal, e.g. <c>4</c> or <c>"/dev/shm/x"</c>.</param>
 public sealed record KindOption(string Kind, string Key, string Value)
 {
     /// <summary>What <c>vism matrix</c> sets unless told otherwise: the vhost-user transport offers
     /// no per-region vectors by default, and EVENT_IRQ needs some.</summary>
-    public static IReadOnlyList<KindOption> Defaults { get; } = [new("vhost-user", "vector-count", "4")];
+    public static IReadOnlyList<KindOption> Defaults { get; } = [new("vhost-user", "vectors", "4")];
 
     /// <summary>Parses <c>KIND.KEY=VALUE</c> (the value a TOML literal; a bare word is taken as a string).</summary>
     /// <param name="text">The text.</param>
