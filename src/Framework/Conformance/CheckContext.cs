@@ -49,6 +49,7 @@ public sealed class CheckContext : IAsyncDisposable
     private readonly IComposer _composer;
     private readonly List<Rig> _rigs = [];
     private readonly CancellationToken _cancellation;
+    private bool _disposed;
 
     internal CheckContext(IComposer composer, Combination combination, ConformanceOptions options, ILogger log, CancellationToken cancellation)
     {
@@ -85,7 +86,19 @@ public sealed class CheckContext : IAsyncDisposable
             throw new CheckEndedException(Outcome.Skipped, ex.Message, ex.Fix);
         }
         var rig = new Rig(this, composition);
-        lock (_rigs) _rigs.Add(rig);
+        bool late;
+        lock (_rigs)
+        {
+            late = _disposed;
+            if (!late)
+                _rigs.Add(rig);
+        }
+        if (late)
+        {
+            // The check outlived its timeout and was cleaned up already: stop what it just made.
+            rig.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            throw new CheckEndedException(Outcome.Failed, "the check was stopped while it composed devices");
+        }
         foreach (ComposedDevice device in composition.Devices)
             rig.AddPeer(device, driver ?? DefaultDriver);
         return rig;
@@ -146,6 +159,7 @@ public sealed class CheckContext : IAsyncDisposable
         Rig[] rigs;
         lock (_rigs)
         {
+            _disposed = true;
             rigs = [.. _rigs];
             _rigs.Clear();
         }
