@@ -41,15 +41,15 @@ public static class MatrixCommand
     /// <returns>The command.</returns>
     public static Command Create(Option<string[]> plugins, TextWriter output, TextWriter error)
     {
-        Option<string[]> Kinds(string name, string what) => new(name)
+        Option<string[]> Kinds(string name, string what, string extra = "") => new(name)
         {
-            Description = $"{what} kind(s) to test (repeatable, or comma-separated); default: every installed one",
+            Description = $"{what} kind(s) to test (repeatable, or comma-separated){extra}; default: every installed one",
             Arity = ArgumentArity.OneOrMore,
             AllowMultipleArgumentsPerToken = false,
         };
         Option<string[]> transport = Kinds("--transport", "Transport");
         Option<string[]> memory = Kinds("--memory", "Memory");
-        Option<string[]> events = Kinds("--events", "Events (\"none\": devices without an events plugin)");
+        Option<string[]> events = Kinds("--events", "Events", "; \"none\" composes devices without an events plugin");
         var check = new Option<string[]>("--check") { Description = "Run only these checks: an id, or a prefix such as \"alloc\" (repeatable); see --list", Arity = ArgumentArity.OneOrMore };
         var option = new Option<string[]>("--option")
         {
