@@ -276,11 +276,14 @@ public sealed class HostRuntime : IAsyncDisposable
                 await Quietly($"device {name}: disposing events", () => d.Loop.InvokeAsync(events.Dispose)).ConfigureAwait(false);
             if (d.Memory is IMemoryBackend memory)
                 await Quietly($"device {name}: disposing memory", () => d.Loop.InvokeAsync(memory.Dispose)).ConfigureAwait(false);
-            await Quietly($"device {name}: disposing its scope", () => { d.Scope.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
             _log.LogInformation("device {Name}: stopped", name);
         }
         await Quietly("registry", () => { Ism.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         await Quietly("loops", () => { _loops.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
+        // Scopes go after the loops: a scope disposes the loop it handed out (a factory registration),
+        // and a loop is shared by several devices when there are more devices than loops.
+        foreach (RunningDevice d in devices)
+            await Quietly($"device {d.Settings.Name}: disposing its scope", () => { d.Scope.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         await _services.DisposeAsync().ConfigureAwait(false);
     }
 
