@@ -10,16 +10,23 @@ public sealed class AbuseTests
     private const ulong Page = 4096;
 
     /// <summary>Runs <paramref name="abuse"/> against a fresh backend and checks that every fd it
-    /// caused vism to receive is closed again once the client is gone.</summary>
+    /// caused vism to receive is closed again once the client is gone. It runs twice, each time on
+    /// a fresh backend, and the second run is measured: descriptors the runtime opens once, lazily
+    /// (the first time some code path runs in this process), are then already open, while a real
+    /// leak shows again.</summary>
     private static async Task WithoutLeaks(Func<Backend, Task> abuse, VhostUserOptions? options = null)
     {
-        await using var b = new Backend(options);
-        b.WaitFor(() => true, "the loop");
-        int before = Fd.CountOpen();
-        await abuse(b);
-        b.WaitFor(() => !b.Transport.IsConnected, "the connection to close");
-        int after = Fd.CountOpen();
-        Assert.True(after <= before, $"{after - before} fds leaked ({before} before, {after} after)");
+        for (int run = 0; run < 2; run++)
+        {
+            await using var b = new Backend(options);
+            b.WaitFor(() => true, "the loop");
+            int before = Fd.CountOpen();
+            await abuse(b);
+            b.WaitFor(() => !b.Transport.IsConnected, "the connection to close");
+            int after = Fd.CountOpen();
+            if (run == 1)
+                Assert.True(after <= before, $"{after - before} fds leaked ({before} before, {after} after)");
+        }
     }
 
     [Fact]

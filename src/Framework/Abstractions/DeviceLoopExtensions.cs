@@ -38,6 +38,9 @@ public static class DeviceLoopExtensions
     /// <param name="loop">The loop.</param>
     /// <param name="work">The asynchronous work.</param>
     /// <returns>The work's task, observed from outside the loop.</returns>
-    public static async Task<T> InvokeAsync<T>(this IDeviceLoop loop, Func<Task<T>> work) =>
-        await await loop.InvokeAsync<Task<T>>(work).ConfigureAwait(false);
+    public static async Task<T> InvokeAsync<T>(this IDeviceLoop loop, Func<Task<T>> work)
+    {
+        Task<T> started = await loop.InvokeAsync<Task<T>>(work).ConfigureAwait(false);
+        return await started.ConfigureAwait(false);
+    }
 }
