@@ -3,7 +3,7 @@
 # flows in ./flows and an /init that runs the flow named on the kernel command line
 # (vism.role=NAME) and powers off. Boot it with the Debian cloud kernel (virtio_pci, hugetlbfs
 # and /proc/self/pagemap are built in; no modules are needed).
-#   -o FILE        output (default: vism-guest.cpio.gz next to this script)
+#   -o FILE        output (default: build/vism-guest.cpio.gz next to this script)
 #   --busybox FILE static busybox (default: $VISM_QEMU_ROOT/bin/busybox, root from scripts/setup-qemu.sh)
 #   --tool FILE    vism-guest binary (default: built here with make); a vism-ring-selftest next
 #                  to it is included too
@@ -11,7 +11,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=${VISM_QEMU_ROOT:-/var/cache/vism/trixie}
-out=$here/vism-guest.cpio.gz
+out=$here/build/vism-guest.cpio.gz
 busybox=$root/bin/busybox
 tool=
 flows=$here/flows
@@ -34,8 +34,8 @@ if ! file -L "$busybox" 2>/dev/null | grep -q 'statically linked' && command -v 
     exit 1
 fi
 if [ -z "$tool" ]; then
-    make -s -C "$here" vism-guest vism-ring-selftest
-    tool=$here/vism-guest
+    make -s -C "$here" all
+    tool=$here/build/vism-guest
 fi
 selftest=$(dirname "$tool")/vism-ring-selftest
 
@@ -52,6 +52,7 @@ cp "$flows"/*.vism "$stage/flows/"
 # so the node is only a convenience (mknod needs root).
 mknod -m 600 "$stage/dev/console" c 5 1 2>/dev/null || true
 
+mkdir -p "$(dirname "$out")"
 out_abs=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | "$busybox" cpio -o -H newc 2>/dev/null) | gzip -9 -n > "$out_abs.tmp"
 mv "$out_abs.tmp" "$out_abs"
