@@ -12,7 +12,7 @@ namespace Vism.Testing;
 public static class GuestImage
 {
     private static readonly Lock BuildLock = new();
-    private static string? _initramfs;
+    private static bool _toolBuilt, _initramfsBuilt;
 
     /// <summary>The checkout this test assembly was built from (the directory holding tools/guest).</summary>
     public static string RepositoryRoot
@@ -40,6 +40,25 @@ public static class GuestImage
             $"no kernel in {boot}: scripts/setup-qemu.sh installs linux-image-cloud-amd64 there");
     }
 
+    /// <summary>The static <c>vism-guest</c> built from this checkout (once per process). Skips
+    /// the test when no C compiler is installed.</summary>
+    public static string Tool
+    {
+        get
+        {
+            lock (BuildLock)
+            {
+                string tool = Path.Combine(OutputDirectory, "vism-guest");
+                if (!_toolBuilt || !File.Exists(tool))
+                {
+                    Make("all", null);
+                    _toolBuilt = true;
+                }
+                return tool;
+            }
+        }
+    }
+
     /// <summary>Builds the initramfs (once per process) and returns its path. Skips the test when
     /// no C compiler is installed.</summary>
     /// <param name="qemuRoot">The root whose static busybox goes into the image.</param>
@@ -47,34 +66,41 @@ public static class GuestImage
     {
         lock (BuildLock)
         {
-            if (_initramfs is not null && File.Exists(_initramfs))
-                return _initramfs;
-            Skip.IfNot(OnPath("make") && OnPath("gcc"),
-                "building tools/guest needs gcc and make (apt-get install gcc make libc6-dev)");
-            string output = Path.Combine(Path.GetTempPath(), $"vism-guest-image-{Environment.ProcessId}");
-            var psi = new ProcessStartInfo("make")
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                UseShellExecute = false,
-            };
-            foreach (string arg in new[] { "-s", "-C", Path.Combine(RepositoryRoot, "tools", "guest"), $"O={output}", "initramfs" })
-                psi.ArgumentList.Add(arg);
-            psi.Environment["VISM_QEMU_ROOT"] = qemuRoot;
-            using var make = Process.Start(psi) ?? throw new InvalidOperationException("cannot start make");
-            Task<string> stdout = make.StandardOutput.ReadToEndAsync();
-            Task<string> stderr = make.StandardError.ReadToEndAsync();
-            if (!make.WaitForExit(TimeSpan.FromMinutes(5)))
-            {
-                make.Kill(entireProcessTree: true);
-                throw new TimeoutException("building the guest image took more than 5 minutes");
-            }
-            string log = stdout.Result + stderr.Result;
-            string image = Path.Combine(output, "vism-guest.cpio.gz");
-            if (make.ExitCode != 0 || !File.Exists(image))
-                throw new InvalidOperationException($"make -C tools/guest initramfs failed ({make.ExitCode}):\n{log}");
-            return _initramfs = image;
+            string image = Path.Combine(OutputDirectory, "vism-guest.cpio.gz");
+            if (_initramfsBuilt && File.Exists(image))
+                return image;
+            Make("initramfs", qemuRoot);
+            _initramfsBuilt = _toolBuilt = true;
+            return image;
         }
+    }
+
+    private static string OutputDirectory => Path.Combine(Path.GetTempPath(), $"vism-guest-image-{Environment.ProcessId}");
+
+    private static void Make(string target, string? qemuRoot)
+    {
+        Skip.IfNot(OnPath("make") && OnPath("gcc"),
+            "building tools/guest needs gcc and make (apt-get install gcc make libc6-dev)");
+        var psi = new ProcessStartInfo("make")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (string arg in new[] { "-s", "-C", Path.Combine(RepositoryRoot, "tools", "guest"), $"O={OutputDirectory}", target })
+            psi.ArgumentList.Add(arg);
+        if (qemuRoot is not null)
+            psi.Environment["VISM_QEMU_ROOT"] = qemuRoot;
+        using var make = Process.Start(psi) ?? throw new InvalidOperationException("cannot start make");
+        Task<string> stdout = make.StandardOutput.ReadToEndAsync();
+        Task<string> stderr = make.StandardError.ReadToEndAsync();
+        if (!make.WaitForExit(TimeSpan.FromMinutes(5)))
+        {
+            make.Kill(entireProcessTree: true);
+            throw new TimeoutException($"make {target} in tools/guest took more than 5 minutes");
+        }
+        if (make.ExitCode != 0)
+            throw new InvalidOperationException($"make -C tools/guest {target} failed ({make.ExitCode}):\n{stdout.Result}{stderr.Result}");
     }
 
     private static bool OnPath(string tool) =>
