@@ -26,6 +26,18 @@ public sealed class GuestRam : IGuestMemory, IDisposable
         GuestBase = guestBase;
     }
 
+    private GuestRam(SafeFileHandle handle, ulong size, ulong guestBase)
+    {
+        Handle = handle;
+        _map = Mapping.Map(Handle, 0, size);
+        Size = size;
+        GuestBase = guestBase;
+    }
+
+    /// <summary>A second, independent mapping of the same memfd at the same guest-physical base:
+    /// the device's view of this RAM, as a vhost-user backend maps the fd from the memory table.</summary>
+    public GuestRam CreateView() => new(Fd.Dup(Handle), Size, GuestBase);
+
     /// <summary>The memfd (shared with the device side).</summary>
     public SafeFileHandle Handle { get; }
 

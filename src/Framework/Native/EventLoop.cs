@@ -32,8 +32,9 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
     {
         Name = name;
         _log = log ?? NullLogger.Instance;
-        int ep = Syscall.epoll_create(EpollFlags.EPOLL_CLOEXEC);
-        _epoll = Fd.Own(PosixException.Check(ep, "epoll_create"));
+        int ep = LibC.epoll_create1(LibC.EPOLL_CLOEXEC);
+        if (ep < 0) throw PosixException.FromPInvoke("epoll_create1");
+        _epoll = Fd.Own(ep);
         var ev = new EpollEvent { events = EpollEvents.EPOLLIN, u64 = 0 };
         PosixException.Check(Syscall.epoll_ctl(ep, EpollOp.EPOLL_CTL_ADD, Fd.Raw(_wake.Handle), ref ev), "epoll_ctl(wake)");
         _thread = new Thread(Run) { IsBackground = true, Name = name };

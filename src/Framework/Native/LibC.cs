@@ -37,6 +37,12 @@ internal static partial class LibC
     [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
     public static partial int fallocate(int fd, int mode, long offset, long len);
 
+    /// <summary>EPOLL_CLOEXEC as Linux defines it (Mono.Posix's EpollFlags.EPOLL_CLOEXEC is 0x2000000, which the kernel rejects with EINVAL).</summary>
+    public const int EPOLL_CLOEXEC = 0x80000;
+
+    [LibraryImport("libc", EntryPoint = "epoll_create1", SetLastError = true)]
+    public static partial int epoll_create1(int flags);
+
     public const int F_DUPFD_CLOEXEC = 1030;
 
     [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]

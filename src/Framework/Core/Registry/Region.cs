@@ -1,0 +1,72 @@
+using Vism.Abstractions;
+
+namespace Vism.Core.Registry;
+
+/// <summary>One device's reference to a region: the device and the slot it occupies in its REGIONS window.</summary>
+/// <param name="Device">The referencing device.</param>
+/// <param name="Slot">The slot index (offset / region_size).</param>
+internal readonly record struct RegionRef(IsmDevice Device, int Slot);
+
+/// <summary>
+/// A live ISM region in the host registry. Fields other than <see cref="Refs"/> are guarded by the
+/// host's lock; <see cref="Refs"/> is copy-on-write so notify routing reads it without locking.
+/// </summary>
+internal sealed class Region(ulong token, IMemoryBlock block, ulong size, IsmDevice home, bool recovered)
+{
+    /// <summary>The token (never 0).</summary>
+    public ulong Token { get; } = token;
+
+    /// <summary>The backing memory.</summary>
+    public IMemoryBlock Block { get; } = block;
+
+    /// <summary>Bytes the allocator asked for (the block length for a recovered region).</summary>
+    public ulong Size { get; } = size;
+
+    /// <summary>The device whose memory backend owns <see cref="Block"/>; the block is released on its loop.</summary>
+    public IsmDevice Home { get; } = home;
+
+    /// <summary>Whether the region came from <see cref="IMemoryBackend.Recover"/>.</summary>
+    public bool Recovered { get; } = recovered;
+
+    /// <summary>The devid holding MANAGE by default (0 for a recovered region nobody attached yet).</summary>
+    public ulong OwnerDevId;
+
+    /// <summary>The default entry (peer devid 0).</summary>
+    public IsmPermissions Default = IsmPermissions.Read | IsmPermissions.Write | IsmPermissions.Attach;
+
+    /// <summary>Whether devices without their own entry are denied attach (VIRTIO_ISM_PERM_DENY_OTHER).</summary>
+    public bool DenyOther;
+
+    /// <summary>Per-device entries.</summary>
+    public Dictionary<ulong, IsmPermissions>? Entries;
+
+    /// <summary>Every devid that ever referenced the region (the pair rule limits it to two).</summary>
+    public readonly HashSet<ulong> Peers = [];
+
+    /// <summary>Current references; replaced, never mutated.</summary>
+    public volatile RegionRef[] Refs = [];
+
+    /// <summary>Set once the region left the registry.</summary>
+    public bool Freed;
+
+    /// <summary>The permissions that apply to <paramref name="devId"/>.</summary>
+    /// <param name="devId">A devid.</param>
+    /// <returns>Its own entry, else the default entry (without ATTACH when DENY_OTHER is set).</returns>
+    public IsmPermissions EffectiveFor(ulong devId)
+    {
+        if (Entries is not null && Entries.TryGetValue(devId, out IsmPermissions own))
+            return own;
+        return DenyOther ? Default & ~IsmPermissions.Attach : Default;
+    }
+
+    /// <summary>Whether <paramref name="device"/> references the region now.</summary>
+    /// <param name="device">A device.</param>
+    /// <returns>True when one of <see cref="Refs"/> is it.</returns>
+    public bool IsReferencedBy(IsmDevice device)
+    {
+        foreach (RegionRef r in Refs)
+            if (ReferenceEquals(r.Device, device))
+                return true;
+        return false;
+    }
+}

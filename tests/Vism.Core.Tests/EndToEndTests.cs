@@ -1,0 +1,70 @@
+using Vism.Abstractions;
+
+namespace Vism.Core.Tests;
+
+/// <summary>The whole control path through the in-memory transport, as a user relies on it.</summary>
+public sealed class EndToEndTests
+{
+    [Fact]
+    public void Two_devices_share_a_region_by_token_and_see_each_others_writes()
+    {
+        using var rig = new Rig();
+        Peer a = rig.AddClient("a");
+        Peer b = rig.AddClient("b");
+
+        AllocReply alloc = a.C.Alloc(64 * 1024);
+        Assert.True(alloc.Ok);
+        Assert.NotEqual(0UL, alloc.Token);
+
+        AttachReply attach = b.C.Attach(alloc.Token);
+        Assert.True(attach.Ok);
+
+        "hello from a"u8.CopyTo(a.C.Region(alloc.Offset, 64));
+        Assert.Equal("hello from a"u8.ToArray(), b.C.Region(attach.Offset, 12).ToArray());
+        "reply from b"u8.CopyTo(b.C.Region(attach.Offset + 100, 64));
+        Assert.Equal("reply from b"u8.ToArray(), a.C.Region(alloc.Offset + 100, 12).ToArray());
+    }
+
+    [Fact]
+    public void A_notify_write_reaches_the_peer_at_its_own_offset_and_not_the_writer()
+    {
+        using var rig = new Rig();
+        Peer a = rig.AddClient("a");
+        Peer b = rig.AddClient("b");
+        // Shift b's slots so that b sees the region at a different offset than a.
+        AllocReply own = b.C.Alloc(4096);
+        Assert.True(own.Ok);
+
+        AllocReply alloc = a.C.Alloc(4096);
+        AttachReply attach = b.C.Attach(alloc.Token);
+        Assert.True(attach.Ok);
+        Assert.NotEqual(alloc.Offset, attach.Offset);
+
+        a.C.Notify(alloc.Offset);
+        Assert.True(b.E.WaitForUpdates(1, Rig.Wait));
+        a.Settle();
+        b.Settle();
+        Assert.Equal([attach.Offset], b.E.Updates);
+        Assert.Empty(a.E.Updates);
+    }
+
+    [Fact]
+    public void Detach_by_both_devices_frees_the_region_and_its_memory()
+    {
+        using var rig = new Rig();
+        Peer a = rig.AddClient("a");
+        Peer b = rig.AddClient("b");
+        AllocReply alloc = a.C.Alloc(Rig.MiB);
+        AttachReply attach = b.C.Attach(alloc.Token);
+        Assert.Equal(1, rig.Host.RegionCount);
+        Assert.Equal(Rig.MiB, a.Memory.Usage.Used);
+
+        Assert.Equal(IsmControl.AckOk, a.C.Detach(alloc.Offset));
+        Assert.Equal(1, rig.Host.RegionCount);
+        Assert.Equal(IsmControl.AckOk, b.C.Detach(attach.Offset));
+        Assert.Equal(0, rig.Host.RegionCount);
+        a.Settle();
+        Assert.Equal(0UL, a.Memory.Usage.Used);
+        Assert.Equal(IsmControl.AckErr, b.C.Attach(alloc.Token).Ack);
+    }
+}

@@ -1,0 +1,140 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
+using Vism.Abstractions;
+using Vism.Core.InMemory;
+using Vism.Driver;
+using Vism.Native;
+
+namespace Vism.Core.Tests;
+
+/// <summary>A host with real loops, plus helpers to add devices served by in-memory transports.</summary>
+internal sealed class Rig : IDisposable
+{
+    public static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
+    public const ulong MiB = 1 << 20;
+
+    private readonly List<Peer> _peers = [];
+    private int _next;
+
+    public Rig(SharingMode sharing = SharingMode.Pair, int loops = 2, ulong? gid = 0x00c0ffee_0000_0001)
+    {
+        Logs = new CapturingLogs();
+        Loops = Enumerable.Range(0, loops).Select(i => new EventLoop($"test-loop-{i}")).ToArray();
+        Host = new IsmHost(new IsmHostOptions { Gid = gid, Sharing = sharing }, Logs);
+    }
+
+    public CapturingLogs Logs { get; }
+
+    /// <summary>The token hint a <see cref="HostSnapshot"/> shows for <paramref name="token"/>.</summary>
+    public static string Hint(ulong token) => $"{token >> 48:x4}…";
+
+    public EventLoop[] Loops { get; }
+
+    public IsmHost Host { get; }
+
+    /// <summary>Adds a device with its own loop (round-robin), backend, counters and event channel.</summary>
+    public Peer AddDevice(string? name = null, IEventChannel? events = null, ulong window = 16 * MiB, ulong regionSize = MiB,
+        ulong notifySize = 1, ulong capacity = 64 * MiB, ulong pageSize = 4096)
+    {
+        name ??= $"dev{_peers.Count}";
+        DeviceDescription description = DeviceLayout.Compute(name, Virtio.IsmDeviceId, window, regionSize, notifySize);
+        var memory = new InMemoryBackend(capacity, pageSize);
+        var counters = new DeviceCounters();
+        EventLoop loop = Loops[_next++ % Loops.Length];
+        IsmDevice device = Host.AddDevice(description, loop, memory, events, counters);
+        var peer = new Peer(device, memory, counters, events as RecordingEventChannel);
+        _peers.Add(peer);
+        return peer;
+    }
+
+    /// <summary>Adds a device, connects an in-memory transport and starts an ISM client on it.</summary>
+    public Peer AddClient(string? name = null, RecordingEventChannel? events = null, IsmClientOptions? options = null,
+        int vectors = 4, ulong regionSize = MiB, ulong window = 16 * MiB, ulong capacity = 64 * MiB)
+    {
+        events ??= RecordingEventChannel.Irq();
+        Peer peer = AddDevice(name, events, window, regionSize, capacity: capacity);
+        peer.Connect(vectors, options);
+        return peer;
+    }
+
+    public void Dispose()
+    {
+        foreach (Peer p in _peers)
+            p.Dispose();
+        Host.Dispose();
+        foreach (EventLoop l in Loops)
+            l.Dispose();
+    }
+}
+
+/// <summary>One device with what serves and drives it.</summary>
+internal sealed class Peer(IsmDevice device, InMemoryBackend memory, DeviceCounters counters, RecordingEventChannel? events) : IDisposable
+{
+    public IsmDevice Device { get; } = device;
+    public InMemoryBackend Memory { get; } = memory;
+    public DeviceCounters Counters { get; } = counters;
+    public RecordingEventChannel? Events { get; } = events;
+    public InMemoryTransport? Transport { get; private set; }
+    public IsmClient? Client { get; private set; }
+
+    public IsmClient C => Client ?? throw new InvalidOperationException("no client");
+    public InMemoryTransport T => Transport ?? throw new InvalidOperationException("no transport");
+    public RecordingEventChannel E => Events ?? throw new InvalidOperationException("no recording channel");
+
+    public InMemoryTransport Connect(int vectors = 4, IsmClientOptions? options = null, bool startClient = true)
+    {
+        Transport = InMemoryTransport.StartFor(Device, vectorCount: vectors);
+        if (startClient)
+            Client = IsmClient.Start(Transport, options);
+        return Transport;
+    }
+
+    /// <summary>Runs on the device's loop and waits.</summary>
+    public T OnLoop<T>(Func<T> work) => Device.Loop.InvokeAsync(work).WaitAsync(Rig.Wait).GetAwaiter().GetResult();
+
+    /// <summary>Waits until everything already posted to the device's loop has run.</summary>
+    public void Settle()
+    {
+        // Two turns: work posted by work that was posted runs on the next turn.
+        OnLoop(() => true);
+        OnLoop(() => true);
+    }
+
+    public void Dispose()
+    {
+        if (Client is not null)
+            Client.Dispose();
+        else
+            Transport?.Dispose();
+        Events?.Dispose();
+    }
+}
+
+/// <summary>Captures log entries so tests can check that a reason was logged.</summary>
+internal sealed class CapturingLogs : ILoggerFactory
+{
+    public ConcurrentQueue<(LogLevel Level, string Category, string Message)> Entries { get; } = new();
+
+    public bool Contains(string fragment, LogLevel atLeast = LogLevel.Warning) =>
+        Entries.Any(e => e.Level >= atLeast && e.Message.Contains(fragment, StringComparison.Ordinal));
+
+    public ILogger CreateLogger(string categoryName) => new Logger(this, categoryName);
+
+    public void AddProvider(ILoggerProvider provider)
+    {
+    }
+
+    public void Dispose()
+    {
+    }
+
+    private sealed class Logger(CapturingLogs owner, string category) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => true;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            owner.Entries.Enqueue((logLevel, category, formatter(state, exception)));
+    }
+}

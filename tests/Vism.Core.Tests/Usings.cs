@@ -1,0 +1,2 @@
+global using Vism.Abstractions;
+global using Vism.Driver;
