@@ -25,6 +25,16 @@ internal sealed class Rig : IDisposable
 
     public CapturingLogs Logs { get; }
 
+    /// <summary>Runs <paramref name="work"/> on <paramref name="loop"/> and waits.</summary>
+    public static void Run(IDeviceLoop loop, Action work) => loop.InvokeAsync(work).WaitAsync(Wait).GetAwaiter().GetResult();
+
+    /// <summary>Waits until what is already posted to <paramref name="loop"/> has run.</summary>
+    public static void Settle(IDeviceLoop loop)
+    {
+        Run(loop, () => { });
+        Run(loop, () => { });
+    }
+
     /// <summary>The token hint a <see cref="HostSnapshot"/> shows for <paramref name="token"/>.</summary>
     public static string Hint(ulong token) => $"{token >> 48:x4}…";
 

@@ -90,9 +90,10 @@ public sealed partial class IsmDevice
         }
         catch (Exception ex)
         {
-            Counters.Increment("err.events.plugin-failed");
             _log.LogError(ex, "device {Name} (devid {DevId}): the event channel failed in {Call}", Description.Name, DevId, what);
-            if (!force)
+            if (force)
+                Counters.Increment("err.events.plugin-failed");
+            else
                 Fail("events.plugin-failed", $"{what} threw {ex.GetType().Name}");
             return false;
         }

@@ -222,11 +222,16 @@ public sealed partial class IsmDevice : IVirtioDevice
         }
     }
 
-    /// <summary>Logs and counts a refused request (an ERR ack, a refused status write, ...).</summary>
+    /// <summary>Counts a refused request (an ERR ack, a refused status write, ...) and logs it: the
+    /// first ten times for each reason, then at every power of two, so a driver repeating a bad
+    /// request cannot flood the log while every reason still shows up in it.</summary>
     private void Reject(string reason, string detail)
     {
-        Counters.Increment("err." + reason);
-        _log.LogWarning("device {Name} (devid {DevId}): {Reason}: {Detail}", Description.Name, DevId, reason, detail);
+        string name = "err." + reason;
+        Counters.Increment(name);
+        long times = Counters.Get(name);
+        if (times <= 10 || long.IsPow2(times))
+            _log.LogWarning("device {Name} (devid {DevId}): {Reason}: {Detail} ({Times} so far)", Description.Name, DevId, reason, detail, times);
     }
 
     // ---- config space ----
@@ -332,6 +337,8 @@ public sealed partial class IsmDevice : IVirtioDevice
             KickControl();
         else if (_eventContext is not null)
             CallEvents(e => e.OnQueueNotified(index), "OnQueueNotified");
+        else
+            Counters.Increment("queue.kick-without-events");
     }
 
     // ---- connection ----

@@ -129,6 +129,7 @@ public sealed class IsmHost : IDisposable
     /// the recovered regions of its backend that nobody attached (their persisted backing stays).
     /// Call from the device's loop or a thread that is no loop.</summary>
     /// <param name="device">A device of this host.</param>
+    /// <exception cref="TimeoutException">When the device's loop does not answer within 30 s.</exception>
     public void RemoveDevice(IsmDevice device)
     {
         ArgumentNullException.ThrowIfNull(device);
@@ -219,7 +220,16 @@ public sealed class IsmHost : IDisposable
             devices = [.. _devices.Values];
         }
         foreach (IsmDevice d in devices)
-            RemoveDevice(d);
+        {
+            try
+            {
+                RemoveDevice(d);
+            }
+            catch (TimeoutException)
+            {
+                _log.LogError("device {Name}: its loop did not answer within {Timeout}; it is abandoned", d.Description.Name, LoopTimeout);
+            }
+        }
         lock (_lock)
         {
             _disposed = true;
@@ -227,8 +237,11 @@ public sealed class IsmHost : IDisposable
         }
     }
 
+    /// <summary>How long a caller off the loop waits for the loop (a loop that stopped never answers).</summary>
+    private static readonly TimeSpan LoopTimeout = TimeSpan.FromSeconds(30);
+
     private static T RunOn<T>(IDeviceLoop loop, Func<T> work) =>
-        loop.IsOnLoop ? work() : loop.InvokeAsync(work).GetAwaiter().GetResult();
+        loop.IsOnLoop ? work() : loop.InvokeAsync(work).WaitAsync(LoopTimeout).GetAwaiter().GetResult();
 
     // ---- registry operations, called by devices on their own loops ----
 

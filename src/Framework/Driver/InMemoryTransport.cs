@@ -49,6 +49,9 @@ public sealed class InMemoryTransport : ITransport, IDriverTransport, ITransport
     /// non-null result fails that request with the result as the reason.</summary>
     public Func<ulong, string?>? MapFault { get; set; }
 
+    /// <summary>Test hook like <see cref="MapFault"/>, for unmap requests.</summary>
+    public Func<ulong, string?>? UnmapFault { get; set; }
+
     /// <summary>Test hook: while true, map and unmap answers are held back until
     /// <see cref="ReleaseHeldAnswers"/> (a VMM that is slow to answer).</summary>
     public bool HoldAnswers { get; set; }
@@ -182,6 +185,8 @@ public sealed class InMemoryTransport : ITransport, IDriverTransport, ITransport
         {
             if (shmId != ShmId.Regions || _regionsWindow is null)
                 failure = $"window {shmId} has no mappings";
+            else if (UnmapFault?.Invoke(windowOffset) is { } injected)
+                failure = injected;
             else if (!_mappings.TryGetValue(windowOffset, out WindowMapping m) || m.Length != length)
                 failure = $"no mapping of {length} bytes at 0x{windowOffset:x}";
             else

@@ -55,6 +55,23 @@ public static class Fd
             PosixException.Check(Syscall.fcntl(fd, FcntlCommand.F_SETFL, want), "fcntl(F_SETFL)");
     }
 
+    /// <summary>Raises the soft RLIMIT_NOFILE of this process to its hard limit (a host serving
+    /// a thousand devices needs several descriptors per device).</summary>
+    /// <returns>The soft limit now in force.</returns>
+    public static ulong RaiseOpenFileLimit()
+    {
+        if (LibC.getrlimit(LibC.RLIMIT_NOFILE, out LibC.RLimit limit) != 0)
+            throw PosixException.FromPInvoke("getrlimit(RLIMIT_NOFILE)");
+        if (limit.Current < limit.Maximum)
+        {
+            var raised = new LibC.RLimit { Current = limit.Maximum, Maximum = limit.Maximum };
+            if (LibC.setrlimit(LibC.RLIMIT_NOFILE, raised) != 0)
+                throw PosixException.FromPInvoke("setrlimit(RLIMIT_NOFILE)");
+            return raised.Current;
+        }
+        return limit.Current;
+    }
+
     /// <summary>Number of open descriptors of this process (for leak tests).</summary>
     public static int CountOpen() => Directory.GetFiles("/proc/self/fd").Length;
 }

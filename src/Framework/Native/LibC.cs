@@ -56,4 +56,19 @@ internal static partial class LibC
 
     [LibraryImport("libc", EntryPoint = "mprotect", SetLastError = true)]
     public static partial int mprotect(nint addr, nuint length, int prot);
+
+    public const int RLIMIT_NOFILE = 7;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct RLimit
+    {
+        public ulong Current;
+        public ulong Maximum;
+    }
+
+    [LibraryImport("libc", EntryPoint = "getrlimit", SetLastError = true)]
+    public static partial int getrlimit(int resource, out RLimit limit);
+
+    [LibraryImport("libc", EntryPoint = "setrlimit", SetLastError = true)]
+    public static partial int setrlimit(int resource, in RLimit limit);
 }

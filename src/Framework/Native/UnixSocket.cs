@@ -95,24 +95,43 @@ public sealed unsafe class UnixSocket : IDisposable
     /// Works on blocking sockets; on a non-blocking socket a full buffer is waited out with poll.</summary>
     public void Send(ReadOnlySpan<byte> data, ReadOnlySpan<SafeHandle> fds = default)
     {
+        int sent = 0;
+        bool fdsSent = fds.Length == 0;
+        while (sent < data.Length || !fdsSent)
+        {
+            int n = SendNonBlocking(data[sent..], fdsSent ? default : fds);
+            if (n < 0) { WaitWritable(); continue; }
+            fdsSent = true;
+            sent += n;
+        }
+    }
+
+    /// <summary>
+    /// One sendmsg that never waits (MSG_DONTWAIT): sends as much of <paramref name="data"/> as the
+    /// socket buffer takes; <paramref name="fds"/> travel with the first byte, so they are sent
+    /// exactly when the result is not negative. For loops that must never block.
+    /// </summary>
+    /// <returns>Bytes sent (possibly fewer than asked), or -1 when the buffer is full (EAGAIN).</returns>
+    /// <exception cref="PosixException">On errors such as EPIPE (peer gone).</exception>
+    public int SendNonBlocking(ReadOnlySpan<byte> data, ReadOnlySpan<SafeHandle> fds = default)
+    {
         if (fds.Length > MaxFds) throw new ArgumentException($"at most {MaxFds} descriptors per message", nameof(fds));
+        if (data.IsEmpty) throw new ArgumentException("descriptors need at least one byte to travel with", nameof(data));
         var added = new bool[fds.Length];
         try
         {
             for (int i = 0; i < fds.Length; i++) fds[i].DangerousAddRef(ref added[i]);
-            int sent = 0;
-            bool fdsSent = fds.Length == 0;
-            while (sent < data.Length || !fdsSent)
+            while (true)
             {
                 long n;
                 fixed (byte* p = data)
                 {
                     var msg = new Msghdr
                     {
-                        msg_iov = [new Iovec { iov_base = (nint)(p + sent), iov_len = (ulong)(data.Length - sent) }],
+                        msg_iov = [new Iovec { iov_base = (nint)p, iov_len = (ulong)data.Length }],
                         msg_iovlen = 1,
                     };
-                    if (!fdsSent)
+                    if (fds.Length > 0)
                     {
                         msg.msg_control = new byte[Syscall.CMSG_SPACE((ulong)(4 * fds.Length))];
                         msg.msg_controllen = msg.msg_control.Length;
@@ -128,17 +147,13 @@ public sealed unsafe class UnixSocket : IDisposable
                         for (int i = 0; i < fds.Length; i++)
                             BinaryPrimitives.WriteInt32LittleEndian(msg.msg_control.AsSpan((int)dataAt + 4 * i), (int)fds[i].DangerousGetHandle());
                     }
-                    n = Syscall.sendmsg(Fd.Raw(Handle), msg, MessageFlags.MSG_NOSIGNAL);
+                    n = Syscall.sendmsg(Fd.Raw(Handle), msg, MessageFlags.MSG_NOSIGNAL | MessageFlags.MSG_DONTWAIT);
                 }
-                if (n < 0)
-                {
-                    Errno e = Stdlib.GetLastError();
-                    if (e == Errno.EINTR) continue;
-                    if (e == Errno.EAGAIN) { WaitWritable(); continue; }
-                    throw new PosixException("sendmsg", e);
-                }
-                fdsSent = true;
-                sent += (int)n;
+                if (n >= 0) return (int)n;
+                Errno e = Stdlib.GetLastError();
+                if (e == Errno.EINTR) continue;
+                if (e == Errno.EAGAIN) return -1;
+                throw new PosixException("sendmsg", e);
             }
         }
         finally

@@ -14,13 +14,18 @@ internal sealed class TokenSequence : IDisposable
 {
     private const int Rounds = 8;
     private readonly Aes _aes;
+    private readonly ICryptoTransform _encrypt;
+    private readonly byte[] _input = new byte[16];
+    private readonly byte[] _output = new byte[16];
     private ulong _counter;
 
     public TokenSequence()
     {
         _aes = Aes.Create();
         _aes.Key = RandomNumberGenerator.GetBytes(32);
-        _counter = 0;
+        _aes.Mode = CipherMode.ECB;
+        _aes.Padding = PaddingMode.None;
+        _encrypt = _aes.CreateEncryptor();
     }
 
     /// <summary>The next token (never 0, never one returned before).</summary>
@@ -38,19 +43,21 @@ internal sealed class TokenSequence : IDisposable
     {
         uint left = (uint)(value >> 32);
         uint right = (uint)value;
-        Span<byte> input = stackalloc byte[16];
-        Span<byte> output = stackalloc byte[16];
         for (int round = 0; round < Rounds; round++)
         {
-            input.Clear();
-            input[0] = (byte)round;
-            BinaryPrimitives.WriteUInt32LittleEndian(input[4..], right);
-            _aes.EncryptEcb(input, output, PaddingMode.None);
-            uint f = BinaryPrimitives.ReadUInt32LittleEndian(output);
+            Array.Clear(_input);
+            _input[0] = (byte)round;
+            BinaryPrimitives.WriteUInt32LittleEndian(_input.AsSpan(4), right);
+            _encrypt.TransformBlock(_input, 0, 16, _output, 0);
+            uint f = BinaryPrimitives.ReadUInt32LittleEndian(_output);
             (left, right) = (right, left ^ f);
         }
         return ((ulong)left << 32) | right;
     }
 
-    public void Dispose() => _aes.Dispose();
+    public void Dispose()
+    {
+        _encrypt.Dispose();
+        _aes.Dispose();
+    }
 }

@@ -1,0 +1,122 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+using Mono.Unix.Native;
+using Vism.Native;
+
+namespace Vism.Memory.Shared;
+
+/// <summary>The file system calls the memory plugins need beyond Vism.Native: open with
+/// O_TMPFILE / O_NOFOLLOW, renameat2(RENAME_NOREPLACE), statfs, and fallocate retried on EINTR.</summary>
+internal static unsafe partial class Posix
+{
+    public const int O_RDONLY = 0;
+    public const int O_RDWR = 2;
+    public const int O_CREAT = 0x40;
+    public const int O_EXCL = 0x80;
+    public const int O_CLOEXEC = 0x80000;
+    private const int __O_TMPFILE = 0x400000;
+
+    // The only flags whose values differ between x86-64 and arm64 (asm-generic vs arm64 fcntl.h).
+    public static readonly int O_DIRECTORY = RuntimeInformation.ProcessArchitecture == Architecture.Arm64 ? 0x4000 : 0x10000;
+    public static readonly int O_NOFOLLOW = RuntimeInformation.ProcessArchitecture == Architecture.Arm64 ? 0x8000 : 0x20000;
+    public static int O_TMPFILE => __O_TMPFILE | O_DIRECTORY;
+
+    private const int AT_FDCWD = -100;
+    private const uint RENAME_NOREPLACE = 1;
+
+    /// <summary>statfs f_type of hugetlbfs.</summary>
+    public const long HugetlbfsMagic = 0x958458f6;
+
+    /// <summary>statfs f_type of tmpfs.</summary>
+    public const long TmpfsMagic = 0x01021994;
+
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int open(string path, int flags, uint mode);
+
+    [LibraryImport("libc", EntryPoint = "renameat2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int renameat2(int olddirfd, string oldpath, int newdirfd, string newpath, uint flags);
+
+    [LibraryImport("libc", EntryPoint = "statfs", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int statfs(string path, StatFs* buf);
+
+    /// <summary>struct statfs on 64-bit Linux (x86-64 and arm64 share it).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct StatFs
+    {
+        public long Type;
+        public long BlockSize;
+        public ulong Blocks;
+        public ulong BlocksFree;
+        public ulong BlocksAvailable;
+        public ulong Files;
+        public ulong FilesFree;
+        public long FsId;
+        public long NameLength;
+        public long FragmentSize;
+        public long Flags;
+        private fixed long _spare[4];
+    }
+
+    /// <summary>Opens (or creates) <paramref name="path"/>; the result owns the descriptor.</summary>
+    /// <returns>The handle, or null with <paramref name="errno"/> set.</returns>
+    public static SafeFileHandle? TryOpen(string path, int flags, uint mode, out Errno errno)
+    {
+        int fd = open(path, flags | O_CLOEXEC, mode);
+        if (fd < 0)
+        {
+            errno = NativeConvert.ToErrno(Marshal.GetLastPInvokeError());
+            return null;
+        }
+        errno = 0;
+        return Fd.Own(fd);
+    }
+
+    /// <summary>Renames <paramref name="from"/> to <paramref name="to"/>, failing with EEXIST instead of replacing.</summary>
+    /// <returns>0 on success, otherwise the errno.</returns>
+    public static Errno RenameNoReplace(string from, string to) =>
+        renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0 ? 0 : NativeConvert.ToErrno(Marshal.GetLastPInvokeError());
+
+    /// <summary>statfs of the file system holding <paramref name="path"/>.</summary>
+    public static bool TryStatFs(string path, out StatFs result)
+    {
+        StatFs buf;
+        if (statfs(path, &buf) != 0)
+        {
+            result = default;
+            return false;
+        }
+        result = buf;
+        return true;
+    }
+
+    /// <summary>Claims [0, length) of the file with fallocate (mode 0, extending the size), retrying
+    /// when a signal interrupts it (shmem and hugetlbfs give up with EINTR on a pending signal, and
+    /// the .NET runtime uses signals).</summary>
+    /// <returns>null on success, otherwise the errno.</returns>
+    public static Errno? Claim(SafeFileHandle handle, ulong length)
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            Errno? e = MemFd.TryAllocate(handle, 0, length);
+            if (e != Errno.EINTR || attempt >= 100) return e;
+        }
+    }
+
+    /// <summary>fsync, returning the errno instead of throwing.</summary>
+    public static Errno Sync(SafeFileHandle handle) =>
+        Syscall.fsync(Fd.Raw(handle)) == 0 ? 0 : Stdlib.GetLastError();
+
+    /// <summary>fsync of a directory, so a rename or unlink in it is durable.</summary>
+    public static Errno SyncDirectory(string directory)
+    {
+        using SafeFileHandle? dir = TryOpen(directory, O_RDONLY | O_DIRECTORY, 0, out Errno e);
+        return dir is null ? e : Sync(dir);
+    }
+
+    /// <summary>The errno of the last call made through this class.</summary>
+    public static Errno LastError => NativeConvert.ToErrno(Marshal.GetLastPInvokeError());
+
+    public static uint EffectiveUserId => Syscall.geteuid();
+
+    public static string Describe(Errno errno) => $"{errno} ({PosixException.Describe(errno)})";
+}

@@ -1,0 +1,120 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
+using Mono.Unix.Native;
+using Vism.Abstractions;
+using Vism.Native;
+
+namespace Vism.Memory.Shared;
+
+/// <summary>A region's file between creation and commit.</summary>
+/// <param name="Handle">The open descriptor.</param>
+/// <param name="TempPath">For a persistent region, the temporary name it has until it is fully
+/// claimed; null for an unnamed file (memfd, O_TMPFILE, or already unlinked).</param>
+/// <param name="FinalPath">For a persistent region, the name it gets once claimed.</param>
+internal sealed record PendingFile(SafeFileHandle Handle, string? TempPath = null, string? FinalPath = null);
+
+/// <summary>Where a backend's region files come from and how it explains running out.</summary>
+internal interface IRegionFileSource
+{
+    /// <summary>Creates the empty file for one region.</summary>
+    /// <param name="token">The region's token.</param>
+    /// <param name="failure">Why it could not, when it returns null.</param>
+    PendingFile? Create(ulong token, out string? failure);
+
+    /// <summary>Explains a failed fallocate (no space, no huge pages) to the operator.</summary>
+    /// <param name="errno">What fallocate returned.</param>
+    /// <param name="length">Bytes that were being claimed.</param>
+    string DescribeClaimFailure(Errno errno, ulong length);
+}
+
+/// <summary>
+/// The allocation path both memory plugins share: check the length, reserve capacity, create one
+/// file per region, claim all of its pages with fallocate, and for a persistent region give the
+/// file its final name only once that has succeeded. Every failure gives the capacity back, closes
+/// (and for a named file removes) what was created, and returns a reason; none throws.
+/// </summary>
+internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionFileSource source,
+                                      IDeviceCounters counters, ILogger log) : IDisposable
+{
+    private volatile bool _disposed;
+
+    public UsageMeter Meter => meter;
+
+    public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (length == 0 || length % pageSize != 0)
+            return Refuse("bad-length", LogLevel.Debug, $"a region of {length} bytes is not a positive multiple of the page size {Sizes.Format(pageSize)}", out failure);
+        if (!meter.TryReserve(length, out ulong total))
+        {
+            MemoryUsage u = meter.Usage;
+            return Refuse("capacity", LogLevel.Debug, $"capacity exhausted: {Sizes.Format(u.Used)} of {Sizes.Format(u.Capacity)} in use, {Sizes.Format(length)} requested", out failure);
+        }
+
+        PendingFile? file;
+        try
+        {
+            file = source.Create(token, out failure);
+        }
+        catch (PosixException ex)
+        {
+            file = null;
+            failure = ex.Message;
+        }
+        if (file is null)
+        {
+            meter.Return(length);
+            return Refuse("create-failed", LogLevel.Warning, failure ?? "the region file could not be created", out failure);
+        }
+
+        Errno? claim = Posix.Claim(file.Handle, length);
+        string? reason = claim is { } e ? source.DescribeClaimFailure(e, length) : Commit(file);
+        if (reason is not null)
+        {
+            Abandon(file);
+            meter.Return(length);
+            return Refuse(claim is null ? "commit-failed" : "claim-failed", LogLevel.Warning, reason, out failure);
+        }
+        failure = null;
+        meter.Confirm(total);
+        return new RegionBlock(file.Handle, length, token, file.FinalPath, meter, counters, log);
+    }
+
+    /// <summary>Gives a persistent region its final name, durably: the data and size reach the
+    /// file system before the name does, so a crash leaves either a temporary file (never
+    /// recovered) or a complete region.</summary>
+    private static string? Commit(PendingFile file)
+    {
+        if (file.TempPath is null || file.FinalPath is null) return null;
+        Errno e = Posix.Sync(file.Handle);
+        if (e != 0) return $"fsync({file.TempPath}) failed: {Posix.Describe(e)}";
+        e = Posix.RenameNoReplace(file.TempPath, file.FinalPath);
+        if (e != 0) return $"rename to {file.FinalPath} failed: {Posix.Describe(e)}";
+        e = Posix.SyncDirectory(Path.GetDirectoryName(file.FinalPath)!);
+        if (e != 0)
+        {
+            Syscall.unlink(file.FinalPath);
+            return $"fsync of {Path.GetDirectoryName(file.FinalPath)} failed: {Posix.Describe(e)}";
+        }
+        return null;
+    }
+
+    private static void Abandon(PendingFile file)
+    {
+        if (file.TempPath is not null) Syscall.unlink(file.TempPath);
+        file.Handle.Dispose();
+    }
+
+    /// <summary>Counts and logs a refusal. Refusals a driver causes (length, capacity) are logged at
+    /// Debug, since the core logs every ERR ack with this reason; running out of the machine's
+    /// memory or space is a Warning for the operator.</summary>
+    private IMemoryBlock? Refuse(string counter, LogLevel level, string reason, out string? failure)
+    {
+        counters.Increment("memory.alloc-failed." + counter);
+        log.Log(level, "Allocation refused: {Reason}", reason);
+        failure = reason;
+        return null;
+    }
+
+    public void Dispose() => _disposed = true;
+}

@@ -1,0 +1,486 @@
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
+using Mono.Unix.Native;
+using Vism.Abstractions;
+using Vism.Native;
+using Vism.Transport.Mmio.Protocol;
+
+namespace Vism.Transport.Mmio;
+
+/// <summary>
+/// One VMM connected over the socket: reads its messages on the device's loop (raw non-blocking
+/// descriptor, never a .NET Socket), answers them through the <see cref="MmioSession"/>, and is the
+/// session's <see cref="IMmioVmm"/> (guest RAM from SET_MEM_TABLE, interrupt eventfds from
+/// SET_IRQ_FD, MAP/UNMAP requests to the VMM). Any protocol violation that breaks the framing ends
+/// the connection; everything else gets an error status.
+/// </summary>
+internal sealed class MmioConnection : IMmioVmm, IDisposable
+{
+    private const int MessagesPerTurn = 64;
+    private const int LoudLogLimit = 64;
+
+    private readonly UnixSocket _socket;
+    private readonly IDeviceLoop _loop;
+    private readonly IVirtioDevice _device;
+    private readonly MmioOptions _options;
+    private readonly IDeviceCounters _counters;
+    private readonly ILogger _log;
+    private readonly Action<MmioConnection> _onClosed;
+    private readonly MmioSession _session;
+    private readonly EventFd?[] _lines;
+    private readonly Dictionary<uint, PendingRequest> _pending = [];
+    private readonly List<SafeFileHandle> _fds = [];
+    private readonly byte[] _header = new byte[MmioHeader.Length];
+    private byte[] _payload = [];
+    private int _headerGot;
+    private int _payloadGot;
+    private MmioHeader _current;
+    private MmioGuestMemory _memory = MmioGuestMemory.Empty;
+    private IDisposable? _watch;
+    private bool _helloDone;
+    private bool _broken;
+    private bool _closed;
+    private uint _nextId;
+
+    public MmioConnection(UnixSocket socket, IVirtioDevice device, MmioOptions options, IDeviceCounters counters,
+        ILogger log, Action<MmioConnection> onClosed)
+    {
+        _socket = socket;
+        _device = device;
+        _loop = device.Loop;
+        _options = options;
+        _counters = counters;
+        _log = log;
+        _onClosed = onClosed;
+        _lines = new EventFd?[1 + options.Vectors];
+        _session = new MmioSession(device, this, counters, log);
+    }
+
+    /// <summary>The session (for tests and diagnostics).</summary>
+    public MmioSession Session => _session;
+
+    /// <summary>Whether the connection has ended.</summary>
+    public bool IsClosed => _closed;
+
+    private string Name => _device.Description.Name;
+
+    public void Start() => _watch = _loop.WatchReadable(_socket.Handle, OnReadable);
+
+    // ---- IMmioVmm ----------------------------------------------------------------------------
+
+    public IGuestMemory Memory => _memory;
+
+    public int VectorCount => _options.Vectors;
+
+    public void RaiseInterrupt() => Raise(MmioProtocol.StandardIrqLine);
+
+    public void RaiseVector(int vector) => Raise(1 + (uint)vector);
+
+    public ValueTask<string?> MapAsync(WindowMapping mapping, SafeHandle fd) =>
+        Request(MmioMessageType.Map, mapping.Encode(), fd);
+
+    public ValueTask<string?> UnmapAsync(ShmId id, ulong shmOffset, ulong length) =>
+        Request(MmioMessageType.Unmap, new WindowMapping(id, false, shmOffset, 0, length).Encode(), null);
+
+    private void Raise(uint line)
+    {
+        EventFd? fd = line < (uint)_lines.Length ? _lines[line] : null;
+        if (fd is null || !fd.Signal())
+            _counters.Increment("mmio.irq.dropped");
+    }
+
+    private ValueTask<string?> Request(MmioMessageType type, byte[] payload, SafeHandle? fd)
+    {
+        if (_closed || _broken) return ValueTask.FromResult<string?>("the VMM is disconnected");
+        uint id = ++_nextId;
+        var pending = new PendingRequest(type);
+        _pending[id] = pending;
+        int ms = _options.MapTimeoutMs;
+        pending.Timer = _loop.Schedule(TimeSpan.FromMilliseconds(ms), () =>
+        {
+            if (_pending.ContainsKey(id)) Close($"the VMM did not answer {type} request {id} within {ms} ms");
+        });
+        Send(MmioFrame.Build(type, MmioMessageFlags.None, id, payload), fd);
+        return new ValueTask<string?>(pending.Completion.Task);
+    }
+
+    // ---- receiving ---------------------------------------------------------------------------
+
+    private void OnReadable()
+    {
+        for (int budget = MessagesPerTurn; budget > 0 && !_closed; budget--)
+        {
+            int n;
+            try
+            {
+                n = _headerGot < MmioHeader.Length
+                    ? _socket.Receive(_header.AsSpan(_headerGot), _fds)
+                    : _socket.Receive(_payload.AsSpan(_payloadGot), _fds);
+            }
+            catch (PosixException ex)
+            {
+                Close($"socket error: {ex.Message}");
+                return;
+            }
+            if (n == 0)
+            {
+                Close(_headerGot == 0 ? "the VMM closed the connection" : "the VMM closed the connection in the middle of a message");
+                return;
+            }
+            if (n < 0) return; // nothing more for now
+            if (_headerGot < MmioHeader.Length)
+            {
+                _headerGot += n;
+                if (_headerGot < MmioHeader.Length) continue;
+                _current = MmioHeader.Read(_header);
+                if (_current.Size > MmioProtocol.MaxPayload)
+                {
+                    RejectAndClose(MmioStatus.BadMessage, $"a {_current.Type} message announces {_current.Size} payload bytes; the limit is {MmioProtocol.MaxPayload}");
+                    return;
+                }
+                _payload = _current.Size == 0 ? [] : new byte[_current.Size];
+                _payloadGot = 0;
+            }
+            else
+            {
+                _payloadGot += n;
+            }
+            if (_payloadGot < _payload.Length) continue;
+            MmioHeader header = _current;
+            byte[] payload = _payload;
+            _headerGot = 0;
+            _payload = [];
+            SafeFileHandle[] fds = [.. _fds];
+            _fds.Clear();
+            try
+            {
+                Dispatch(header, payload, fds);
+            }
+            finally
+            {
+                foreach (SafeFileHandle fd in fds) fd.Dispose(); // adopted ones were replaced by duplicates
+            }
+            if (_broken) Close("sending to the VMM failed");
+        }
+    }
+
+    private void Dispatch(MmioHeader h, byte[] p, SafeFileHandle[] fds)
+    {
+        if (h.IsReply)
+        {
+            if (fds.Length > 0) Refuse(h, MmioStatus.BadFd, $"{fds.Length} descriptors on a reply (closed)", reply: false);
+            CompleteRequest(h);
+            return;
+        }
+        if (!_helloDone)
+        {
+            if (h.Type == MmioMessageType.Hello) OnHello(h, p, fds);
+            else RejectAndClose(MmioStatus.HandshakeRequired, $"the first message must be HELLO, not {h.Type}");
+            return;
+        }
+        bool takesFds = h.Type is MmioMessageType.SetMemTable or MmioMessageType.SetIrqFd;
+        if (fds.Length > 0 && !takesFds)
+        {
+            Refuse(h, MmioStatus.BadFd, $"{fds.Length} descriptors on {h.Type}, which takes none (closed)");
+            return;
+        }
+        switch (h.Type)
+        {
+            case MmioMessageType.Hello: Refuse(h, MmioStatus.HandshakeRequired, "HELLO was already done"); break;
+            case MmioMessageType.Read: OnRead(h, p); break;
+            case MmioMessageType.Write: OnWrite(h, p); break;
+            case MmioMessageType.Notify: OnNotify(h, p); break;
+            case MmioMessageType.SetMemTable: OnSetMemTable(h, p, fds); break;
+            case MmioMessageType.SetIrqFd: OnSetIrqFd(h, p, fds); break;
+            case MmioMessageType.SetShmBase: OnSetShmBase(h, p); break;
+            default: Refuse(h, MmioStatus.UnknownType, $"unknown message type {(ushort)h.Type}"); break;
+        }
+    }
+
+    private void OnHello(MmioHeader h, byte[] p, SafeFileHandle[] fds)
+    {
+        var ours = new HelloReply(MmioProtocol.Magic, MmioProtocol.Version, _device.DeviceId, _session.Registers.WindowSize,
+            (uint)_options.Vectors, [.. _device.SharedMemory]);
+        if (!HelloRequest.TryDecode(p, out HelloRequest hello) || hello.Magic != MmioProtocol.Magic)
+        {
+            RejectAndClose(MmioStatus.VersionMismatch, "HELLO is malformed or lacks the vism MMIO magic: the peer does not speak this protocol");
+            return;
+        }
+        if (hello.Version != MmioProtocol.Version)
+        {
+            _counters.Increment("mmio.vmm.version_mismatch");
+            _log.LogError("{Device}: the VMM speaks MMIO protocol version {Theirs}; this device speaks {Ours}; connection refused",
+                Name, hello.Version, MmioProtocol.Version);
+            Reply(h, MmioStatus.VersionMismatch, ours.Encode());
+            Close($"protocol version mismatch (VMM {hello.Version}, device {MmioProtocol.Version})");
+            return;
+        }
+        if (fds.Length > 0)
+        {
+            RejectAndClose(MmioStatus.BadFd, "HELLO carries no descriptors");
+            return;
+        }
+        _helloDone = true;
+        Reply(h, MmioStatus.Ok, ours.Encode());
+        if (_broken) return;
+        _session.Attach();
+        _log.LogInformation("{Device}: VMM attached (MMIO protocol {Version}, window 0x{Window:x}, {Vectors} vectors)",
+            Name, MmioProtocol.Version, ours.WindowSize, _options.Vectors);
+    }
+
+    private void OnRead(MmioHeader h, byte[] p)
+    {
+        if (!RegisterAccess.TryDecode(p, out RegisterAccess a))
+        {
+            Refuse(h, MmioStatus.BadMessage, $"READ payload of {p.Length} bytes (expected {RegisterAccess.Size})");
+            return;
+        }
+        MmioAccessResult r = _session.Read(a.Offset, Width(a.Width), out uint value);
+        Reply(h, r == MmioAccessResult.Ok ? MmioStatus.Ok : MmioStatus.BadAccess, ReadReply.Encode(value));
+    }
+
+    private void OnWrite(MmioHeader h, byte[] p)
+    {
+        if (!RegisterAccess.TryDecode(p, out RegisterAccess a))
+        {
+            Refuse(h, MmioStatus.BadMessage, $"WRITE payload of {p.Length} bytes (expected {RegisterAccess.Size})");
+            return;
+        }
+        int width = Width(a.Width);
+        uint value = width is > 0 and < 4 ? (uint)(a.Value & ((1UL << (8 * width)) - 1)) : (uint)a.Value;
+        MmioAccessResult r = _session.Write(a.Offset, width, value);
+        if (WantsReply(h)) Reply(h, r == MmioAccessResult.Ok ? MmioStatus.Ok : MmioStatus.BadAccess);
+    }
+
+    private void OnNotify(MmioHeader h, byte[] p)
+    {
+        if (!NotifyWrite.TryDecode(p, out NotifyWrite n))
+        {
+            Refuse(h, MmioStatus.BadMessage, $"NOTIFY payload of {p.Length} bytes (expected {NotifyWrite.Size})");
+            return;
+        }
+        MmioAccessResult r = _session.Notify(n.Offset, Width(n.Width));
+        if (WantsReply(h)) Reply(h, r == MmioAccessResult.Ok ? MmioStatus.Ok : MmioStatus.BadAccess);
+    }
+
+    private void OnSetMemTable(MmioHeader h, byte[] p, SafeFileHandle[] fds)
+    {
+        if (!SetMemTable.TryDecode(p, out MemoryRegion[] table))
+        {
+            Refuse(h, MmioStatus.BadMessage, $"SET_MEM_TABLE payload of {p.Length} bytes is malformed (1..{MmioProtocol.MaxMemoryRegions} regions)");
+            return;
+        }
+        if (fds.Length != table.Length)
+        {
+            Refuse(h, MmioStatus.BadFd, $"SET_MEM_TABLE lists {table.Length} regions but carries {fds.Length} descriptors");
+            return;
+        }
+        string? failure = MmioGuestMemory.TryCreate(table, fds, out MmioGuestMemory? memory);
+        if (failure is not null)
+        {
+            Refuse(h, MmioStatus.BadMemory, $"SET_MEM_TABLE refused: {failure}");
+            return;
+        }
+        MmioGuestMemory old = _memory;
+        _memory = memory!;
+        old.Dispose();
+        _log.LogInformation("{Device}: guest RAM is {Count} regions", Name, table.Length);
+        Reply(h, MmioStatus.Ok);
+    }
+
+    private void OnSetIrqFd(MmioHeader h, byte[] p, SafeFileHandle[] fds)
+    {
+        if (!SetIrqFd.TryDecode(p, out SetIrqFd req))
+        {
+            Refuse(h, MmioStatus.BadMessage, $"SET_IRQ_FD payload of {p.Length} bytes (expected {SetIrqFd.Size})");
+            return;
+        }
+        if (req.Line >= (uint)_lines.Length)
+        {
+            Refuse(h, MmioStatus.BadRange, $"interrupt line {req.Line} does not exist (0 and 1..{_options.Vectors})");
+            return;
+        }
+        if (fds.Length > 1)
+        {
+            Refuse(h, MmioStatus.BadFd, $"SET_IRQ_FD carries {fds.Length} descriptors (0 or 1)");
+            return;
+        }
+        EventFd? line = null;
+        if (fds.Length == 1)
+        {
+            string? why = CheckEventFd(fds[0]);
+            if (why is not null)
+            {
+                Refuse(h, MmioStatus.BadFd, $"interrupt line {req.Line}: {why}");
+                return;
+            }
+            line = EventFd.Adopt(Fd.Dup(fds[0]));
+        }
+        _lines[req.Line]?.Dispose();
+        _lines[req.Line] = line;
+        Reply(h, MmioStatus.Ok);
+    }
+
+    private static string? CheckEventFd(SafeFileHandle fd)
+    {
+        // An interrupt line must be an eventfd: a pipe or socket could block the loop when full.
+        string target;
+        try
+        {
+            target = new FileInfo($"/proc/self/fd/{Fd.Raw(fd)}").LinkTarget ?? "";
+        }
+        catch (IOException ex)
+        {
+            return ex.Message;
+        }
+        if (target != "anon_inode:[eventfd]") return $"the descriptor is {target}, not an eventfd";
+        Fd.SetNonBlocking(fd); // a saturated counter must give EAGAIN, never block the loop
+        return null;
+    }
+
+    private void OnSetShmBase(MmioHeader h, byte[] p)
+    {
+        if (!SetShmBase.TryDecode(p, out SetShmBase req))
+        {
+            Refuse(h, MmioStatus.BadMessage, $"SET_SHM_BASE payload of {p.Length} bytes (expected {SetShmBase.Size})");
+            return;
+        }
+        if (!_session.SetShmBase(req.Id, req.GuestPhysical))
+        {
+            Refuse(h, MmioStatus.BadRange, $"window {req.Id} does not exist, or base 0x{req.GuestPhysical:x} is unaligned or wraps");
+            return;
+        }
+        Reply(h, MmioStatus.Ok);
+    }
+
+    private void CompleteRequest(MmioHeader h)
+    {
+        if (!_pending.Remove(h.Id, out PendingRequest? pending) || pending.Type != h.Type)
+        {
+            if (pending is not null) _pending[h.Id] = pending;
+            Refuse(h, MmioStatus.BadMessage, $"a {h.Type} reply with id {h.Id} answers no request in flight", reply: false);
+            return;
+        }
+        pending.Timer?.Dispose();
+        pending.Completion.TrySetResult(h.Status == MmioStatus.Ok ? null : $"{h.Type} answered {h.Status}");
+    }
+
+    // ---- sending -----------------------------------------------------------------------------
+
+    private static bool WantsReply(MmioHeader h) =>
+        h.Type is not (MmioMessageType.Write or MmioMessageType.Notify) || (h.Flags & MmioMessageFlags.NeedReply) != 0;
+
+    private static int Width(uint width) => width <= 8 ? (int)width : 0;
+
+    private void Refuse(MmioHeader h, MmioStatus status, string reason, bool reply = true)
+    {
+        _counters.Increment("mmio.protocol.error");
+        LogLevel level = _counters.Get("mmio.protocol.error") <= LoudLogLimit ? LogLevel.Warning : LogLevel.Debug;
+        _log.Log(level, "{Device}: VMM message {Type} (id {Id}): {Status}: {Reason}", Name, h.Type, h.Id, status, reason);
+        if (reply && WantsReply(h)) Reply(h, status);
+    }
+
+    private void Reply(MmioHeader h, MmioStatus status, ReadOnlySpan<byte> payload = default) =>
+        Send(MmioFrame.Build(h.Type, MmioMessageFlags.Reply, h.Id, payload, status), null);
+
+    private void RejectAndClose(MmioStatus status, string reason)
+    {
+        _counters.Increment("mmio.vmm.rejected");
+        _log.LogError("{Device}: refusing the VMM: {Reason}", Name, reason);
+        Send(MmioFrame.Build(MmioMessageType.Reject, MmioMessageFlags.None, 0, new RejectMessage(status, reason).Encode()), null);
+        Close(reason);
+    }
+
+    private void Send(byte[] frame, SafeHandle? fd)
+    {
+        if (_closed || _broken) return;
+        try
+        {
+            // A VMM that stops reading its socket must not stall the loop (and every device on it):
+            // when the socket buffer is mostly full the connection is dropped instead of waiting.
+            if (!IsWritable(_socket))
+            {
+                Break("the VMM does not read its socket (send buffer full)");
+                return;
+            }
+            if (fd is null) _socket.Send(frame);
+            else _socket.Send(frame, [fd]);
+        }
+        catch (PosixException ex)
+        {
+            Break($"send failed: {ex.Message}");
+        }
+    }
+
+    /// <summary>Sends REJECT on a connection that will not be served (another VMM is attached).</summary>
+    public static void RejectBusy(UnixSocket socket, string reason)
+    {
+        try
+        {
+            if (IsWritable(socket))
+                socket.Send(MmioFrame.Build(MmioMessageType.Reject, MmioMessageFlags.None, 0, new RejectMessage(MmioStatus.Busy, reason).Encode()));
+        }
+        catch (PosixException)
+        {
+            // It is being turned away anyway.
+        }
+    }
+
+    private static bool IsWritable(UnixSocket socket)
+    {
+        var p = new[] { new Pollfd { fd = Fd.Raw(socket.Handle), events = PollEvents.POLLOUT } };
+        return Syscall.poll(p, 1, 0) == 1 && (p[0].revents & PollEvents.POLLOUT) != 0;
+    }
+
+    private void Break(string reason)
+    {
+        // Called deep inside device code (a MAP sent while the device handles a request): mark the
+        // connection broken now, end it from the top of the loop.
+        if (_broken) return;
+        _broken = true;
+        _log.LogWarning("{Device}: {Reason}", Name, reason);
+        _loop.Post(() => Close(reason));
+    }
+
+    // ---- lifetime ----------------------------------------------------------------------------
+
+    /// <summary>Ends the connection: the device disconnects (releasing its attachments), requests in
+    /// flight fail, every descriptor the VMM gave is closed. Idempotent.</summary>
+    public void Close(string reason)
+    {
+        if (_closed) return;
+        _closed = true;
+        _counters.Increment("mmio.vmm.disconnected");
+        _log.LogInformation("{Device}: VMM connection ended: {Reason}", Name, reason);
+        _watch?.Dispose();
+        _watch = null;
+        foreach (PendingRequest p in _pending.Values)
+        {
+            p.Timer?.Dispose();
+            p.Completion.TrySetResult($"the VMM disconnected ({reason})");
+        }
+        _pending.Clear();
+        _session.Detach();
+        for (int i = 0; i < _lines.Length; i++)
+        {
+            _lines[i]?.Dispose();
+            _lines[i] = null;
+        }
+        _memory.Dispose();
+        _memory = MmioGuestMemory.Empty;
+        foreach (SafeFileHandle fd in _fds) fd.Dispose();
+        _fds.Clear();
+        _socket.Dispose();
+        _onClosed(this);
+    }
+
+    public void Dispose() => Close("the transport is shutting down");
+
+    private sealed class PendingRequest(MmioMessageType type)
+    {
+        public MmioMessageType Type { get; } = type;
+        public TaskCompletionSource<string?> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public IDisposable? Timer { get; set; }
+    }
+}

@@ -1,0 +1,54 @@
+using System.ComponentModel;
+using System.Text;
+using Vism.Abstractions;
+
+namespace Vism.Transport.Mmio;
+
+/// <summary>Options of the <c>mmio</c> transport (<c>[device.transport]</c> with <c>kind = "mmio"</c>).</summary>
+public sealed class MmioOptions : IValidatableOptions
+{
+    /// <summary>Longest Unix socket path (sun_path holds 108 bytes with the terminating NUL).</summary>
+    public const int MaxSocketPathBytes = 107;
+
+    /// <summary>Most per-region vectors (each is one interrupt line the VMM wires to an eventfd).</summary>
+    public const int MaxVectors = 256;
+
+    /// <summary>The Unix socket the VMM connects to. Empty: <c>&lt;socket-directory&gt;/&lt;device name&gt;.mmio.sock</c>.
+    /// A relative path is taken relative to the host's socket directory.</summary>
+    [Description("Unix socket the VMM connects to; empty = <socket-directory>/<device name>.mmio.sock; relative paths are under the socket directory")]
+    public string SocketPath { get; set; } = "";
+
+    /// <summary>Per-region interrupt vectors offered for VIRTIO_ISM_F_EVENT_IRQ (interrupt lines 1..vectors).</summary>
+    [Description("Per-region interrupt vectors offered (VIRTIO_ISM_F_EVENT_IRQ); each is an extra interrupt line the VMM backs with an eventfd (0-256)")]
+    public int Vectors { get; set; } = 8;
+
+    /// <summary>How long the VMM may take to answer a MAP or UNMAP request; a VMM that does not
+    /// answer in time is disconnected (its device resets).</summary>
+    [Description("Milliseconds the VMM may take to answer a MAP or UNMAP request before it is disconnected (1-600000)")]
+    public int MapTimeoutMs { get; set; } = 5000;
+
+    /// <summary>The socket path this device serves.</summary>
+    /// <param name="host">The host (for its socket directory).</param>
+    /// <param name="device">The device (for its name).</param>
+    /// <returns>An absolute path.</returns>
+    public string ResolveSocketPath(HostDescription host, DeviceDescription device)
+    {
+        string path = string.IsNullOrEmpty(SocketPath) ? $"{device.Name}.mmio.sock" : SocketPath;
+        return Path.GetFullPath(Path.Combine(host.SocketDirectory, path));
+    }
+
+    /// <inheritdoc />
+    public void Validate(OptionsValidationContext context)
+    {
+        string path = ResolveSocketPath(context.Host, context.Device);
+        int bytes = Encoding.UTF8.GetByteCount(path);
+        if (bytes > MaxSocketPathBytes)
+            context.Error("socket-path", $"the socket path {path} is {bytes} bytes; Unix sockets allow at most {MaxSocketPathBytes}");
+        else
+            context.ClaimEndpoint("socket-path", path);
+        if (Vectors is < 0 or > MaxVectors)
+            context.Error("vectors", $"{Vectors} vectors: choose 0 to {MaxVectors}");
+        if (MapTimeoutMs is < 1 or > 600_000)
+            context.Error("map-timeout-ms", $"{MapTimeoutMs} ms: choose 1 to 600000");
+    }
+}

@@ -1,0 +1,142 @@
+using Vism.Abstractions;
+using Vism.Native;
+
+namespace Vism.Transport.VhostUser;
+
+/// <summary>
+/// Detects driver writes into the NOTIFY window, which for vhost-user is plain shared memory (a memfd
+/// the backend SHMEM_MAPs into shmid 2), by polling it from a loop timer:
+/// <list type="bullet">
+/// <item>only slots below <see cref="IVirtioDevice.SlotsInUse"/> are scanned; a slot is read with one
+/// aligned load and cleared with an atomic exchange only when non-zero;</item>
+/// <item>after a hit, a kick or a new mapping the interval is the fast one; each empty scan doubles
+/// it up to the slow one (so latency is bounded by the slow interval, and an idle device costs one
+/// short scan per slow interval);</item>
+/// <item>polling stops while no slot is in use and restarts on the next kick, start or mapping
+/// (a slot only comes into use through a controlq request and a SHMEM_MAP).</item>
+/// </list>
+/// Loop thread only.
+/// </summary>
+internal sealed class NotifyPoller : IDisposable
+{
+    private readonly IVirtioDevice _device;
+    private readonly Mapping _window;
+    private readonly ulong _slotSize;
+    private readonly int _width;
+    private readonly IDeviceLoop _loop;
+    private readonly IDeviceCounters _counters;
+    private readonly int _fastMs;
+    private readonly int _slowMs;
+    private IDisposable? _timer;
+    private int _intervalMs;
+    private int _scheduledMs;
+    private bool _disposed;
+
+    public NotifyPoller(IVirtioDevice device, Mapping window, IDeviceLoop loop, IDeviceCounters counters, int fastMs, int slowMs)
+    {
+        _device = device;
+        _window = window;
+        _slotSize = device.Description.NotifySize;
+        _width = SlotWidth(_slotSize);
+        _loop = loop;
+        _counters = counters;
+        _fastMs = fastMs;
+        _slowMs = slowMs;
+        _intervalMs = fastMs;
+    }
+
+    /// <summary>Whether a scan is scheduled.</summary>
+    public bool Armed => _timer is not null;
+
+    /// <summary>Scans performed (diagnostics, tests).</summary>
+    public long Scans { get; private set; }
+
+    /// <summary>Something happened that may lead to slot writes: poll fast again.</summary>
+    public void Activity()
+    {
+        if (_disposed) return;
+        _intervalMs = _fastMs;
+        if (_timer is not null && _scheduledMs <= _fastMs) return;
+        _timer?.Dispose();
+        Arm();
+    }
+
+    private void Arm()
+    {
+        _scheduledMs = _intervalMs;
+        _timer = _loop.Schedule(TimeSpan.FromMilliseconds(_intervalMs), Tick);
+    }
+
+    /// <summary>Stops polling until the next <see cref="Activity"/>.</summary>
+    public void Stop()
+    {
+        _timer?.Dispose();
+        _timer = null;
+    }
+
+    /// <summary>Scans the slots in use once and reports every non-zero slot to the device.</summary>
+    /// <returns>Slots found written.</returns>
+    public int Scan()
+    {
+        Scans++;
+        int slots = _device.SlotsInUse;
+        ulong window = _window.Length;
+        int hits = 0;
+        for (int i = 0; i < slots; i++)
+        {
+            ulong offset = (ulong)i * _slotSize;
+            if (offset > window || (ulong)_width > window - offset) break;
+            if (TakeSlot(_window.Address + (nint)offset))
+            {
+                hits++;
+                _device.NotifyWrite(offset);
+            }
+        }
+        if (hits > 0) _counters.Increment("vhost-user.notify-writes", hits);
+        return hits;
+    }
+
+    private void Tick()
+    {
+        _timer = null;
+        if (_disposed) return;
+        if (_device.SlotsInUse == 0) return; // re-armed by the next kick or mapping
+        if (Scan() > 0) _intervalMs = _fastMs;
+        else _intervalMs = Math.Min(_intervalMs * 2, _slowMs);
+        Arm();
+    }
+
+    private unsafe bool TakeSlot(nint address)
+    {
+        switch (_width)
+        {
+            case 8:
+                if (Volatile.Read(ref *(ulong*)address) == 0) return false;
+                return Interlocked.Exchange(ref *(ulong*)address, 0) != 0;
+            case 4:
+                if (Volatile.Read(ref *(uint*)address) == 0) return false;
+                return Interlocked.Exchange(ref *(uint*)address, 0) != 0;
+            case 2:
+                if (Volatile.Read(ref *(ushort*)address) == 0) return false;
+                return Interlocked.Exchange(ref *(ushort*)address, 0) != 0;
+            default:
+                if (Volatile.Read(ref *(byte*)address) == 0) return false;
+                return Interlocked.Exchange(ref *(byte*)address, 0) != 0;
+        }
+    }
+
+    /// <summary>The widest aligned load (1, 2, 4 or 8 bytes) that stays inside one slot.</summary>
+    internal static int SlotWidth(ulong slotSize)
+    {
+        if (slotSize == 0) return 1;
+        int w = 8;
+        while (w > 1 && slotSize % (ulong)w != 0) w >>= 1;
+        return w;
+    }
+
+    public void Dispose()
+    {
+        _disposed = true;
+        Stop();
+    }
+}

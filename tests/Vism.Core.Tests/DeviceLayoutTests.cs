@@ -1,0 +1,65 @@
+namespace Vism.Core.Tests;
+
+public sealed class DeviceLayoutTests
+{
+    private const ulong MiB = 1 << 20, GiB = 1 << 30;
+
+    [Fact]
+    public void A_1_GiB_window_of_1_MiB_regions_holds_1023_regions_and_a_1_MiB_notify_window()
+    {
+        DeviceDescription d = DeviceLayout.Compute("d", 44, GiB, MiB, 1);
+        Assert.Equal(1023, d.MaxRegions);
+        Assert.Equal(1023 * MiB, d.RegionsWindowSize);
+        Assert.Equal(MiB, d.NotifyWindowSize);
+        Assert.Equal(44u, d.VirtioId);
+        Assert.Equal("d", d.Name);
+    }
+
+    [Fact]
+    public void The_QEMU_layout_seen_in_practice_is_reproduced()
+    {
+        DeviceDescription d = DeviceLayout.Compute("d", 45, GiB, 2 * MiB, 1);
+        Assert.Equal(GiB - 2 * MiB, d.RegionsWindowSize);
+        Assert.Equal(2 * MiB, d.NotifyWindowSize);
+    }
+
+    [Fact]
+    public void Every_valid_layout_fills_a_power_of_two_window_with_the_most_regions_whose_notify_slots_fit()
+    {
+        int checkedLayouts = 0;
+        for (int w = 13; w <= 34; w++)
+            for (int r = 12; r < w; r++)
+                foreach (ulong notify in new ulong[] { 1, 2, 8, 64, 4096, 1UL << r })
+                {
+                    ulong window = 1UL << w, region = 1UL << r;
+                    if (notify > region)
+                        continue;
+                    DeviceDescription d = DeviceLayout.Compute("d", 44, window, region, notify);
+                    ulong regions = (ulong)d.MaxRegions;
+                    Assert.Equal(window, d.RegionsWindowSize + d.NotifyWindowSize);
+                    Assert.Equal(regions * region, d.RegionsWindowSize);
+                    Assert.Equal(0UL, d.NotifyWindowSize % 4096);
+                    Assert.True(regions * notify <= d.NotifyWindowSize);
+                    // One region more would not leave room for its notify slots.
+                    ulong moreNotify = (regions + 1) * notify;
+                    Assert.True(RoundUp(moreNotify) > d.NotifyWindowSize - region, $"{window}/{region}/{notify}");
+                    checkedLayouts++;
+                }
+        Assert.True(checkedLayouts > 1000);
+    }
+
+    private static ulong RoundUp(ulong v) => (v + 4095) / 4096 * 4096;
+
+    [Theory]
+    [InlineData(3 * MiB, MiB, 1ul)]        // window not a power of two
+    [InlineData(64 * MiB, 3 * 4096, 1ul)]  // region not a power of two
+    [InlineData(64 * MiB, 2048, 1ul)]      // region below a page
+    [InlineData(MiB, MiB, 1ul)]            // no room for the notify window
+    [InlineData(MiB, 2 * MiB, 1ul)]
+    [InlineData(64 * MiB, MiB, 0ul)]       // notify size 0
+    [InlineData(64 * MiB, 4096, 8192ul)]   // notify slot larger than a region
+    public void Invalid_sizes_are_refused(ulong window, ulong region, ulong notify)
+    {
+        Assert.Throws<ArgumentException>(() => DeviceLayout.Compute("d", 44, window, region, notify));
+    }
+}

@@ -1,0 +1,212 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Vism.Abstractions;
+using Vism.Core;
+using Vism.Core.InMemory;
+using Vism.Driver;
+using Vism.Driver.Mmio;
+using Vism.Native;
+using Vism.Testing;
+
+namespace Vism.Transport.Mmio.Tests;
+
+/// <summary>The full ISM flow with Core's device behind the MMIO transport, driven by the Driver's
+/// MMIO client over real Unix sockets, exactly as a VMM forwarding a Linux guest's accesses would.</summary>
+public sealed class IsmOverMmioTests : IAsyncDisposable
+{
+    private const ulong MiB = 1 << 20;
+    private static readonly TimeSpan Generous = TimeSpan.FromSeconds(20);
+
+    private readonly TempDir _dir = new("vmmio-e2e");
+    private readonly EventLoop[] _loops = [new("e2e-loop-0"), new("e2e-loop-1")];
+    private readonly IsmHost _host = new(new IsmHostOptions { Gid = 0x5eed }, NullLoggerFactory.Instance);
+    private readonly List<Node> _nodes = [];
+
+    private sealed record Node(IsmDevice Device, DeviceCounters Counters, MmioTransport Transport, VectorEvents Events, InMemoryBackend Memory);
+
+    private async Task<Node> AddDevice(string name)
+    {
+        DeviceDescription description = DeviceLayout.Compute(name, Virtio.IsmDeviceId, 16 * MiB, MiB, 1);
+        var memory = new InMemoryBackend(64 * MiB);
+        var counters = new DeviceCounters();
+        var events = new VectorEvents();
+        EventLoop loop = _loops[_nodes.Count % _loops.Length];
+        IsmDevice device = _host.AddDevice(description, loop, memory, events, counters);
+        var host = new HostDescription { Gid = _host.Gid, StateDirectory = _dir.Path, SocketDirectory = _dir.Path };
+        var transport = new MmioTransport(new MmioOptions { Vectors = 4 }, description, host, loop, counters, NullLogger<MmioTransport>.Instance);
+        await loop.InvokeAsync(() => transport.Start(device));
+        var node = new Node(device, counters, transport, events, memory);
+        _nodes.Add(node);
+        return node;
+    }
+
+    private static Task<T> On<T>(Node n, Func<T> f) => n.Device.Loop.InvokeAsync(f);
+
+    [Fact]
+    public async Task TwoGuestsShareARegionOverMmioFromProbeToDetach()
+    {
+        Node a = await AddDevice("mmio-a");
+        Node b = await AddDevice("mmio-b");
+        using MmioVmmClient vmmA = MmioVmmClient.Connect(a.Transport.Endpoint);
+        using MmioVmmClient vmmB = MmioVmmClient.Connect(b.Transport.Endpoint);
+
+        // Probe and start each device as Linux's virtio_mmio + a virtio driver would.
+        using IsmClient guestA = IsmClient.Start(vmmA);
+        using IsmClient guestB = IsmClient.Start(vmmB);
+        Assert.Equal(Virtio.IsmDeviceId, vmmA.DeviceId);
+        Assert.True(guestA.Driver.Has(Features.IsmEventIrq));
+        Assert.Equal(0x5eedul, guestA.Gid);
+        Assert.Equal(a.Device.DevId, guestA.DevId);
+        Assert.NotEqual(guestA.DevId, guestB.DevId);
+        Assert.Equal(MiB, guestA.RegionSize);
+
+        // ALLOC on A: the device asks A's VMM to map the region into A's REGIONS window.
+        AllocReply alloc = guestA.Alloc(64 * 1024);
+        Assert.True(alloc.Ok);
+        Assert.Equal(1, vmmA.MappingCount);
+
+        // ATTACH from B with the token: B's VMM maps the same memory.
+        AttachReply attach = guestB.Attach(alloc.Token);
+        Assert.True(attach.Ok);
+        Assert.Equal(1, vmmB.MappingCount);
+
+        // Writes through one guest's window are read through the other's.
+        "hello over mmio"u8.CopyTo(guestA.Region(alloc.Offset, 64));
+        Assert.Equal("hello over mmio"u8.ToArray(), guestB.Region(attach.Offset, 15).ToArray());
+        "and back"u8.CopyTo(guestB.Region(attach.Offset + 4096, 64));
+        Assert.Equal("and back"u8.ToArray(), guestA.Region(alloc.Offset + 4096, 8).ToArray());
+
+        // B binds the region to vector 2; A's trapped notify write fires it in B's VMM.
+        Assert.Equal(IsmControl.AckOk, guestB.EventVector(attach.Offset, 2));
+        guestA.Notify(alloc.Offset);
+        Assert.True(vmmB.WaitVector(2, Generous), "B's vector 2 fired");
+        Assert.False(vmmA.WaitVector(2, TimeSpan.FromMilliseconds(50)), "the writer is not notified");
+
+        // DETACH by both: the windows are unmapped and the region is freed.
+        Assert.Equal(IsmControl.AckOk, guestA.Detach(alloc.Offset));
+        Assert.Equal(0, vmmA.MappingCount);
+        Assert.Equal(IsmControl.AckOk, guestB.Detach(attach.Offset));
+        Assert.Equal(0, vmmB.MappingCount);
+        Assert.Equal(0, _host.RegionCount);
+    }
+
+    [Fact]
+    public async Task AVmmThatDiesReleasesItsAttachmentsAndThePeerKeepsWorking()
+    {
+        Node a = await AddDevice("mmio-c");
+        Node b = await AddDevice("mmio-d");
+        using MmioVmmClient vmmB = MmioVmmClient.Connect(b.Transport.Endpoint);
+        using IsmClient guestB = IsmClient.Start(vmmB);
+        AllocReply alloc;
+        using (MmioVmmClient vmmA = MmioVmmClient.Connect(a.Transport.Endpoint))
+        {
+            using IsmClient guestA = IsmClient.Start(vmmA);
+            alloc = guestA.Alloc(4096);
+            Assert.True(guestB.Attach(alloc.Token).Ok);
+            Assert.Equal(1, await On(a, () => a.Device.RegionsInUse));
+        } // A's VMM goes away with the region attached
+
+        await WaitUntil(a, () => a.Device.RegionsInUse == 0 && !a.Device.IsConnected, "A's attachments were released");
+        Assert.Equal(1, _host.RegionCount); // B still holds it
+        AllocReply own = guestB.Alloc(4096);
+        Assert.True(own.Ok, "B keeps working");
+
+        // A's socket is served again: a new VMM can probe and use the device.
+        using MmioVmmClient again = MmioVmmClient.Connect(a.Transport.Endpoint);
+        using IsmClient guestA2 = IsmClient.Start(again);
+        Assert.True(guestA2.Alloc(4096).Ok);
+    }
+
+    [Fact]
+    public async Task AGuestResetDropsItsMappingsFromTheVmmsWindow()
+    {
+        Node a = await AddDevice("mmio-e");
+        using MmioVmmClient vmm = MmioVmmClient.Connect(a.Transport.Endpoint);
+        using IsmClient guest = IsmClient.Start(vmm);
+        Assert.True(guest.Alloc(4096).Ok);
+        Assert.True(guest.Alloc(4096).Ok);
+        Assert.Equal(2, vmm.MappingCount);
+
+        vmm.WriteStatus(DeviceStatus.Reset);
+        Assert.Equal(DeviceStatus.Reset, vmm.ReadStatus());
+
+        Assert.Equal(0, vmm.MappingCount);
+        Assert.Equal(0, await On(a, () => a.Device.RegionsInUse));
+    }
+
+    [Fact]
+    public async Task ACorruptRingSetsDeviceNeedsResetAndRaisesAConfigInterrupt()
+    {
+        Node a = await AddDevice("mmio-f");
+        using MmioVmmClient vmm = MmioVmmClient.Connect(a.Transport.Endpoint);
+        using IsmClient guest = IsmClient.Start(vmm);
+        // Point the avail ring's index far ahead of the ring: the device must refuse the ring.
+        DriverQueue q = guest.Driver.Queues[Virtio.ControlQueue];
+        vmm.Ram.Span(q.Settings.AvailRing + 2, 2).Fill(0xff);
+        vmm.Kick(Virtio.ControlQueue);
+
+        await WaitUntil(a, () => (a.Device.Status & DeviceStatus.DeviceNeedsReset) != 0, "the device needs a reset");
+        Assert.Equal(DeviceStatus.DeviceNeedsReset, vmm.ReadStatus() & DeviceStatus.DeviceNeedsReset);
+        long deadline = Environment.TickCount64 + 20_000;
+        while (vmm.ConfigChanges == 0 && Environment.TickCount64 < deadline) await Task.Delay(10);
+        Assert.Equal(1, vmm.ConfigChanges);
+    }
+
+    private static async Task WaitUntil(Node n, Func<bool> condition, string what)
+    {
+        long deadline = Environment.TickCount64 + 20_000;
+        while (!await On(n, condition))
+        {
+            if (Environment.TickCount64 > deadline) throw new TimeoutException($"timed out waiting until {what}");
+            await Task.Delay(10);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (Node n in _nodes) await n.Transport.DisposeAsync();
+        foreach (Node n in _nodes) _host.RemoveDevice(n.Device);
+        _host.Dispose();
+        foreach (Node n in _nodes)
+        {
+            n.Events.Dispose();
+            n.Memory.Dispose();
+        }
+        foreach (EventLoop l in _loops) l.Dispose();
+        _dir.Dispose();
+    }
+
+    /// <summary>The event-channel seam for these tests: per-region vectors (what Events.Irq does).</summary>
+    private sealed class VectorEvents : IEventChannel
+    {
+        private readonly Dictionary<ulong, int> _vectors = [];
+        private IEventContext? _context;
+
+        public ulong Features => Vism.Abstractions.Features.Mask(Vism.Abstractions.Features.IsmEventIrq);
+        public int QueueCount => 0;
+        public void Activate(IEventContext context) => _context = context;
+
+        public void Deactivate()
+        {
+            _context = null;
+            _vectors.Clear();
+        }
+
+        public void OnRegionUpdated(ulong offset)
+        {
+            if (_context is not null && _vectors.TryGetValue(offset, out int v)) _context.SignalVector(v);
+        }
+
+        public void OnRegionDetached(ulong offset) => _vectors.Remove(offset);
+
+        public bool TryBindVector(ulong offset, ulong vector, out string? failure)
+        {
+            failure = _context is null || vector >= (ulong)_context.VectorCount ? $"vector {vector} is not offered" : null;
+            if (failure is null) _vectors[offset] = (int)vector;
+            return failure is null;
+        }
+
+        public void OnQueueNotified(int queueIndex) { }
+        public void Dispose() { }
+    }
+}

@@ -1,0 +1,332 @@
+using System.Buffers.Binary;
+using Microsoft.Win32.SafeHandles;
+using Vism.Abstractions;
+using Vism.Native;
+using Vism.Transport.Mmio.Protocol;
+using R = Vism.Transport.Mmio.MmioRegister;
+
+namespace Vism.Transport.Mmio.Tests;
+
+/// <summary>Serial: these tests count the process's open descriptors.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class DescriptorCountingCollection
+{
+    public const string Name = "descriptor counting";
+}
+
+/// <summary>A VMM that sends what no well-behaved VMM would: errors come back, nothing crashes,
+/// no descriptor leaks, and the device keeps serving.</summary>
+[Collection(DescriptorCountingCollection.Name)]
+public sealed class MmioHostileVmmTests
+{
+    private const ulong RamBase = 0x4000_0000;
+    private const ulong RamSize = 1 << 20;
+
+    private static byte[] Access(uint offset, uint width, ulong value = 0) => new RegisterAccess(offset, width, value).Encode();
+
+    private static async Task<RawVmm> AttachedPeer(MmioHarness h)
+    {
+        var peer = RawVmm.Connect(h.SocketPath);
+        peer.Hello();
+        await h.WaitUntil(() => h.Device.Services is not null, "the device is connected");
+        return peer;
+    }
+
+    private static async Task AssertServedAgain(MmioHarness h)
+    {
+        await h.WaitUntil(() => !h.Transport.HasVmm, "the connection ended");
+        using var next = RawVmm.Connect(h.SocketPath);
+        HelloReply hello = next.Hello();
+        Assert.Equal(Virtio.IsmDeviceId, hello.DeviceId);
+    }
+
+    [Fact]
+    public async Task AMessageBeforeHelloIsRejectedAndTheConnectionEnds()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using (var peer = RawVmm.Connect(h.SocketPath))
+        {
+            peer.Send(MmioMessageType.Read, Access(R.MagicValue, 4));
+            var (header, payload) = peer.Receive();
+            Assert.Equal(MmioMessageType.Reject, header.Type);
+            Assert.True(RejectMessage.TryDecode(payload, out RejectMessage reject));
+            Assert.Equal(MmioStatus.HandshakeRequired, reject.Status);
+            Assert.Contains("HELLO", reject.Reason);
+            Assert.True(peer.IsClosedByDevice());
+        }
+        Assert.Equal(0, await h.OnLoop(() => h.Device.ConnectCount));
+        await AssertServedAgain(h);
+    }
+
+    [Fact]
+    public async Task APeerThatDoesNotSpeakTheProtocolIsRejected()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using (var peer = RawVmm.Connect(h.SocketPath))
+        {
+            // A vhost-user frontend's first message, GET_FEATURES: u32 request 1, u32 flags 1, u32 size 0.
+            peer.SendRaw([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            var (header, payload) = peer.Receive();
+            Assert.Equal(MmioMessageType.Reject, header.Type);
+            Assert.True(RejectMessage.TryDecode(payload, out RejectMessage reject));
+            Assert.Contains("does not speak this protocol", reject.Reason);
+            Assert.True(peer.IsClosedByDevice());
+        }
+        await AssertServedAgain(h);
+    }
+
+    [Fact]
+    public async Task AnOversizedPayloadEndsTheConnectionAndReleasesTheDevice()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using (RawVmm peer = await AttachedPeer(h))
+        {
+            var header = new byte[MmioHeader.Length];
+            new MmioHeader(MmioMessageType.Write, MmioMessageFlags.None, 1, 1 << 20).Write(header);
+            peer.SendRaw(header);
+            var (h2, payload) = peer.Receive();
+            Assert.Equal(MmioMessageType.Reject, h2.Type);
+            Assert.True(RejectMessage.TryDecode(payload, out RejectMessage reject));
+            Assert.Equal(MmioStatus.BadMessage, reject.Status);
+            Assert.True(peer.IsClosedByDevice());
+        }
+        await h.WaitUntil(() => h.Device.DisconnectCount == 1, "the device was released");
+        await AssertServedAgain(h);
+    }
+
+    [Fact]
+    public async Task MalformedPayloadsAreAnsweredBadMessageAndTheConnectionGoesOn()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await AttachedPeer(h);
+
+        Assert.Equal(MmioStatus.BadMessage, peer.Call(MmioMessageType.Read, new byte[4]).Header.Status);
+        Assert.Equal(MmioStatus.BadMessage, peer.Call(MmioMessageType.Write, new byte[3], MmioMessageFlags.NeedReply).Header.Status);
+        Assert.Equal(MmioStatus.BadMessage, peer.Call(MmioMessageType.Notify, new byte[8], MmioMessageFlags.NeedReply).Header.Status);
+        Assert.Equal(MmioStatus.BadMessage, peer.Call(MmioMessageType.SetShmBase, new byte[15]).Header.Status);
+        Assert.Equal(MmioStatus.BadMessage, peer.Call(MmioMessageType.SetIrqFd, new byte[12]).Header.Status);
+        Assert.Equal(MmioStatus.BadMessage, peer.Call(MmioMessageType.SetMemTable, new byte[8]).Header.Status); // zero regions
+        Assert.Equal(MmioStatus.HandshakeRequired, peer.Call(MmioMessageType.Hello, new HelloRequest(MmioProtocol.Magic, 1).Encode()).Header.Status);
+
+        var (reply, value) = peer.Call(MmioMessageType.Read, Access(R.MagicValue, 4));
+        Assert.Equal(MmioStatus.Ok, reply.Status);
+        Assert.Equal(R.Magic, BinaryPrimitives.ReadUInt64LittleEndian(value));
+        Assert.True(h.Counters.Get("mmio.protocol.error") >= 7);
+    }
+
+    [Theory]
+    [InlineData((ushort)99)]
+    [InlineData((ushort)MmioMessageType.Map)] // a device-to-VMM request sent the wrong way
+    [InlineData((ushort)MmioMessageType.Reject)]
+    public async Task UnknownMessageTypesAreAnsweredUnknownType(ushort type)
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await AttachedPeer(h);
+        Assert.Equal(MmioStatus.UnknownType, peer.Call((MmioMessageType)type, new byte[8]).Header.Status);
+    }
+
+    [Fact]
+    public async Task AReplyThatAnswersNothingIsCountedAndIgnored()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await AttachedPeer(h);
+        using var block = new MemfdBlock(0x10000);
+        Task<string?> map = h.Loop.InvokeAsync(async () => await h.Services.MapAsync(ShmId.Regions, 0, block, 0x10000, true));
+        var (request, _) = peer.Receive(new List<SafeFileHandle>());
+
+        peer.SendRaw(MmioFrame.Build(MmioMessageType.Map, MmioMessageFlags.Reply, request.Id + 1000, []));
+        peer.SendRaw(MmioFrame.Build(MmioMessageType.Map, MmioMessageFlags.Reply, request.Id, []));
+
+        Assert.Null(await map);
+        Assert.Equal(1, h.Counters.Get("mmio.protocol.error"));
+    }
+
+    [Fact]
+    public async Task BadRegisterAccessesAnswerBadAccessAndReadZero()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await AttachedPeer(h);
+
+        foreach ((uint offset, uint width) in new[] { (0x1000u, 4u), (0xffff_fff0u, 4u), (R.MagicValue, 3u), (R.MagicValue, 8u), (R.MagicValue, 0xffff_ffffu), (R.Version + 1, 4u) })
+        {
+            var (reply, value) = peer.Call(MmioMessageType.Read, Access(offset, width));
+            Assert.Equal(MmioStatus.BadAccess, reply.Status);
+            Assert.Equal(0ul, BinaryPrimitives.ReadUInt64LittleEndian(value));
+        }
+        Assert.Equal(MmioStatus.BadAccess, peer.Call(MmioMessageType.Write, Access(R.Status, 2, 1), MmioMessageFlags.NeedReply).Header.Status);
+        Assert.Equal(MmioStatus.BadAccess, peer.Call(MmioMessageType.Write, Access(R.MagicValue, 4, 1), MmioMessageFlags.NeedReply).Header.Status);
+        Assert.Equal(DeviceStatus.Reset, await h.OnLoop(() => h.Device.Status));
+    }
+
+    [Fact]
+    public async Task HostileQueueSizesAndRingAddressesNeverStartAQueue()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await AttachedPeer(h);
+        using SafeFileHandle ram = MemFd.Create("hostile-ram", RamSize);
+        Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetMemTable, SetMemTable.Encode([new MemoryRegion(RamBase, RamSize, 0)]), MmioMessageFlags.None, ram).Header.Status);
+        void W(uint offset, ulong value) =>
+            Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.Write, Access(offset, 4, value), MmioMessageFlags.NeedReply).Header.Status);
+        W(R.Status, 1);
+        W(R.Status, 3);
+        W(R.DriverFeaturesSel, 1);
+        W(R.DriverFeatures, 1); // VERSION_1
+        W(R.Status, 11);
+        W(R.QueueSel, 0);
+
+        var hostile = new (uint Num, ulong Desc, ulong Avail, ulong Used)[]
+        {
+            (0, RamBase, RamBase + 0x1000, RamBase + 0x2000),                   // size 0
+            (3, RamBase, RamBase + 0x1000, RamBase + 0x2000),                   // not a power of two
+            (512, RamBase, RamBase + 0x2000, RamBase + 0x4000),                 // above QueueNumMax
+            (0x1_0000, RamBase, RamBase + 0x1000, RamBase + 0x2000),            // beyond u16
+            (64, RamBase + RamSize - 16, RamBase + 0x1000, RamBase + 0x2000),   // descriptor table runs out of RAM
+            (64, RamBase, RamBase + 0x1000, 0x1000),                            // used ring below RAM
+            (64, 0xffff_ffff_ffff_fff0, RamBase + 0x1000, RamBase + 0x2000),    // wraps past 2^64
+            (64, RamBase + 8, RamBase + 0x1000, RamBase + 0x2000),              // misaligned descriptor table
+        };
+        foreach (var q in hostile)
+        {
+            W(R.QueueNum, q.Num);
+            W(R.QueueDescLow, (uint)q.Desc);
+            W(R.QueueDescHigh, (uint)(q.Desc >> 32));
+            W(R.QueueDriverLow, (uint)q.Avail);
+            W(R.QueueDriverHigh, (uint)(q.Avail >> 32));
+            W(R.QueueDeviceLow, (uint)q.Used);
+            W(R.QueueDeviceHigh, (uint)(q.Used >> 32));
+            Assert.Equal(MmioStatus.BadAccess, peer.Call(MmioMessageType.Write, Access(R.QueueReady, 4, 1), MmioMessageFlags.NeedReply).Header.Status);
+            var (_, ready) = peer.Call(MmioMessageType.Read, Access(R.QueueReady, 4));
+            Assert.Equal(0ul, BinaryPrimitives.ReadUInt64LittleEndian(ready));
+        }
+        Assert.Empty(await h.OnLoop(() => h.Device.StartedQueues.ToArray()));
+    }
+
+    public static TheoryData<string, ulong[], int, MmioStatus> BadTables => new()
+    {
+        { "overlapping regions", [RamBase, RamSize, 0, RamBase + RamSize / 2, RamSize, 0], 2, MmioStatus.BadMemory },
+        { "a region that wraps past 2^64", [0xffff_ffff_fff0_0000, RamSize, 0], 1, MmioStatus.BadMemory },
+        { "an unaligned address", [RamBase + 8, RamSize - 4096, 0], 1, MmioStatus.BadMemory },
+        { "an unaligned size", [RamBase, RamSize - 8, 0], 1, MmioStatus.BadMemory },
+        { "a zero size", [RamBase, 0, 0], 1, MmioStatus.BadMemory },
+        { "a range past the end of its file", [RamBase, RamSize, 4096], 1, MmioStatus.BadMemory },
+        { "an fd offset that overflows", [RamBase, RamSize, 0xffff_ffff_ffff_f000], 1, MmioStatus.BadMemory },
+        { "fewer descriptors than regions", [RamBase, 4096, 0, RamBase + RamSize, 4096, 0], 1, MmioStatus.BadFd },
+        { "more descriptors than regions", [RamBase, 4096, 0], 2, MmioStatus.BadFd },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadTables))]
+    public async Task BadMemoryTablesAreRefusedAndLeakNoDescriptor(string what, ulong[] fields, int fdCount, MmioStatus expected)
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        int before = Fd.CountOpen();
+        using (RawVmm peer = await AttachedPeer(h))
+        {
+            var regions = new List<MemoryRegion>();
+            for (int i = 0; i + 2 < fields.Length; i += 3) regions.Add(new MemoryRegion(fields[i], fields[i + 1], fields[i + 2]));
+            SafeFileHandle[] fds = [.. Enumerable.Range(0, fdCount).Select(_ => MemFd.Create("bad-table", RamSize))];
+            try
+            {
+                var (reply, _) = peer.Call(MmioMessageType.SetMemTable, SetMemTable.Encode(regions), MmioMessageFlags.None, fds);
+                Assert.True(expected == reply.Status, $"{what}: expected {expected}, got {reply.Status}");
+            }
+            finally
+            {
+                foreach (SafeFileHandle fd in fds) fd.Dispose();
+            }
+            // The device kept no guest RAM from the refused table.
+            Assert.False(await h.OnLoop(() => h.Services.Memory.TryTranslate(RamBase, 1, out _)));
+        }
+        await h.WaitUntil(() => !h.Transport.HasVmm, "the connection ended");
+        Assert.Equal(before, Fd.CountOpen());
+    }
+
+    [Fact]
+    public async Task DescriptorsOnAMessageThatTakesNoneAreClosedAndRefused()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await AttachedPeer(h);
+        int before = Fd.CountOpen();
+        using (EventFd stray = EventFd.Create())
+        {
+            Assert.Equal(MmioStatus.BadFd, peer.Call(MmioMessageType.Read, Access(R.MagicValue, 4), MmioMessageFlags.None, stray.Handle).Header.Status);
+            Assert.Equal(MmioStatus.BadFd, peer.Call(MmioMessageType.SetShmBase, new SetShmBase(ShmId.Regions, 0).Encode(), MmioMessageFlags.None, stray.Handle).Header.Status);
+        }
+        Assert.Equal(before, Fd.CountOpen()); // the device closed the copies it received
+    }
+
+    [Fact]
+    public async Task InterruptLinesMustExistAndBeEventfds()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync(new MmioOptions { Vectors = 2 });
+        using RawVmm peer = await AttachedPeer(h);
+        using EventFd irq = EventFd.Create();
+        using SafeFileHandle notAnEventfd = MemFd.Create("not-irq", 4096);
+
+        Assert.Equal(MmioStatus.BadRange, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(3).Encode(), MmioMessageFlags.None, irq.Handle).Header.Status);
+        Assert.Equal(MmioStatus.BadFd, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(0).Encode(), MmioMessageFlags.None, notAnEventfd).Header.Status);
+        Assert.Equal(MmioStatus.BadFd, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(0).Encode(), MmioMessageFlags.None, irq.Handle, irq.Handle).Header.Status);
+        Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(2).Encode(), MmioMessageFlags.None, irq.Handle).Header.Status);
+
+        await h.OnLoop(() => h.Services.SignalVector(1));
+        Assert.Equal(1ul, irq.Wait(TimeSpan.FromSeconds(20)));
+        // No descriptor: the line is disconnected and firings are dropped (counted).
+        Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(2).Encode()).Header.Status);
+        await h.OnLoop(() => h.Services.SignalVector(1));
+        Assert.Equal(1, h.Counters.Get("mmio.irq.dropped"));
+    }
+
+    [Fact]
+    public async Task ShmBaseForAWindowTheDeviceLacksOrUnalignedIsRefused()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await AttachedPeer(h);
+        Assert.Equal(MmioStatus.BadRange, peer.Call(MmioMessageType.SetShmBase, new SetShmBase((ShmId)7, 0x1_0000_0000).Encode()).Header.Status);
+        Assert.Equal(MmioStatus.BadRange, peer.Call(MmioMessageType.SetShmBase, new SetShmBase(ShmId.Regions, 0x1_0000_0100).Encode()).Header.Status);
+        Assert.Equal(MmioStatus.BadRange, peer.Call(MmioMessageType.SetShmBase, new SetShmBase(ShmId.Regions, ulong.MaxValue - 4095).Encode()).Header.Status);
+    }
+
+    [Fact]
+    public async Task AVmmThatLeavesMidMessageReleasesTheDeviceAndEveryDescriptor()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync(new MmioOptions { Vectors = 1 });
+        int before = Fd.CountOpen();
+        using (RawVmm peer = await AttachedPeer(h))
+        {
+            using SafeFileHandle ram = MemFd.Create("ram", RamSize);
+            using EventFd irq = EventFd.Create();
+            using EventFd vector = EventFd.Create();
+            Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetMemTable, SetMemTable.Encode([new MemoryRegion(RamBase, RamSize, 0)]), MmioMessageFlags.None, ram).Header.Status);
+            Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(0).Encode(), MmioMessageFlags.None, irq.Handle).Header.Status);
+            Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(1).Encode(), MmioMessageFlags.None, vector.Handle).Header.Status);
+            byte[] frame = MmioFrame.Build(MmioMessageType.Write, MmioMessageFlags.None, 9, Access(R.Status, 4, 1));
+            peer.SendRaw(frame[..20]); // header and a piece of the payload, then gone
+        }
+        await h.WaitUntil(() => h.Device.DisconnectCount == 1, "the device was released");
+        await h.WaitUntil(() => !h.Transport.HasVmm, "the connection ended");
+        Assert.Equal(before, Fd.CountOpen());
+        await AssertServedAgain(h);
+    }
+
+    [Fact]
+    public async Task AVmmThatStopsReadingItsSocketIsDroppedInsteadOfStallingTheLoop()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await AttachedPeer(h);
+        byte[] read = MmioFrame.Build(MmioMessageType.Read, MmioMessageFlags.None, 1, Access(R.MagicValue, 4));
+        byte[] burst = [.. Enumerable.Range(0, 256).SelectMany(_ => read)];
+
+        try
+        {
+            for (int i = 0; i < 400 && h.Transport.HasVmm; i++) peer.SendRaw(burst); // never reads a reply
+        }
+        catch (PosixException)
+        {
+            // The device hung up on us: that is the point.
+        }
+
+        await h.WaitUntil(() => !h.Transport.HasVmm, "the device dropped the VMM");
+        Assert.True(h.Log.Contains("does not read its socket"));
+        Assert.Equal(1, await h.OnLoop(() => h.Device.DisconnectCount));
+    }
+}

@@ -1,0 +1,300 @@
+using System.Buffers.Binary;
+using Vism.Abstractions;
+using Vism.Driver;
+using Vism.Driver.VhostUser;
+using Vism.Native;
+using Vism.VhostUser;
+
+namespace Vism.Transport.VhostUser.Tests;
+
+/// <summary>The Driver's frontend against the backend over a real socket, with a device double.</summary>
+public sealed class FrontendTests
+{
+    internal const DeviceStatus Running = DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk | DeviceStatus.DriverOk;
+
+    /// <summary>What a virtio driver does: reset, acknowledge, negotiate, set up rings, DRIVER_OK.</summary>
+    internal static QueueSettings[] Probe(IDriverTransport t, int queues = 1, ushort size = 64)
+    {
+        t.WriteStatus(DeviceStatus.Reset);
+        t.WriteStatus(DeviceStatus.Acknowledge);
+        t.WriteStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver);
+        t.WriteDriverFeatures(t.ReadDeviceFeatures() & Features.Mask(Features.Version1, Features.IsmEventIrq));
+        t.WriteStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk);
+        Assert.True(t.ReadStatus().HasFlag(DeviceStatus.FeaturesOk));
+        var rings = new QueueSettings[queues];
+        for (int i = 0; i < queues; i++)
+        {
+            ulong desc = t.Ram.Allocate(16UL * size, 16);
+            ulong avail = t.Ram.Allocate(6 + 2UL * size, 2);
+            ulong used = t.Ram.Allocate(6 + 8UL * size, 4);
+            rings[i] = new QueueSettings(size, desc, avail, used);
+            t.StartQueue(i, rings[i]);
+        }
+        t.WriteStatus(Running);
+        return rings;
+    }
+
+    [Fact]
+    public async Task Handshake_negotiates_what_QEMU_acks_and_reports_the_windows()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        Assert.Equal(VhostUserFrontendOptions.QemuProtocolFeatures, f.ProtocolFeatures);
+        Assert.Equal(1, f.QueueCount);
+        Assert.Equal(509UL, f.MaxMemSlots);
+        Assert.Equal(2UL << 20, f.ShmLength(ShmId.Regions));
+        Assert.Equal(2UL << 20, f.ShmLength(ShmId.Notify));
+        Assert.Equal(b.Device.DeviceFeatures, f.ReadDeviceFeatures());
+        Assert.Equal(1, b.On(() => b.Device.Connects));
+        Assert.True(b.On(() => b.Transport.IsConnected));
+    }
+
+    [Fact]
+    public async Task Driver_ok_starts_the_device_with_guest_physical_ring_addresses()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        QueueSettings[] rings = Probe(f);
+        b.WaitFor(() => b.Device.Status == Running, "DRIVER_OK");
+        (int index, QueueSettings started) = Assert.Single(b.Device.StartedQueues);
+        Assert.Equal(0, index);
+        Assert.Equal(rings[0], started);
+        // QEMU's first SET_STATUS says FEATURES_OK alone: ACKNOWLEDGE and DRIVER were added in driver order.
+        Assert.Equal([DeviceStatus.Acknowledge, DeviceStatus.Acknowledge | DeviceStatus.Driver,
+            DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk, Running], b.Device.StatusHistory.ToArray());
+        Assert.Equal(Features.Mask(Features.Version1, Features.IsmEventIrq), b.Device.DriverFeatures);
+    }
+
+    [Fact]
+    public async Task Without_the_status_feature_the_running_controlq_brings_the_device_to_driver_ok()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        var options = new VhostUserFrontendOptions { ProtocolFeatures = VhostUserFrontendOptions.QemuProtocolFeatures & ~(1UL << ProtocolFeature.Status) };
+        using VhostUserFrontend f = b.Connect(ram, options);
+        Probe(f);
+        b.WaitFor(() => b.Device.Status == Running, "DRIVER_OK synthesised from the controlq");
+        Assert.Equal(4, b.Device.StatusHistory.Count);
+        b.WaitFor(() => f.MappingCount(ShmId.Notify) == 1, "the NOTIFY window mapped at start");
+    }
+
+    [Fact]
+    public async Task A_kick_reaches_the_device_and_its_signal_reaches_the_call_fd()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        Probe(f);
+        b.WaitFor(() => b.Device.Status == Running, "DRIVER_OK");
+        f.Kick(0);
+        Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)), "the device's SignalQueue did not reach the call fd");
+        Assert.Equal(1, b.On(() => b.Device.Kicks));
+    }
+
+    [Fact]
+    public async Task Config_space_is_read_through_get_config_at_any_width()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        var all = new byte[32];
+        f.ReadConfig(0, all);
+        Assert.Equal(b.Device.ConfigBytes.ToArray(), all);
+        var odd = new byte[7];
+        f.ReadConfig(17, odd);
+        Assert.Equal(b.Device.ConfigBytes.Slice(17, 7).ToArray(), odd);
+        Assert.Throws<DriverTransportException>(() => f.ReadConfig(30, new byte[4]));
+    }
+
+    [Fact]
+    public async Task A_notify_slot_write_reaches_the_device_once()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        Probe(f);
+        b.WaitFor(() => f.MappingCount(ShmId.Notify) == 1, "the NOTIFY window mapped at start");
+        b.On(() => b.Device.SlotsInUse = 4);
+        f.Kick(0); // activity re-arms the poller
+        f.WriteNotify(2 * 8);
+        b.WaitFor(() => !b.Device.NotifyWrites.IsEmpty, "the notify write to be reported");
+        Thread.Sleep(100);
+        Assert.Equal([16UL], b.Device.NotifyWrites.ToArray());
+        Assert.Equal(1, b.Counters.Get("vhost-user.notify-writes"));
+    }
+
+    [Fact]
+    public async Task Notify_polling_stops_while_no_slot_is_in_use()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        Probe(f);
+        b.WaitFor(() => f.MappingCount(ShmId.Notify) == 1, "the NOTIFY window mapped at start");
+        b.WaitFor(() => b.Transport.Session!.Poller is { Armed: false }, "the poller to disarm with no slot in use");
+        long scans = b.On(() => b.Transport.Session!.Poller!.Scans);
+        Thread.Sleep(200);
+        Assert.Equal(scans, b.On(() => b.Transport.Session!.Poller!.Scans));
+        b.On(() => b.Device.SlotsInUse = 1);
+        f.Kick(0);
+        b.WaitFor(() => b.Transport.Session!.Poller!.Scans > scans, "polling to resume after a kick");
+    }
+
+    [Fact]
+    public async Task A_mapped_block_is_shared_with_the_frontend_window_and_unmapped_again()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        Probe(f);
+        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        using var block = new TestBlock(1 << 20);
+        "written by the backend"u8.CopyTo(block.Span(64));
+        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 1 << 20, block, 1 << 20, writable: true).AsTask()));
+        Assert.Equal(1, f.MappingCount(ShmId.Regions));
+        unsafe
+        {
+            var window = new Span<byte>((void*)(f.ShmAddress(ShmId.Regions) + (1 << 20)), 64);
+            Assert.Equal("written by the backend"u8.ToArray(), window[..22].ToArray());
+            "written by the driver"u8.CopyTo(window[32..]);
+        }
+        Assert.Equal("written by the driver"u8.ToArray(), block.Span(64)[32..53].ToArray());
+        Assert.Null(b.OnAsync(() => b.Services.UnmapAsync(ShmId.Regions, 1 << 20, 1 << 20).AsTask()));
+        Assert.Equal(0, f.MappingCount(ShmId.Regions));
+    }
+
+    [Fact]
+    public async Task A_read_only_mapping_is_read_only_in_the_frontend()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        Probe(f);
+        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        using var block = new TestBlock(1 << 20);
+        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: false).AsTask()));
+        ulong start = (ulong)f.ShmAddress(ShmId.Regions);
+        string line = File.ReadLines("/proc/self/maps").First(l => Convert.ToUInt64(l[..l.IndexOf('-')], 16) == start);
+        Assert.StartsWith("r--s", line.Split(' ')[1]);
+    }
+
+    [Fact]
+    public async Task Mapping_is_refused_before_the_device_is_started()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        using var block = new TestBlock(1 << 20);
+        Assert.False(b.On(() => b.Services.CanMap));
+        string? error = b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask());
+        Assert.Contains("not started", error);
+        Assert.Equal(0, f.BackendMaps);
+        Assert.Equal(1, b.Counters.Get("vhost-user.map-errors"));
+    }
+
+    [Theory]
+    [InlineData(4096UL, 1UL << 20, "not page aligned")]      // offset fine, length fine -> overlap below
+    [InlineData(100UL, 4096UL, "not page aligned")]
+    [InlineData(2UL << 20, 4096UL, "outside")]
+    [InlineData(0UL, 0UL, "empty")]
+    public async Task Bad_window_ranges_are_refused_without_reaching_the_frontend(ulong offset, ulong length, string reason)
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        Probe(f);
+        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        int mapsBefore = f.BackendMaps;
+        using var block = new TestBlock(2 << 20);
+        if (offset == 4096 && length == 1 << 20)
+        {
+            Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+            mapsBefore = f.BackendMaps;
+            reason = "overlaps";
+        }
+        string? error = b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, offset, block, length, writable: true).AsTask());
+        Assert.NotNull(error);
+        Assert.Contains(reason, error);
+        Assert.Equal(mapsBefore, f.BackendMaps);
+    }
+
+    [Fact]
+    public async Task Status_zero_resets_the_device_and_drops_the_frontend_mappings()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        Probe(f);
+        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        using var block = new TestBlock(1 << 20);
+        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+        int resets = b.On(() => b.Device.Resets);
+        f.WriteStatus(DeviceStatus.Reset);
+        b.WaitFor(() => b.Device.Resets > resets && b.Device.Status == DeviceStatus.Reset, "the device reset");
+        Assert.False(b.On(() => b.Services.CanMap));
+        Assert.Equal(0, f.MappingCount(ShmId.Regions));
+        Assert.Equal(0, f.MappingCount(ShmId.Notify));
+        // Started again, the device works as before.
+        Probe(f);
+        b.WaitFor(() => b.Device.Status == Running && b.Services.CanMap, "a second start");
+        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+    }
+
+    [Fact]
+    public async Task Mappings_a_frontend_kept_over_a_stop_are_removed_at_the_next_start()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        Probe(f);
+        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        using var block = new TestBlock(1 << 20);
+        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+        // A VM pause: QEMU stops the backend (GET_VRING_BASE, SET_STATUS 0) but keeps its mappings.
+        f.Request(FrontendRequest.GetVringBase, new VringState(0, 0).ToBytes());
+        f.Send(FrontendRequest.SetStatus, U64Payload.ToBytes(0));
+        b.WaitFor(() => b.Device.Status == DeviceStatus.Reset, "the device reset");
+        Assert.Equal(1, f.MappingCount(ShmId.Regions));
+        // Resume as QEMU does: features, FEATURES_OK, ring, enable, DRIVER_OK. The backend removes
+        // what it no longer backs before anything else.
+        ulong features = (f.ReadDeviceFeatures() & Features.Mask(Features.Version1, Features.IsmEventIrq)) | (1UL << 30);
+        f.Send(FrontendRequest.SetFeatures, U64Payload.ToBytes(features));
+        f.Send(FrontendRequest.SetStatus, U64Payload.ToBytes((ulong)DeviceStatus.FeaturesOk));
+        using EventFd kick = EventFd.Create();
+        f.Send(FrontendRequest.SetVringKick, U64Payload.ToBytes(0), [kick.Handle]);
+        f.Send(FrontendRequest.SetVringEnable, new VringState(0, 1).ToBytes());
+        f.Send(FrontendRequest.SetStatus, U64Payload.ToBytes((ulong)Running));
+        b.WaitFor(() => f.MappingCount(ShmId.Regions) == 0 && f.MappingCount(ShmId.Notify) == 1, "stale mappings removed, NOTIFY mapped again");
+    }
+
+    [Fact]
+    public async Task Per_region_vectors_fire_the_call_fds_of_the_extra_queues()
+    {
+        await using var b = new Backend(new VhostUserOptions { VectorCount = 2 });
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram, new VhostUserFrontendOptions { VectorCount = 2 });
+        Assert.Equal(3, f.QueueCount);
+        Probe(f);
+        b.WaitFor(() => b.Device.Status == Running, "DRIVER_OK");
+        Assert.Equal(2, b.Services.VectorCount);
+        b.On(() => { b.Services.SignalVector(1); return 0; });
+        Assert.True(f.WaitVector(1, TimeSpan.FromSeconds(20)));
+        Assert.False(f.WaitVector(0, TimeSpan.FromMilliseconds(50)));
+        Assert.False(f.WaitQueue(0, TimeSpan.FromMilliseconds(50)));
+        b.On(() => { b.Services.SignalVector(2); return 0; }); // out of range: dropped and counted
+        Assert.Equal(1, b.Counters.Get("vhost-user.signals-dropped"));
+    }
+
+    [Fact]
+    public async Task A_config_change_reaches_the_frontend_as_a_new_generation()
+    {
+        await using var b = new Backend();
+        using var ram = new GuestRam();
+        using VhostUserFrontend f = b.Connect(ram);
+        uint before = f.ReadConfigGeneration();
+        b.On(() => { b.Services.SignalConfigChange(); return 0; });
+        b.WaitFor(() => f.ReadConfigGeneration() == before + 1, "CONFIG_CHANGE_MSG");
+    }
+}
