@@ -1,0 +1,46 @@
+using Vism.Testing;
+using Xunit.Abstractions;
+
+namespace Vism.E2E.Tests;
+
+/// <summary>One QEMU guest drives one vism device over vhost-user with vism-guest.</summary>
+public sealed class OneGuestTests(ITestOutputHelper output)
+{
+    private static readonly TimeSpan Boot = TimeSpan.FromMinutes(5);
+
+    [SkippableFact]
+    public async Task Guest_AllocatesWritesAndReadsARegion_ThenDetachFreesIt()
+    {
+        await using var vism = new VismRig(output.WriteLine);
+        var (device, socket) = vism.AddDevice("a");
+        await using var guest = QemuGuest.Start(new QemuGuestOptions
+        {
+            Name = "a",
+            VhostUserSocket = socket,
+            Queues = vism.On(() => device.QueueCount), // no event channel: the controlq only
+            Timeout = Boot,
+            Variables = new Dictionary<string, string> { ["verbose"] = "1" },
+            Flow = """
+                   info
+                   alloc 64K
+                   write $offset hello through vism
+                   read $offset 64
+                   detach $offset
+                   """,
+        }, output.WriteLine);
+        GuestRun run = await guest.Completion;
+        output.WriteLine(run.ToString());
+        output.WriteLine(vism.DescribeCounters());
+
+        Assert.False(run.TimedOut);
+        Assert.Equal(0, run.FlowExitCode);
+        string? info = run.Line("info");
+        Assert.Equal(device.DevId, GuestOutput.Number(info, "devid"));
+        Assert.Equal(vism.Host.Gid, GuestOutput.Number(info, "gid"));
+        Assert.Equal(VismRig.MiB, GuestOutput.Number(info, "region_size"));
+        string? alloc = run.Line("alloc");
+        Assert.NotEqual(0UL, GuestOutput.Number(alloc, "token"));
+        Assert.Equal("hello through vism", GuestOutput.Field(run.Line("read"), "text"));
+        Assert.Equal(0, vism.Host.RegionCount);
+    }
+}
