@@ -43,4 +43,39 @@ public sealed class OneGuestTests(ITestOutputHelper output)
         Assert.Equal("hello through vism", GuestOutput.Field(run.Line("read"), "text"));
         Assert.Equal(0, vism.Host.RegionCount);
     }
+
+    [SkippableFact]
+    public async Task GuestWrites_LandInVismRegionMemory_AndVismWrites_ReachTheGuest()
+    {
+        await using var vism = new VismRig(output.WriteLine);
+        var (device, socket) = vism.AddDevice("a");
+        await using var guest = QemuGuest.Start(new QemuGuestOptions
+        {
+            Name = "a",
+            VhostUserSocket = socket,
+            Queues = vism.On(() => device.QueueCount),
+            Timeout = Boot,
+            Flow = """
+                   alloc 64K
+                   write $offset written by the guest
+                   poll --timeout 240 $offset+4096 written by vism
+                   detach $offset
+                   """,
+        }, output.WriteLine);
+
+        string alloc = await guest.WaitForLineAsync(l => l.StartsWith("alloc ", StringComparison.Ordinal), Boot);
+        await guest.WaitForLineAsync(l => l.StartsWith("write ", StringComparison.Ordinal), Boot);
+        ulong token = GuestOutput.Number(alloc, "token")!.Value;
+        using (var region = vism.MapRegion(device, token))
+        {
+            Assert.Equal("written by the guest\0"u8.ToArray(), region.Span(0, 21).ToArray());
+            "written by vism\0"u8.CopyTo(region.Span(4096, 16));
+        }
+        GuestRun run = await guest.Completion;
+        output.WriteLine(run.ToString());
+
+        Assert.Equal(0, run.FlowExitCode);
+        Assert.Equal("written by vism", GuestOutput.Field(run.Line("poll"), "text"));
+        Assert.Equal(0, vism.Host.RegionCount);
+    }
 }

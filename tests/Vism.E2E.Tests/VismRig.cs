@@ -21,6 +21,7 @@ internal sealed class VismRig : IAsyncDisposable
     private readonly EventLoop _loop = new("e2e-loop");
     private readonly List<(IsmDevice Device, VhostUserTransport Transport, IMemoryBackend Memory)> _devices = [];
     private readonly Dictionary<IsmDevice, DeviceCounters> _counters = [];
+    private readonly Dictionary<IsmDevice, WatchedMemory> _memory = [];
     private readonly ILoggerFactory _logs;
 
     public VismRig(Action<string> log)
@@ -42,15 +43,25 @@ internal sealed class VismRig : IAsyncDisposable
         DeviceDescription description = DeviceLayout.Compute(name, Virtio.IsmDeviceId, 16 * MiB, MiB, 1);
         var counters = new DeviceCounters();
         var host = new HostDescription { Gid = Host.Gid, StateDirectory = _dir.Path, SocketDirectory = _dir.Path };
-        var memory = new FileMemoryBackend(new FileMemoryOptions { Directory = _dir["regions"] }, description, host,
-                                           counters, _logs.CreateLogger<FileMemoryBackend>());
+        var memory = new WatchedMemory(new FileMemoryBackend(new FileMemoryOptions { Directory = _dir["regions"] }, description, host,
+                                                             counters, _logs.CreateLogger<FileMemoryBackend>()));
         IsmDevice device = Host.AddDevice(description, _loop, memory, events, counters);
         var options = new VhostUserOptions { SocketPath = _dir[name + ".sock"] };
         var transport = new VhostUserTransport(options, description, host, _loop, counters, _logs.CreateLogger<VhostUserTransport>());
         _loop.InvokeAsync(() => transport.Start(device)).GetAwaiter().GetResult();
         _devices.Add((device, transport, memory));
         _counters[device] = counters;
+        _memory[device] = memory;
         return (device, transport.Endpoint);
+    }
+
+    /// <summary>Maps the region with <paramref name="token"/> that <paramref name="device"/>'s memory
+    /// backend holds, as vism sees it (the same file the guest reaches through its BAR).</summary>
+    public Mapping MapRegion(IsmDevice device, ulong token)
+    {
+        IMemoryBlock block = _memory[device].Blocks.TryGetValue(token, out IMemoryBlock? b)
+            ? b : throw new InvalidOperationException($"device {device.Description.Name} allocated no region with token 0x{token:x}");
+        return Mapping.Map(block.Handle, block.Offset, block.Length);
     }
 
     /// <summary>The counters of <paramref name="device"/>.</summary>
@@ -101,4 +112,26 @@ internal sealed class LineLoggerProvider(Action<string> write) : ILoggerProvider
         public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
             owner.Write($"[vism {logLevel.ToString().ToLowerInvariant()[..4]} {category}] {formatter(state, exception)}{(exception is null ? "" : " " + exception.Message)}");
     }
+}
+
+/// <summary>The device's real memory backend, remembering each block by token so a test can look
+/// into a region from vism's side.</summary>
+internal sealed class WatchedMemory(IMemoryBackend inner) : IMemoryBackend
+{
+    public ConcurrentDictionary<ulong, IMemoryBlock> Blocks { get; } = new();
+
+    public ulong PageSize => inner.PageSize;
+
+    public MemoryUsage Usage => inner.Usage;
+
+    public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure)
+    {
+        IMemoryBlock? block = inner.TryAllocate(length, token, out failure);
+        if (block is not null) Blocks[token] = block;
+        return block;
+    }
+
+    public IReadOnlyList<RecoveredBlock> Recover() => inner.Recover();
+
+    public void Dispose() => inner.Dispose();
 }

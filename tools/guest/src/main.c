@@ -36,12 +36,13 @@ static void usage(FILE *f)
           "  read OFFSET LEN              print LEN bytes (as text, up to the first NUL)\n"
           "  notify OFFSET                signal the other devices referencing the region\n"
           "  wait [--timeout S]           print the next eventq event (default timeout 30 s)\n"
+          "  poll [--timeout S] OFFSET TEXT  wait until the region holds TEXT at OFFSET\n"
           "  echo TEXT | sleep S          print TEXT | pause S seconds\n"
           "  expect-refused COMMAND...    succeed only if the device answers COMMAND with ERR\n"
           "\n"
           "Numbers: 4096, 0x1000, 4K, 1M, $var, $var+2048. alloc sets $token, $offset (and\n"
           "$NAME.token, $NAME.offset); attach sets $offset; info sets $devid, $gid; wait sets $event.\n"
-          "exit codes: 0 ok, 1 usage, 2 no device, 3 device unusable, 4 ERR ack, 5 no event in time,\n"
+          "exit codes: 0 ok, 1 usage, 2 no device, 3 device unusable, 4 ERR ack, 5 nothing in time (wait, poll),\n"
           "  6 device did not answer or needs reset, 7 guest resource (huge page, pagemap, sysfs),\n"
           "  8 interrupted, 9 expect-refused command succeeded\n",
           f);
@@ -343,6 +344,47 @@ static int cmd_wait(struct ctx *c, int argc, char **argv)
     return EXIT_OK;
 }
 
+/* poll [--timeout S] OFFSET TEXT: waits until the region holds TEXT and its NUL at OFFSET (a
+ * peer's write seen without an event). */
+static int cmd_poll(struct ctx *c, int argc, char **argv)
+{
+    double timeout = 30;
+    int first = 1, rc;
+    if (argc > 2 && strcmp(argv[1], "--timeout") == 0) {
+        if ((rc = parse_seconds("poll", argv[2], &timeout)))
+            return rc;
+        first = 3;
+    }
+    if (argc - first < 2) {
+        errorf("usage: poll [--timeout S] OFFSET TEXT");
+        return EXIT_USAGE;
+    }
+    uint64_t offset;
+    char want[4096], seen[4096];
+    join(argc, argv, first + 1, want, sizeof want);
+    size_t len = strlen(want) + 1;
+    if ((rc = parse_number("poll", argv[first], &offset)) || (rc = need_device(c)))
+        return rc;
+    double deadline = now_seconds() + timeout;
+    for (;;) {
+        if ((rc = ism_read(&c->m, offset, seen, len)))
+            return rc;
+        if (memcmp(seen, want, len) == 0)
+            break;
+        if (g_stop)
+            return EXIT_STOPPED;
+        if (now_seconds() > deadline) {
+            errorf("poll: the region at 0x%llx did not hold \"%s\" within %g s", (unsigned long long)offset, want, timeout);
+            return EXIT_NO_EVENT;
+        }
+        sleep_ms(5);
+    }
+    printf("poll offset=0x%llx text=", (unsigned long long)offset);
+    print_text((const uint8_t *)seen, len);
+    putchar('\n');
+    return EXIT_OK;
+}
+
 static int run_command(struct ctx *c, int argc, char **argv)
 {
     const char *cmd = argv[0];
@@ -420,6 +462,8 @@ static int run_command(struct ctx *c, int argc, char **argv)
     }
     if (strcmp(cmd, "wait") == 0)
         return cmd_wait(c, argc, argv);
+    if (strcmp(cmd, "poll") == 0)
+        return cmd_poll(c, argc, argv);
     if (strcmp(cmd, "echo") == 0) {
         join(argc, argv, 1, text, sizeof text);
         puts(text);
