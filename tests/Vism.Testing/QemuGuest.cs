@@ -306,7 +306,7 @@ public sealed class QemuGuest : IAsyncDisposable
             {
                 CommandLine = string.Join(' ', args.Skip(2)),
             };
-            qemu.StandardInput.Close();
+            qemu.StandardInput.AutoFlush = true;
             log?.Invoke($"[{options.Name}] qemu-system-x86_64 {guest.CommandLine}");
             return guest;
         }
@@ -378,6 +378,18 @@ public sealed class QemuGuest : IAsyncDisposable
         if (finished == Completion)
             throw new InvalidOperationException($"guest {Options.Name} finished without printing the awaited line; console tail:\n{tail}");
         throw new TimeoutException($"guest {Options.Name} did not print the awaited line within {timeout}; console tail:\n{tail}");
+    }
+
+    /// <summary>Types <paramref name="text"/> and Enter on the guest's serial console (what the
+    /// flow's <c>pause</c> command waits for).</summary>
+    /// <param name="text">The line, without the newline.</param>
+    public void SendLine(string text = "")
+    {
+        try
+        {
+            _qemu.StandardInput.Write(text + "\n");
+        }
+        catch (IOException) { } // QEMU is gone; the run says why
     }
 
     /// <summary>Kills QEMU (the run then completes).</summary>

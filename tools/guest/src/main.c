@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <poll.h>
+#include <unistd.h>
 
 #include "vism-guest.h"
 
@@ -38,6 +40,7 @@ static void usage(FILE *f)
           "  wait [--timeout S]           print the next eventq event (default timeout 30 s)\n"
           "  poll [--timeout S] OFFSET TEXT  wait until the region holds TEXT at OFFSET\n"
           "  echo TEXT | sleep S          print TEXT | pause S seconds\n"
+          "  pause [--timeout S]          hold the device until a line on stdin (or S seconds)\n"
           "  expect-refused COMMAND...    succeed only if the device answers COMMAND with ERR\n"
           "\n"
           "Numbers: 4096, 0x1000, 4K, 1M, $var, $var+2048. alloc sets $token, $offset (and\n"
@@ -385,6 +388,40 @@ static int cmd_poll(struct ctx *c, int argc, char **argv)
     return EXIT_OK;
 }
 
+/* pause [--timeout S]: holds the device (and its regions) until a line arrives on stdin, stdin
+ * ends, or S seconds pass (default: no limit). */
+static int cmd_pause(int argc, char **argv)
+{
+    double timeout = -1;
+    int rc;
+    if (argc == 3 && strcmp(argv[1], "--timeout") == 0) {
+        if ((rc = parse_seconds("pause", argv[2], &timeout)))
+            return rc;
+    } else if (argc != 1) {
+        errorf("usage: pause [--timeout S]");
+        return EXIT_USAGE;
+    }
+    fflush(stdout);
+    double deadline = now_seconds() + timeout;
+    for (;;) {
+        if (g_stop)
+            return EXIT_STOPPED;
+        double left = timeout < 0 ? 1 : deadline - now_seconds();
+        if (left <= 0) {
+            printf("pause ended after %g s\n", timeout);
+            return EXIT_OK;
+        }
+        struct pollfd p = {0, POLLIN, 0};
+        int n = poll(&p, 1, left > 1 ? 1000 : (int)(left * 1000) + 1);
+        if (n > 0) {
+            char line[256];
+            ssize_t got = read(0, line, sizeof line);
+            printf("pause ended by %s\n", got > 0 ? "input" : "the end of input");
+            return EXIT_OK;
+        }
+    }
+}
+
 static int run_command(struct ctx *c, int argc, char **argv)
 {
     const char *cmd = argv[0];
@@ -464,6 +501,8 @@ static int run_command(struct ctx *c, int argc, char **argv)
         return cmd_wait(c, argc, argv);
     if (strcmp(cmd, "poll") == 0)
         return cmd_poll(c, argc, argv);
+    if (strcmp(cmd, "pause") == 0)
+        return cmd_pause(argc, argv);
     if (strcmp(cmd, "echo") == 0) {
         join(argc, argv, 1, text, sizeof text);
         puts(text);
