@@ -220,10 +220,10 @@ public static class GuestOutput
 
 /// <summary>
 /// One QEMU 11.1 guest (TCG, q35, memfd shared RAM) booting the guest image, optionally with a
-/// vism device (vhost-user-test-device-pci on a socket). QEMU runs from the debootstrap root
-/// through the root's own dynamic loader (<c>ld-linux --library-path</c>), so it sees host paths
-/// for sockets, kernel and initramfs without a chroot. The serial console is captured line by
-/// line; a timeout kills QEMU.
+/// vism device (vhost-user-test-device-pci on a socket). QEMU runs from the debootstrap root as
+/// <see cref="Qemu.Command"/> says (the root's own dynamic loader, no chroot), so it sees host
+/// paths for sockets, kernel and initramfs. The serial console is captured line by line and can
+/// be typed on; a timeout kills QEMU.
 /// </summary>
 public sealed class QemuGuest : IAsyncDisposable
 {
@@ -290,21 +290,23 @@ public sealed class QemuGuest : IAsyncDisposable
                     file.WriteByte(0);
                 Cpio.Write(file, [("flow.vism", Encoding.UTF8.GetBytes(options.Flow))]);
             }
-            var psi = new ProcessStartInfo(Path.Combine(root, "lib64", "ld-linux-x86-64.so.2"))
+            (string program, string[] prefix, Dictionary<string, string> environment) = Qemu.Command(root);
+            var psi = new ProcessStartInfo(program)
             {
                 RedirectStandardOutput = true,
                 RedirectStandardError = true,
                 RedirectStandardInput = true,
                 UseShellExecute = false,
             };
-            psi.Environment["QEMU_MODULE_DIR"] = Path.Combine(root, "usr", "lib", "x86_64-linux-gnu", "qemu");
-            List<string> args = QemuArguments(root, kernel, initrd, options);
-            foreach (string a in args)
+            foreach ((string key, string value) in environment)
+                psi.Environment[key] = value;
+            List<string> args = QemuArguments(kernel, initrd, options);
+            foreach (string a in prefix.Concat(args))
                 psi.ArgumentList.Add(a);
             var qemu = Process.Start(psi) ?? throw new InvalidOperationException("cannot start QEMU");
             var guest = new QemuGuest(options, qemu, dir, log)
             {
-                CommandLine = string.Join(' ', args.Skip(2)),
+                CommandLine = string.Join(' ', prefix.Skip(2).Concat(args)),
             };
             qemu.StandardInput.AutoFlush = true;
             log?.Invoke($"[{options.Name}] qemu-system-x86_64 {guest.CommandLine}");
@@ -317,8 +319,8 @@ public sealed class QemuGuest : IAsyncDisposable
         }
     }
 
-    /// <summary>The arguments after the dynamic loader: library path, QEMU binary, options.</summary>
-    private static List<string> QemuArguments(string root, string kernel, string initrd, QemuGuestOptions o)
+    /// <summary>QEMU's own arguments (after <see cref="Qemu.Command"/>'s prefix).</summary>
+    private static List<string> QemuArguments(string kernel, string initrd, QemuGuestOptions o)
     {
         var append = new StringBuilder("console=ttyS0 quiet panic=-1");
         if (o.Role is not null && o.Flow is null)
@@ -331,10 +333,6 @@ public sealed class QemuGuest : IAsyncDisposable
         }
         var args = new List<string>
         {
-            "--library-path", $"{root}/lib/x86_64-linux-gnu:{root}/usr/lib/x86_64-linux-gnu",
-            Path.Combine(root, "usr", "bin", "qemu-system-x86_64"),
-            "-L", Path.Combine(root, "usr", "share", "qemu"),
-            "-L", Path.Combine(root, "usr", "share", "seabios"),
             "-nodefaults", "-no-user-config",
             "-machine", "q35,accel=tcg", "-smp", "1", "-m", $"{o.MemoryMiB}M",
             "-object", $"memory-backend-memfd,id=mem,size={o.MemoryMiB}M,share=on", "-machine", "memory-backend=mem",
