@@ -5,6 +5,7 @@ using Vism.Core;
 using Vism.Core.InMemory;
 using Vism.Driver;
 using Vism.Driver.Mmio;
+using Vism.Mmio;
 using Vism.Native;
 using Vism.Transport.Mmio;
 
@@ -90,5 +91,5 @@ public class MmioBenchmarks
     }
 
     /// <summary>Wraps the status so BenchmarkDotNet consumes a value.</summary>
-    public readonly record struct MmioStatusResult(Vism.Transport.Mmio.Protocol.MmioStatus Status);
+    public readonly record struct MmioStatusResult(Vism.Mmio.MmioStatus Status);
 }

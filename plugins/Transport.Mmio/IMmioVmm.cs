@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 using Vism.Abstractions;
-using Vism.Transport.Mmio.Protocol;
+using Vism.Mmio;
 
 namespace Vism.Transport.Mmio;
 

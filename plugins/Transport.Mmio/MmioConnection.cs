@@ -4,7 +4,7 @@ using Microsoft.Win32.SafeHandles;
 using Mono.Unix.Native;
 using Vism.Abstractions;
 using Vism.Native;
-using Vism.Transport.Mmio.Protocol;
+using Vism.Mmio;
 
 namespace Vism.Transport.Mmio;
 
@@ -18,7 +18,6 @@ namespace Vism.Transport.Mmio;
 internal sealed class MmioConnection : IMmioVmm, IDisposable
 {
     private const int MessagesPerTurn = 64;
-    private const int LoudLogLimit = 64;
 
     private readonly UnixSocket _socket;
     private readonly IDeviceLoop _loop;
@@ -31,6 +30,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     private readonly EventFd?[] _lines;
     private readonly Dictionary<uint, PendingRequest> _pending = [];
     private readonly List<SafeFileHandle> _fds = [];
+    private readonly List<byte[]> _outbox = [];
     private readonly byte[] _header = new byte[MmioHeader.Length];
     private byte[] _payload = [];
     private int _headerGot;
@@ -161,6 +161,8 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             {
                 foreach (SafeFileHandle fd in fds) fd.Dispose(); // adopted ones were replaced by duplicates
             }
+            // Replies go out only now: when the VMM reads one, the descriptors it sent are closed.
+            FlushReplies();
             if (_broken) Close("sending to the VMM failed");
         }
     }
@@ -213,6 +215,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             _log.LogError("{Device}: the VMM speaks MMIO protocol version {Theirs}; this device speaks {Ours}; connection refused",
                 Name, hello.Version, MmioProtocol.Version);
             Reply(h, MmioStatus.VersionMismatch, ours.Encode());
+            FlushReplies();
             Close($"protocol version mismatch (VMM {hello.Version}, device {MmioProtocol.Version})");
             return;
         }
@@ -223,7 +226,6 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
         }
         _helloDone = true;
         Reply(h, MmioStatus.Ok, ours.Encode());
-        if (_broken) return;
         _session.Attach();
         _log.LogInformation("{Device}: VMM attached (MMIO protocol {Version}, window 0x{Window:x}, {Vectors} vectors)",
             Name, MmioProtocol.Version, ours.WindowSize, _options.Vectors);
@@ -375,14 +377,19 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
 
     private void Refuse(MmioHeader h, MmioStatus status, string reason, bool reply = true)
     {
-        _counters.Increment("mmio.protocol.error");
-        LogLevel level = _counters.Get("mmio.protocol.error") <= LoudLogLimit ? LogLevel.Warning : LogLevel.Debug;
-        _log.Log(level, "{Device}: VMM message {Type} (id {Id}): {Status}: {Reason}", Name, h.Type, h.Id, status, reason);
+        CountedLog.Refusal(_counters, _log, "mmio.protocol.error", "{Device}: VMM message {Type} (id {Id}): {Status}: {Reason}",
+            Name, h.Type, h.Id, status, reason);
         if (reply && WantsReply(h)) Reply(h, status);
     }
 
     private void Reply(MmioHeader h, MmioStatus status, ReadOnlySpan<byte> payload = default) =>
-        Send(MmioFrame.Build(h.Type, MmioMessageFlags.Reply, h.Id, payload, status), null);
+        _outbox.Add(MmioFrame.Build(h.Type, MmioMessageFlags.Reply, h.Id, payload, status));
+
+    private void FlushReplies()
+    {
+        foreach (byte[] frame in _outbox) Send(frame, null);
+        _outbox.Clear();
+    }
 
     private void RejectAndClose(MmioStatus status, string reason)
     {
@@ -461,6 +468,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             p.Completion.TrySetResult($"the VMM disconnected ({reason})");
         }
         _pending.Clear();
+        _outbox.Clear();
         _session.Detach();
         for (int i = 0; i < _lines.Length; i++)
         {

@@ -1,7 +1,7 @@
 using Microsoft.Win32.SafeHandles;
 using Vism.Abstractions;
 using Vism.Native;
-using Vism.Transport.Mmio.Protocol;
+using Vism.Mmio;
 
 namespace Vism.Transport.Mmio;
 

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using Vism.Abstractions;
+using Vism.Mmio;
 
 namespace Vism.Transport.Mmio;
 
@@ -36,8 +37,6 @@ public enum MmioAccessResult : byte
 /// </summary>
 public sealed class MmioRegisters
 {
-    private const int LoudLogLimit = 64;
-
     private readonly IVirtioDevice _device;
     private readonly Action _raiseInterrupt;
     private readonly IDeviceCounters _counters;
@@ -420,20 +419,15 @@ public sealed class MmioRegisters
 
     private MmioAccessResult Reject(MmioAccessResult result, string kind, uint offset, int width, uint value, string reason)
     {
-        string counter = CounterName(result);
-        _counters.Increment(counter);
-        LogLevel level = _counters.Get(counter) <= LoudLogLimit ? LogLevel.Warning : LogLevel.Debug;
-        _log.Log(level, "{Device}: mmio {Kind} of {Register} (offset 0x{Offset:x}, {Width} bytes, value 0x{Value:x}) {Result}: {Reason}",
+        CountedLog.Refusal(_counters, _log, CounterName(result),
+            "{Device}: mmio {Kind} of {Register} (offset 0x{Offset:x}, {Width} bytes, value 0x{Value:x}) {Result}: {Reason}",
             _device.Description.Name, kind, MmioRegister.Name(offset), offset, width, value, result, reason);
         return result;
     }
 
     private MmioAccessResult RejectNotify(MmioAccessResult result, ulong offset, int width, string reason)
     {
-        const string counter = "mmio.notify.rejected";
-        _counters.Increment(counter);
-        LogLevel level = _counters.Get(counter) <= LoudLogLimit ? LogLevel.Warning : LogLevel.Debug;
-        _log.Log(level, "{Device}: notify write at 0x{Offset:x} ({Width} bytes) {Result}: {Reason}",
+        CountedLog.Refusal(_counters, _log, "mmio.notify.rejected", "{Device}: notify write at 0x{Offset:x} ({Width} bytes) {Result}: {Reason}",
             _device.Description.Name, offset, width, result, reason);
         return result;
     }

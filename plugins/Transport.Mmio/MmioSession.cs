@@ -1,6 +1,6 @@
 using Microsoft.Extensions.Logging;
 using Vism.Abstractions;
-using Vism.Transport.Mmio.Protocol;
+using Vism.Mmio;
 
 namespace Vism.Transport.Mmio;
 

@@ -17,13 +17,8 @@ public sealed class FileMemoryTests : IDisposable
         new(new FileMemoryOptions { Directory = directory ?? _shm.Path, Capacity = capacity, Persist = persist, Prefix = prefix },
             device ?? Devices.Make(), Devices.Host(), _counters, NullLogger<FileMemoryBackend>.Instance);
 
-    private static IMemoryBlock Allocate(IMemoryBackend backend, ulong length, ulong token)
-    {
-        IMemoryBlock? block = backend.TryAllocate(length, token, out string? failure);
-        Assert.True(block is not null, failure);
-        Assert.Null(failure);
-        return block;
-    }
+    private static IMemoryBlock Allocate(IMemoryBackend backend, ulong length, ulong token) =>
+        Scenarios.Allocate(backend, length, token);
 
     public void Dispose() => _shm.Dispose();
 
@@ -45,15 +40,7 @@ public sealed class FileMemoryTests : IDisposable
     public void APeersSecondMappingOfTheFd_SeesTheFirstMappingsWrites_BothWays()
     {
         using FileMemoryBackend backend = Backend();
-        using IMemoryBlock block = Allocate(backend, MiB, 7);
-        using Mapping mine = Blocks.Map(block);
-        using var peerFd = Fd.Dup(block.Handle); // what SCM_RIGHTS hands a VMM
-        using Mapping peer = Blocks.Map(block, peerFd);
-
-        Blocks.Stamp(mine, 11);
-        Assert.True(Blocks.HasStamp(peer, 11));
-        peer.Span(4096, 5).Fill(0xEE);
-        Assert.True(mine.Span(4096, 5).IndexOfAnyExcept((byte)0xEE) < 0);
+        Scenarios.PeerMappingSeesWritesBothWays(backend, MiB);
     }
 
     [Fact]
@@ -81,14 +68,7 @@ public sealed class FileMemoryTests : IDisposable
     public void ReleasedThenReallocatedRegion_ReadsAsZeros()
     {
         using FileMemoryBackend backend = Backend(capacity: MiB);
-        IMemoryBlock first = Allocate(backend, MiB, 1);
-        using (Mapping m = Blocks.Map(first)) Blocks.Stamp(m, 0x5A);
-        first.Release();
-        first.Dispose();
-
-        using IMemoryBlock second = Allocate(backend, MiB, 2);
-        using Mapping again = Blocks.Map(second);
-        Assert.True(Blocks.IsZero(again));
+        Scenarios.ReleasedThenReallocatedReadsZeros(backend, MiB);
     }
 
     [Fact]
@@ -111,19 +91,7 @@ public sealed class FileMemoryTests : IDisposable
     public void FillingCapacity_RefusesWithAReason_AndServesAgainAfterARelease()
     {
         using FileMemoryBackend backend = Backend(capacity: 4 * MiB);
-        var blocks = Enumerable.Range(1, 4).Select(t => Allocate(backend, MiB, (ulong)t)).ToList();
-
-        Assert.Null(backend.TryAllocate(MiB, 99, out string? failure));
-        Assert.Contains("capacity", failure);
-        Assert.Equal(1, _counters.Get("memory.alloc-failed.capacity"));
-        Assert.Equal(new MemoryUsage(4 * MiB, 4 * MiB, 4 * MiB), backend.Usage);
-
-        blocks[2].Release();
-        blocks[2].Dispose();
-        Assert.Equal(3 * MiB, backend.Usage.Used);
-        blocks[2] = Allocate(backend, MiB, 100);
-        foreach (IMemoryBlock b in blocks) { b.Release(); b.Dispose(); }
-        Assert.Equal(new MemoryUsage(4 * MiB, 0, 4 * MiB), backend.Usage);
+        Scenarios.FillCapacityThenServeAfterRelease(backend, _counters, MiB, regions: 4);
     }
 
     [SkippableFact]
@@ -175,6 +143,7 @@ public sealed class FileMemoryTests : IDisposable
     [Fact]
     public void WithoutPersist_NoFileIsEverVisibleInTheDirectory_AndNoFdIsLeaked()
     {
+        using (FileMemoryBackend warm = Backend()) Blocks.WarmUp(warm);
         int fdsBefore = Fd.CountOpen();
         using (FileMemoryBackend backend = Backend())
         {

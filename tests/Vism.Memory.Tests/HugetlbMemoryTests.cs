@@ -17,12 +17,8 @@ public sealed class HugetlbMemoryTests
             device ?? Devices.Make(regionSize: Page, maxRegions: 32), Devices.Host(), _counters,
             NullLogger<HugetlbMemoryBackend>.Instance);
 
-    private static IMemoryBlock Allocate(IMemoryBackend backend, ulong length, ulong token)
-    {
-        IMemoryBlock? block = backend.TryAllocate(length, token, out string? failure);
-        Assert.True(block is not null, failure);
-        return block;
-    }
+    private static IMemoryBlock Allocate(IMemoryBackend backend, ulong length, ulong token) =>
+        Scenarios.Allocate(backend, length, token);
 
     [SkippableFact]
     public void Allocation_ClaimsZeroedHugePagesAtOnce()
@@ -40,20 +36,11 @@ public sealed class HugetlbMemoryTests
     }
 
     [SkippableFact]
-    public void APeersSecondMappingOfTheFd_SeesTheFirstMappingsWrites()
+    public void APeersSecondMappingOfTheFd_SeesTheFirstMappingsWrites_BothWays()
     {
         Machine.RequireHugePages(2);
         using HugetlbMemoryBackend backend = Backend();
-        using IMemoryBlock block = Allocate(backend, Page, 2);
-        using Mapping mine = Blocks.Map(block);
-        using var peerFd = Fd.Dup(block.Handle);
-        using Mapping peer = Blocks.Map(block, peerFd);
-
-        Blocks.Stamp(mine, 0x42);
-        Assert.True(Blocks.HasStamp(peer, 0x42));
-        Parallel.For(0, 2, side => (side == 0 ? mine : peer).Span((ulong)side * MiB, (int)MiB).Fill((byte)(0xA0 + side)));
-        Assert.True(peer.Span(0, (int)MiB).IndexOfAnyExcept((byte)0xA0) < 0);
-        Assert.True(mine.Span(MiB, (int)MiB).IndexOfAnyExcept((byte)0xA1) < 0);
+        Scenarios.PeerMappingSeesWritesBothWays(backend, Page);
     }
 
     [SkippableFact]
@@ -61,14 +48,7 @@ public sealed class HugetlbMemoryTests
     {
         Machine.RequireHugePages(2);
         using HugetlbMemoryBackend backend = Backend(capacity: Page);
-        IMemoryBlock first = Allocate(backend, Page, 1);
-        using (Mapping m = Blocks.Map(first)) Blocks.Stamp(m, 9);
-        first.Release();
-        first.Dispose();
-
-        using IMemoryBlock second = Allocate(backend, Page, 2);
-        using Mapping again = Blocks.Map(second);
-        Assert.True(Blocks.IsZero(again));
+        Scenarios.ReleasedThenReallocatedReadsZeros(backend, Page);
     }
 
     [SkippableFact]
@@ -92,17 +72,7 @@ public sealed class HugetlbMemoryTests
     {
         Machine.RequireHugePages(3);
         using HugetlbMemoryBackend backend = Backend(capacity: 3 * Page);
-        var blocks = Enumerable.Range(1, 3).Select(t => Allocate(backend, Page, (ulong)t)).ToList();
-
-        Assert.Null(backend.TryAllocate(Page, 4, out string? failure));
-        Assert.Contains("capacity", failure);
-        Assert.Equal(new MemoryUsage(3 * Page, 3 * Page, 3 * Page), backend.Usage);
-
-        blocks[1].Release();
-        blocks[1].Dispose();
-        blocks[1] = Allocate(backend, Page, 5);
-        foreach (IMemoryBlock b in blocks) { b.Release(); b.Dispose(); }
-        Assert.Equal(0UL, backend.Usage.Used);
+        Scenarios.FillCapacityThenServeAfterRelease(backend, _counters, Page, regions: 3);
     }
 
     [SkippableFact]
@@ -152,6 +122,7 @@ public sealed class HugetlbMemoryTests
     {
         Machine.RequireHugePages(4);
         using HugetlbMemoryBackend backend = Backend();
+        Blocks.WarmUp(backend);
         int fdsBefore = Fd.CountOpen();
         var seen = new List<string>();
         // HugePages_Free is machine-wide: if another process moves it meanwhile, measure again.
@@ -167,7 +138,7 @@ public sealed class HugetlbMemoryTests
             if (start - during == 4 && afterRelease == start && afterDispose == start)
             {
                 Assert.Equal(fdsBefore, Fd.CountOpen());
-                Assert.DoesNotContain("memfd:vism-", System.IO.File.ReadAllText("/proc/self/maps"));
+                Assert.DoesNotContain("memfd:vism-dev0-", System.IO.File.ReadAllText("/proc/self/maps"));
                 return;
             }
             seen.Add($"start {start}, allocated {during}, released {afterRelease}, disposed {afterDispose}");

@@ -123,6 +123,16 @@ internal sealed class PrivateMount : IDisposable
 
 internal static class Blocks
 {
+    /// <summary>One allocation and release first, so that what the runtime opens on first use
+    /// (it maps Mono.Posix lazily) is open before descriptors are counted.</summary>
+    public static void WarmUp(IMemoryBackend backend)
+    {
+        IMemoryBlock block = backend.TryAllocate(backend.PageSize, ulong.MaxValue, out string? failure)
+            ?? throw new InvalidOperationException(failure);
+        block.Release();
+        block.Dispose();
+    }
+
     /// <summary>Maps the whole block as a transport's peer would (MAP_SHARED of its fd at its offset).</summary>
     public static Mapping Map(IMemoryBlock block, SafeFileHandle? fd = null) =>
         Mapping.Map(fd ?? block.Handle, block.Offset, block.Length);

@@ -22,14 +22,14 @@ public sealed class IsmOverMmioTests : IAsyncDisposable
     private readonly IsmHost _host = new(new IsmHostOptions { Gid = 0x5eed }, NullLoggerFactory.Instance);
     private readonly List<Node> _nodes = [];
 
-    private sealed record Node(IsmDevice Device, DeviceCounters Counters, MmioTransport Transport, VectorEvents Events, InMemoryBackend Memory);
+    private sealed record Node(IsmDevice Device, DeviceCounters Counters, MmioTransport Transport, TestEvents Events, InMemoryBackend Memory);
 
-    private async Task<Node> AddDevice(string name)
+    private async Task<Node> AddDevice(string name, bool eventq = false)
     {
         DeviceDescription description = DeviceLayout.Compute(name, Virtio.IsmDeviceId, 16 * MiB, MiB, 1);
         var memory = new InMemoryBackend(64 * MiB);
         var counters = new DeviceCounters();
-        var events = new VectorEvents();
+        var events = new TestEvents(eventq);
         EventLoop loop = _loops[_nodes.Count % _loops.Length];
         IsmDevice device = _host.AddDevice(description, loop, memory, events, counters);
         var host = new HostDescription { Gid = _host.Gid, StateDirectory = _dir.Path, SocketDirectory = _dir.Path };
@@ -88,6 +88,28 @@ public sealed class IsmOverMmioTests : IAsyncDisposable
         Assert.Equal(IsmControl.AckOk, guestB.Detach(attach.Offset));
         Assert.Equal(0, vmmB.MappingCount);
         Assert.Equal(0, _host.RegionCount);
+    }
+
+    [Fact]
+    public async Task AnUpdateArrivesOnThePeersEventqThroughItsSecondMmioQueue()
+    {
+        Node a = await AddDevice("mmio-vq-a", eventq: true);
+        Node b = await AddDevice("mmio-vq-b", eventq: true);
+        using MmioVmmClient vmmA = MmioVmmClient.Connect(a.Transport.Endpoint);
+        using MmioVmmClient vmmB = MmioVmmClient.Connect(b.Transport.Endpoint);
+        using IsmClient guestA = IsmClient.Start(vmmA);
+        using IsmClient guestB = IsmClient.Start(vmmB);
+        Assert.True(guestB.Driver.Has(Features.IsmEventVq));
+        Assert.Equal(2, guestB.Driver.Queues.Count);
+
+        AllocReply alloc = guestA.Alloc(4096);
+        AttachReply attach = guestB.Attach(alloc.Token);
+        Assert.True(attach.Ok);
+        guestA.Notify(alloc.Offset);
+
+        IReadOnlyList<ulong>? offsets = guestB.WaitEvent(Generous);
+        Assert.NotNull(offsets);
+        Assert.Equal([attach.Offset], offsets);
     }
 
     [Fact]
@@ -176,25 +198,35 @@ public sealed class IsmOverMmioTests : IAsyncDisposable
         _dir.Dispose();
     }
 
-    /// <summary>The event-channel seam for these tests: per-region vectors (what Events.Irq does).</summary>
-    private sealed class VectorEvents : IEventChannel
+    /// <summary>The event-channel seam for these tests: per-region vectors (what Events.Irq does) or,
+    /// with <c>eventq</c>, one-offset <c>virtio_ism_event</c> records on queue 1 (what Events.Vq does).</summary>
+    private sealed class TestEvents(bool eventq) : IEventChannel
     {
         private readonly Dictionary<ulong, int> _vectors = [];
+        private readonly Queue<ulong> _undelivered = new();
         private IEventContext? _context;
 
-        public ulong Features => Vism.Abstractions.Features.Mask(Vism.Abstractions.Features.IsmEventIrq);
-        public int QueueCount => 0;
+        public ulong Features => Vism.Abstractions.Features.Mask(eventq ? Vism.Abstractions.Features.IsmEventVq : Vism.Abstractions.Features.IsmEventIrq);
+        public int QueueCount => eventq ? 1 : 0;
         public void Activate(IEventContext context) => _context = context;
 
         public void Deactivate()
         {
             _context = null;
             _vectors.Clear();
+            _undelivered.Clear();
         }
 
         public void OnRegionUpdated(ulong offset)
         {
-            if (_context is not null && _vectors.TryGetValue(offset, out int v)) _context.SignalVector(v);
+            if (_context is null) return;
+            if (!eventq)
+            {
+                if (_vectors.TryGetValue(offset, out int v)) _context.SignalVector(v);
+                return;
+            }
+            _undelivered.Enqueue(offset);
+            Flush();
         }
 
         public void OnRegionDetached(ulong offset) => _vectors.Remove(offset);
@@ -206,7 +238,21 @@ public sealed class IsmOverMmioTests : IAsyncDisposable
             return failure is null;
         }
 
-        public void OnQueueNotified(int queueIndex) { }
+        public void OnQueueNotified(int queueIndex) => Flush();
+
+        private void Flush()
+        {
+            IVirtqueue? q = _context?.GetQueue(Virtio.EventQueue);
+            Span<byte> record = stackalloc byte[16];
+            while (q is not null && _undelivered.Count > 0 && q.TryPop(out DescriptorChain? chain))
+            {
+                System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(record, 1);
+                System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(record[8..], _undelivered.Dequeue());
+                int written = chain.Write(_context!.Memory, 0, record);
+                q.Complete(chain, written < 0 ? 0 : (uint)written);
+            }
+        }
+
         public void Dispose() { }
     }
 }

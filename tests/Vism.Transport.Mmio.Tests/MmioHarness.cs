@@ -39,6 +39,23 @@ internal sealed class MmioHarness : IAsyncDisposable
     public MmioVmmClient Connect(MmioVmmOptions? options = null, GuestRam? ram = null) =>
         MmioVmmClient.Connect(SocketPath, ram, options);
 
+    /// <summary>A bare protocol peer that has done HELLO, once the device is connected to it.</summary>
+    public async Task<RawVmm> ConnectRawAsync()
+    {
+        var peer = RawVmm.Connect(SocketPath);
+        peer.Hello();
+        await WaitUntil(() => Device.Services is not null, "the device is connected");
+        return peer;
+    }
+
+    /// <summary>The device's MapAsync for the connected VMM, run on the loop.</summary>
+    public Task<string?> Map(ShmId id, ulong offset, IMemoryBlock block, ulong length, bool writable = true) =>
+        Loop.InvokeAsync(async () => await Services.MapAsync(id, offset, block, length, writable));
+
+    /// <summary>The device's UnmapAsync for the connected VMM, run on the loop.</summary>
+    public Task<string?> Unmap(ShmId id, ulong offset, ulong length) =>
+        Loop.InvokeAsync(async () => await Services.UnmapAsync(id, offset, length));
+
     public Task<T> OnLoop<T>(Func<T> work) => Loop.InvokeAsync(work);
 
     public Task OnLoop(Action work) => Loop.InvokeAsync(work);

@@ -1,6 +1,6 @@
 using Microsoft.Extensions.Logging.Abstractions;
 using Vism.Abstractions;
-using R = Vism.Transport.Mmio.MmioRegister;
+using R = Vism.Mmio.MmioRegister;
 
 namespace Vism.Transport.Mmio.Tests;
 

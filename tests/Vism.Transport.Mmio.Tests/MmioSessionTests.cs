@@ -3,8 +3,8 @@ using Microsoft.Extensions.Logging.Abstractions;
 using Vism.Abstractions;
 using Vism.Driver;
 using Vism.Native;
-using Vism.Transport.Mmio.Protocol;
-using R = Vism.Transport.Mmio.MmioRegister;
+using Vism.Mmio;
+using R = Vism.Mmio.MmioRegister;
 
 namespace Vism.Transport.Mmio.Tests;
 

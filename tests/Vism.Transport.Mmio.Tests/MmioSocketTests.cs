@@ -1,8 +1,8 @@
 using Vism.Abstractions;
 using Vism.Driver;
 using Vism.Driver.Mmio;
-using Vism.Transport.Mmio.Protocol;
-using R = Vism.Transport.Mmio.MmioRegister;
+using Vism.Mmio;
+using R = Vism.Mmio.MmioRegister;
 
 namespace Vism.Transport.Mmio.Tests;
 
@@ -176,8 +176,7 @@ public sealed class MmioSocketTests
         using var deviceView = Vism.Native.Mapping.Map(block.Handle, 0, block.Length);
         deviceView.Span(0, 5).Fill(0x5a);
 
-        string? failure = await h.Loop.InvokeAsync(async () =>
-            await h.Services.MapAsync(ShmId.Regions, 0x20000, block, block.Length, writable: true));
+        string? failure = await h.Map(ShmId.Regions, 0x20000, block, block.Length, writable: true);
 
         Assert.Null(failure);
         Assert.Equal(1, client.MappingCount);
@@ -189,7 +188,7 @@ public sealed class MmioSocketTests
         }
         Assert.Equal(0xa5, deviceView.Span(100, 1)[0]);
 
-        Assert.Null(await h.Loop.InvokeAsync(async () => await h.Services.UnmapAsync(ShmId.Regions, 0x20000, block.Length)));
+        Assert.Null(await h.Unmap(ShmId.Regions, 0x20000, block.Length));
         Assert.Equal(0, client.MappingCount);
     }
 
@@ -205,7 +204,7 @@ public sealed class MmioSocketTests
         using MmioVmmClient client = h.Connect();
         using var block = new MemfdBlock(0x10000);
 
-        string? failure = await h.Loop.InvokeAsync(async () => await h.Services.MapAsync(id, offset, block, length, true));
+        string? failure = await h.Map(id, offset, block, length, true);
 
         Assert.NotNull(failure);
         Assert.Equal(0, client.MapRequests);
@@ -219,8 +218,8 @@ public sealed class MmioSocketTests
         using MmioVmmClient client = h.Connect();
         using var a = new MemfdBlock(0x10000);
         using var b = new MemfdBlock(0x10000);
-        Assert.Null(await h.Loop.InvokeAsync(async () => await h.Services.MapAsync(ShmId.Regions, 0x10000, a, 0x10000, true)));
-        Assert.NotNull(await h.Loop.InvokeAsync(async () => await h.Services.MapAsync(ShmId.Regions, 0x18000, b, 0x10000, true)));
+        Assert.Null(await h.Map(ShmId.Regions, 0x10000, a, 0x10000, true));
+        Assert.NotNull(await h.Map(ShmId.Regions, 0x18000, b, 0x10000, true));
         Assert.Equal(1, client.MapRequests);
     }
 
@@ -231,8 +230,8 @@ public sealed class MmioSocketTests
         using MmioVmmClient client = h.Connect();
         using var a = new MemfdBlock(0x10000);
         using var b = new MemfdBlock(0x10000);
-        Assert.Null(await h.Loop.InvokeAsync(async () => await h.Services.MapAsync(ShmId.Regions, 0, a, 0x10000, true)));
-        Assert.Null(await h.Loop.InvokeAsync(async () => await h.Services.MapAsync(ShmId.Regions, 0x10000, b, 0x10000, false)));
+        Assert.Null(await h.Map(ShmId.Regions, 0, a, 0x10000, true));
+        Assert.Null(await h.Map(ShmId.Regions, 0x10000, b, 0x10000, false));
         Assert.Equal(2, client.MappingCount);
 
         client.WriteStatus(DeviceStatus.Reset);
@@ -265,11 +264,9 @@ public sealed class MmioSocketTests
     public async Task AMapInFlightWhenTheVmmLeavesFailsAndTheDeviceIsReleased()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using var peer = RawVmm.Connect(h.SocketPath);
-        peer.Hello();
-        await h.WaitUntil(() => h.Device.Services is not null, "the device is connected");
+        using RawVmm peer = await h.ConnectRawAsync();
         using var block = new MemfdBlock(0x10000);
-        Task<string?> map = h.Loop.InvokeAsync(async () => await h.Services.MapAsync(ShmId.Regions, 0, block, 0x10000, true));
+        Task<string?> map = h.Map(ShmId.Regions, 0, block, 0x10000, true);
         var (request, _) = peer.Receive();
         Assert.Equal(MmioMessageType.Map, request.Type);
 
@@ -280,15 +277,38 @@ public sealed class MmioSocketTests
     }
 
     [Fact]
+    public async Task RegisterAccessesAreServedWhileAMapAwaitsTheVmmsAnswer()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await h.ConnectRawAsync();
+        using var block = new MemfdBlock(0x10000);
+        Task<string?> map = h.Map(ShmId.Regions, 0, block, 0x10000);
+        var fds = new List<Microsoft.Win32.SafeHandles.SafeFileHandle>();
+        var (request, payload) = peer.Receive(fds);
+        Assert.Equal(MmioMessageType.Map, request.Type);
+        Assert.True(WindowMapping.TryDecode(payload, out WindowMapping m));
+        Assert.Equal(new WindowMapping(ShmId.Regions, true, 0, 0, 0x10000), m);
+        Assert.Single(fds);
+        fds[0].Dispose();
+
+        // The MAP is unanswered; the device's loop still answers the guest's register accesses.
+        var (reply, value) = peer.Call(MmioMessageType.Read, new RegisterAccess(R.DeviceId, 4, 0).Encode());
+        Assert.Equal(MmioStatus.Ok, reply.Status);
+        Assert.Equal(Virtio.IsmDeviceId, (uint)BitConverter.ToUInt64(value));
+        Assert.False(map.IsCompleted);
+
+        peer.SendRaw(MmioFrame.Build(MmioMessageType.Map, MmioMessageFlags.Reply, request.Id, []));
+        Assert.Null(await map);
+    }
+
+    [Fact]
     public async Task AVmmThatDoesNotAnswerAMapInTimeIsDisconnected()
     {
         await using MmioHarness h = await MmioHarness.StartAsync(new MmioOptions { MapTimeoutMs = 200 });
-        using var peer = RawVmm.Connect(h.SocketPath);
-        peer.Hello();
-        await h.WaitUntil(() => h.Device.Services is not null, "the device is connected");
+        using RawVmm peer = await h.ConnectRawAsync();
         using var block = new MemfdBlock(0x10000);
 
-        string? failure = await h.Loop.InvokeAsync(async () => await h.Services.MapAsync(ShmId.Regions, 0, block, 0x10000, true));
+        string? failure = await h.Map(ShmId.Regions, 0, block, 0x10000, true);
 
         Assert.Contains("did not answer", failure ?? "");
         await h.WaitUntil(() => h.Device.DisconnectCount == 1, "the silent VMM was disconnected");

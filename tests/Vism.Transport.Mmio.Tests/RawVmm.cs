@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using Vism.Native;
-using Vism.Transport.Mmio.Protocol;
+using Vism.Mmio;
 
 namespace Vism.Transport.Mmio.Tests;
 

@@ -27,6 +27,10 @@ public sealed record IsmClientOptions
     /// <summary>Buffers kept posted on the eventq.</summary>
     public int EventBuffers { get; init; } = 16;
 
+    /// <summary>Post the eventq buffers when the client starts. False leaves them with the driver
+    /// until <see cref="IsmClient.PostEventBuffers"/> (a driver slow to give the device buffers).</summary>
+    public bool PostEventBuffers { get; init; } = true;
+
     /// <summary>Bytes per eventq buffer (<c>le64 num</c> + 8 bytes per offset).</summary>
     public uint EventBufferSize { get; init; } = 8 + 8 * 63;
 
@@ -78,6 +82,8 @@ public sealed class IsmClient : IDisposable
     private readonly ulong _response;
     private readonly ulong[] _eventBuffers = [];
     private readonly Dictionary<ushort, int> _eventByHead = new();
+    private readonly Stack<int> _idleEventBuffers = new();
+    private readonly Dictionary<ulong, int> _vectorOf = new();
 
     private IsmClient(IDriverTransport transport, VirtioDriver driver, IsmClientOptions options)
     {
@@ -92,13 +98,16 @@ public sealed class IsmClient : IDisposable
         _response = transport.Ram.Allocate(64, 16);
         if (driver.Has(Features.IsmEventVq))
         {
+            ArgumentOutOfRangeException.ThrowIfNegativeOrZero(options.EventBuffers);
+            ArgumentOutOfRangeException.ThrowIfLessThan(options.EventBufferSize, 8u);
             _eventBuffers = new ulong[options.EventBuffers];
-            for (int i = 0; i < _eventBuffers.Length; i++)
+            for (int i = _eventBuffers.Length - 1; i >= 0; i--)
             {
                 _eventBuffers[i] = transport.Ram.Allocate(options.EventBufferSize, 8);
-                PostEventBuffer(i);
+                _idleEventBuffers.Push(i);
             }
-            driver.KickIfNeeded(Virtio.EventQueue);
+            if (options.PostEventBuffers)
+                PostEventBuffers();
         }
     }
 
@@ -204,7 +213,11 @@ public sealed class IsmClient : IDisposable
     {
         Span<byte> data = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(data, offset);
-        return Send(IsmControl.ClassDetach, IsmControl.CommandDefault, data, 0).Ack;
+        byte ack = Send(IsmControl.ClassDetach, IsmControl.CommandDefault, data, 0).Ack;
+        if (ack == IsmControl.AckOk)
+            lock (_vectorOf)
+                _vectorOf.Remove(offset);
+        return ack;
     }
 
     /// <summary>GRANT: sets the permissions of <paramref name="peerDevId"/> (0: the default entry).</summary>
@@ -230,7 +243,21 @@ public sealed class IsmClient : IDisposable
         Span<byte> data = stackalloc byte[16];
         BinaryPrimitives.WriteUInt64LittleEndian(data, offset);
         BinaryPrimitives.WriteUInt64LittleEndian(data[8..], vector);
-        return Send(IsmControl.ClassEventVector, IsmControl.CommandDefault, data, 0).Ack;
+        byte ack = Send(IsmControl.ClassEventVector, IsmControl.CommandDefault, data, 0).Ack;
+        if (ack == IsmControl.AckOk && vector < int.MaxValue)
+            lock (_vectorOf)
+                _vectorOf[offset] = (int)vector;
+        return ack;
+    }
+
+    /// <summary>The regions this client bound to <paramref name="vector"/> with <see cref="EventVector"/>
+    /// and has not detached since, in offset order: what a driver checks when the vector fires.</summary>
+    /// <param name="vector">A vector.</param>
+    /// <returns>Their offsets.</returns>
+    public IReadOnlyList<ulong> RegionsOnVector(int vector)
+    {
+        lock (_vectorOf)
+            return [.. _vectorOf.Where(kv => kv.Value == vector).Select(kv => kv.Key).Order()];
     }
 
     /// <summary>The driver's view of region memory: <paramref name="length"/> bytes at
@@ -262,18 +289,50 @@ public sealed class IsmClient : IDisposable
     /// <exception cref="InvalidOperationException">When VIRTIO_ISM_F_EVENT_VQ was not negotiated.</exception>
     public IReadOnlyList<ulong>? WaitEvent(TimeSpan timeout)
     {
-        if (_eventBuffers.Length == 0)
-            throw new InvalidOperationException("VIRTIO_ISM_F_EVENT_VQ was not negotiated");
+        RequireEventq();
         lock (_eventLock)
         {
             if (!Driver.WaitUsed(Virtio.EventQueue, timeout, out UsedElement used))
                 return null;
-            if (!_eventByHead.Remove(used.Head, out int buffer))
-                throw new DriverTransportException($"eventq: the device returned head {used.Head}, which is not an event buffer");
-            ulong[] offsets = ParseEvent(Transport.Ram.Span(_eventBuffers[buffer], (int)_options.EventBufferSize), used.Written);
-            PostEventBuffer(buffer);
-            Driver.KickIfNeeded(Virtio.EventQueue);
+            return TakeEvent(used);
+        }
+    }
+
+    /// <summary>Takes every eventq buffer the device has returned so far, without waiting, and
+    /// re-posts them (a driver's poll after an interrupt).</summary>
+    /// <returns>The offsets of all those buffers, in delivery order (empty when there were none).</returns>
+    /// <exception cref="InvalidOperationException">When VIRTIO_ISM_F_EVENT_VQ was not negotiated.</exception>
+    public IReadOnlyList<ulong> DrainEvents()
+    {
+        RequireEventq();
+        lock (_eventLock)
+        {
+            var offsets = new List<ulong>();
+            while (Driver.Queues[Virtio.EventQueue].TryTakeUsed(out UsedElement used))
+                offsets.AddRange(TakeEvent(used));
             return offsets;
+        }
+    }
+
+    /// <summary>Posts every eventq buffer the driver holds (all of them at start unless
+    /// <see cref="IsmClientOptions.PostEventBuffers"/> is false) and kicks the eventq if the device
+    /// asks for it.</summary>
+    /// <returns>How many buffers were posted.</returns>
+    /// <exception cref="InvalidOperationException">When VIRTIO_ISM_F_EVENT_VQ was not negotiated.</exception>
+    public int PostEventBuffers()
+    {
+        RequireEventq();
+        lock (_eventLock)
+        {
+            int posted = 0;
+            while (_idleEventBuffers.TryPop(out int buffer))
+            {
+                PostEventBuffer(buffer);
+                posted++;
+            }
+            if (posted > 0)
+                Driver.KickIfNeeded(Virtio.EventQueue);
+            return posted;
         }
     }
 
@@ -282,6 +341,36 @@ public sealed class IsmClient : IDisposable
     /// <param name="timeout">How long to wait.</param>
     /// <returns>Whether it fired.</returns>
     public bool WaitVector(int vector, TimeSpan timeout) => Transport.WaitVector(vector, timeout);
+
+    /// <summary>Waits for <paramref name="vector"/> to fire and returns the regions bound to it,
+    /// which a driver must then check (several regions may share a vector).</summary>
+    /// <param name="vector">The vector.</param>
+    /// <param name="timeout">How long to wait.</param>
+    /// <returns>The offsets bound to the vector (see <see cref="RegionsOnVector"/>), or null on timeout.</returns>
+    public IReadOnlyList<ulong>? WaitVectorEvent(int vector, TimeSpan timeout) =>
+        Transport.WaitVector(vector, timeout) ? RegionsOnVector(vector) : null;
+
+    private void RequireEventq()
+    {
+        if (!Driver.Has(Features.IsmEventVq))
+            throw new InvalidOperationException("VIRTIO_ISM_F_EVENT_VQ was not negotiated");
+    }
+
+    /// <summary>Parses a returned event buffer and re-posts it (also when it was malformed).</summary>
+    private ulong[] TakeEvent(UsedElement used)
+    {
+        if (!_eventByHead.Remove(used.Head, out int buffer))
+            throw new DriverTransportException($"eventq: the device returned head {used.Head}, which is not an event buffer");
+        try
+        {
+            return ParseEvent(Transport.Ram.Span(_eventBuffers[buffer], (int)_options.EventBufferSize), used.Written);
+        }
+        finally
+        {
+            PostEventBuffer(buffer);
+            Driver.KickIfNeeded(Virtio.EventQueue);
+        }
+    }
 
     private static ulong[] ParseEvent(ReadOnlySpan<byte> buffer, uint written)
     {

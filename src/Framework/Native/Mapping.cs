@@ -32,13 +32,24 @@ public sealed unsafe class Mapping : IDisposable
     }
 
     /// <summary>Reserves <paramref name="length"/> bytes of address space with no access (PROT_NONE),
-    /// to place fixed mappings into later (a driver-side shared-memory window).</summary>
+    /// to place fixed mappings into later (a driver-side shared-memory window). The start is
+    /// naturally aligned up to 1 GiB (to the largest power of two not above the length), so that
+    /// huge-page blocks (2 MiB, 1 GiB) mapped at offsets that are multiples of their page size
+    /// land on addresses aligned to it, as hugetlb requires.</summary>
     public static Mapping Reserve(ulong length)
     {
-        if (length == 0 || length > (ulong)nint.MaxValue) throw new ArgumentOutOfRangeException(nameof(length));
-        nint p = LibC.mmap(0, (nuint)length, LibC.PROT_NONE, LibC.MAP_PRIVATE | LibC.MAP_ANONYMOUS | LibC.MAP_NORESERVE, -1, 0);
+        if (length == 0 || length > (ulong)nint.MaxValue / 2) throw new ArgumentOutOfRangeException(nameof(length));
+        ulong align = Math.Min(1UL << 30, 1UL << (63 - System.Numerics.BitOperations.LeadingZeroCount(length)));
+        align = Math.Max(align, 4096);
+        ulong span = length + align;
+        nint p = LibC.mmap(0, (nuint)span, LibC.PROT_NONE, LibC.MAP_PRIVATE | LibC.MAP_ANONYMOUS | LibC.MAP_NORESERVE, -1, 0);
         if (p == -1) throw PosixException.FromPInvoke($"mmap(reserve {length})");
-        return new Mapping(p, length);
+        nint start = (nint)(((ulong)p + align - 1) & ~(align - 1));
+        ulong head = (ulong)(start - p);
+        ulong tail = span - head - length;
+        if (head != 0) LibC.munmap(p, (nuint)head);
+        if (tail != 0) LibC.munmap(start + (nint)length, (nuint)tail);
+        return new Mapping(start, length);
     }
 
     /// <summary>Maps <paramref name="fd"/> over [windowOffset, windowOffset+length) of this reservation (MAP_FIXED).</summary>

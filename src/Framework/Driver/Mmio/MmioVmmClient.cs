@@ -4,8 +4,7 @@ using Microsoft.Win32.SafeHandles;
 using Mono.Unix.Native;
 using Vism.Abstractions;
 using Vism.Native;
-using Vism.Transport.Mmio;
-using Vism.Transport.Mmio.Protocol;
+using Vism.Mmio;
 
 namespace Vism.Driver.Mmio;
 

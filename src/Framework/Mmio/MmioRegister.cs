@@ -1,4 +1,4 @@
-namespace Vism.Transport.Mmio;
+namespace Vism.Mmio;
 
 /// <summary>Offsets and fixed values of the virtio-mmio version 2 register window
 /// (virtio 1.x section 4.2.2, "MMIO Device Register Layout").</summary>

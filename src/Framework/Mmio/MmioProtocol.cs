@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using Microsoft.Win32.SafeHandles;
 using Vism.Native;
 
-namespace Vism.Transport.Mmio.Protocol;
+namespace Vism.Mmio;
 
 /// <summary>Fixed numbers of the vism MMIO socket protocol (docs/mmio-protocol.md).</summary>
 public static class MmioProtocol

@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Text;
 using Vism.Abstractions;
 
-namespace Vism.Transport.Mmio.Protocol;
+namespace Vism.Mmio;
 
 // Payload layouts, little endian, naturally aligned (docs/mmio-protocol.md). Every decoder checks
 // the exact size first and returns false for a malformed payload; it never throws.

@@ -1,0 +1,38 @@
+using System.ComponentModel;
+using Vism.Abstractions;
+using Vism.Events.Shared;
+
+namespace Vism.Events.Irq;
+
+/// <summary>What happens to an update of a region the driver has not bound to a vector yet.</summary>
+public enum UnboundUpdates
+{
+    /// <summary>Remember it (one flag per region) and fire the vector as soon as the driver binds the
+    /// region, so an update between ATTACH and EVENT_VECTOR is not lost.</summary>
+    Hold,
+
+    /// <summary>Drop it (counted as <c>events.irq.dropped-unbound</c>).</summary>
+    Drop,
+}
+
+/// <summary>Options of the <c>irq</c> event plugin, bound from <c>[device.events]</c>.</summary>
+public sealed class IrqEventOptions : IValidatableOptions
+{
+    /// <summary>How long the first update waits for others before vectors fire; updates of regions
+    /// sharing a vector within that time fire it once. Zero fires at the end of the device loop's
+    /// current turn.</summary>
+    [Description("How long the first update waits for more before vectors fire (interrupt moderation); regions sharing a vector then fire it once. 0 = at the end of the device loop's current turn. Whole milliseconds, at most 1s.")]
+    public TimeSpan BatchDelay { get; set; } = TimeSpan.Zero;
+
+    /// <summary>What happens to an update of a region not yet bound with EVENT_VECTOR.</summary>
+    [Description("Update of a region not yet bound with EVENT_VECTOR: \"hold\" fires its vector when the driver binds it; \"drop\" discards it (counted).")]
+    public UnboundUpdates Unbound { get; set; } = UnboundUpdates.Hold;
+
+    /// <inheritdoc />
+    public void Validate(OptionsValidationContext context)
+    {
+        OptionRules.BatchDelay(context, BatchDelay);
+        if (!Enum.IsDefined(Unbound))
+            context.Error("unbound", $"{(int)Unbound} is not one of \"hold\", \"drop\"");
+    }
+}

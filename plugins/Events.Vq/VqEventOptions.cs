@@ -1,0 +1,18 @@
+using System.ComponentModel;
+using Vism.Abstractions;
+using Vism.Events.Shared;
+
+namespace Vism.Events.Vq;
+
+/// <summary>Options of the <c>vq</c> event plugin, bound from <c>[device.events]</c>.</summary>
+public sealed class VqEventOptions : IValidatableOptions
+{
+    /// <summary>How long the first pending update waits for others to share its eventq buffer.
+    /// Zero fills a buffer at the end of the device loop's current turn, so updates that arrive
+    /// together share one buffer without adding a timer's delay.</summary>
+    [Description("How long the first pending update waits for more to share one eventq buffer (interrupt moderation); 0 = at the end of the device loop's current turn. Whole milliseconds, at most 1s.")]
+    public TimeSpan BatchDelay { get; set; } = TimeSpan.Zero;
+
+    /// <inheritdoc />
+    public void Validate(OptionsValidationContext context) => OptionRules.BatchDelay(context, BatchDelay);
+}

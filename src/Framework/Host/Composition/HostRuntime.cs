@@ -1,0 +1,340 @@
+using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Vism.Abstractions;
+using Vism.Core;
+using Vism.Host.Commands;
+using Vism.Host.Config;
+using Vism.Host.Plugins;
+using Vism.Host.Status;
+using Vism.Native;
+
+namespace Vism.Host.Composition;
+
+/// <summary>The host could not start: a device could not be composed or started (the message names
+/// the device and the plugin at fault), or the host itself could not (<see cref="Device"/> is null).</summary>
+public sealed class DeviceStartException(string? device, string message, Exception? inner = null)
+    : Exception(device is null ? message : $"device {device}: {message}", inner)
+{
+    /// <summary>The device's name; null when the failure is not a device's.</summary>
+    public string? Device { get; } = device;
+}
+
+/// <summary>One composed, started device and everything it owns.</summary>
+public sealed class RunningDevice
+{
+    internal RunningDevice(DeviceSettings settings, EventLoop loop, DeviceCounters counters, IServiceScope scope)
+    {
+        Settings = settings;
+        Loop = loop;
+        Counters = counters;
+        Scope = scope;
+    }
+
+    public DeviceSettings Settings { get; }
+    public EventLoop Loop { get; }
+    public DeviceCounters Counters { get; }
+    internal IServiceScope Scope { get; }
+    public IMemoryBackend? Memory { get; internal set; }
+    public IEventChannel? Events { get; internal set; }
+    public ITransport? Transport { get; internal set; }
+    public IsmDevice? Device { get; internal set; }
+
+    /// <summary>The transport's endpoint (socket path), once it exists.</summary>
+    public string Endpoint => Transport?.Endpoint ?? "";
+}
+
+/// <summary>
+/// A running host: the <see cref="IsmHost"/> registry, the loop pool and one DI scope per device
+/// holding its options, description, loop and counters. Plugin instances are created with
+/// <see cref="ActivatorUtilities"/> on the device's loop; then the device is registered and its
+/// transport started. Disposing stops every transport (sockets removed), removes every device
+/// (regions released) and disposes memory and event plugins, loops and the status socket.
+/// </summary>
+public sealed class HostRuntime : IAsyncDisposable
+{
+    private readonly ILogger _log;
+    private readonly LoopPool _loops;
+    private readonly ServiceProvider _services;
+    private readonly List<RunningDevice> _devices = [];
+    private readonly Lock _devicesLock = new();
+    private readonly DateTimeOffset _started = DateTimeOffset.UtcNow;
+    private StatusSocket? _status;
+    private bool _disposed;
+
+    private HostRuntime(VismConfig config, IsmHost ism, LoopPool loops, ServiceProvider services, HostDescription host, ILoggerFactory logs)
+    {
+        Config = config;
+        Ism = ism;
+        _loops = loops;
+        _services = services;
+        Host = host;
+        _log = logs.CreateLogger("Vism.Host");
+    }
+
+    public VismConfig Config { get; }
+
+    public IsmHost Ism { get; }
+
+    public HostDescription Host { get; }
+
+    /// <summary>The devices started so far, in config order.</summary>
+    public IReadOnlyList<RunningDevice> Devices
+    {
+        get { lock (_devicesLock) return [.. _devices]; }
+    }
+
+    /// <summary>Composes and starts every device of <paramref name="config"/>, then serves status.</summary>
+    /// <exception cref="DeviceStartException">A device could not start; everything started is stopped again.</exception>
+    public static async Task<HostRuntime> StartAsync(VismConfig config, ILoggerFactory logs, bool serveStatus = true)
+    {
+        var ism = new IsmHost(new IsmHostOptions
+        {
+            Gid = config.Host.Gid,
+            Sharing = config.Host.Sharing == Sharing.Multi ? SharingMode.Multi : SharingMode.Pair,
+        }, logs);
+        var host = new HostDescription
+        {
+            Gid = ism.Gid,
+            StateDirectory = config.Host.StateDirectory,
+            SocketDirectory = config.Host.SocketDirectory,
+        };
+        var loops = new LoopPool(Math.Min(config.Host.Loops, Math.Max(1, config.Devices.Count)), logs);
+        var runtime = new HostRuntime(config, ism, loops, BuildServices(config, host, logs), host, logs);
+        string? starting = null;
+        try
+        {
+            Directory.CreateDirectory(config.Host.SocketDirectory);
+            Directory.CreateDirectory(config.Host.StateDirectory);
+            if (serveStatus)
+                runtime._status = StatusSocket.Start(config.Host.StateDirectory, runtime.StatusJson, logs.CreateLogger<StatusSocket>());
+            foreach (DeviceSettings device in config.Devices)
+            {
+                starting = device.Name;
+                await runtime.StartDeviceAsync(device).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex)
+        {
+            await runtime.DisposeAsync().ConfigureAwait(false);
+            if (ex is DeviceStartException) throw;
+            throw new DeviceStartException(starting, ex.Message, ex);
+        }
+        runtime._log.LogInformation("vism {Version}: gid {Gid:x16}, sharing {Sharing}, {Devices} device(s) on {Loops} loop(s); status: {Status}",
+            Cli.Version, ism.Gid, config.Host.Sharing.ToString().ToLowerInvariant(), config.Devices.Count, loops.Loops.Count,
+            runtime._status?.Path ?? "(none)");
+        return runtime;
+    }
+
+    /// <summary>The DI root: shared services, and per-device (scoped) options, description, loop and counters.</summary>
+    private static ServiceProvider BuildServices(VismConfig config, HostDescription host, ILoggerFactory logs)
+    {
+        var services = new ServiceCollection();
+        services.AddSingleton(logs);
+        services.AddSingleton(typeof(ILogger<>), typeof(Logger<>));
+        services.AddSingleton(host);
+        services.AddScoped<DeviceContext>();
+        services.AddScoped(sp => sp.GetRequiredService<DeviceContext>().Description);
+        services.AddScoped<IDeviceLoop>(sp => sp.GetRequiredService<DeviceContext>().Loop);
+        services.AddScoped<IDeviceCounters>(sp => sp.GetRequiredService<DeviceContext>().Counters);
+        foreach (Type optionsType in config.Devices
+                     .SelectMany(d => new[] { d.Transport, d.Memory, d.Events })
+                     .OfType<PluginChoice>()
+                     .Select(c => c.Options.GetType())
+                     .Distinct())
+            services.AddScoped(optionsType, sp => sp.GetRequiredService<DeviceContext>().OptionsOf(optionsType));
+        return services.BuildServiceProvider(new ServiceProviderOptions { ValidateScopes = true });
+    }
+
+    private async Task StartDeviceAsync(DeviceSettings settings)
+    {
+        EventLoop loop = _loops.Next();
+        var counters = new DeviceCounters();
+        IServiceScope scope = _services.CreateScope();
+        var running = new RunningDevice(settings, loop, counters, scope);
+        lock (_devicesLock) _devices.Add(running);
+        scope.ServiceProvider.GetRequiredService<DeviceContext>().Set(settings, loop, counters);
+        string name = settings.Name;
+
+        running.Memory = await Create<IMemoryBackend>(running, settings.Memory).ConfigureAwait(false);
+        ulong page = await loop.InvokeAsync(() => running.Memory.PageSize).ConfigureAwait(false);
+        if (page == 0 || settings.Description.RegionSize % page != 0)
+            throw new DeviceStartException(name, $"region-size {Sizes.Format(settings.Description.RegionSize)} is not a multiple of the {settings.Memory.Registration.Name} memory's page size {Sizes.Format(page)}");
+        if (settings.Events is not null)
+            running.Events = await Create<IEventChannel>(running, settings.Events).ConfigureAwait(false);
+        running.Transport = await Create<ITransport>(running, settings.Transport).ConfigureAwait(false);
+
+        try
+        {
+            running.Device = Ism.AddDevice(settings.Description, loop, running.Memory, running.Events, counters);
+        }
+        catch (Exception ex)
+        {
+            throw new DeviceStartException(name, $"cannot be registered: {ex.Message}", ex);
+        }
+        IsmDevice device = running.Device;
+        try
+        {
+            await loop.InvokeAsync(() => running.Transport.Start(device)).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            throw new DeviceStartException(name, $"transport {settings.Transport.Registration.Name} (plugin {settings.Transport.Registration.Plugin.Name}) cannot start: {PluginCatalog.Explain(ex)}", ex);
+        }
+        _log.LogInformation("device {Name}: devid {DevId}, transport {Transport} at {Endpoint}, memory {Memory}, events {Events}, {Regions} regions of {RegionSize}",
+            name, device.DevId, settings.Transport.Registration.Name, running.Endpoint, settings.Memory.Registration.Name,
+            settings.Events?.Registration.Name ?? "none", settings.Description.MaxRegions, Sizes.Format(settings.Description.RegionSize));
+    }
+
+    /// <summary>Creates a plugin instance in the device's scope, on the device's loop.</summary>
+    private async Task<T> Create<T>(RunningDevice running, PluginChoice choice) where T : class
+    {
+        PluginRegistration r = choice.Registration;
+        try
+        {
+            return await running.Loop.InvokeAsync(() =>
+                (T)ActivatorUtilities.CreateInstance(running.Scope.ServiceProvider, r.Implementation)).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            throw new DeviceStartException(running.Settings.Name,
+                $"{PluginCatalog.Describe(r.Kind)} {r.Name} (plugin {r.Plugin.Name}) cannot be created: {PluginCatalog.Explain(ex)}", ex);
+        }
+    }
+
+    /// <summary>The status report as JSON (what the status socket serves).</summary>
+    public string StatusJson() => JsonSerializer.Serialize(Report(), StatusReport.Json);
+
+    /// <summary>The status report: registry snapshot plus what the host knows about each device.</summary>
+    public StatusReport Report()
+    {
+        HostSnapshot snapshot = Ism.Snapshot();
+        Dictionary<string, RunningDevice> byName = Devices.ToDictionary(d => d.Settings.Name, StringComparer.Ordinal);
+        return new StatusReport
+        {
+            Version = Cli.Version,
+            Pid = Environment.ProcessId,
+            Config = Path.GetFullPath(Config.File),
+            Started = _started,
+            Gid = $"0x{snapshot.Gid:x16}",
+            Sharing = snapshot.Sharing.ToString().ToLowerInvariant(),
+            Devices = snapshot.Devices.Select(d =>
+            {
+                byName.TryGetValue(d.Name, out RunningDevice? r);
+                return new DeviceReport
+                {
+                    Name = d.Name,
+                    DevId = d.DevId,
+                    Endpoint = r?.Endpoint ?? "",
+                    Transport = r?.Settings.Transport.Registration.Name ?? "",
+                    Memory = r?.Settings.Memory.Registration.Name ?? "",
+                    Events = r?.Settings.Events?.Registration.Name,
+                    Status = d.Status.ToString(),
+                    Connected = d.Connected,
+                    RegionsInUse = d.RegionsInUse,
+                    MaxRegions = d.MaxRegions,
+                    MemoryCapacity = d.Memory.Capacity,
+                    MemoryUsed = d.Memory.Used,
+                    MemoryHighWater = d.Memory.HighWater,
+                    Counters = d.Counters,
+                };
+            }).ToList(),
+            Regions = snapshot.Regions.Select(g => new RegionReport
+            {
+                TokenHint = g.TokenHint,
+                Size = g.Size,
+                Length = g.Length,
+                OwnerDevId = g.OwnerDevId,
+                HomeDevId = g.HomeDevId,
+                Recovered = g.Recovered,
+                References = g.References.Select(x => new RegionReferenceReport(x.DevId, x.Offset)).ToList(),
+            }).ToList(),
+        };
+    }
+
+    /// <summary>Stops everything in reverse order of start; never throws (failures are logged).</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        if (_status is not null)
+            await Quietly("status socket", async () => await _status.DisposeAsync().ConfigureAwait(false)).ConfigureAwait(false);
+        IReadOnlyList<RunningDevice> devices = Devices;
+        for (int i = devices.Count - 1; i >= 0; i--)
+        {
+            RunningDevice d = devices[i];
+            string name = d.Settings.Name;
+            if (d.Transport is ITransport transport)
+                await Quietly($"device {name}: stopping transport", () => d.Loop.InvokeAsync(async () => { await transport.DisposeAsync().ConfigureAwait(true); return true; })).ConfigureAwait(false);
+            foreach (string endpoint in d.Settings.Endpoints)
+                RemoveLeftoverSocket(name, endpoint);
+            if (d.Device is IsmDevice device)
+                await Quietly($"device {name}: removing", () => { Ism.RemoveDevice(device); return Task.CompletedTask; }).ConfigureAwait(false);
+            if (d.Events is IEventChannel events)
+                await Quietly($"device {name}: disposing events", () => d.Loop.InvokeAsync(events.Dispose)).ConfigureAwait(false);
+            if (d.Memory is IMemoryBackend memory)
+                await Quietly($"device {name}: disposing memory", () => d.Loop.InvokeAsync(memory.Dispose)).ConfigureAwait(false);
+            await Quietly($"device {name}: disposing its scope", () => { d.Scope.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
+            _log.LogInformation("device {Name}: stopped", name);
+        }
+        await Quietly("registry", () => { Ism.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
+        await Quietly("loops", () => { _loops.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
+        await _services.DisposeAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>A transport must remove its socket when it stops; if one is left, remove it and say so.</summary>
+    private void RemoveLeftoverSocket(string device, string endpoint)
+    {
+        if (!endpoint.StartsWith('/') || Mono.Unix.Native.Syscall.lstat(endpoint, out Mono.Unix.Native.Stat st) != 0) return;
+        if ((st.st_mode & Mono.Unix.Native.FilePermissions.S_IFMT) != Mono.Unix.Native.FilePermissions.S_IFSOCK) return;
+        _log.LogWarning("device {Name}: its transport left the socket {Endpoint} behind; removing it", device, endpoint);
+        try { File.Delete(endpoint); } catch (IOException ex) { _log.LogWarning("cannot remove {Endpoint}: {Error}", endpoint, ex.Message); }
+    }
+
+    private async Task Quietly(string what, Func<Task> action)
+    {
+        try
+        {
+            await action().ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            _log.LogError(ex, "{What} failed", what);
+        }
+    }
+
+    /// <summary>The per-device values the scope hands to plugin constructors.</summary>
+    private sealed class DeviceContext
+    {
+        private DeviceSettings? _settings;
+        private EventLoop? _loop;
+        private DeviceCounters? _counters;
+
+        public void Set(DeviceSettings settings, EventLoop loop, DeviceCounters counters)
+        {
+            _settings = settings;
+            _loop = loop;
+            _counters = counters;
+        }
+
+        private DeviceSettings Settings => _settings ?? throw new InvalidOperationException("device scope used before it was set up");
+
+        public DeviceDescription Description => Settings.Description;
+
+        public IDeviceLoop Loop => _loop!;
+
+        public IDeviceCounters Counters => _counters!;
+
+        public object OptionsOf(Type type)
+        {
+            PluginChoice[] matching = new[] { Settings.Transport, Settings.Memory, Settings.Events }
+                .OfType<PluginChoice>().Where(c => c.Options.GetType() == type).ToArray();
+            return matching.Length switch
+            {
+                1 => matching[0].Options,
+                0 => throw new InvalidOperationException($"device {Settings.Name} has no options of type {type.Name}"),
+                _ => throw new InvalidOperationException($"device {Settings.Name} has two plugin sections with options of type {type.Name}; the plugins must use distinct options types"),
+            };
+        }
+    }
+}

@@ -1,0 +1,3 @@
+using Vism.Host.Commands;
+
+return await Cli.InvokeAsync(args, Console.Out, Console.Error);

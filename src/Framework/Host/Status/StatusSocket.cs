@@ -1,0 +1,143 @@
+using System.Net.Sockets;
+using System.Text;
+using Microsoft.Extensions.Logging;
+
+namespace Vism.Host.Status;
+
+/// <summary>
+/// The status endpoint of a running host: a Unix socket <c>&lt;state-dir&gt;/vism.status</c>. A client
+/// connects and reads one JSON <see cref="StatusReport"/> until end of stream. Served by accepts on
+/// the thread pool (host infrastructure, not a device loop); the snapshot is taken from a
+/// thread-safe provider.
+/// </summary>
+public sealed class StatusSocket : IAsyncDisposable
+{
+    /// <summary>The socket's file name inside the state directory.</summary>
+    public const string FileName = "vism.status";
+
+    private readonly Socket _listener;
+    private readonly Func<string> _snapshot;
+    private readonly ILogger _log;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Task _accepting;
+
+    private StatusSocket(string path, Socket listener, Func<string> snapshot, ILogger log)
+    {
+        Path = path;
+        _listener = listener;
+        _snapshot = snapshot;
+        _log = log;
+        _accepting = AcceptAsync();
+    }
+
+    /// <summary>The socket path.</summary>
+    public string Path { get; }
+
+    /// <summary>Binds the status socket in <paramref name="stateDirectory"/>. Refuses when another live
+    /// host answers there; removes a stale socket file left by a host that died.</summary>
+    /// <exception cref="InvalidOperationException">Another host is running with this state directory.</exception>
+    public static StatusSocket Start(string stateDirectory, Func<string> snapshot, ILogger log)
+    {
+        Directory.CreateDirectory(stateDirectory);
+        string path = System.IO.Path.Combine(stateDirectory, FileName);
+        if (File.Exists(path))
+        {
+            if (TryRead(path, TimeSpan.FromSeconds(2)) is not null)
+                throw new InvalidOperationException($"another vism host is running with state directory {stateDirectory} (it answers on {path})");
+            File.Delete(path);
+        }
+        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            listener.Bind(new UnixDomainSocketEndPoint(path));
+            listener.Listen(16);
+        }
+        catch
+        {
+            listener.Dispose();
+            throw;
+        }
+        return new StatusSocket(path, listener, snapshot, log);
+    }
+
+    /// <summary>Reads the report of the host whose status socket is <paramref name="path"/>; null when none answers.</summary>
+    public static string? TryRead(string path, TimeSpan timeout)
+    {
+        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            socket.ReceiveTimeout = (int)timeout.TotalMilliseconds;
+            socket.Connect(new UnixDomainSocketEndPoint(path));
+            using var stream = new NetworkStream(socket, ownsSocket: false);
+            using var reader = new StreamReader(stream, Encoding.UTF8);
+            return reader.ReadToEnd();
+        }
+        catch (SocketException)
+        {
+            return null;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    private async Task AcceptAsync()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            Socket client;
+            try
+            {
+                client = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            catch (SocketException ex)
+            {
+                _log.LogWarning("status socket: accept failed: {Error}", ex.Message);
+                return;
+            }
+            catch (ObjectDisposedException)
+            {
+                return;
+            }
+            _ = ServeAsync(client);
+        }
+    }
+
+    private async Task ServeAsync(Socket client)
+    {
+        using (client)
+        {
+            try
+            {
+                byte[] body = Encoding.UTF8.GetBytes(_snapshot());
+                using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+                timeout.CancelAfter(TimeSpan.FromSeconds(5));
+                await client.SendAsync(body, SocketFlags.None, timeout.Token).ConfigureAwait(false);
+                client.Shutdown(SocketShutdown.Send);
+            }
+            catch (Exception ex) when (ex is SocketException or OperationCanceledException or ObjectDisposedException)
+            {
+                _log.LogDebug("status socket: a client went away: {Error}", ex.Message);
+            }
+            catch (Exception ex)
+            {
+                _log.LogError(ex, "status socket: building the status report failed");
+            }
+        }
+    }
+
+    /// <summary>Stops serving and removes the socket file.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        _stop.Cancel();
+        _listener.Dispose();
+        await _accepting.ConfigureAwait(false);
+        try { File.Delete(Path); } catch (IOException) { }
+        _stop.Dispose();
+    }
+}

@@ -1,0 +1,137 @@
+using System.Reflection;
+using Microsoft.Extensions.Logging;
+using Vism.Core.InMemory;
+using Vism.Native;
+
+namespace Vism.Events.Tests;
+
+/// <summary>What the host sees of the two plugins: registration, options and their validation.</summary>
+public sealed class PluginTests
+{
+    private static readonly DeviceDescription Device = DeviceLayout.Compute("ism0", Virtio.IsmDeviceId, 16 << 20, 1 << 20, 1);
+
+    [Fact]
+    public void Each_plugin_registers_its_kind_with_its_channel_and_options_and_carries_the_contract_version()
+    {
+        var vq = new RecordingBuilder();
+        new VqEventsPlugin().Register(vq);
+        Assert.Equal([("vq", typeof(VqEventChannel), typeof(VqEventOptions))], vq.Events);
+
+        var irq = new RecordingBuilder();
+        new IrqEventsPlugin().Register(irq);
+        Assert.Equal([("irq", typeof(IrqEventChannel), typeof(IrqEventOptions))], irq.Events);
+
+        foreach (Type t in new[] { typeof(VqEventsPlugin), typeof(IrqEventsPlugin) })
+            Assert.Equal(VismContract.Version, t.Assembly.GetCustomAttribute<VismPluginAttribute>()?.ContractVersion);
+    }
+
+    [Fact]
+    public void Default_options_are_valid_and_every_option_is_described()
+    {
+        Assert.Empty(Validate(new VqEventOptions()));
+        Assert.Empty(Validate(new IrqEventOptions()));
+        Assert.Equal(TimeSpan.Zero, new VqEventOptions().BatchDelay);
+        Assert.Equal(UnboundUpdates.Hold, new IrqEventOptions().Unbound);
+        foreach (Type t in new[] { typeof(VqEventOptions), typeof(IrqEventOptions) })
+            foreach (PropertyInfo p in t.GetProperties())
+                Assert.False(string.IsNullOrWhiteSpace(p.GetCustomAttribute<System.ComponentModel.DescriptionAttribute>()?.Description), $"{t.Name}.{p.Name}");
+    }
+
+    [Theory]
+    [InlineData(-1.0)]
+    [InlineData(1001.0)]
+    [InlineData(0.5)]
+    public void A_batch_delay_that_is_negative_over_a_second_or_not_whole_milliseconds_is_an_error_on_its_key(double milliseconds)
+    {
+        TimeSpan delay = TimeSpan.FromMilliseconds(milliseconds);
+        Assert.Equal(["batch-delay"], Validate(new VqEventOptions { BatchDelay = delay }).Select(e => e.Key));
+        Assert.Equal(["batch-delay"], Validate(new IrqEventOptions { BatchDelay = delay }).Select(e => e.Key));
+        Assert.Empty(Validate(new VqEventOptions { BatchDelay = TimeSpan.FromSeconds(1) }));
+    }
+
+    [Fact]
+    public void An_unbound_policy_outside_hold_and_drop_is_an_error_on_its_key()
+    {
+        Assert.Equal(["unbound"], Validate(new IrqEventOptions { Unbound = (UnboundUpdates)7 }).Select(e => e.Key));
+        Assert.Empty(Validate(new IrqEventOptions { Unbound = UnboundUpdates.Drop }));
+    }
+
+    [Fact]
+    public async Task Updates_for_an_offset_that_names_no_slot_are_refused_counted_and_logged_without_touching_other_state()
+    {
+        var logs = new LogRecorder();
+        using var loop = new EventLoop("plugin-test");
+        using var host = new IsmHost(new IsmHostOptions { Gid = 1 }, logs);
+        var vq = new VqEventChannel(new VqEventOptions(), Device, loop, logs.CreateLogger<VqEventChannel>());
+        var irq = new IrqEventChannel(new IrqEventOptions(), Device, loop, logs.CreateLogger<IrqEventChannel>());
+        var vqCounters = new DeviceCounters();
+        var irqCounters = new DeviceCounters();
+        IsmDevice vqDevice = host.AddDevice(Device, loop, new InMemoryBackend(16 << 20), vq, vqCounters);
+        IsmDevice irqDevice = host.AddDevice(Device with { Name = "ism1" }, loop, new InMemoryBackend(16 << 20), irq, irqCounters);
+        using var vqT = InMemoryTransport.StartFor(vqDevice);
+        using var irqT = InMemoryTransport.StartFor(irqDevice, vectorCount: 2);
+        using IsmClient vqClient = IsmClient.Start(vqT);
+        using IsmClient irqClient = IsmClient.Start(irqT);
+
+        bool bound = await loop.InvokeAsync(() =>
+        {
+            foreach (ulong bad in new[] { 1UL, Device.RegionSize * (ulong)Device.MaxRegions, ulong.MaxValue })
+            {
+                vq.OnRegionUpdated(bad);
+                vq.OnRegionDetached(bad);
+                irq.OnRegionUpdated(bad);
+                irq.OnRegionDetached(bad);
+            }
+            return irq.TryBindVector(3, 0, out _);
+        });
+
+        Assert.False(bound);
+        Assert.Equal(6, vqCounters.Get("err.events.bad-offset"));
+        Assert.Equal(6, irqCounters.Get("err.events.bad-offset"));
+        Assert.Equal(0, await loop.InvokeAsync(() => vq.Pending));
+        Assert.True(logs.Logged("names no region slot"));
+        Assert.Null(vqClient.WaitEvent(EventRig.Quiet));
+        Assert.False(irqClient.WaitVector(0, TimeSpan.Zero));
+    }
+
+    private static List<(string Key, string Message)> Validate(IValidatableOptions options)
+    {
+        var context = new RecordingValidation();
+        options.Validate(context);
+        return context.Errors;
+    }
+
+    private sealed class RecordingValidation : OptionsValidationContext
+    {
+        public List<(string Key, string Message)> Errors { get; } = [];
+
+        public override DeviceDescription Device => PluginTests.Device;
+
+        public override HostDescription Host { get; } = new() { Gid = 1, StateDirectory = "/tmp", SocketDirectory = "/tmp" };
+
+        public override void Error(string key, string message) => Errors.Add((key, message));
+
+        public override void DeviceError(string key, string message) => Errors.Add(("device." + key, message));
+
+        public override void ClaimEndpoint(string key, string endpoint) => Errors.Add((key, "claimed " + endpoint));
+    }
+
+    private sealed class RecordingBuilder : IVismPluginBuilder
+    {
+        public List<(string Kind, Type Channel, Type Options)> Events { get; } = [];
+
+        public IVismPluginBuilder AddTransport<TTransport, TOptions>(string kind, string summary)
+            where TTransport : class, ITransport where TOptions : class, new() => throw new InvalidOperationException("an event plugin registered a transport");
+
+        public IVismPluginBuilder AddMemory<TBackend, TOptions>(string kind, string summary)
+            where TBackend : class, IMemoryBackend where TOptions : class, new() => throw new InvalidOperationException("an event plugin registered a memory backend");
+
+        public IVismPluginBuilder AddEvents<TChannel, TOptions>(string kind, string summary)
+            where TChannel : class, IEventChannel where TOptions : class, new()
+        {
+            Assert.False(string.IsNullOrWhiteSpace(summary));
+            Events.Add((kind, typeof(TChannel), typeof(TOptions)));
+            return this;
+        }
+    }
+}

@@ -1,0 +1,184 @@
+using Microsoft.Extensions.Logging;
+using Vism.Driver.Mmio;
+using Vism.Driver.VhostUser;
+using Vism.Transport.Mmio;
+using Vism.Transport.VhostUser;
+
+namespace Vism.Events.Tests;
+
+/// <summary>A device served by a transport, seen from both ends.</summary>
+/// <param name="Driver">The driver side (what a VMM or guest driver uses).</param>
+/// <param name="AwaitNotifies">Returns once every NOTIFY write the driver made so far has reached
+/// the device and the device has routed it.</param>
+/// <param name="Stop">Stops the device side after the driver side is disposed; null when disposing
+/// <paramref name="Driver"/> already did (the in-memory transport is both ends).</param>
+internal sealed record Served(IDriverTransport Driver, Action AwaitNotifies, Func<Task>? Stop = null);
+
+/// <summary>How the transport-agnostic tests serve a device and reach it as a driver.</summary>
+internal interface ITransportKind
+{
+    /// <summary>The name a theory row shows.</summary>
+    string Name { get; }
+
+    /// <summary>Whether every NOTIFY write reaches the device as one write (trapped, as MMIO does).
+    /// False for vhost-user: the NOTIFY window is shared memory the transport polls, so writes to a
+    /// slot between two scans are seen as one.</summary>
+    bool TrapsNotifyWrites { get; }
+
+    /// <summary>Serves <paramref name="device"/> with a transport offering <paramref name="vectors"/>
+    /// per-region vectors and connects a driver side to it.</summary>
+    /// <param name="device">A device not yet served.</param>
+    /// <param name="vectors">Per-region interrupt vectors the transport offers.</param>
+    /// <param name="scratch">A directory for sockets and files of this test.</param>
+    /// <param name="logs">Where the transport logs.</param>
+    /// <returns>Both ends.</returns>
+    Served Serve(IsmDevice device, int vectors, string scratch, ILoggerFactory logs);
+}
+
+/// <summary>The device side and driver side in one process, without sockets.</summary>
+internal sealed class InMemoryKind : ITransportKind
+{
+    public string Name => "in-memory";
+
+    public bool TrapsNotifyWrites => true;
+
+    public Served Serve(IsmDevice device, int vectors, string scratch, ILoggerFactory logs) =>
+        new(InMemoryTransport.StartFor(device, ramSize: 8 << 20, vectorCount: vectors), () => TransportKinds.Settle(device));
+}
+
+/// <summary>The MMIO transport on a Unix socket, driven by the Driver's VMM client (as a VMM
+/// forwarding a guest's trapped accesses would); per-region vectors are eventfds the VMM gave.</summary>
+internal sealed class MmioKind : ITransportKind
+{
+    public string Name => "mmio";
+
+    public bool TrapsNotifyWrites => true;
+
+    public Served Serve(IsmDevice device, int vectors, string scratch, ILoggerFactory logs)
+    {
+        var options = new MmioOptions { Vectors = vectors, SocketPath = Path.Combine(scratch, device.Description.Name + ".mmio") };
+        var transport = new MmioTransport(options, device.Description, Host(scratch), device.Loop, device.Counters, logs.CreateLogger<MmioTransport>());
+        ITransport started = TransportKinds.Start(device, transport);
+        try
+        {
+            MmioVmmClient vmm = MmioVmmClient.Connect(transport.Endpoint);
+            // NOTIFY messages are handled in order with register accesses: a read's answer means
+            // every earlier write was handled.
+            return new Served(vmm, () => { vmm.ReadStatus(); TransportKinds.Settle(device); }, () => TransportKinds.Stop(device, started));
+        }
+        catch
+        {
+            TransportKinds.Stop(device, started).Wait(EventRig.Wait);
+            throw;
+        }
+    }
+
+    internal static HostDescription Host(string scratch) => new() { Gid = 0x0e0e_0001, StateDirectory = scratch, SocketDirectory = scratch };
+}
+
+/// <summary>The vhost-user transport driven by the Driver's frontend (QEMU's behaviour); per-region
+/// vectors are the call fds of the queues after the device's own.</summary>
+internal sealed class VhostUserKind : ITransportKind
+{
+    public string Name => "vhost-user";
+
+    public bool TrapsNotifyWrites => false;
+
+    public Served Serve(IsmDevice device, int vectors, string scratch, ILoggerFactory logs)
+    {
+        var options = new VhostUserOptions { VectorCount = vectors, SocketPath = Path.Combine(scratch, device.Description.Name + ".vu") };
+        var transport = new VhostUserTransport(options, device.Description, MmioKind.Host(scratch), device.Loop, device.Counters, logs.CreateLogger<VhostUserTransport>());
+        ITransport started = TransportKinds.Start(device, transport);
+        var ram = new GuestRam(8 << 20);
+        try
+        {
+            VhostUserFrontend frontend = VhostUserFrontend.Connect(transport.Endpoint, ram, new VhostUserFrontendOptions { VectorCount = vectors });
+            return new Served(frontend, () => AwaitScanned(frontend, device), async () =>
+            {
+                await TransportKinds.Stop(device, started);
+                ram.Dispose();
+            });
+        }
+        catch
+        {
+            TransportKinds.Stop(device, started).Wait(EventRig.Wait);
+            ram.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The transport clears a slot when its scan takes the write and reports it to the
+    /// device in the same loop turn: wait for every slot in use to read 0, then for that turn.</summary>
+    private static void AwaitScanned(VhostUserFrontend frontend, IsmDevice device)
+    {
+        nint notify = frontend.ShmAddress(ShmId.Notify);
+        ulong size = device.Description.NotifySize;
+        int slots = device.Loop.InvokeAsync(() => device.SlotsInUse).WaitAsync(EventRig.Wait).GetAwaiter().GetResult();
+        long deadline = Environment.TickCount64 + (long)EventRig.Wait.TotalMilliseconds;
+        for (int i = 0; i < slots; i++)
+        {
+            while (Volatile.Read(ref Unsafe(notify, (ulong)i * size)) != 0)
+            {
+                if (Environment.TickCount64 > deadline)
+                    throw new TimeoutException($"the vhost-user transport did not scan NOTIFY slot {i}");
+                Thread.Sleep(1);
+            }
+        }
+        TransportKinds.Settle(device);
+    }
+
+    private static unsafe ref byte Unsafe(nint window, ulong offset) => ref *(byte*)(window + (nint)offset);
+}
+
+/// <summary>Every transport the end-to-end theories run over. A transport that lands on main is
+/// added here with one line.</summary>
+internal static class TransportKinds
+{
+    private static readonly ITransportKind[] All =
+    [
+        new InMemoryKind(),
+        new MmioKind(),
+        new VhostUserKind(),
+    ];
+
+    /// <summary>Starts <paramref name="transport"/> for <paramref name="device"/> on the device's loop.</summary>
+    public static ITransport Start(IsmDevice device, ITransport transport)
+    {
+        device.Loop.InvokeAsync(() => transport.Start(device)).WaitAsync(EventRig.Wait).GetAwaiter().GetResult();
+        return transport;
+    }
+
+    /// <summary>Waits until what was posted to the device's loop so far has run.</summary>
+    public static void Settle(IsmDevice device) =>
+        device.Loop.InvokeAsync(() => true).WaitAsync(EventRig.Wait).GetAwaiter().GetResult();
+
+    /// <summary>Stops a transport on its device's loop, as the host does.</summary>
+    public static Task Stop(IsmDevice device, ITransport transport) =>
+        device.Loop.InvokeAsync(async () =>
+        {
+            await transport.DisposeAsync();
+            return true;
+        });
+
+    public static ITransportKind Get(string name) =>
+        All.FirstOrDefault(k => k.Name == name) ?? throw new ArgumentException($"no transport kind '{name}'", nameof(name));
+
+    /// <summary>Theory rows: one per transport.</summary>
+    public static TheoryData<string> Names()
+    {
+        var data = new TheoryData<string>();
+        foreach (ITransportKind k in All)
+            data.Add(k.Name);
+        return data;
+    }
+
+    /// <summary>Theory rows: every transport with every event plugin.</summary>
+    public static TheoryData<string, EventsKind> NamesAndEvents()
+    {
+        var data = new TheoryData<string, EventsKind>();
+        foreach (ITransportKind k in All)
+            foreach (EventsKind e in Enum.GetValues<EventsKind>())
+                data.Add(k.Name, e);
+        return data;
+    }
+}

@@ -1,0 +1,117 @@
+using Microsoft.Extensions.Logging.Abstractions;
+using Vism.Host.Commands;
+using Vism.Host.Config;
+using Vism.Host.Plugins;
+using Vism.Testing;
+
+namespace Vism.Host.Tests;
+
+/// <summary>The in-repo plugins as the host's build deploys them: the example configs validate, and
+/// the demo runs over each real transport and memory backend.</summary>
+public sealed class RealTransportTests : IClassFixture<PluginFixture>, IDisposable
+{
+    private readonly PluginFixture _plugins;
+    private readonly TempDir _dir = new("vism-real");
+    private readonly string _shm = Path.Combine("/dev/shm", $"vism-test-{Guid.NewGuid():N}"[..24]);
+
+    public RealTransportTests(PluginFixture plugins) => _plugins = plugins;
+
+    public void Dispose()
+    {
+        _dir.Dispose();
+        try { Directory.Delete(_shm, recursive: true); } catch (DirectoryNotFoundException) { }
+    }
+
+    public static TheoryData<string> ConfigFiles()
+    {
+        var data = new TheoryData<string>();
+        foreach (string f in Directory.GetFiles(Path.Combine(TestPlugins.Repository, "config"), "*.toml").Order(StringComparer.Ordinal))
+            data.Add(Path.GetFileName(f));
+        return data;
+    }
+
+    [Fact]
+    public void The_host_build_deploys_every_in_repo_plugin()
+    {
+        string[] projects = Directory.GetDirectories(Path.Combine(TestPlugins.Repository, "plugins"))
+            .SelectMany(d => Directory.GetFiles(d, "*.csproj")).Select(Path.GetFileNameWithoutExtension).Order().ToArray()!;
+        Assert.NotEmpty(projects);
+        using PluginCatalog catalog = PluginCatalog.Load([TestPlugins.InRepoPluginsDir], NullLogger.Instance);
+        Assert.Empty(catalog.Failures);
+        Assert.Equal(projects, catalog.Plugins.Select(p => p.Name).Order());
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(ConfigFiles))]
+    public void Every_example_config_is_valid(string name)
+    {
+        string text = File.ReadAllText(Path.Combine(TestPlugins.Repository, "config", name));
+        if (text.Contains("\"hugetlb\"")) Machine.RequireHugePages(4);
+        // Validate a copy whose host directories are private to the test, so nothing of a running host is touched.
+        string file = _dir[name];
+        File.WriteAllText(file, text.Replace("\"/var/lib/vism\"", $"\"{_dir["state"]}\"").Replace("\"/run/vism\"", $"\"{_dir["sockets"]}\""));
+        using PluginCatalog catalog = PluginCatalog.Load([TestPlugins.InRepoPluginsDir], NullLogger.Instance);
+        ConfigLoader loader = ConfigLoader.Parse(file);
+        VismConfig? config = loader.BindDevices(catalog);
+        List<ConfigError> missingEvents = loader.Errors.Errors
+            .Where(e => e.Key.EndsWith(".events.kind", StringComparison.Ordinal) && e.Message.StartsWith("no events plugin", StringComparison.Ordinal)).ToList();
+        Skip.If(missingEvents.Count > 0 && missingEvents.Count == loader.Errors.Errors.Count && catalog.Names(Vism.Abstractions.PluginKind.Events).Count == 0,
+            $"no events plugin is in this tree yet: {missingEvents[0].Message}");
+        Assert.True(config is not null, string.Join("\n", loader.Errors.Sorted()));
+        Assert.Equal(2, config.Devices.Count);
+        Assert.All(config.Devices, d => Assert.NotNull(d.Events));
+    }
+
+    public static TheoryData<string, string, string> Combinations()
+    {
+        var data = new TheoryData<string, string, string>();
+        foreach (string transport in new[] { "vhost-user", "mmio" })
+            foreach (string memory in new[] { "file", "hugetlb" })
+                foreach (string events in new[] { "vq", "irq" })
+                    data.Add(transport, memory, events);
+        return data;
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Combinations))]
+    public async Task The_demo_runs_over_each_real_transport_and_memory(string transport, string memory, string events)
+    {
+        if (memory == "hugetlb") Machine.RequireHugePages(8);
+        string transportOptions = transport == "vhost-user" && events == "irq" ? "vector-count = 4" : "";
+        string memoryOptions = memory == "file" ? $"directory = \"{_shm}\"" : "page-size = \"2MiB\"";
+        string region = memory == "hugetlb" ? "2MiB" : "1MiB";
+        string devices = string.Concat(Enumerable.Range(0, 2).Select(i => $"""
+
+            [[device]]
+            name = "d{i}"
+            region-size = "{region}"
+            window-size = "16MiB"
+            [device.transport]
+            kind = "{transport}"
+            {transportOptions}
+            [device.memory]
+            kind = "{memory}"
+            {memoryOptions}
+            [device.events]
+            kind = "mem-events"
+            mode = "{events}"
+            """));
+        File.WriteAllText(_dir["demo.toml"], $"""
+            [host]
+            state-dir = "{_dir["state"]}"
+            socket-dir = "{_dir["sockets"]}"
+            """ + devices);
+        var output = new StringWriter();
+        var error = new StringWriter();
+        string[] plugins = _plugins.SearchPaths.Append(TestPlugins.InRepoPluginsDir).SelectMany(p => new[] { "--plugins", p }).ToArray();
+        int code = await Cli.InvokeAsync(["demo", _dir["demo.toml"], .. plugins], output, error);
+        string text = output.ToString();
+        Assert.True(code == 0, text + error);
+        Assert.Contains($"peer A: connected to d0 through {transport}", text);
+        Assert.Contains("peer B: read \"hello from peer A", text);
+        Assert.Contains("peer A: read \"hello back from peer B", text);
+        Assert.Contains("(the region was freed)", text);
+        // Stopped cleanly: the transports removed their sockets.
+        Assert.Empty(Directory.Exists(_dir["sockets"]) ? Directory.GetFileSystemEntries(_dir["sockets"]) : []);
+    }
+}
