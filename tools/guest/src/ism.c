@@ -313,7 +313,7 @@ int ism_read(struct ism *m, uint64_t offset, void *out, size_t len)
     return EXIT_OK;
 }
 
-int ism_notify(struct ism *m, uint64_t offset, uint64_t *slot)
+int ism_notify(struct ism *m, uint64_t offset, double timeout, uint64_t *slot, int *taken)
 {
     struct ism_region *r = find_region(m, offset);
     if (!r) {
@@ -338,7 +338,14 @@ int ism_notify(struct ism *m, uint64_t offset, uint64_t *slot)
     uint8_t value = (uint8_t)(*p + 1);
     *p = value ? value : 1;
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    return EXIT_OK;
+    /* A device that polls the window (vism over vhost-user) clears the slot when it takes the
+     * notify; a trapped window (MMIO) reads 0 at once. Waiting for that keeps a later request
+     * (a detach) from overtaking the notify. */
+    double deadline = now_seconds() + timeout;
+    while (*p != 0 && now_seconds() < deadline && !g_stop)
+        sleep_ms(1);
+    *taken = *p == 0;
+    return g_stop ? EXIT_STOPPED : EXIT_OK;
 }
 
 int ism_wait(struct ism *m, double timeout, struct ism_event *ev)

@@ -36,7 +36,8 @@ static void usage(FILE *f)
           "                               PERMS a number or read,write,attach,manage,deny-other\n"
           "  write OFFSET TEXT            store TEXT and a NUL byte in a region\n"
           "  read OFFSET LEN              print LEN bytes (as text, up to the first NUL)\n"
-          "  notify OFFSET                signal the other devices referencing the region\n"
+          "  notify [--timeout S] OFFSET  signal the other devices referencing the region; wait up\n"
+          "                               to S s (default 1) for the device to take the slot\n"
           "  wait [--timeout S]           print the next eventq event (default timeout 30 s)\n"
           "  poll [--timeout S] OFFSET TEXT  wait until the region holds TEXT at OFFSET\n"
           "  echo TEXT | sleep S          print TEXT | pause S seconds\n"
@@ -437,22 +438,31 @@ static int run_command(struct ctx *c, int argc, char **argv)
     }
     if (strcmp(cmd, "alloc") == 0 || strcmp(cmd, "attach") == 0)
         return cmd_alloc_attach(c, argc, argv, cmd[1] == 't');
-    if (strcmp(cmd, "detach") == 0 || strcmp(cmd, "notify") == 0) {
+    if (strcmp(cmd, "detach") == 0) {
         if (argc != 2) {
-            errorf("usage: %s OFFSET", cmd);
+            errorf("usage: detach OFFSET");
             return EXIT_USAGE;
         }
-        if ((rc = parse_number(cmd, argv[1], &a)) || (rc = need_device(c)))
+        if ((rc = parse_number(cmd, argv[1], &a)) || (rc = need_device(c)) || (rc = ism_detach(&c->m, a)))
             return rc;
-        if (cmd[0] == 'd') {
-            if ((rc = ism_detach(&c->m, a)))
+        printf("detach offset=0x%llx\n", (unsigned long long)a);
+        return EXIT_OK;
+    }
+    if (strcmp(cmd, "notify") == 0) {
+        double timeout = 1;
+        int first = 1, taken;
+        if (argc == 4 && strcmp(argv[1], "--timeout") == 0) {
+            if ((rc = parse_seconds("notify", argv[2], &timeout)))
                 return rc;
-            printf("detach offset=0x%llx\n", (unsigned long long)a);
-        } else {
-            if ((rc = ism_notify(&c->m, a, &b)))
-                return rc;
-            printf("notify offset=0x%llx slot=%llu\n", (unsigned long long)a, (unsigned long long)b);
+            first = 3;
         }
+        if (argc != first + 1) {
+            errorf("usage: notify [--timeout S] OFFSET");
+            return EXIT_USAGE;
+        }
+        if ((rc = parse_number(cmd, argv[first], &a)) || (rc = need_device(c)) || (rc = ism_notify(&c->m, a, timeout, &b, &taken)))
+            return rc;
+        printf("notify offset=0x%llx slot=%llu taken=%s\n", (unsigned long long)a, (unsigned long long)b, taken ? "yes" : "no");
         return EXIT_OK;
     }
     if (strcmp(cmd, "grant") == 0) {
