@@ -44,7 +44,10 @@ internal sealed partial class VismProcess : IAsyncDisposable
 
     /// <summary>Writes a config with one vhost-user device per name (16 MiB window of 1 MiB
     /// regions, eventq) and starts <c>vism run</c>; returns once every socket listens.</summary>
-    public static async Task<VismProcess> StartAsync(IReadOnlyList<string> devices, Action<string> log)
+    /// <param name="devices">Device names.</param>
+    /// <param name="log">Receives vism's output lines.</param>
+    /// <param name="loops">The host's <c>loops</c> (default: one per core).</param>
+    public static async Task<VismProcess> StartAsync(IReadOnlyList<string> devices, Action<string> log, int? loops = null)
     {
         var dir = new TempDir("vism-e2e");
         string config = dir["vism.toml"];
@@ -53,6 +56,7 @@ internal sealed partial class VismProcess : IAsyncDisposable
             state-dir = "{dir["state"]}"
             socket-dir = "{dir.Path}"
             sharing = "pair"
+            {(loops is int n ? $"loops = {n}" : "")}
 
             """);
         foreach (string name in devices)
@@ -138,11 +142,17 @@ internal sealed partial class VismProcess : IAsyncDisposable
         return _process.ExitCode;
     }
 
+    /// <summary>Stops vism if it still runs (killing it when SIGTERM is not enough; the test that
+    /// cares asserts <see cref="StopAsync"/> itself) and deletes its directory.</summary>
     public async ValueTask DisposeAsync()
     {
         try
         {
             if (!_process.HasExited) await StopAsync();
+        }
+        catch (TimeoutException ex)
+        {
+            _log("[vism] " + ex.Message + "; killed");
         }
         finally
         {
