@@ -8,15 +8,17 @@ namespace Vism.E2E.Tests;
 /// ISM device, a virtio device without ISM windows, and the ring code against QEMU's own
 /// virtio-rng (so a ring bug shows up here, not as a mystery in the two-guest test).
 /// </summary>
-public sealed class GuestImageTests(ITestOutputHelper output)
+public sealed class GuestImageTests(ITestOutputHelper testOutput)
 {
+    private readonly Action<string> _log = TestLog.For(testOutput);
+
     private static readonly TimeSpan Boot = TimeSpan.FromMinutes(5);
 
     private async Task<GuestRun> RunAsync(QemuGuestOptions options)
     {
-        await using var guest = QemuGuest.Start(options with { Timeout = Boot }, output.WriteLine);
+        await using var guest = QemuGuest.Start(options with { Timeout = Boot }, _log);
         GuestRun run = await guest.Completion;
-        output.WriteLine(run.ToString());
+        _log(run.ToString());
         Assert.False(run.TimedOut, $"guest {options.Name} did not power off within {Boot}");
         return run;
     }

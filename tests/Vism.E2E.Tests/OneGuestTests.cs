@@ -4,14 +4,16 @@ using Xunit.Abstractions;
 namespace Vism.E2E.Tests;
 
 /// <summary>One QEMU guest drives one vism device over vhost-user with vism-guest.</summary>
-public sealed class OneGuestTests(ITestOutputHelper output)
+public sealed class OneGuestTests(ITestOutputHelper testOutput)
 {
+    private readonly Action<string> _log = TestLog.For(testOutput);
+
     private static readonly TimeSpan Boot = TimeSpan.FromMinutes(5);
 
     [SkippableFact]
     public async Task Guest_AllocatesWritesAndReadsARegion_ThenDetachFreesIt()
     {
-        await using var vism = new VismRig(output.WriteLine);
+        await using var vism = new VismRig(_log);
         var (device, socket) = vism.AddDevice("a");
         await using var guest = QemuGuest.Start(new QemuGuestOptions
         {
@@ -27,10 +29,10 @@ public sealed class OneGuestTests(ITestOutputHelper output)
                    read $offset 64
                    detach $offset
                    """,
-        }, output.WriteLine);
+        }, _log);
         GuestRun run = await guest.Completion;
-        output.WriteLine(run.ToString());
-        output.WriteLine(vism.DescribeCounters());
+        _log(run.ToString());
+        _log(vism.DescribeCounters());
 
         Assert.False(run.TimedOut);
         Assert.Equal(0, run.FlowExitCode);
@@ -47,7 +49,7 @@ public sealed class OneGuestTests(ITestOutputHelper output)
     [SkippableFact]
     public async Task GuestWrites_LandInVismRegionMemory_AndVismWrites_ReachTheGuest()
     {
-        await using var vism = new VismRig(output.WriteLine);
+        await using var vism = new VismRig(_log);
         var (device, socket) = vism.AddDevice("a");
         await using var guest = QemuGuest.Start(new QemuGuestOptions
         {
@@ -61,7 +63,7 @@ public sealed class OneGuestTests(ITestOutputHelper output)
                    poll --timeout 240 $offset+4096 written by vism
                    detach $offset
                    """,
-        }, output.WriteLine);
+        }, _log);
 
         string alloc = await guest.WaitForLineAsync(l => l.StartsWith("alloc ", StringComparison.Ordinal), Boot);
         await guest.WaitForLineAsync(l => l.StartsWith("write ", StringComparison.Ordinal), Boot);
@@ -72,7 +74,7 @@ public sealed class OneGuestTests(ITestOutputHelper output)
             "written by vism\0"u8.CopyTo(region.Span(4096, 16));
         }
         GuestRun run = await guest.Completion;
-        output.WriteLine(run.ToString());
+        _log(run.ToString());
 
         Assert.Equal(0, run.FlowExitCode);
         Assert.Equal("written by vism", GuestOutput.Field(run.Line("poll"), "text"));
