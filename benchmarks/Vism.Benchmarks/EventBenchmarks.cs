@@ -161,7 +161,7 @@ public class EventBenchmarks
             }
             case "vhost-user":
             {
-                var t = new VhostUserTransport(new VhostUserOptions { VectorCount = 1 }, d, host, loop, counters, NullLogger<VhostUserTransport>.Instance);
+                var t = new VhostUserTransport(new VhostUserOptions { Vectors = 1 }, d, host, loop, counters, NullLogger<VhostUserTransport>.Instance);
                 loop.InvokeAsync(() => t.Start(device)).GetAwaiter().GetResult();
                 _stops.Add(() => loop.InvokeAsync(async () => { await t.DisposeAsync(); return true; }));
                 var ram = new GuestRam();

@@ -79,20 +79,28 @@ internal sealed class NotifyPoller : IDisposable
     public int Scan()
     {
         Scans++;
-        int slots = _device.SlotsInUse;
-        ulong window = _window.Length;
+        int hits = ScanSlots(_window.Address, _window.Length, _slotSize, _width, _device.SlotsInUse, _device);
+        if (hits > 0) _counters.Increment("vhost-user.notify-writes", hits);
+        return hits;
+    }
+
+    /// <summary>One pass over <paramref name="slots"/> notify slots of <paramref name="slotSize"/>
+    /// bytes at <paramref name="window"/>: each is one aligned load of <paramref name="width"/> bytes
+    /// and, only when non-zero, an atomic exchange with 0 and a report to <paramref name="device"/>.</summary>
+    /// <returns>Slots found written.</returns>
+    internal static int ScanSlots(nint window, ulong windowLength, ulong slotSize, int width, int slots, IVirtioDevice? device)
+    {
         int hits = 0;
         for (int i = 0; i < slots; i++)
         {
-            ulong offset = (ulong)i * _slotSize;
-            if (offset > window || (ulong)_width > window - offset) break;
-            if (TakeSlot(_window.Address + (nint)offset))
+            ulong offset = (ulong)i * slotSize;
+            if (offset > windowLength || (ulong)width > windowLength - offset) break;
+            if (TakeSlot(window + (nint)offset, width))
             {
                 hits++;
-                _device.NotifyWrite(offset);
+                device?.NotifyWrite(offset);
             }
         }
-        if (hits > 0) _counters.Increment("vhost-user.notify-writes", hits);
         return hits;
     }
 
@@ -106,9 +114,9 @@ internal sealed class NotifyPoller : IDisposable
         Arm();
     }
 
-    private unsafe bool TakeSlot(nint address)
+    private static unsafe bool TakeSlot(nint address, int width)
     {
-        switch (_width)
+        switch (width)
         {
             case 8:
                 if (Volatile.Read(ref *(ulong*)address) == 0) return false;

@@ -20,7 +20,7 @@ public sealed class VhostUserOptions : IValidatableOptions
     /// <summary>Per-region interrupt vectors (VIRTIO_ISM_F_EVENT_IRQ), exposed as the call fds of
     /// extra queues after the device's own; QEMU's <c>num_vqs</c> must count them.</summary>
     [Description("Per-region interrupt vectors, exposed as extra queues after the device's own (QEMU num_vqs = device queues + vectors); 0 = none")]
-    public int VectorCount { get; set; }
+    public int Vectors { get; set; }
 
     /// <summary>Memory slots offered to the frontend (GET_MAX_MEM_SLOTS).</summary>
     [Description("Memory regions the frontend may add with ADD_MEM_REG (GET_MAX_MEM_SLOTS)")]
@@ -56,8 +56,8 @@ public sealed class VhostUserOptions : IValidatableOptions
             context.Error("socket-path", $"'{path}' is {Encoding.UTF8.GetByteCount(path)} bytes; a Unix socket path holds at most {MaxSocketPathBytes}");
         else
             context.ClaimEndpoint("socket-path", path);
-        if (VectorCount is < 0 or > MaxVectors)
-            context.Error("vector-count", $"{VectorCount} is outside 0..{MaxVectors}");
+        if (Vectors is < 0 or > MaxVectors)
+            context.Error("vectors", $"{Vectors} is outside 0..{MaxVectors}");
         if (MaxMemSlots is < 1 or > 509)
             context.Error("max-mem-slots", $"{MaxMemSlots} is outside 1..509 (KVM's limit)");
         if (NotifyPollFastMs is < 1 or > 1000)

@@ -47,6 +47,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
     private bool _warnedNoShmem;
     private int _loggedErrors;
     private int _generation;
+    private StoppedControl? _stoppedControl;
 
     public VhostUserSession(VhostUserTransport transport, IVirtioDevice device, UnixSocket socket, VhostUserOptions options,
         IDeviceLoop loop, ILogger log, IDeviceCounters counters)
@@ -61,7 +62,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         _framer = new MessageFramer(socket, RequestTable.MaxPayload);
         _outbox = new Outbox(socket, loop, reason => Close($"main socket: {reason}"));
         _memory = new GuestMemoryTable(options.MaxMemSlots);
-        _rings = new Ring[device.QueueCount + options.VectorCount];
+        _rings = new Ring[device.QueueCount + options.Vectors];
         for (int i = 0; i < _rings.Length; i++) _rings[i] = new Ring();
         ulong notifyLength = NotifyWindowLength(device);
         if (notifyLength > 0)
@@ -93,7 +94,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     public IGuestMemory Memory => _memory;
 
-    public int VectorCount => _options.VectorCount;
+    public int VectorCount => _options.Vectors;
 
     public bool CanMap => MapBlocker() is null;
 
@@ -105,7 +106,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     public void SignalVector(int vector)
     {
-        if ((uint)vector >= (uint)_options.VectorCount)
+        if ((uint)vector >= (uint)_options.Vectors)
         {
             _counters.Increment("vhost-user.signals-dropped");
             return;
@@ -256,6 +257,8 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         List<SafeFileHandle> fds = _framer.Fds;
         RequestSpec? spec = RequestTable.Find(h.Request);
         string name = spec?.Name ?? $"request {h.Request}";
+        if (_log.IsEnabled(LogLevel.Trace))
+            _log.LogTrace("{Device}: {Request} flags 0x{Flags:x} {Size} bytes {Fds} fds", _device.Description.Name, name, h.Flags, h.Size, fds.Count);
         string? error;
         byte[]? reply = null;
         if (fds.Count > (spec?.MaxFds ?? 0))
@@ -288,6 +291,13 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
             {
                 outcome = Outcome.Fail(ex.Message);
             }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // A bug, in vism or in the device it drives: this request fails, the connection and
+                // every other device carry on, and the exception is in the log.
+                _log.LogError(ex, "{Device}: {Request} failed unexpectedly", _device.Description.Name, name);
+                outcome = Outcome.Fail($"internal error: {ex.GetType().Name}: {ex.Message}");
+            }
             error = outcome.Error;
             reply = outcome.Reply;
         }
@@ -317,12 +327,15 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         if ((f & ~offered) != 0)
             return Outcome.Fail($"features 0x{f & ~offered:x} were not offered (offered 0x{offered:x})");
         ulong deviceBits = f & ~ProtocolFeaturesMask;
-        if (_device.Status.HasFlag(DeviceStatus.FeaturesOk))
+        if (_device.Status.HasFlag(DeviceStatus.FeaturesOk) && _device.DriverFeatures != deviceBits)
         {
-            if (_device.DriverFeatures != deviceBits)
+            if (_started || !_device.Status.HasFlag(DeviceStatus.DriverOk))
                 return Outcome.Fail($"features 0x{deviceBits:x} differ from 0x{_device.DriverFeatures:x} accepted before FEATURES_OK; reset first");
+            // Stopped, and the driver negotiated something else: it re-initialised the device
+            // (QEMU 11.1.3 says nothing else on a guest reset).
+            ResetForNewDriver($"SET_FEATURES 0x{deviceBits:x} after a stop, the device runs with 0x{_device.DriverFeatures:x}");
         }
-        else if (!_device.TrySetDriverFeatures(deviceBits))
+        if (!_device.Status.HasFlag(DeviceStatus.FeaturesOk) && !_device.TrySetDriverFeatures(deviceBits))
             return Outcome.Fail($"the device refused features 0x{deviceBits:x}");
         _features = f;
         if ((f & ProtocolFeaturesMask) == 0)
@@ -417,12 +430,8 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
     {
         VringState.TryRead(r.Payload, out VringState s);
         if (RingFor(s.Index, out Ring? ring) is { } e) return Outcome.Fail(e);
-        if (ring!.Running)
-        {
-            ring.Base = _device.StopQueue((int)s.Index);
-            ring.Running = false;
-        }
-        ring.DropKick();
+        StopRing((int)s.Index);
+        ring!.DropKick();
         Stopped();
         return Outcome.Value(new VringState(s.Index, ring.Base).ToBytes());
     }
@@ -489,11 +498,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         if (s.Num > 1) return Outcome.Fail($"enable flag {s.Num} is neither 0 nor 1");
         ring!.Enabled = s.Num == 1;
         if (ring.Enabled) return Outcome.From(TryRun((int)s.Index));
-        if (ring.Running)
-        {
-            ring.Base = _device.StopQueue((int)s.Index);
-            ring.Running = false;
-        }
+        StopRing((int)s.Index);
         return Outcome.Ok;
     }
 
@@ -561,8 +566,43 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         bool protocolFeatures = _features is not { } f || (f & ProtocolFeaturesMask) != 0;
         foreach (Ring ring in _rings) ring.Reset(enabled: !protocolFeatures);
         _features = null; // the device forgot them; the frontend sends SET_FEATURES before the next start
+        _stoppedControl = null;
         _device.Reset();
         return Outcome.Ok;
+    }
+
+    /// <summary>
+    /// QEMU 11.1.3 sends neither SET_STATUS 0 nor RESET_DEVICE when the guest resets the device (its
+    /// "last queue pair" check skips both): the backend only sees SET_VRING_ENABLE 0 and
+    /// GET_VRING_BASE, exactly as for a VM pause. A resumed device restarts its controlq where it
+    /// stopped; a re-initialised one comes back with other features or a controlq at another base or
+    /// address. Then the device is reset here (its regions released; QEMU dropped their mappings),
+    /// keeping the features and rings of the new start.
+    /// </summary>
+    private void ResetForNewDriver(string why)
+    {
+        _log.LogInformation("{Device}: the driver re-initialised the device ({Why}): resetting it", _device.Description.Name, why);
+        _counters.Increment("vhost-user.implicit-resets");
+        Stopped();
+        MoveMappingsToStale();
+        _stoppedControl = null;
+        foreach (Ring ring in _rings) ring.Running = false;
+        ulong? features = _features;
+        _device.Reset();
+        if (features is { } f && !_device.TrySetDriverFeatures(f & ~ProtocolFeaturesMask))
+            _log.LogWarning("{Device}: the device refused features 0x{Features:x} after the reset", _device.Description.Name, f);
+    }
+
+    /// <summary>Stops a running ring (SET_VRING_ENABLE 0, GET_VRING_BASE) and remembers where the
+    /// controlq stopped, to tell a resume from a re-initialisation.</summary>
+    private void StopRing(int index)
+    {
+        Ring ring = _rings[index];
+        if (!ring.Running) return;
+        ring.Base = _device.StopQueue(index);
+        ring.Running = false;
+        if (index == Virtio.ControlQueue && ring.Layout is { } layout)
+            _stoppedControl = new StoppedControl(layout, ring.Size, ring.Base);
     }
 
     // ---- rings and status ----------------------------------------------------------------------
@@ -608,6 +648,12 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         Ring ring = _rings[index];
         if (ring.Running || !ring.Started || !ring.Enabled || ring.Layout is not { } layout || ring.Size == 0) return null;
         if (index >= _device.QueueCount) return null;
+        if (index == Virtio.ControlQueue && _stoppedControl is { } stopped)
+        {
+            _stoppedControl = null;
+            if (stopped.Layout != layout || stopped.Size != ring.Size || stopped.Base != ring.Base)
+                ResetForNewDriver($"the controlq restarts at base {ring.Base} ({layout}), it stopped at base {stopped.Base} ({stopped.Layout})");
+        }
         if (EnsureFeaturesOk() is { } notReady) return notReady;
         if (CheckLayout(layout, ring.Size) is { } bad) return $"ring {index}: {bad}";
         var settings = new QueueSettings(ring.Size, layout.Descriptors, layout.Available, layout.Used, ring.Base);
@@ -615,9 +661,11 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
             return $"the device refused to start queue {index} ({settings})";
         ring.Running = true;
         if (!_rings[Virtio.ControlQueue].Running || RingsPending()) return null;
-        if (!Acked(ProtocolFeature.Status) && !_device.Status.HasFlag(DeviceStatus.DriverOk))
+        if (!_device.Status.HasFlag(DeviceStatus.DriverOk))
         {
-            // A frontend without STATUS never says DRIVER_OK: the running controlq is its start.
+            // The running controlq is the start. QEMU 11.1.3 never sends SET_STATUS with DRIVER_OK
+            // for vhost-user-test-device (its "last queue pair" check skips it), and a frontend
+            // without STATUS never sends any status at all.
             if (Advance(DeviceStatus.DriverOk) is { } error) return error;
         }
         if (_device.Status.HasFlag(DeviceStatus.DriverOk) && !_started) Started();
@@ -686,7 +734,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         }
         foreach (WindowMapping stale in _transport.TakeStale())
             _ = _backend!.Request(BackendRequest.ShmemUnmap, Payload(stale, writable: false), null, Acked(ProtocolFeature.ReplyAck));
-        if (_notifyFd is not null && _notifyMap is not null)
+        if (_notifyFd is not null && _notifyMap is not null && !_mappings.ContainsKey((ShmId.Notify, 0)))
         {
             ClearNotifyWindow();
             _ = MapFd(ShmId.Notify, 0, _notifyFd, 0, _notifyMap.Length, writable: true);
@@ -787,6 +835,8 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
     public void Dispose() => Close("the transport stopped");
 
     private readonly record struct RingLayout(ulong Descriptors, ulong Available, ulong Used);
+
+    private readonly record struct StoppedControl(RingLayout Layout, ushort Size, ushort Base);
 
     private sealed class Ring : IDisposable
     {

@@ -48,7 +48,7 @@ public sealed class VhostUserTransport : ITransport
     public string Endpoint { get; }
 
     /// <inheritdoc />
-    public int VectorCount => _options.VectorCount;
+    public int VectorCount => _options.Vectors;
 
     /// <summary>Whether a frontend is connected now.</summary>
     public bool IsConnected => _session is { IsClosed: false };
@@ -62,7 +62,7 @@ public sealed class VhostUserTransport : ITransport
         ArgumentNullException.ThrowIfNull(device);
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_device is not null) throw new InvalidOperationException($"{_description.Name}: the transport is already started");
-        CheckLayout(device, _options.VectorCount);
+        CheckLayout(device, _options.Vectors);
         UnixSocket listener = UnixSocket.Listen(Endpoint);
         try
         {
@@ -77,7 +77,7 @@ public sealed class VhostUserTransport : ITransport
         _listener = listener;
         _device = device;
         _log.LogInformation("{Device}: vhost-user backend listening on {Endpoint} ({Queues} queues, {Vectors} vectors)",
-            _description.Name, Endpoint, device.QueueCount + _options.VectorCount, _options.VectorCount);
+            _description.Name, Endpoint, device.QueueCount + _options.Vectors, _options.Vectors);
     }
 
     /// <summary>Refuses a device QEMU could not present: the shared-memory windows must be page

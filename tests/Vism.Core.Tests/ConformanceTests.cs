@@ -103,8 +103,7 @@ public sealed class ConformanceTests
         Peer a = rig.AddClient("a", RecordingEventChannel.Vq());
         Peer b = rig.AddClient("b", RecordingEventChannel.Vq());
         Assert.True(b.C.Driver.Has(Features.IsmEventVq));
-        AllocReply region = a.C.Alloc(4096);
-        ulong at = b.C.Attach(region.Token).Offset;
+        (AllocReply region, ulong at) = Rig.Share(a, b);
 
         a.C.Notify(region.Offset);
 
@@ -299,8 +298,7 @@ public sealed class ConformanceTests
         Peer a = rig.AddClient("a");
         Peer b = rig.AddClient("b");
         Peer c = rig.AddClient("c");
-        AllocReply region = a.C.Alloc(4096);
-        Assert.True(b.C.Attach(region.Token).Ok);
+        AllocReply region = Rig.Share(a, b).Region;
         Assert.Equal(IsmControl.AckErr, c.C.Attach(region.Token).Ack);
         Assert.Equal(1, c.Counters.Get("err.attach.pair-taken"));
     }
@@ -421,8 +419,7 @@ public sealed class ConformanceTests
         Peer a = rig.AddClient("a");
         Peer b = rig.AddClient("b");
         Peer c = rig.AddClient("c");
-        AllocReply region = a.C.Alloc(4096);
-        ulong atB = b.C.Attach(region.Token).Offset;
+        (AllocReply region, ulong atB) = Rig.Share(a, b);
 
         // Only the allocating device manages by default.
         Assert.Equal(IsmControl.AckErr, b.C.Grant(atB, 0, IsmPermissions.All));
@@ -522,8 +519,7 @@ public sealed class ConformanceTests
         Peer a = rig.AddClient("a");
         Peer b = rig.AddClient("b");
         Assert.True(b.C.Driver.Has(Features.IsmEventIrq));
-        AllocReply region = a.C.Alloc(4096);
-        ulong atB = b.C.Attach(region.Token).Offset;
+        (AllocReply region, ulong atB) = Rig.Share(a, b);
         Assert.Equal(IsmControl.AckOk, b.C.EventVector(atB, 2));
         Assert.Equal(2UL, b.E.Vectors[atB]);
 

@@ -140,17 +140,10 @@ public sealed class ControlQueueTests
         Peer p = rig.AddClient("p");
         GuestRam ram = p.T.Ram;
         DriverQueue q = p.C.Driver.Queues[0];
-        ulong[] req = [ram.Allocate(10), ram.Allocate(10)];
-        ulong[] reply = [ram.Allocate(17), ram.Allocate(17)];
-        foreach (ulong r in req)
-        {
-            ram.Span(r, 2).Clear();
-            BinaryPrimitives.WriteUInt64LittleEndian(ram.Span(r + 2, 8), 4096);
-        }
         ushort before = q.UsedIndex;
         p.T.HoldAnswers = true;
-        ushort first = q.Add([new(req[0], 10)], [new(reply[0], 17)]);
-        ushort second = q.Add([new(req[1], 10)], [new(reply[1], 17)]);
+        (ushort first, ulong reply0) = AddAllocRequest(p);
+        (ushort second, ulong reply1) = AddAllocRequest(p);
         p.T.Kick(0);
 
         Assert.True(VirtqueueTests.WaitUntil(() => p.T.HeldAnswers == 1));
@@ -167,8 +160,8 @@ public sealed class ControlQueueTests
         Assert.True(q.TryTakeUsed(out UsedElement u1));
         Assert.True(q.TryTakeUsed(out UsedElement u2));
         Assert.Equal([first, second], new[] { u1.Head, u2.Head });
-        Assert.Equal(0UL, BinaryPrimitives.ReadUInt64LittleEndian(ram.Span(reply[0] + 9, 8)));
-        Assert.Equal(p.C.RegionSize, BinaryPrimitives.ReadUInt64LittleEndian(ram.Span(reply[1] + 9, 8)));
+        Assert.Equal(0UL, BinaryPrimitives.ReadUInt64LittleEndian(ram.Span(reply0 + 9, 8)));
+        Assert.Equal(p.C.RegionSize, BinaryPrimitives.ReadUInt64LittleEndian(ram.Span(reply1 + 9, 8)));
     }
 
     [Fact]
@@ -176,14 +169,10 @@ public sealed class ControlQueueTests
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");
-        GuestRam ram = p.T.Ram;
         DriverQueue q = p.C.Driver.Queues[0];
-        ulong req = ram.Allocate(10), reply = ram.Allocate(17);
-        ram.Span(req, 2).Clear();
-        BinaryPrimitives.WriteUInt64LittleEndian(ram.Span(req + 2, 8), 4096);
         ushort before = q.UsedIndex;
         p.T.HoldAnswers = true;
-        q.Add([new(req, 10)], [new(reply, 17)]);
+        AddAllocRequest(p);
         p.T.Kick(0);
         Assert.True(VirtqueueTests.WaitUntil(() => p.T.HeldAnswers == 1));
 
@@ -232,8 +221,7 @@ public sealed class ControlQueueTests
         Peer a = rig.AddClient("a");
         Peer b = rig.AddDevice("b", throwing);
         b.Connect();
-        AllocReply region = a.C.Alloc(4096);
-        Assert.True(b.C.Attach(region.Token).Ok);
+        AllocReply region = Rig.Share(a, b).Region;
 
         a.C.Notify(region.Offset);
         Assert.True(b.T.WaitConfigChange(Rig.Wait));
@@ -251,6 +239,16 @@ public sealed class ControlQueueTests
             Assert.Equal(IsmControl.AckErr, p.C.Send(9, 0, [], 0).Ack);
         Assert.Equal(100, p.Counters.Get("err.ctrl.unknown-class"));
         Assert.Equal(10 + 3, rig.Logs.Entries.Count(e => e.Message.Contains("ctrl.unknown-class"))); // 1..10, 16, 32, 64
+    }
+
+    /// <summary>Queues an ALLOC of 4096 bytes without kicking; returns its head and reply address.</summary>
+    private static (ushort Head, ulong Reply) AddAllocRequest(Peer p)
+    {
+        GuestRam ram = p.T.Ram;
+        ulong request = ram.Allocate(10), reply = ram.Allocate(17);
+        ram.Span(request, 2).Clear();
+        BinaryPrimitives.WriteUInt64LittleEndian(ram.Span(request + 2, 8), 4096);
+        return (p.C.Driver.Queues[0].Add([new(request, 10)], [new(reply, 17)]), reply);
     }
 
     private static Peer AddWithBackend(Rig rig, IMemoryBackend backend)

@@ -159,8 +159,7 @@ public sealed class DeviceModelTests
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
         Peer b = rig.AddClient("b");
-        AllocReply region = a.C.Alloc(4096);
-        Assert.True(b.C.Attach(region.Token).Ok);
+        AllocReply region = Rig.Share(a, b).Region;
         Assert.True(b.C.Alloc(4096).Ok);
         Assert.Equal(2, rig.Host.RegionCount);
         ulong devid = b.Device.DevId;
@@ -182,8 +181,7 @@ public sealed class DeviceModelTests
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
         Peer b = rig.AddClient("b");
-        AllocReply region = a.C.Alloc(4096);
-        Assert.True(b.C.Attach(region.Token).Ok);
+        AllocReply region = Rig.Share(a, b).Region;
         Assert.True(b.C.Alloc(4096).Ok);
 
         b.Dispose(); // the driver goes away: its client resets and the transport disconnects

@@ -15,8 +15,7 @@ public sealed class NotifyRoutingTests
         Assert.True(b.C.Alloc(4096).Ok);
         Assert.True(c.C.Alloc(4096).Ok);
         Assert.True(c.C.Alloc(4096).Ok);
-        AllocReply region = a.C.Alloc(4096);
-        ulong atB = b.C.Attach(region.Token).Offset;
+        (AllocReply region, ulong atB) = Rig.Share(a, b);
         ulong atC = c.C.Attach(region.Token).Offset;
         Assert.Equal([region.Offset, atB, atC], new[] { 0UL, Rig.MiB, 2 * Rig.MiB });
 
@@ -39,8 +38,7 @@ public sealed class NotifyRoutingTests
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
         Peer b = rig.AddClient("b");
-        AllocReply region = a.C.Alloc(4096);
-        ulong atB = b.C.Attach(region.Token).Offset;
+        (AllocReply region, ulong atB) = Rig.Share(a, b);
         b.C.Notify(atB);
         Assert.True(a.E.WaitForUpdates(1, Rig.Wait));
         Assert.Equal([region.Offset], a.E.Updates);
@@ -52,8 +50,7 @@ public sealed class NotifyRoutingTests
         using var rig = new Rig();
         Peer a = rig.AddClient("a", options: NoEvents);
         Peer b = rig.AddClient("b");
-        AllocReply region = a.C.Alloc(4096);
-        Assert.True(b.C.Attach(region.Token).Ok);
+        AllocReply region = Rig.Share(a, b).Region;
         a.C.Notify(region.Offset);
         a.Settle();
         b.Settle();
@@ -67,8 +64,7 @@ public sealed class NotifyRoutingTests
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
         Peer b = rig.AddClient("b", options: NoEvents);
-        AllocReply region = a.C.Alloc(4096);
-        Assert.True(b.C.Attach(region.Token).Ok);
+        AllocReply region = Rig.Share(a, b).Region;
         Assert.Equal(0, b.E.Activations);
         a.C.Notify(region.Offset);
         a.Settle();
@@ -98,8 +94,7 @@ public sealed class NotifyRoutingTests
         Peer a = rig.AddClient("a");
         Peer b = rig.AddClient("b");
         Peer c = rig.AddClient("c");
-        AllocReply region = a.C.Alloc(4096);
-        ulong atB = b.C.Attach(region.Token).Offset;
+        (AllocReply region, ulong atB) = Rig.Share(a, b);
         Assert.True(c.C.Attach(region.Token).Ok);
         Assert.Equal(IsmControl.AckOk, b.C.Detach(atB));
         a.C.Notify(region.Offset);

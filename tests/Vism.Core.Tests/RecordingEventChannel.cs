@@ -80,7 +80,7 @@ internal sealed class RecordingEventChannel(ulong features, int queueCount = 0) 
     private void Flush()
     {
         IVirtqueue? q = Context?.GetQueue(Virtio.EventQueue);
-        if (q is null)
+        if (q is null || Context!.Memory is not { } memory)
             return;
         Span<byte> record = stackalloc byte[16];
         while (_undelivered.Count > 0 && q.TryPop(out DescriptorChain? chain))
@@ -88,7 +88,7 @@ internal sealed class RecordingEventChannel(ulong features, int queueCount = 0) 
             ulong offset = _undelivered.Dequeue();
             BinaryPrimitives.WriteUInt64LittleEndian(record, 1);
             BinaryPrimitives.WriteUInt64LittleEndian(record[8..], offset);
-            int written = chain.Write(Context!.Memory, 0, record);
+            int written = chain.Write(memory, 0, record);
             q.Complete(chain, written < 0 ? 0 : (uint)written);
         }
     }

@@ -231,6 +231,24 @@ public sealed class RegistryTests
     }
 
     [Fact]
+    public void Removing_a_device_releases_what_it_holds_and_frees_its_devid_name()
+    {
+        using var rig = new Rig();
+        Peer a = rig.AddClient("a");
+        Peer b = rig.AddClient("b");
+        AllocReply region = Rig.Share(a, b).Region;
+        Assert.True(b.C.Alloc(4096).Ok);
+
+        rig.Host.RemoveDevice(b.Device);
+        a.Settle();
+        b.Settle();
+        Assert.Equal(1, rig.Host.DeviceCount);
+        Assert.Single(rig.Host.Snapshot().Regions.Single().References);
+        Assert.Equal(0UL, b.Memory.Usage.Used);
+        Assert.NotEqual(b.Device.DevId, rig.AddDevice("b").Device.DevId);
+    }
+
+    [Fact]
     public void Snapshot_shows_devices_regions_references_counters_and_memory()
     {
         using var rig = new Rig();

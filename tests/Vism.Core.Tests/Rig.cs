@@ -19,11 +19,13 @@ internal sealed class Rig : IDisposable
     public Rig(SharingMode sharing = SharingMode.Pair, int loops = 2, ulong? gid = 0x00c0ffee_0000_0001)
     {
         Logs = new CapturingLogs();
-        Loops = Enumerable.Range(0, loops).Select(i => new EventLoop($"test-loop-{i}")).ToArray();
+        Loops = Enumerable.Range(0, loops).Select(i => new EventLoop($"test-loop-{i}", Logs.CreateLogger(LoopCategory))).ToArray();
         Host = new IsmHost(new IsmHostOptions { Gid = gid, Sharing = sharing }, Logs);
     }
 
     public CapturingLogs Logs { get; }
+
+    private const string LoopCategory = "Vism.Loop";
 
     /// <summary>Runs <paramref name="work"/> on <paramref name="loop"/> and waits.</summary>
     public static void Run(IDeviceLoop loop, Action work) => loop.InvokeAsync(work).WaitAsync(Wait).GetAwaiter().GetResult();
@@ -33,6 +35,17 @@ internal sealed class Rig : IDisposable
     {
         Run(loop, () => { });
         Run(loop, () => { });
+    }
+
+    /// <summary><paramref name="owner"/> allocates a region of <paramref name="size"/> bytes and
+    /// <paramref name="peer"/> attaches it; both must succeed.</summary>
+    public static (AllocReply Region, ulong PeerOffset) Share(Peer owner, Peer peer, ulong size = 4096)
+    {
+        AllocReply region = owner.C.Alloc(size);
+        Assert.True(region.Ok);
+        AttachReply attach = peer.C.Attach(region.Token);
+        Assert.True(attach.Ok);
+        return (region, attach.Offset);
     }
 
     /// <summary>The token hint a <see cref="HostSnapshot"/> shows for <paramref name="token"/>.</summary>
@@ -74,6 +87,10 @@ internal sealed class Rig : IDisposable
         Host.Dispose();
         foreach (EventLoop l in Loops)
             l.Dispose();
+        // Nothing may ever escape to a loop: the loop would log it and carry on, hiding the bug.
+        var escaped = Logs.Entries.Where(e => e.Category == LoopCategory && e.Level >= LogLevel.Error).ToList();
+        if (escaped.Count > 0)
+            throw new Xunit.Sdk.XunitException($"{escaped.Count} exceptions escaped to a device loop, the first: {escaped[0].Message}");
     }
 }
 
@@ -98,6 +115,9 @@ internal sealed class Peer(IsmDevice device, InMemoryBackend memory, DeviceCount
             Client = IsmClient.Start(Transport, options);
         return Transport;
     }
+
+    /// <summary>Starts a fresh client on the same transport (the probe resets the device).</summary>
+    public void Reconnect(IsmClientOptions? options = null) => Client = IsmClient.Start(T, options);
 
     /// <summary>Runs on the device's loop and waits.</summary>
     public T OnLoop<T>(Func<T> work) => Device.Loop.InvokeAsync(work).WaitAsync(Rig.Wait).GetAwaiter().GetResult();
@@ -145,6 +165,6 @@ internal sealed class CapturingLogs : ILoggerFactory
         public bool IsEnabled(LogLevel logLevel) => true;
 
         public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
-            owner.Entries.Enqueue((logLevel, category, formatter(state, exception)));
+            owner.Entries.Enqueue((logLevel, category, formatter(state, exception) + (exception is null ? "" : $" {exception}")));
     }
 }

@@ -128,8 +128,7 @@ public sealed class VirtqueueTests
         using var rig = new Rig(loops: 1); // both devices share one loop: the fault must not stop it
         Peer victim = rig.AddClient("victim", options: new IsmClientOptions { IndirectDesc = ring.Indirect });
         Peer bystander = rig.AddClient("bystander");
-        AllocReply shared = bystander.C.Alloc(4096);
-        Assert.True(victim.C.Attach(shared.Token).Ok);
+        AllocReply shared = Rig.Share(bystander, victim).Region;
         DriverQueue q = victim.C.Driver.Queues[Virtio.ControlQueue];
         ushort usedBefore = q.UsedIndex;
 
@@ -150,6 +149,51 @@ public sealed class VirtqueueTests
         using IsmClient again = IsmClient.Start(victim.T);
         Assert.True(again.Alloc(4096).Ok);
         Assert.Single(rig.Host.Snapshot().Regions.Single(r => r.TokenHint == Rig.Hint(shared.Token)).References);
+    }
+
+    [Fact]
+    public void Random_garbage_in_the_controlq_is_answered_or_resets_the_device_and_never_escapes()
+    {
+        using var rig = new Rig(loops: 1);
+        Peer victim = rig.AddClient("victim");
+        Peer bystander = rig.AddClient("bystander");
+        var random = new Random(20260101);
+        GuestRam ram = victim.T.Ram;
+        ulong scratch = ram.Allocate(4096, 16);
+        int answered = 0, resets = 0;
+        for (int round = 0; round < 100; round++) // each round starts a new client, which takes ~20 KiB of the 4 MiB guest RAM
+        {
+            IsmClient client = victim.C;
+            DriverQueue q = client.Driver.Queues[0];
+            random.NextBytes(ram.Span(scratch, 4096));
+            for (int d = 0; d < q.Size; d++)
+            {
+                ulong address = random.Next(4) switch
+                {
+                    0 => (ulong)random.NextInt64(),
+                    _ => scratch + (ulong)random.Next(4096),
+                };
+                ushort flags = (ushort)(random.Next(8) & (round % 3 == 0 ? 7 : 3));
+                q.RawDescriptor(d, address, (uint)random.Next(64), flags, (ushort)random.Next(q.Size + 2));
+            }
+            ushort before = q.UsedIndex;
+            q.RawPublish((ushort)random.Next(q.Size + 1));
+            victim.T.Kick(0);
+            Assert.True(WaitUntil(() => q.UsedIndex != before || (victim.Device.Status & DeviceStatus.DeviceNeedsReset) != 0), $"round {round}");
+            if ((victim.Device.Status & DeviceStatus.DeviceNeedsReset) != 0)
+            {
+                resets++;
+                victim.Reconnect();
+            }
+            else
+            {
+                answered++;
+                victim.Reconnect(); // the driver's own bookkeeping no longer matches what it wrote
+            }
+        }
+        Assert.True(resets > 0 && answered > 0, $"{resets} resets, {answered} answered");
+        Assert.True(bystander.C.Alloc(4096).Ok);
+        Assert.Equal(0, bystander.Counters.Sum("err."));
     }
 
     [Fact]
@@ -334,6 +378,26 @@ public sealed class VirtqueueTests
         driver.Add([new(0x100_0000_0000, uint.MaxValue)], [new(0x100_0000_0000, 1)]);
         Assert.Equal(PopResult.Fault, device.TryPop(memory, out _, out string? fault));
         Assert.Equal("ring.chain-too-long", fault);
+    }
+
+    [Fact]
+    public void A_stopped_queue_reports_its_next_index_and_resumes_from_it()
+    {
+        using var rig = new Rig();
+        Peer p = rig.AddClient("p");
+        for (int i = 0; i < 5; i++)
+            Assert.True(p.C.Alloc(4096).Ok);
+        DriverQueue q = p.C.Driver.Queues[0];
+
+        ushort next = p.T.Call(d => d.StopQueue(0));
+        Assert.Equal(q.AvailIndex, next);
+        Assert.False(p.T.Call(d => d.IsQueueStarted(0)));
+        Assert.Equal(0, p.T.Call(d => d.StopQueue(9)));
+
+        QueueSettings resume = q.Settings with { NextAvail = next };
+        Assert.True(p.T.Call(d => d.TryStartQueue(0, resume)));
+        Assert.True(p.C.Alloc(4096).Ok);
+        Assert.Equal(6, p.Device.RegionsInUse);
     }
 
     [Fact]

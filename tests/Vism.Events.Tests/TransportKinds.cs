@@ -86,7 +86,7 @@ internal sealed class VhostUserKind : ITransportKind
 
     public Served Serve(IsmDevice device, int vectors, string scratch, ILoggerFactory logs)
     {
-        var options = new VhostUserOptions { VectorCount = vectors, SocketPath = Path.Combine(scratch, device.Description.Name + ".vu") };
+        var options = new VhostUserOptions { Vectors = vectors, SocketPath = Path.Combine(scratch, device.Description.Name + ".vu") };
         var transport = new VhostUserTransport(options, device.Description, MmioKind.Host(scratch), device.Loop, device.Counters, logs.CreateLogger<VhostUserTransport>());
         ITransport started = TransportKinds.Start(device, transport);
         var ram = new GuestRam(8 << 20);

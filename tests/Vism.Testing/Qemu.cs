@@ -62,6 +62,13 @@ public sealed class Qemu : IDisposable
     public static Qemu Start(string root, IEnumerable<string> arguments, string? qmpPath = null)
     {
         (string program, string[] prefix, Dictionary<string, string> env) = Command(root);
+        // Debugging aid: VISM_QEMU_WRAPPER="gdb -batch -ex run -ex bt --args" runs QEMU under a wrapper.
+        string[] wrapper = (Environment.GetEnvironmentVariable("VISM_QEMU_WRAPPER") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        if (wrapper.Length > 0)
+        {
+            prefix = [.. wrapper[1..], program, .. prefix];
+            program = wrapper[0];
+        }
         var psi = new ProcessStartInfo(program)
         {
             RedirectStandardError = true,
@@ -114,9 +121,14 @@ public sealed class Qemu : IDisposable
         }
     }
 
-    /// <summary>Waits for QEMU to exit.</summary>
+    /// <summary>Waits for QEMU to exit, and then for the last of its output (so <see cref="Stderr"/> is complete).</summary>
     /// <returns>Whether it exited in time.</returns>
-    public bool WaitForExit(TimeSpan timeout) => Process.WaitForExit(timeout);
+    public bool WaitForExit(TimeSpan timeout)
+    {
+        if (!Process.WaitForExit(timeout)) return false;
+        Process.WaitForExit();
+        return true;
+    }
 
     /// <summary>Kills QEMU if it still runs.</summary>
     public void Dispose()

@@ -37,9 +37,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task Handshake_negotiates_what_QEMU_acks_and_reports_the_windows()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
+        await using var c = Connected.Open();
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         Assert.Equal(VhostUserFrontendOptions.QemuProtocolFeatures, f.ProtocolFeatures);
         Assert.Equal(1, f.QueueCount);
         Assert.Equal(509UL, f.MaxMemSlots);
@@ -50,12 +49,14 @@ public sealed class FrontendTests
         Assert.True(b.On(() => b.Transport.IsConnected));
     }
 
-    [Fact]
-    public async Task Driver_ok_starts_the_device_with_guest_physical_ring_addresses()
+    [Theory]
+    [InlineData(false)] // QEMU 11.1.3: the running controlq is the start
+    [InlineData(true)]  // a frontend that also sends SET_STATUS(DRIVER_OK) at the end
+    public async Task Driver_ok_starts_the_device_with_guest_physical_ring_addresses(bool sendStatus)
     {
         await using var b = new Backend();
         using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
+        using VhostUserFrontend f = b.Connect(ram, new VhostUserFrontendOptions { SendStartStopStatus = sendStatus });
         QueueSettings[] rings = Probe(f);
         b.WaitFor(() => b.Device.Status == Running, "DRIVER_OK");
         (int index, QueueSettings started) = Assert.Single(b.Device.StartedQueues);
@@ -65,6 +66,7 @@ public sealed class FrontendTests
         Assert.Equal([DeviceStatus.Acknowledge, DeviceStatus.Acknowledge | DeviceStatus.Driver,
             DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk, Running], b.Device.StatusHistory.ToArray());
         Assert.Equal(Features.Mask(Features.Version1, Features.IsmEventIrq), b.Device.DriverFeatures);
+        Assert.Equal(0, b.Counters.Get("vhost-user.request-errors"));
     }
 
     [Fact]
@@ -83,10 +85,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task A_kick_reaches_the_device_and_its_signal_reaches_the_call_fd()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         b.WaitFor(() => b.Device.Status == Running, "DRIVER_OK");
         f.Kick(0);
         Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)), "the device's SignalQueue did not reach the call fd");
@@ -96,9 +96,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task Config_space_is_read_through_get_config_at_any_width()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
+        await using var c = Connected.Open();
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         var all = new byte[32];
         f.ReadConfig(0, all);
         Assert.Equal(b.Device.ConfigBytes.ToArray(), all);
@@ -111,10 +110,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task A_notify_slot_write_reaches_the_device_once()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         b.WaitFor(() => f.MappingCount(ShmId.Notify) == 1, "the NOTIFY window mapped at start");
         b.On(() => b.Device.SlotsInUse = 4);
         f.Kick(0); // activity re-arms the poller
@@ -128,10 +125,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task Notify_polling_stops_while_no_slot_is_in_use()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         b.WaitFor(() => f.MappingCount(ShmId.Notify) == 1, "the NOTIFY window mapped at start");
         b.WaitFor(() => b.Transport.Session!.Poller is { Armed: false }, "the poller to disarm with no slot in use");
         long scans = b.On(() => b.Transport.Session!.Poller!.Scans);
@@ -145,14 +140,11 @@ public sealed class FrontendTests
     [Fact]
     public async Task A_mapped_block_is_shared_with_the_frontend_window_and_unmapped_again()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
-        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         using var block = new TestBlock(1 << 20);
         "written by the backend"u8.CopyTo(block.Span(64));
-        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 1 << 20, block, 1 << 20, writable: true).AsTask()));
+        Assert.Null(b.Map(ShmId.Regions, 1 << 20, block, 1 << 20, writable: true));
         Assert.Equal(1, f.MappingCount(ShmId.Regions));
         unsafe
         {
@@ -161,20 +153,17 @@ public sealed class FrontendTests
             "written by the driver"u8.CopyTo(window[32..]);
         }
         Assert.Equal("written by the driver"u8.ToArray(), block.Span(64)[32..53].ToArray());
-        Assert.Null(b.OnAsync(() => b.Services.UnmapAsync(ShmId.Regions, 1 << 20, 1 << 20).AsTask()));
+        Assert.Null(b.Unmap(ShmId.Regions, 1 << 20, 1 << 20));
         Assert.Equal(0, f.MappingCount(ShmId.Regions));
     }
 
     [Fact]
     public async Task A_read_only_mapping_is_read_only_in_the_frontend()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
-        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         using var block = new TestBlock(1 << 20);
-        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: false).AsTask()));
+        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: false));
         ulong start = (ulong)f.ShmAddress(ShmId.Regions);
         string line = File.ReadLines("/proc/self/maps").First(l => Convert.ToUInt64(l[..l.IndexOf('-')], 16) == start);
         Assert.StartsWith("r--s", line.Split(' ')[1]);
@@ -183,75 +172,102 @@ public sealed class FrontendTests
     [Fact]
     public async Task Mapping_is_refused_before_the_device_is_started()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
+        await using var c = Connected.Open();
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         using var block = new TestBlock(1 << 20);
         Assert.False(b.On(() => b.Services.CanMap));
-        string? error = b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask());
+        string? error = b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true);
         Assert.Contains("not started", error);
         Assert.Equal(0, f.BackendMaps);
         Assert.Equal(1, b.Counters.Get("vhost-user.map-errors"));
     }
 
     [Theory]
-    [InlineData(4096UL, 1UL << 20, "not page aligned")]      // offset fine, length fine -> overlap below
+    [InlineData(4096UL, 1UL << 20, "overlaps")]              // a mapping at 0 is made first
     [InlineData(100UL, 4096UL, "not page aligned")]
     [InlineData(2UL << 20, 4096UL, "outside")]
     [InlineData(0UL, 0UL, "empty")]
     public async Task Bad_window_ranges_are_refused_without_reaching_the_frontend(ulong offset, ulong length, string reason)
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
-        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         int mapsBefore = f.BackendMaps;
         using var block = new TestBlock(2 << 20);
-        if (offset == 4096 && length == 1 << 20)
+        if (reason == "overlaps")
         {
-            Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+            Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
             mapsBefore = f.BackendMaps;
-            reason = "overlaps";
         }
-        string? error = b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, offset, block, length, writable: true).AsTask());
+        string? error = b.Map(ShmId.Regions, offset, block, length, writable: true);
         Assert.NotNull(error);
         Assert.Contains(reason, error);
         Assert.Equal(mapsBefore, f.BackendMaps);
     }
 
-    [Fact]
-    public async Task Status_zero_resets_the_device_and_drops_the_frontend_mappings()
+    [Theory]
+    [InlineData(true)]  // SET_STATUS 0 at the stop: the device resets at once
+    [InlineData(false)] // QEMU 11.1.3: only a stop; the restart at ring base 0 shows a new driver
+    public async Task A_driver_reset_resets_the_device_and_drops_the_frontend_mappings(bool sendStatus)
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
-        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        await using var c = Connected.Open(frontend: new VhostUserFrontendOptions { SendStartStopStatus = sendStatus }, start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         using var block = new TestBlock(1 << 20);
-        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
+        f.Kick(0); // the controlq moves on: its base is no longer 0
+        Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)));
         int resets = b.On(() => b.Device.Resets);
         f.WriteStatus(DeviceStatus.Reset);
-        b.WaitFor(() => b.Device.Resets > resets && b.Device.Status == DeviceStatus.Reset, "the device reset");
-        Assert.False(b.On(() => b.Services.CanMap));
+        b.WaitFor(() => !b.Services.CanMap, "the stop");
         Assert.Equal(0, f.MappingCount(ShmId.Regions));
         Assert.Equal(0, f.MappingCount(ShmId.Notify));
-        // Started again, the device works as before.
+        if (sendStatus) b.WaitFor(() => b.Device.Resets > resets && b.Device.Status == DeviceStatus.Reset, "the device reset");
+        else Assert.Equal(resets, b.On(() => b.Device.Resets)); // a stop alone is not a reset (it may be a pause)
+        // Started again, the device works as before, from a reset state.
         Probe(f);
         b.WaitFor(() => b.Device.Status == Running && b.Services.CanMap, "a second start");
-        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+        Assert.True(b.On(() => b.Device.Resets) > resets);
+        Assert.Equal(sendStatus ? 0 : 1, b.Counters.Get("vhost-user.implicit-resets"));
+        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
+    }
+
+    [Fact]
+    public async Task A_stop_and_a_restart_where_the_rings_stopped_keep_the_devices_state()
+    {
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
+        using var block = new TestBlock(1 << 20);
+        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
+        f.Kick(0);
+        Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)));
+        (int _, QueueSettings ring) = b.Device.StartedQueues.Single();
+        int resets = b.On(() => b.Device.Resets);
+        // A VM pause as QEMU 11.1.3 does it: rings disabled, GET_VRING_BASE; mappings kept.
+        f.Send(FrontendRequest.SetVringEnable, new VringState(0, 0).ToBytes());
+        Assert.True(VringState.TryRead(f.Request(FrontendRequest.GetVringBase, new VringState(0, 0).ToBytes()), out VringState stopped));
+        Assert.Equal(1u, stopped.Num);
+        Assert.False(b.On(() => b.Services.CanMap));
+        // Resume: same features, the ring where it stopped.
+        f.Send(FrontendRequest.SetFeatures, U64Payload.ToBytes(b.Device.DriverFeatures | (1UL << 30)));
+        f.Send(FrontendRequest.SetVringBase, new VringState(0, stopped.Num).ToBytes());
+        using EventFd kick = EventFd.Create();
+        f.Send(FrontendRequest.SetVringKick, U64Payload.ToBytes(0), [kick.Handle]);
+        f.Send(FrontendRequest.SetVringEnable, new VringState(0, 1).ToBytes());
+        b.WaitFor(() => b.Services.CanMap, "the resume");
+        Assert.Equal(resets, b.On(() => b.Device.Resets));
+        Assert.Equal(0, b.Counters.Get("vhost-user.implicit-resets"));
+        Assert.Equal(ring with { NextAvail = 1 }, b.Device.StartedQueues.Last().Settings);
+        Assert.Equal(1, f.MappingCount(ShmId.Regions));
+        Assert.Equal(1, f.MappingCount(ShmId.Notify)); // still mapped: not mapped twice
+        Assert.Equal(0, b.Counters.Get("vhost-user.map-errors"));
     }
 
     [Fact]
     public async Task Mappings_a_frontend_kept_over_a_stop_are_removed_at_the_next_start()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
-        Probe(f);
-        b.WaitFor(() => b.Services.CanMap, "CanMap after start");
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         using var block = new TestBlock(1 << 20);
-        Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+        Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
         // A VM pause: QEMU stops the backend (GET_VRING_BASE, SET_STATUS 0) but keeps its mappings.
         f.Request(FrontendRequest.GetVringBase, new VringState(0, 0).ToBytes());
         f.Send(FrontendRequest.SetStatus, U64Payload.ToBytes(0));
@@ -272,7 +288,7 @@ public sealed class FrontendTests
     [Fact]
     public async Task Per_region_vectors_fire_the_call_fds_of_the_extra_queues()
     {
-        await using var b = new Backend(new VhostUserOptions { VectorCount = 2 });
+        await using var b = new Backend(new VhostUserOptions { Vectors = 2 });
         using var ram = new GuestRam();
         using VhostUserFrontend f = b.Connect(ram, new VhostUserFrontendOptions { VectorCount = 2 });
         Assert.Equal(3, f.QueueCount);
@@ -290,9 +306,8 @@ public sealed class FrontendTests
     [Fact]
     public async Task A_config_change_reaches_the_frontend_as_a_new_generation()
     {
-        await using var b = new Backend();
-        using var ram = new GuestRam();
-        using VhostUserFrontend f = b.Connect(ram);
+        await using var c = Connected.Open();
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
         uint before = f.ReadConfigGeneration();
         b.On(() => { b.Services.SignalConfigChange(); return 0; });
         b.WaitFor(() => f.ReadConfigGeneration() == before + 1, "CONFIG_CHANGE_MSG");

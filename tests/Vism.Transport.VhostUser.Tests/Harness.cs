@@ -66,6 +66,20 @@ internal sealed class Backend : IAsyncDisposable
 
     public ITransportServices Services => On(() => Device.Services) ?? throw new InvalidOperationException("no frontend connected");
 
+    /// <summary>MapAsync on the loop, waited for.</summary>
+    public string? Map(ShmId shmId, ulong offset, IMemoryBlock block, ulong length, bool writable = true)
+    {
+        ITransportServices services = Services;
+        return OnAsync(() => services.MapAsync(shmId, offset, block, length, writable).AsTask());
+    }
+
+    /// <summary>UnmapAsync on the loop, waited for.</summary>
+    public string? Unmap(ShmId shmId, ulong offset, ulong length)
+    {
+        ITransportServices services = Services;
+        return OnAsync(() => services.UnmapAsync(shmId, offset, length).AsTask());
+    }
+
     /// <summary>Connects vism's frontend with QEMU-like behaviour.</summary>
     public VhostUserFrontend Connect(GuestRam ram, VhostUserFrontendOptions? options = null) =>
         VhostUserFrontend.Connect(SocketPath, ram, options);
@@ -86,6 +100,45 @@ internal sealed class Backend : IAsyncDisposable
         await Transport.DisposeAsync();
         if (_ownsLoop) Loop.Dispose();
         if (_ownsDir) _dir.Dispose();
+    }
+}
+
+/// <summary>A backend with vism's frontend connected to it, optionally started by a driver.</summary>
+internal sealed class Connected : IAsyncDisposable
+{
+    private Connected(Backend backend, GuestRam ram, VhostUserFrontend frontend)
+    {
+        B = backend;
+        Ram = ram;
+        F = frontend;
+    }
+
+    public Backend B { get; }
+    public GuestRam Ram { get; }
+    public VhostUserFrontend F { get; }
+
+    /// <param name="options">Backend options.</param>
+    /// <param name="frontend">Frontend options.</param>
+    /// <param name="start">Probe the device like a driver and wait until it can map.</param>
+    public static Connected Open(VhostUserOptions? options = null, VhostUserFrontendOptions? frontend = null, bool start = false)
+    {
+        var backend = new Backend(options);
+        var ram = new GuestRam();
+        var c = new Connected(backend, ram, backend.Connect(ram, frontend));
+        if (start)
+        {
+            FrontendTests.Probe(c.F);
+            backend.WaitFor(() => backend.Device.Services is { CanMap: true } && c.F.MappingCount(ShmId.Notify) == 1,
+                "the device to start and share its NOTIFY window");
+        }
+        return c;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        F.Dispose();
+        Ram.Dispose();
+        await B.DisposeAsync();
     }
 }
 

@@ -22,7 +22,7 @@ public sealed class LifecycleTests
             FrontendTests.Probe(f);
             b.WaitFor(() => b.Services.CanMap, "CanMap after start");
             using var block = new TestBlock(1 << 20);
-            Assert.Null(b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, writable: true).AsTask()));
+            Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
         }
         b.WaitFor(() => b.Device.Disconnects == 1 && !b.Transport.IsConnected, "the disconnect");
         Assert.Null(b.On(() => b.Device.Services));
@@ -113,7 +113,7 @@ public sealed class LifecycleTests
             b.WaitFor(() => b.Counters.Get("vhost-user.backend-channel-errors") == 1, "the reply timeout");
             Assert.True(b.Log.Contains("no reply to ShmemMap"));
             using var block = new TestBlock(1 << 20);
-            string? error = b.OnAsync(() => b.Services.MapAsync(ShmId.Regions, 0, block, 1 << 20, true).AsTask());
+            string? error = b.Map(ShmId.Regions, 0, block, 1 << 20, true);
             Assert.Contains("backend channel", error);
             Assert.True(c.IsServed());
         }

@@ -70,10 +70,8 @@ public interface IEventContext
 
     /// <summary>The driver's memory for this connection: what <see cref="DescriptorChain.Write"/>
     /// and <see cref="DescriptorChain.Read"/> need for chains popped from <see cref="GetQueue"/>.
-    /// Read it when you use it, on the loop; the transport may replace it between loop turns.
-    /// (Added to contract version 1 with a default so other implementations keep compiling; the
-    /// default throws <see cref="NotSupportedException"/>. The core's context always provides it.)</summary>
-    IGuestMemory Memory => throw new NotSupportedException("this event context offers no guest memory");
+    /// Read it when you use it, on the loop; the transport may replace it between loop turns.</summary>
+    IGuestMemory Memory { get; }
 }
 
 /// <summary>Named per-device counters: ERR reasons, folded events, and anything a plugin wants visible.</summary>

@@ -253,7 +253,7 @@ public sealed partial class IsmDevice
             {
                 try
                 {
-                    failure = await services.UnmapAsync(ShmId.Regions, offset, entry.Region.Block.Length);
+                    failure = await services.UnmapAsync(ShmId.Regions, offset, entry.Region.Length);
                 }
                 catch (Exception ex)
                 {

@@ -127,6 +127,18 @@ public sealed partial class IsmDevice
 
         public ILogger Log => device._log;
 
-        public IGuestMemory Memory => device._services?.Memory ?? throw new InvalidOperationException("the device has no driver connected");
+        public IGuestMemory Memory => (Active ? device._services?.Memory : null) ?? NoMemory.Instance;
+    }
+
+    /// <summary>Guest memory of a context that is no longer active: nothing is mapped.</summary>
+    private sealed class NoMemory : IGuestMemory
+    {
+        public static readonly NoMemory Instance = new();
+
+        public bool TryTranslate(ulong address, ulong length, out nint host)
+        {
+            host = 0;
+            return false;
+        }
     }
 }

@@ -294,7 +294,7 @@ public sealed partial class IsmDevice : IVirtioDevice
             return false;
         }
         DeviceQueue q = _queues[index];
-        q.Stop();
+        StopQueue(index); // a restarted queue starts afresh; a control request in flight is abandoned
         ulong features = DriverFeatures;
         q.Ring.Configure(settings, Features.Has(features, Features.RingEventIdx), Features.Has(features, Features.RingIndirectDesc));
         q.Started = true;
@@ -374,7 +374,8 @@ public sealed partial class IsmDevice : IVirtioDevice
     // ---- memory accounting ----
 
     /// <summary>Returns <paramref name="block"/>'s memory and disposes it, on this device's loop
-    /// (the block belongs to this device's backend).</summary>
+    /// (the block belongs to this device's backend). While the host shuts down the block is only
+    /// disposed, so that persisted regions survive a graceful stop.</summary>
     internal void FreeBlock(IMemoryBlock block)
     {
         if (!Loop.IsOnLoop)
@@ -384,7 +385,8 @@ public sealed partial class IsmDevice : IVirtioDevice
         }
         try
         {
-            block.Release();
+            if (!Host.ShuttingDown)
+                block.Release();
         }
         catch (Exception ex)
         {

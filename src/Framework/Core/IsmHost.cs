@@ -46,6 +46,7 @@ public sealed class IsmHost : IDisposable
     private readonly ILogger _log;
     private ulong _lastDevId;
     private bool _disposed;
+    private volatile bool _shuttingDown;
 
     /// <summary>Creates the registry.</summary>
     /// <param name="options">Host settings.</param>
@@ -168,7 +169,7 @@ public sealed class IsmHost : IDisposable
                 .Select(r => new RegionSnapshot(
                     TokenHint: $"{r.Token >> 48:x4}…",
                     Size: r.Size,
-                    Length: r.Block.Length,
+                    Length: r.Length,
                     OwnerDevId: r.OwnerDevId,
                     HomeDevId: r.Home.DevId,
                     Recovered: r.Recovered,
@@ -210,9 +211,22 @@ public sealed class IsmHost : IDisposable
         return "hostname:" + Environment.MachineName;
     }
 
-    /// <summary>Removes every device and disposes the token key.</summary>
+    /// <summary>Whether <see cref="BeginShutdown"/> was called.</summary>
+    public bool ShuttingDown => _shuttingDown;
+
+    /// <summary>
+    /// The host is stopping. From now on a region whose last reference goes (transports
+    /// disconnecting, devices being removed) is only closed, never released: a persistent memory
+    /// backend keeps its contents for the next start, and every other backend's memory goes back
+    /// to the system when its descriptors close. Call it before stopping transports.
+    /// <see cref="Dispose"/> calls it too.
+    /// </summary>
+    public void BeginShutdown() => _shuttingDown = true;
+
+    /// <summary>Shuts down (<see cref="BeginShutdown"/>), removes every device and disposes the token key.</summary>
     public void Dispose()
     {
+        BeginShutdown();
         List<IsmDevice> devices;
         lock (_lock)
         {
@@ -281,9 +295,9 @@ public sealed class IsmHost : IDisposable
     /// <summary>Registers a region just allocated by <paramref name="owner"/> at <paramref name="slot"/>.</summary>
     internal Region CreateRegion(IsmDevice owner, int slot, ulong token, IMemoryBlock block, ulong size)
     {
-        var region = new Region(token, block, size, owner, recovered: false) { OwnerDevId = owner.DevId };
-        region.Entries = new() { [owner.DevId] = IsmPermissions.Read | IsmPermissions.Write | IsmPermissions.Attach | IsmPermissions.Manage };
-        region.Peers.Add(owner.DevId);
+        var region = new Region(token, block, size, owner, recovered: false);
+        region.SetOwner(owner.DevId, IsmPermissions.Read | IsmPermissions.Write | IsmPermissions.Attach | IsmPermissions.Manage);
+        region.AddPeer(owner.DevId);
         region.Refs = [new RegionRef(owner, slot)];
         lock (_lock)
             _regions.Add(token, region);
@@ -303,24 +317,19 @@ public sealed class IsmHost : IDisposable
                 return "unknown-token";
             if (region.IsReferencedBy(device))
                 return "already-attached";
-            if (region.Block.Length > device.Description.RegionSize)
+            if (region.Length > device.Description.RegionSize)
                 return "region-too-large";
             IsmPermissions perms = region.EffectiveFor(device.DevId);
             if ((perms & IsmPermissions.Attach) == 0)
                 return "denied";
             if ((perms & (IsmPermissions.Read | IsmPermissions.Write)) == 0)
                 return "no-access";
-            if (Sharing == SharingMode.Pair && !region.Peers.Contains(device.DevId) && region.Peers.Count >= 2)
+            if (Sharing == SharingMode.Pair && !region.PairAllows(device.DevId))
                 return "pair-taken";
             writable = (perms & IsmPermissions.Write) != 0;
-            region.Peers.Add(device.DevId);
+            region.AddPeer(device.DevId);
             if (region.Recovered && region.OwnerDevId == 0)
-            {
-                // Nobody manages a recovered region until its first attacher claims it.
-                region.OwnerDevId = device.DevId;
-                region.Entries ??= [];
-                region.Entries[device.DevId] = perms | IsmPermissions.Manage;
-            }
+                region.SetOwner(device.DevId, perms | IsmPermissions.Manage); // its first attacher manages a recovered region
             region.Refs = [.. region.Refs, new RegionRef(device, slot)];
             return null;
         }
@@ -366,8 +375,7 @@ public sealed class IsmHost : IDisposable
             }
             else
             {
-                region.Entries ??= [];
-                region.Entries[peer] = entry;
+                region.SetEntry(peer, entry);
                 if (denyOther)
                     region.DenyOther = true;
             }

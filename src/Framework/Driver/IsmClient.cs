@@ -118,6 +118,8 @@ public sealed class IsmClient : IDisposable
     public static IsmClient Start(IDriverTransport transport, IsmClientOptions? options = null)
     {
         options ??= new IsmClientOptions();
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.EventBufferSize, 16u, nameof(options));
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.EventBuffers, 1, nameof(options));
         ulong wanted = Features.Mask(Features.Version1);
         if (options.EventVq) wanted |= Features.Mask(Features.IsmEventVq);
         if (options.EventIrq) wanted |= Features.Mask(Features.IsmEventIrq);

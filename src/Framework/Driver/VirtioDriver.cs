@@ -48,6 +48,7 @@ public sealed class VirtioDriver
     {
         ArgumentNullException.ThrowIfNull(transport);
         ArgumentNullException.ThrowIfNull(queueCount);
+        ArgumentOutOfRangeException.ThrowIfZero(queueSize);
         transport.WriteStatus(DeviceStatus.Reset);
         if (transport.ReadStatus() != DeviceStatus.Reset)
             throw new DriverTransportException("the device did not reset (status still non-zero)");

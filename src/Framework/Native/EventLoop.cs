@@ -90,7 +90,7 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
     public IDisposable Schedule(TimeSpan due, Action callback)
     {
         ArgumentNullException.ThrowIfNull(callback);
-        var entry = new TimerEntry(callback, Environment.TickCount64 + Math.Max(0, (long)due.TotalMilliseconds));
+        var entry = new TimerEntry(callback, NowMs + Math.Max(0, (long)due.TotalMilliseconds));
         Post(() => _timers.Enqueue(entry, entry.Due));
         return entry;
     }
@@ -108,6 +108,13 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
             if (watch.RefAdded) watch.Fd.DangerousRelease();
         }
     }
+
+    /// <summary>Milliseconds from a precise monotonic clock. Environment.TickCount64 reads
+    /// CLOCK_MONOTONIC_COARSE on Linux, which advances in kernel ticks (4 ms at HZ=250): a 1 ms timer
+    /// would fire after up to 4 ms, with epoll_wait(1) spinning until the tick.</summary>
+    private static long NowMs => System.Diagnostics.Stopwatch.GetTimestamp() / TicksPerMs;
+
+    private static readonly long TicksPerMs = Math.Max(1, System.Diagnostics.Stopwatch.Frequency / 1000);
 
     private void Run()
     {
@@ -155,7 +162,7 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
 
     private void RunTimers()
     {
-        long now = Environment.TickCount64;
+        long now = NowMs;
         while (_timers.TryPeek(out TimerEntry? t, out long due) && due <= now)
         {
             _timers.Dequeue();
@@ -169,7 +176,7 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
         while (_timers.TryPeek(out TimerEntry? t, out long due))
         {
             if (t.Cancelled) { _timers.Dequeue(); continue; }
-            return (int)Math.Clamp(due - Environment.TickCount64, 0, int.MaxValue);
+            return (int)Math.Clamp(due - NowMs, 0, int.MaxValue);
         }
         return -1;
     }

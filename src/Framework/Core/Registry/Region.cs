@@ -19,6 +19,9 @@ internal sealed class Region(ulong token, IMemoryBlock block, ulong size, IsmDev
     /// <summary>The backing memory.</summary>
     public IMemoryBlock Block { get; } = block;
 
+    /// <summary>The backing's length (what every device maps).</summary>
+    public ulong Length { get; } = block.Length;
+
     /// <summary>Bytes the allocator asked for (the block length for a recovered region).</summary>
     public ulong Size { get; } = size;
 
@@ -28,8 +31,14 @@ internal sealed class Region(ulong token, IMemoryBlock block, ulong size, IsmDev
     /// <summary>Whether the region came from <see cref="IMemoryBackend.Recover"/>.</summary>
     public bool Recovered { get; } = recovered;
 
-    /// <summary>The devid holding MANAGE by default (0 for a recovered region nobody attached yet).</summary>
-    public ulong OwnerDevId;
+    /// <summary>The devid that holds MANAGE by default (0 for a recovered region nobody attached yet).</summary>
+    public ulong OwnerDevId { get; private set; }
+
+    /// <summary>The owner's own entry (kept out of <see cref="_entries"/>: most regions have no other).</summary>
+    private IsmPermissions _owner;
+
+    /// <summary>Per-device entries other than the owner's; null until a GRANT names another device.</summary>
+    private Dictionary<ulong, IsmPermissions>? _entries;
 
     /// <summary>The default entry (peer devid 0).</summary>
     public IsmPermissions Default = IsmPermissions.Read | IsmPermissions.Write | IsmPermissions.Attach;
@@ -37,11 +46,8 @@ internal sealed class Region(ulong token, IMemoryBlock block, ulong size, IsmDev
     /// <summary>Whether devices without their own entry are denied attach (VIRTIO_ISM_PERM_DENY_OTHER).</summary>
     public bool DenyOther;
 
-    /// <summary>Per-device entries.</summary>
-    public Dictionary<ulong, IsmPermissions>? Entries;
-
-    /// <summary>Every devid that ever referenced the region (the pair rule limits it to two).</summary>
-    public readonly HashSet<ulong> Peers = [];
+    /// <summary>The first two devices that ever referenced the region (the pair rule; 0 = none yet).</summary>
+    private ulong _peerA, _peerB;
 
     /// <summary>Current references; replaced, never mutated.</summary>
     public volatile RegionRef[] Refs = [];
@@ -49,14 +55,51 @@ internal sealed class Region(ulong token, IMemoryBlock block, ulong size, IsmDev
     /// <summary>Set once the region left the registry.</summary>
     public bool Freed;
 
+    /// <summary>Makes <paramref name="devId"/> the owner with <paramref name="permissions"/> as its entry.</summary>
+    /// <param name="devId">The owner.</param>
+    /// <param name="permissions">Its entry.</param>
+    public void SetOwner(ulong devId, IsmPermissions permissions)
+    {
+        OwnerDevId = devId;
+        _owner = permissions;
+    }
+
+    /// <summary>Sets the per-device entry of <paramref name="devId"/> (not 0).</summary>
+    /// <param name="devId">A devid.</param>
+    /// <param name="permissions">Its entry.</param>
+    public void SetEntry(ulong devId, IsmPermissions permissions)
+    {
+        if (devId == OwnerDevId)
+            _owner = permissions;
+        else
+            (_entries ??= [])[devId] = permissions;
+    }
+
     /// <summary>The permissions that apply to <paramref name="devId"/>.</summary>
     /// <param name="devId">A devid.</param>
     /// <returns>Its own entry, else the default entry (without ATTACH when DENY_OTHER is set).</returns>
     public IsmPermissions EffectiveFor(ulong devId)
     {
-        if (Entries is not null && Entries.TryGetValue(devId, out IsmPermissions own))
+        if (devId == OwnerDevId && devId != 0)
+            return _owner;
+        if (_entries is not null && _entries.TryGetValue(devId, out IsmPermissions own))
             return own;
         return DenyOther ? Default & ~IsmPermissions.Attach : Default;
+    }
+
+    /// <summary>Whether <paramref name="devId"/> may reference the region under the pair rule:
+    /// it did before, or fewer than two devices ever did.</summary>
+    /// <param name="devId">A devid.</param>
+    public bool PairAllows(ulong devId) => _peerB == 0 || devId == _peerA || devId == _peerB;
+
+    /// <summary>Records that <paramref name="devId"/> references the region (for the pair rule).</summary>
+    /// <param name="devId">A devid.</param>
+    public void AddPeer(ulong devId)
+    {
+        if (_peerA == 0)
+            _peerA = devId;
+        else if (_peerB == 0 && devId != _peerA)
+            _peerB = devId;
     }
 
     /// <summary>Whether <paramref name="device"/> references the region now.</summary>

@@ -281,14 +281,16 @@ public sealed class VhostUserFrontend : IDriverTransport
         Send(FrontendRequest.SetFeatures, U64Payload.ToBytes(features));
         if (Has(ProtocolFeature.Status)) AddStatus(DeviceStatus.FeaturesOk);
         SendMemory();
+        // The order QEMU 11.1.3 was seen to use: rings the driver set up, enable every ring, then call fds.
         for (int i = 0; i < QueueCount; i++)
             if (_queues[i] is not null) SendRing(i);
-        for (int i = 0; i < QueueCount; i++)
-            Send(FrontendRequest.SetVringCall, U64Payload.ToBytes((ulong)i), [_calls[i].Handle]);
         if ((_deviceFeatures & ProtocolFeaturesBit) != 0)
             for (int i = 0; i < QueueCount; i++)
                 Send(FrontendRequest.SetVringEnable, new VringState((uint)i, 1).ToBytes());
-        if (Has(ProtocolFeature.Status)) AddStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.DriverOk);
+        for (int i = 0; i < QueueCount; i++)
+            Send(FrontendRequest.SetVringCall, U64Payload.ToBytes((ulong)i), [_calls[i].Handle]);
+        if (Has(ProtocolFeature.Status) && _options.SendStartStopStatus)
+            AddStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.DriverOk);
         IsStarted = true;
     }
 
@@ -296,14 +298,21 @@ public sealed class VhostUserFrontend : IDriverTransport
     {
         if (IsStarted)
         {
+            // QEMU 11.1.3's vhost_dev_stop for this device: disable every ring, then GET_VRING_BASE.
+            if ((_deviceFeatures & ProtocolFeaturesBit) != 0)
+                for (int i = 0; i < QueueCount; i++)
+                    Send(FrontendRequest.SetVringEnable, new VringState((uint)i, 0).ToBytes());
             for (int i = 0; i < QueueCount; i++)
             {
                 if (!_queueSent[i]) continue;
                 Request(FrontendRequest.GetVringBase, new VringState((uint)i, 0).ToBytes());
                 _queueSent[i] = false;
             }
-            if (Has(ProtocolFeature.Status)) Send(FrontendRequest.SetStatus, U64Payload.ToBytes(0));
-            else if (Has(ProtocolFeature.ResetDevice)) Send(FrontendRequest.ResetDevice, []);
+            if (_options.SendStartStopStatus)
+            {
+                if (Has(ProtocolFeature.Status)) Send(FrontendRequest.SetStatus, U64Payload.ToBytes(0));
+                else if (Has(ProtocolFeature.ResetDevice)) Send(FrontendRequest.ResetDevice, []);
+            }
             IsStarted = false;
         }
         _windows.DropAll(); // virtio_reset drops every shared memory mapping

@@ -257,6 +257,8 @@ public sealed class HostRuntime : IAsyncDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        // Regions dropped from here on are closed, not released: persisted ones survive the stop.
+        Ism.BeginShutdown();
         if (_status is not null)
             await Quietly("status socket", async () => await _status.DisposeAsync().ConfigureAwait(false)).ConfigureAwait(false);
         IReadOnlyList<RunningDevice> devices = Devices;
