@@ -10,26 +10,31 @@ public sealed class OneGuestTests(ITestOutputHelper testOutput)
 
     private static readonly TimeSpan Boot = TimeSpan.FromMinutes(5);
 
+    /// <summary>Boots a guest on <paramref name="device"/> (no event channel: the controlq only)
+    /// running <paramref name="flow"/> with vism-guest's set-up steps logged.</summary>
+    private QemuGuest Start(VismRig vism, Vism.Core.IsmDevice device, string socket, string flow) =>
+        QemuGuest.Start(new QemuGuestOptions
+        {
+            Name = device.Description.Name,
+            VhostUserSocket = socket,
+            Queues = vism.On(() => device.QueueCount),
+            Timeout = Boot,
+            Variables = new Dictionary<string, string> { ["verbose"] = "1" },
+            Flow = flow,
+        }, _log);
+
     [SkippableFact]
     public async Task Guest_AllocatesWritesAndReadsARegion_ThenDetachFreesIt()
     {
         await using var vism = new VismRig(_log);
         var (device, socket) = vism.AddDevice("a");
-        await using var guest = QemuGuest.Start(new QemuGuestOptions
-        {
-            Name = "a",
-            VhostUserSocket = socket,
-            Queues = vism.On(() => device.QueueCount), // no event channel: the controlq only
-            Timeout = Boot,
-            Variables = new Dictionary<string, string> { ["verbose"] = "1" },
-            Flow = """
-                   info
-                   alloc 64K
-                   write $offset hello through vism
-                   read $offset 64
-                   detach $offset
-                   """,
-        }, _log);
+        await using var guest = Start(vism, device, socket, """
+            info
+            alloc 64K
+            write $offset hello through vism
+            read $offset 64
+            detach $offset
+            """);
         GuestRun run = await guest.Completion;
         _log(run.ToString());
         _log(vism.DescribeCounters());
@@ -51,19 +56,12 @@ public sealed class OneGuestTests(ITestOutputHelper testOutput)
     {
         await using var vism = new VismRig(_log);
         var (device, socket) = vism.AddDevice("a");
-        await using var guest = QemuGuest.Start(new QemuGuestOptions
-        {
-            Name = "a",
-            VhostUserSocket = socket,
-            Queues = vism.On(() => device.QueueCount),
-            Timeout = Boot,
-            Flow = """
-                   alloc 64K
-                   write $offset written by the guest
-                   poll --timeout 240 $offset+4096 written by vism
-                   detach $offset
-                   """,
-        }, _log);
+        await using var guest = Start(vism, device, socket, """
+            alloc 64K
+            write $offset written by the guest
+            poll --timeout 240 $offset+4096 written by vism
+            detach $offset
+            """);
 
         string alloc = await guest.WaitForLineAsync(l => l.StartsWith("alloc ", StringComparison.Ordinal), Boot);
         await guest.WaitForLineAsync(l => l.StartsWith("write ", StringComparison.Ordinal), Boot);

@@ -321,17 +321,31 @@ static int cmd_alloc_attach(struct ctx *c, int argc, char **argv, int attach)
     return EXIT_OK;
 }
 
+/* Parses "CMD [--timeout S] ARGS...": sets *timeout when the option is there and checks the
+ * number of ARGS (exactly `args`, or at least `args` with `more`). Returns the index of the first
+ * of ARGS, or -1 after printing the usage or the bad number. */
+static int timeout_args(int argc, char **argv, double *timeout, int args, int more, const char *usage_text)
+{
+    int first = 1;
+    if (argc > 2 && strcmp(argv[1], "--timeout") == 0) {
+        if (parse_seconds(argv[0], argv[2], timeout))
+            return -1;
+        first = 3;
+    }
+    int n = argc - first;
+    if (more ? n < args : n != args) {
+        errorf("usage: %s", usage_text);
+        return -1;
+    }
+    return first;
+}
+
 static int cmd_wait(struct ctx *c, int argc, char **argv)
 {
     double timeout = 30;
     int rc;
-    if (argc == 3 && strcmp(argv[1], "--timeout") == 0) {
-        if ((rc = parse_seconds("wait", argv[2], &timeout)))
-            return rc;
-    } else if (argc != 1) {
-        errorf("usage: wait [--timeout S]");
+    if (timeout_args(argc, argv, &timeout, 0, 0, "wait [--timeout S]") < 0)
         return EXIT_USAGE;
-    }
     if ((rc = need_device(c)))
         return rc;
     static struct ism_event ev;
@@ -353,16 +367,9 @@ static int cmd_wait(struct ctx *c, int argc, char **argv)
 static int cmd_poll(struct ctx *c, int argc, char **argv)
 {
     double timeout = 30;
-    int first = 1, rc;
-    if (argc > 2 && strcmp(argv[1], "--timeout") == 0) {
-        if ((rc = parse_seconds("poll", argv[2], &timeout)))
-            return rc;
-        first = 3;
-    }
-    if (argc - first < 2) {
-        errorf("usage: poll [--timeout S] OFFSET TEXT");
+    int rc, first = timeout_args(argc, argv, &timeout, 2, 1, "poll [--timeout S] OFFSET TEXT");
+    if (first < 0)
         return EXIT_USAGE;
-    }
     uint64_t offset;
     char want[4096], seen[4096];
     join(argc, argv, first + 1, want, sizeof want);
@@ -394,14 +401,8 @@ static int cmd_poll(struct ctx *c, int argc, char **argv)
 static int cmd_pause(int argc, char **argv)
 {
     double timeout = -1;
-    int rc;
-    if (argc == 3 && strcmp(argv[1], "--timeout") == 0) {
-        if ((rc = parse_seconds("pause", argv[2], &timeout)))
-            return rc;
-    } else if (argc != 1) {
-        errorf("usage: pause [--timeout S]");
+    if (timeout_args(argc, argv, &timeout, 0, 0, "pause [--timeout S]") < 0)
         return EXIT_USAGE;
-    }
     fflush(stdout);
     double deadline = now_seconds() + timeout;
     for (;;) {
@@ -450,16 +451,9 @@ static int run_command(struct ctx *c, int argc, char **argv)
     }
     if (strcmp(cmd, "notify") == 0) {
         double timeout = 1;
-        int first = 1, taken;
-        if (argc == 4 && strcmp(argv[1], "--timeout") == 0) {
-            if ((rc = parse_seconds("notify", argv[2], &timeout)))
-                return rc;
-            first = 3;
-        }
-        if (argc != first + 1) {
-            errorf("usage: notify [--timeout S] OFFSET");
+        int taken, first = timeout_args(argc, argv, &timeout, 1, 0, "notify [--timeout S] OFFSET");
+        if (first < 0)
             return EXIT_USAGE;
-        }
         if ((rc = parse_number(cmd, argv[first], &a)) || (rc = need_device(c)) || (rc = ism_notify(&c->m, a, timeout, &b, &taken)))
             return rc;
         printf("notify offset=0x%llx slot=%llu taken=%s\n", (unsigned long long)a, (unsigned long long)b, taken ? "yes" : "no");
