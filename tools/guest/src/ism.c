@@ -38,7 +38,7 @@ static int post_event_buffer(struct ism *m, int buf)
         errorf("eventq has no room for buffer %d", buf);
         return EXIT_DEVICE;
     }
-    m->ev_head_to_buf[head] = buf;
+    m->ev_head_to_buf[head] = buf + 1;
     return EXIT_OK;
 }
 
@@ -185,8 +185,10 @@ static int ctrl(struct ism *m, const char *what, uint8_t cls, const void *data, 
         errorf("%s: the device refused the request (ack %u = VIRTIO_ISM_ERR)", what, ack);
         return EXIT_ERR_ACK;
     }
-    if (e.len < 1 + rlen)
-        debugf("%s: the device reported %u bytes written, %zu expected", what, e.len, 1 + rlen);
+    if (e.len < 1 + rlen) {
+        errorf("%s: the device wrote %u bytes (used length); the ack and reply are %zu", what, e.len, 1 + rlen);
+        return EXIT_DEVICE;
+    }
     if (rlen)
         memcpy(reply, m->ctrl_in + 1, rlen);
     return EXIT_OK;
@@ -370,11 +372,12 @@ int ism_wait(struct ism *m, double timeout, struct ism_event *ev)
         }
         sleep_ms(spin < 100 ? 0 : 2);
     }
-    if (e.id >= q->size) {
-        errorf("wait: the device returned descriptor %u of a %u-entry eventq", e.id, q->size);
+    if (e.id >= q->size || m->ev_head_to_buf[e.id] == 0) {
+        errorf("wait: the device returned eventq descriptor %u, which holds no posted buffer", e.id);
         return EXIT_DEVICE;
     }
-    int buf = m->ev_head_to_buf[e.id];
+    int buf = m->ev_head_to_buf[e.id] - 1;
+    m->ev_head_to_buf[e.id] = 0;
     vq_free_chain(q, (uint16_t)e.id);
     uint32_t len = e.len < ISM_EVENT_BUFFER_SIZE ? e.len : ISM_EVENT_BUFFER_SIZE;
     int rc = EXIT_OK;

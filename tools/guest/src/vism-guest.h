@@ -217,7 +217,7 @@ struct ism {
     uint64_t ctrl_out_pa, ctrl_in_pa;
     uint8_t *ev_buf[ISM_EVENT_BUFFERS];
     uint64_t ev_pa[ISM_EVENT_BUFFERS];
-    int ev_head_to_buf[1024];           /* descriptor head -> event buffer */
+    int ev_head_to_buf[1024];           /* descriptor head -> event buffer + 1 (0: not in flight) */
     struct ism_region known[ISM_MAX_KNOWN]; /* regions this process allocated or attached */
     int nknown;
 };
