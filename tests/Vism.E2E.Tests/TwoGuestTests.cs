@@ -101,5 +101,8 @@ public sealed class TwoGuestTests(ITestOutputHelper testOutput)
         }
         Assert.Equal(2, whileRunning.Devices.Single(d => d.Name == "a").Counters.GetValueOrDefault("regions.freed"));
         Assert.Empty(after.Regions);
+
+        // vism stops cleanly after serving the guests (SIGTERM, exit 0).
+        Assert.Equal(0, await vism.StopAsync());
     }
 }
