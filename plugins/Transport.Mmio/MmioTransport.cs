@@ -17,8 +17,7 @@ public sealed class MmioTransport : ITransport
     private readonly IDeviceCounters _counters;
     private readonly ILogger _log;
     private IVirtioDevice? _device;
-    private UnixSocket? _listener;
-    private IDisposable? _watch;
+    private LoopListener? _listener;
     private MmioConnection? _connection;
     private bool _disposed;
 
@@ -58,41 +57,34 @@ public sealed class MmioTransport : ITransport
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_device is not null) throw new InvalidOperationException("the transport is already started");
         _device = device;
-        _listener = UnixSocket.Listen(Endpoint);
-        Fd.SetNonBlocking(_listener.Handle);
-        _watch = _loop.WatchReadable(_listener.Handle, OnAcceptable);
+        _listener = LoopListener.Start(Endpoint, _loop, OnAccepted, OnAcceptFailed);
         _log.LogInformation("{Device}: serving the MMIO register window on {Endpoint}", device.Description.Name, Endpoint);
     }
 
-    private void OnAcceptable()
+    private void OnAcceptFailed(PosixException ex)
     {
-        if (_listener is null || _device is null) return;
-        while (true)
+        _counters.Increment("mmio.accept.failed");
+        _log.LogWarning("{Device}: accept failed: {Error}", _device?.Description.Name, ex.Message);
+    }
+
+    private void OnAccepted(UnixSocket socket)
+    {
+        if (_device is null)
         {
-            UnixSocket? socket;
-            try
-            {
-                socket = _listener.Accept(nonBlocking: true);
-            }
-            catch (PosixException ex)
-            {
-                _counters.Increment("mmio.accept.failed");
-                _log.LogWarning("{Device}: accept failed: {Error}", _device.Description.Name, ex.Message);
-                return;
-            }
-            if (socket is null) return;
-            if (_connection is not null)
-            {
-                _counters.Increment("mmio.vmm.rejected");
-                _log.LogWarning("{Device}: a second VMM connected while one is attached; turned away", _device.Description.Name);
-                MmioConnection.RejectBusy(socket, $"device {_device.Description.Name} already has a VMM");
-                socket.Dispose();
-                continue;
-            }
-            _counters.Increment("mmio.vmm.connected");
-            _connection = new MmioConnection(socket, _device, _options, _counters, _log, OnClosed);
-            _connection.Start();
+            socket.Dispose();
+            return;
         }
+        if (_connection is not null)
+        {
+            _counters.Increment("mmio.vmm.rejected");
+            _log.LogWarning("{Device}: a second VMM connected while one is attached; turned away", _device.Description.Name);
+            MmioConnection.RejectBusy(socket, $"device {_device.Description.Name} already has a VMM");
+            socket.Dispose();
+            return;
+        }
+        _counters.Increment("mmio.vmm.connected");
+        _connection = new MmioConnection(socket, _device, _options, _counters, _log, OnClosed);
+        _connection.Start();
     }
 
     private void OnClosed(MmioConnection connection)
@@ -107,23 +99,10 @@ public sealed class MmioTransport : ITransport
         _disposed = true;
         await _loop.InvokeAsync(() =>
         {
-            _watch?.Dispose();
-            _watch = null;
             _connection?.Dispose();
             _connection = null;
-            if (_listener is not null)
-            {
-                _listener.Dispose();
-                _listener = null;
-                try
-                {
-                    File.Delete(Endpoint);
-                }
-                catch (IOException)
-                {
-                    // Gone already.
-                }
-            }
+            _listener?.Dispose();
+            _listener = null;
         }).ConfigureAwait(false);
     }
 }

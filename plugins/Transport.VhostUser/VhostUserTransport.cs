@@ -21,8 +21,7 @@ public sealed class VhostUserTransport : ITransport
     private readonly ILogger _log;
     private readonly HashSet<WindowMapping> _stale = [];
     private IVirtioDevice? _device;
-    private UnixSocket? _listener;
-    private IDisposable? _listenWatch;
+    private LoopListener? _listener;
     private VhostUserSession? _session;
     private bool _disposed;
 
@@ -63,19 +62,8 @@ public sealed class VhostUserTransport : ITransport
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_device is not null) throw new InvalidOperationException($"{_description.Name}: the transport is already started");
         CheckLayout(device, _options.Vectors);
-        UnixSocket listener = UnixSocket.Listen(Endpoint);
-        try
-        {
-            Fd.SetNonBlocking(listener.Handle);
-            _listenWatch = _loop.WatchReadable(listener.Handle, OnAcceptable);
-        }
-        catch
-        {
-            listener.Dispose();
-            throw;
-        }
-        _listener = listener;
         _device = device;
+        _listener = LoopListener.Start(Endpoint, _loop, OnAccepted, OnAcceptFailed);
         _log.LogInformation("{Device}: vhost-user backend listening on {Endpoint} ({Queues} queues, {Vectors} vectors)",
             _description.Name, Endpoint, device.QueueCount + _options.Vectors, _options.Vectors);
     }
@@ -106,40 +94,33 @@ public sealed class VhostUserTransport : ITransport
                 $"{name}: the shared memory windows add up to {total} bytes; QEMU puts them in one PCI BAR, whose size must be a power of two");
     }
 
-    private void OnAcceptable()
+    private void OnAcceptFailed(PosixException ex) =>
+        _log.LogError("{Device}: accept on {Endpoint} failed: {Error}", _description.Name, Endpoint, ex.Message);
+
+    private void OnAccepted(UnixSocket socket)
     {
-        if (_listener is null || _device is null) return;
-        while (true)
+        if (_device is null)
         {
-            UnixSocket? socket;
-            try
-            {
-                socket = _listener.Accept(nonBlocking: true);
-            }
-            catch (PosixException ex)
-            {
-                _log.LogError("{Device}: accept on {Endpoint} failed: {Error}", _description.Name, Endpoint, ex.Message);
-                return;
-            }
-            if (socket is null) return;
-            if (IsConnected)
-            {
-                _counters.Increment("vhost-user.rejected-connections");
-                _log.LogWarning("{Device}: refused a second frontend on {Endpoint}: one is connected", _description.Name, Endpoint);
-                socket.Dispose();
-                continue;
-            }
-            _counters.Increment("vhost-user.connections");
-            _log.LogInformation("{Device}: frontend connected on {Endpoint}", _description.Name, Endpoint);
-            try
-            {
-                _session = new VhostUserSession(this, _device, socket, _options, _loop, _log, _counters);
-            }
-            catch (Exception ex) when (ex is PosixException or IOException)
-            {
-                _log.LogError("{Device}: could not set up the connection: {Error}", _description.Name, ex.Message);
-                socket.Dispose();
-            }
+            socket.Dispose();
+            return;
+        }
+        if (IsConnected)
+        {
+            _counters.Increment("vhost-user.rejected-connections");
+            _log.LogWarning("{Device}: refused a second frontend on {Endpoint}: one is connected", _description.Name, Endpoint);
+            socket.Dispose();
+            return;
+        }
+        _counters.Increment("vhost-user.connections");
+        _log.LogInformation("{Device}: frontend connected on {Endpoint}", _description.Name, Endpoint);
+        try
+        {
+            _session = new VhostUserSession(this, _device, socket, _options, _loop, _log, _counters);
+        }
+        catch (Exception ex) when (ex is PosixException or IOException)
+        {
+            _log.LogError("{Device}: could not set up the connection: {Error}", _description.Name, ex.Message);
+            socket.Dispose();
         }
     }
 
@@ -171,14 +152,8 @@ public sealed class VhostUserTransport : ITransport
             _disposed = true;
             _session?.Close("the transport stopped");
             _session = null;
-            _listenWatch?.Dispose();
-            _listenWatch = null;
-            if (_listener is not null)
-            {
-                _listener.Dispose();
-                _listener = null;
-                try { File.Delete(Endpoint); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            }
+            _listener?.Dispose();
+            _listener = null;
         }).ConfigureAwait(false);
     }
 }

@@ -23,7 +23,6 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
     {
         _plugins = plugins;
         _catalog = PluginCatalog.Load(plugins.SearchPaths, NullLogger.Instance);
-        DriverConnectors.Register("mem", d => (IDriverTransport)((dynamic)d.Transport!).Driver);
     }
 
     public void Dispose()
@@ -95,8 +94,8 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
     public async Task Two_composed_devices_share_a_region_backed_by_the_third_party_memory_plugin()
     {
         await using HostRuntime runtime = await HostRuntime.StartAsync(Config(Toml()), NullLoggerFactory.Instance);
-        using IsmClient a = IsmClient.Start(DriverConnectors.Connect(runtime.Devices[0]));
-        using IsmClient b = IsmClient.Start(DriverConnectors.Connect(runtime.Devices[1]));
+        using IsmClient a = IsmClient.Start(runtime.Devices[0].ConnectDriver());
+        using IsmClient b = IsmClient.Start(runtime.Devices[1].ConnectDriver());
 
         AllocReply alloc = a.Alloc(a.RegionSize);
         Assert.True(alloc.Ok);
@@ -127,7 +126,7 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
         string socket = Path.Combine(_dir["state"], StatusSocket.FileName);
         try
         {
-            using IsmClient a = IsmClient.Start(DriverConnectors.Connect(runtime.Devices[0]));
+            using IsmClient a = IsmClient.Start(runtime.Devices[0].ConnectDriver());
             Assert.True(a.Alloc(a.RegionSize).Ok);
 
             string? json = StatusSocket.TryRead(socket, Wait);

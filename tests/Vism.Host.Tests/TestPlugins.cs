@@ -170,6 +170,12 @@ public static partial class TestPluginSources
             public void Start(IVirtioDevice device) { Inner.Start(device); Started = true; }
             public System.Threading.Tasks.ValueTask DisposeAsync() { Disposed = true; return Inner.DisposeAsync(); }
         }
+        // The driver side of "mem", found by the host in this assembly (a third-party transport's connector).
+        public sealed class MemConnector : IDriverConnector
+        {
+            public string TransportKind => "mem";
+            public IDriverTransport Connect(DriverTarget target) => ((MemTransport)target.Transport!).Driver;
+        }
         public enum EventMode { Vq, Irq }
         public sealed class MemEventsOptions { public EventMode Mode { get; set; } = EventMode.Vq; }
         public sealed class MemEvents(MemEventsOptions options) : IEventChannel

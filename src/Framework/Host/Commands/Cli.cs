@@ -19,7 +19,7 @@ public static class ExitCodes
     public const int BadConfig = 2;
 }
 
-/// <summary>The <c>vism</c> command line: run, validate, plugins, status, demo, --version, --help.</summary>
+/// <summary>The <c>vism</c> command line: run, validate, plugins, status, demo, matrix, --version, --help.</summary>
 public static class Cli
 {
     /// <summary>Builds the command tree writing to <paramref name="output"/> and <paramref name="error"/>.</summary>
@@ -73,6 +73,8 @@ public static class Cli
         status.Add(json);
         status.SetAction((r, ct) => StatusCommand.RunAsync(r.GetValue(stateDir), r.GetValue(statusConfig), r.GetValue(json), output, error, ct));
         root.Add(status);
+
+        root.Add(MatrixCommand.Create(plugins, output, error));
         return root;
     }
 

@@ -32,9 +32,10 @@ public static class DemoCommand
                 return ExitCodes.BadConfig;
             }
             foreach (DeviceSettings d in config.Devices.Take(2))
-                if (!DriverConnectors.Supports(d.Transport.Registration.Name))
+                if (DriverConnectors.Find(d.Transport.Registration.Name, d.Transport.Registration.Implementation.Assembly) is null)
                 {
-                    error.WriteLine($"vism demo: device {d.Name}: the demo has no built-in driver for transport '{d.Transport.Registration.Name}' (it has: {string.Join(", ", DriverConnectors.Kinds)})");
+                    error.WriteLine($"vism demo: device {d.Name}: nothing can drive transport '{d.Transport.Registration.Name}': it is not one of " +
+                        $"{string.Join(", ", DriverConnectors.BuiltIn.Select(c => c.TransportKind))} and its plugin ships no IDriverConnector");
                     return ExitCodes.Failed;
                 }
             var demo = new Demo(output);
@@ -149,7 +150,7 @@ public static class DemoCommand
 
         private IsmClient Connect(string peer, RunningDevice device)
         {
-            IDriverTransport transport = DriverConnectors.Connect(device);
+            IDriverTransport transport = device.ConnectDriver();
             IsmClient client;
             try
             {

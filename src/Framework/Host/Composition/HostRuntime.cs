@@ -284,6 +284,10 @@ public sealed class HostRuntime : IAsyncDisposable
             await Quietly($"device {d.Settings.Name}: disposing its scope", () => { d.Scope.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         await Quietly("registry", () => { Ism.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         await Quietly("loops", () => { _loops.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
+        // Scopes go after the loops: a scope disposes the loop it handed out (a factory registration),
+        // and a loop is shared by several devices when there are more devices than loops.
+        foreach (RunningDevice d in devices)
+            await Quietly($"device {d.Settings.Name}: disposing its scope", () => { d.Scope.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         await _services.DisposeAsync().ConfigureAwait(false);
     }
 

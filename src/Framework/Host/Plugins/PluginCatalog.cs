@@ -37,7 +37,7 @@ public sealed record PluginFailure(string Name, string Path, string Reason)
 /// Finds and loads plugins. A plugin is a folder holding <c>&lt;Folder&gt;.dll</c> (what
 /// <c>dotnet publish</c> of a plugin project produces); a search path is either such a folder or a
 /// folder of them. Each plugin gets its own load context (McMaster.NETCore.Plugins) in which the
-/// contract (Vism.Abstractions), logging and DI abstractions are shared with the host. A plugin that
+/// contract (Vism.Abstractions), logging and DI abstractions, and the driver side (Vism.Driver) are shared with the host. A plugin that
 /// fails in any way (missing dependency, other contract version, throwing constructor or Register,
 /// a kind already taken) is recorded in <see cref="Failures"/> and leaves no registration behind.
 /// </summary>
@@ -46,7 +46,9 @@ public sealed partial class PluginCatalog : IDisposable
     /// <summary>Keys of a plugin section the host consumes itself.</summary>
     public static readonly IReadOnlySet<string> ReservedKeys = new HashSet<string>(StringComparer.Ordinal) { "kind" };
 
-    private static readonly Type[] SharedTypes = [typeof(IVismPlugin), typeof(ILogger), typeof(IServiceCollection)];
+    // Vism.Driver is shared too: a transport plugin may ship a Vism.Driver.IDriverConnector (its driver side
+    // for `vism demo` and `vism matrix`), which the host must see as the same interface.
+    private static readonly Type[] SharedTypes = [typeof(IVismPlugin), typeof(ILogger), typeof(IServiceCollection), typeof(Vism.Driver.IDriverConnector)];
 
     private readonly List<PluginLoader> _loaders = [];
     private readonly List<PluginInfo> _plugins = [];

@@ -1,0 +1,47 @@
+using Xunit.Abstractions;
+
+namespace Vism.Conformance.Tests;
+
+/// <summary>The whole suite over the in-repo plugins, composed by <see cref="DirectComposer"/> as a
+/// plugin author's tests would: every check passes or does not apply, on every combination.</summary>
+public sealed class SuiteTests(ITestOutputHelper output)
+{
+    public static TheoryData<string, string, string> FileMemory => Rows("file");
+
+    public static TheoryData<string, string, string> HugetlbMemory => Rows("hugetlb");
+
+    private static TheoryData<string, string, string> Rows(string memory)
+    {
+        var rows = new TheoryData<string, string, string>();
+        foreach (string transport in new[] { "in-memory", "vhost-user", "mmio" })
+            foreach (string events in new[] { "vq", "irq", "none" })
+                rows.Add(transport, memory, events);
+        return rows;
+    }
+
+    private async Task RunAll(string transport, string memory, string events)
+    {
+        var runner = new ConformanceRunner(InRepoPlugins.Composer(), NullLoggerFactory.Instance);
+        MatrixReport report = await runner.RunAsync([new Combination(transport, memory, events)], ConformanceSuite.All);
+        var text = new StringWriter();
+        Reports.TableReport.Write(report, text);
+        output.WriteLine(text.ToString());
+        Assert.False(report.AnyFailed, report.FailureSummary());
+        Assert.False(report.AnySkipped, text.ToString());
+        // What does not apply is only what the events kind does not offer.
+        int notApplicable = report.Count(Outcome.NotApplicable);
+        Assert.Equal(events switch { "vq" => 3, "irq" => 3, _ => 11 }, notApplicable);
+    }
+
+    [Theory]
+    [MemberData(nameof(FileMemory))]
+    public Task Every_check_passes_or_does_not_apply_on_file_memory(string transport, string memory, string events) => RunAll(transport, memory, events);
+
+    [SkippableTheory]
+    [MemberData(nameof(HugetlbMemory))]
+    public Task Every_check_passes_or_does_not_apply_on_hugetlb_memory(string transport, string memory, string events)
+    {
+        Machine.RequireHugePages(InRepoPlugins.HugePages);
+        return RunAll(transport, memory, events);
+    }
+}
