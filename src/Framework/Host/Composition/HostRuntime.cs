@@ -278,10 +278,6 @@ public sealed class HostRuntime : IAsyncDisposable
                 await Quietly($"device {name}: disposing memory", () => d.Loop.InvokeAsync(memory.Dispose)).ConfigureAwait(false);
             _log.LogInformation("device {Name}: stopped", name);
         }
-        // A scope disposes what its factories returned, the device's loop included; devices share
-        // loops, so no scope may go before every device has stopped.
-        foreach (RunningDevice d in devices)
-            await Quietly($"device {d.Settings.Name}: disposing its scope", () => { d.Scope.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         await Quietly("registry", () => { Ism.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         await Quietly("loops", () => { _loops.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         // Scopes go after the loops: a scope disposes the loop it handed out (a factory registration),
