@@ -636,6 +636,10 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
             _counters.Increment("vhost-user.kicks-ignored");
             return;
         }
+        // Notify writes the driver made before this kick are routed before the requests the kick
+        // announces: a guest that notifies and then detaches must not lose its update.
+        if (_poller is not null && _device.SlotsInUse > 0)
+            _poller.Scan();
         _poller?.Activity();
         _device.NotifyQueue(index);
     }

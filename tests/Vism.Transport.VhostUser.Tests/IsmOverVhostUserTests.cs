@@ -65,14 +65,14 @@ internal sealed class IsmRig : IAsyncDisposable
 
     public IsmHost Host { get; }
 
-    public IsmPeer Add(string name, bool connect = true)
+    public IsmPeer Add(string name, bool connect = true, int notifyPollFastMs = 1, int notifyPollSlowMs = 50)
     {
         EventLoop loop = _loops[_peers.Count % _loops.Length];
         DeviceDescription description = DeviceLayout.Compute(name, Virtio.IsmDeviceId, 16 * MiB, MiB, 1);
         var counters = new DeviceCounters();
         var events = new VectorChannel();
         IsmDevice device = Host.AddDevice(description, loop, new InMemoryBackend(64 * MiB), events, counters);
-        var options = new VhostUserOptions { SocketPath = _dir[name + ".sock"], Vectors = Vectors };
+        var options = new VhostUserOptions { SocketPath = _dir[name + ".sock"], Vectors = Vectors, NotifyPollFastMs = notifyPollFastMs, NotifyPollSlowMs = notifyPollSlowMs };
         var host = new HostDescription { Gid = Host.Gid, StateDirectory = _dir.Path, SocketDirectory = _dir.Path };
         var log = new ListLogger<VhostUserTransport>();
         var transport = new VhostUserTransport(options, description, host, loop, counters, log);
@@ -192,6 +192,25 @@ public sealed class IsmOverVhostUserTests
         Thread.Sleep(300);
         a.C.Notify(alloc.Offset);
         Assert.True(b.C.WaitVector(1, Wait), "the second update did not fire the vector");
+    }
+
+    [Fact]
+    public async Task A_notify_followed_at_once_by_a_detach_reaches_the_peer_before_the_detach()
+    {
+        await using var rig = new IsmRig();
+        // A 1 s poll interval makes the race certain: unless the transport scans the NOTIFY window
+        // when the controlq is kicked, the DETACH below is served long before the poller would see
+        // the notify slot, and the update is lost.
+        IsmPeer a = rig.Add("a", notifyPollFastMs: 1000, notifyPollSlowMs: 1000);
+        IsmPeer b = rig.Add("b");
+        AllocReply alloc = a.C.Alloc(IsmRig.MiB);
+        AttachReply attach = b.C.Attach(alloc.Token);
+        Assert.True(attach.Ok);
+
+        a.C.Notify(alloc.Offset);
+        Assert.Equal(IsmControl.AckOk, a.C.Detach(alloc.Offset));
+        Assert.Equal([attach.Offset], b.Events.Updates.ToArray());
+        Assert.Empty(a.Events.Updates);
     }
 
     [Fact]
