@@ -18,10 +18,14 @@ public static class RunCommand
         {
             ILogger log = logs.CreateLogger("Vism.Host");
             foreach (PluginFailure f in catalog.Failures) log.LogWarning("{Failure}", f.ToString());
-            if (ResourceLimits.RaiseOpenFiles() is var (before, after))
-                log.LogDebug("RLIMIT_NOFILE soft limit {Before} -> {After}", before, after);
-            else
-                log.LogWarning("cannot raise RLIMIT_NOFILE; the host may run out of file descriptors with many regions");
+            try
+            {
+                log.LogDebug("RLIMIT_NOFILE soft limit is {Limit}", Vism.Native.Fd.RaiseOpenFileLimit());
+            }
+            catch (Vism.Native.PosixException ex)
+            {
+                log.LogWarning("cannot raise RLIMIT_NOFILE ({Error}); the host may run out of file descriptors with many regions", ex.Message);
+            }
 
             var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             using PosixSignalRegistration sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.TrySetResult(); });
