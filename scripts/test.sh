@@ -44,11 +44,19 @@ fi
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
 say "running the tests (results in $RESULTS)"
+# The end-to-end tests write what each guest saw here; it is printed after the run.
+export VISM_E2E_LOG="$RESULTS/e2e-guests.log"
 # One test project at a time (-m:1): some tests measure machine-wide things (free huge pages)
 # or need the CPU (QEMU under TCG), which test projects running side by side would disturb.
 dotnet test Framework.sln -c Release --no-build -nologo -m:1 -p:VismTrxDirectory="$RESULTS" \
   --blame-hang-timeout 10m
 test_rc=$?
+
+if [ -s "$VISM_E2E_LOG" ]; then
+  echo "=== what the QEMU guests saw (tests/Vism.E2E.Tests; also in $VISM_E2E_LOG) ==="
+  cat "$VISM_E2E_LOG"
+  echo "=== end of the guests' output ==="
+fi
 
 # --- 4. add up ------------------------------------------------------------------------------
 passed=0 failed=0 skipped=0 files=0
