@@ -94,6 +94,10 @@ public sealed class IsmClient : IDisposable
         DevId = driver.ReadConfigUInt64(8);
         RegionSize = driver.ReadConfigUInt64(16);
         NotifySize = driver.ReadConfigUInt64(24);
+        // v1: "The driver MUST query all shared memory regions supported by the device." They are
+        // fixed for the device's lifetime, so once here (over MMIO each query is a round trip).
+        RegionsWindowLength = transport.ShmLength(ShmId.Regions);
+        NotifyWindowLength = transport.ShmLength(ShmId.Notify);
         _request = transport.Ram.Allocate(64, 16);
         _response = transport.Ram.Allocate(64, 16);
         if (driver.Has(Features.IsmEventVq))
@@ -147,6 +151,12 @@ public sealed class IsmClient : IDisposable
 
     /// <summary>Config <c>notify_size</c>.</summary>
     public ulong NotifySize { get; }
+
+    /// <summary>Length of the REGIONS window (shmid 1), queried once at start; 0 when absent.</summary>
+    public ulong RegionsWindowLength { get; }
+
+    /// <summary>Length of the NOTIFY window (shmid 2), queried once at start; 0 when absent.</summary>
+    public ulong NotifyWindowLength { get; }
 
     /// <summary>Sends one control request as given (any class, command and payload) and waits for it.</summary>
     /// <param name="cls">Class byte.</param>
@@ -270,7 +280,7 @@ public sealed class IsmClient : IDisposable
     public unsafe Span<byte> Region(ulong offset, int length)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
-        ulong window = Transport.ShmLength(ShmId.Regions);
+        ulong window = RegionsWindowLength;
         if (offset > window || (ulong)length > window - offset)
             throw new ArgumentOutOfRangeException(nameof(offset), $"[0x{offset:x}, +{length}) is outside the {window}-byte REGIONS window");
         nint baseAddress = Transport.ShmAddress(ShmId.Regions);
