@@ -50,6 +50,22 @@ internal sealed class RawVmm : IDisposable
         }
     }
 
+    /// <summary>Reads and drops whatever the device has sent (descriptors closed).</summary>
+    /// <returns>False when the device closed the connection.</returns>
+    public bool Drain()
+    {
+        try
+        {
+            while (_socket.WaitReadable(0))
+                if (MmioFrame.Receive(_socket, null) is null) return false;
+            return true;
+        }
+        catch (Exception ex) when (ex is PosixException or EndOfStreamException or InvalidDataException)
+        {
+            return false;
+        }
+    }
+
     public (MmioHeader Header, byte[] Payload) Call(MmioMessageType type, byte[] payload, MmioMessageFlags flags = MmioMessageFlags.None, params SafeHandle[] fds)
     {
         uint id = Send(type, payload, flags, fds);
