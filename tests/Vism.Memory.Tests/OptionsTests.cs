@@ -119,6 +119,15 @@ public sealed class HugetlbOptionsTests
         Assert.Equal("", options.Mount);
         Assert.Equal("vism-", options.Prefix);
         Assert.Equal(0UL, options.Capacity);
+        Assert.Equal(HugePageClaim.Reserve, options.Claim);
+    }
+
+    [Fact]
+    public void ClaimThatIsNotReserveOrFallocate_IsRejectedNamingTheKey()
+    {
+        var errors = Validation.Run(new HugetlbMemoryOptions { Claim = (HugePageClaim)7 }, Devices.Make(regionSize: Page));
+        var (_, message) = Assert.Single(errors, e => e.Key == "claim");
+        Assert.Contains("\"reserve\" or \"fallocate\"", message);
     }
 
     [SkippableFact]
