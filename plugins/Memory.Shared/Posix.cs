@@ -30,6 +30,9 @@ internal static unsafe partial class Posix
     /// <summary>statfs f_type of tmpfs.</summary>
     public const long TmpfsMagic = 0x01021994;
 
+    /// <summary>statfs f_flags bit of a read-only mount.</summary>
+    public const long ST_RDONLY = 1;
+
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int open(string path, int flags, uint mode);
 

@@ -83,10 +83,10 @@ internal sealed class PrivateMount : IDisposable
 
     public string Path { get; }
 
-    public static PrivateMount Tmpfs(ulong size)
+    public static PrivateMount Tmpfs(ulong size, bool readOnly = false)
     {
         Skip.IfNot(Machine.IsRoot, "mounting a private tmpfs needs root");
-        return new PrivateMount("tmpfs", $"size={size},mode=0700");
+        return new PrivateMount("tmpfs", $"size={size},mode=0700" + (readOnly ? ",ro" : ""));
     }
 
     /// <param name="size">The mount's own limit in bytes; 0 for none (only the pool limits it).</param>
