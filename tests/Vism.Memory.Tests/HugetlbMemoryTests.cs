@@ -12,6 +12,9 @@ public sealed class HugetlbMemoryTests
     private const ulong Page = 2 * MiB;
     private readonly Counters _counters = new();
 
+    /// <summary>Both ways of claiming pages, for the behaviours they share.</summary>
+    public static TheoryData<HugePageClaim> Claims => new(Enum.GetValues<HugePageClaim>());
+
     private HugetlbMemoryBackend Backend(ulong capacity = 0, string mount = "", ulong pageSize = Page, DeviceDescription? device = null,
                                          HugePageClaim claim = HugePageClaim.Reserve) =>
         new(new HugetlbMemoryOptions { Capacity = capacity, Mount = mount, PageSize = pageSize, Claim = claim },
@@ -79,8 +82,7 @@ public sealed class HugetlbMemoryTests
     }
 
     [SkippableTheory]
-    [InlineData(HugePageClaim.Reserve)]
-    [InlineData(HugePageClaim.Fallocate)]
+    [MemberData(nameof(Claims))]
     public void ReleasedThenReallocatedRegion_ReadsAsZeros(HugePageClaim claim)
     {
         Machine.RequireHugePages(2);
@@ -89,8 +91,7 @@ public sealed class HugetlbMemoryTests
     }
 
     [SkippableTheory]
-    [InlineData(HugePageClaim.Reserve)]
-    [InlineData(HugePageClaim.Fallocate)]
+    [MemberData(nameof(Claims))]
     public void Release_GivesPagesAndReservationsBack_EvenWhileAPeerStillMapsTheFd(HugePageClaim claim)
     {
         Machine.RequireHugePages(5);
@@ -131,8 +132,7 @@ public sealed class HugetlbMemoryTests
     }
 
     [SkippableTheory]
-    [InlineData(HugePageClaim.Reserve)]
-    [InlineData(HugePageClaim.Fallocate)]
+    [MemberData(nameof(Claims))]
     public void MoreThanThePoolHas_IsRefusedSayingHowToGrowThePool_AndNothingStaysClaimed(HugePageClaim claim)
     {
         Machine.RequireHugePages(2);
@@ -160,8 +160,7 @@ public sealed class HugetlbMemoryTests
     }
 
     [SkippableTheory]
-    [InlineData(HugePageClaim.Reserve)]
-    [InlineData(HugePageClaim.Fallocate)]
+    [MemberData(nameof(Claims))]
     public void FullHugetlbfsMount_RefusesWithAReason_EveryClaimedPageCanBeTouched_AndItServesAgainAfterARelease(HugePageClaim claim)
     {
         Machine.RequireHugePages(4);
@@ -194,8 +193,7 @@ public sealed class HugetlbMemoryTests
     }
 
     [SkippableTheory]
-    [InlineData(HugePageClaim.Reserve)]
-    [InlineData(HugePageClaim.Fallocate)]
+    [MemberData(nameof(Claims))]
     public void HugePagesFreeAndReserved_ReturnToTheirStartingValues_AfterRelease_AndNoFdIsLeaked(HugePageClaim claim)
     {
         Machine.RequireHugePages(4);
