@@ -49,10 +49,10 @@ internal abstract class HugePageClaims : PageClaim
     /// SIGBUS when the pool has none to give.</summary>
     public sealed override void Release(SafeFileHandle file, ulong length)
     {
-        if (length > long.MaxValue) throw new ArgumentOutOfRangeException(nameof(length));
-        int fd = Fd.Raw(file);
-        PosixException.Check(Syscall.ftruncate(fd, 0), "ftruncate(0)");
-        PosixException.Check(Syscall.ftruncate(fd, (long)length), "ftruncate(length)");
+        if (Posix.Truncate(file, 0) is { } e)
+            throw new PosixException("ftruncate(0)", e);
+        if (Posix.Truncate(file, length) is { } e2)
+            throw new PosixException("ftruncate(length)", e2);
     }
 
     private sealed class ReserveClaim : HugePageClaims
@@ -63,16 +63,8 @@ internal abstract class HugePageClaims : PageClaim
 
         /// <summary>Sizes the file and maps all of it shared once: the mapping makes the kernel
         /// reserve the pages for the file, then goes away while the reservation stays.</summary>
-        public override Errno? Claim(SafeFileHandle file, ulong length)
-        {
-            if (length == 0 || length > long.MaxValue) return Errno.EINVAL;
-            int fd = Fd.Raw(file);
-            if (Syscall.ftruncate(fd, (long)length) != 0) return Stdlib.GetLastError();
-            nint p = Syscall.mmap(0, length, MmapProts.PROT_READ | MmapProts.PROT_WRITE, MmapFlags.MAP_SHARED, fd, 0);
-            if (p == Syscall.MAP_FAILED) return Stdlib.GetLastError();
-            Syscall.munmap(p, length);
-            return null;
-        }
+        public override Errno? Claim(SafeFileHandle file, ulong length) =>
+            Posix.Truncate(file, length) ?? Posix.MapOnce(file, length);
     }
 
     private sealed class FallocateClaim : HugePageClaims
