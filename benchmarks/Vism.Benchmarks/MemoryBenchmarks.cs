@@ -11,15 +11,19 @@ namespace Vism.Benchmarks;
 /// <summary>
 /// What one ALLOC costs the memory backend, by region size (1 MiB vs 64 MiB; hugetlb's smallest
 /// region is 2 MiB). <see cref="Allocate"/> is TryAllocate alone: create the region's file and claim
-/// every page with fallocate (8 per iteration, released between iterations).
-/// <see cref="AllocateAndRelease"/> adds the hole punch and close of a freed region.
-/// <see cref="ZeroWithMemset"/> is what clearing the region from user space would cost instead
-/// (pages already present), for comparison.
+/// every page (fallocate, or for hugetlb by default a reservation; 8 per iteration, released
+/// between iterations). <see cref="AllocateAndRelease"/> adds the release (hole punch or truncate)
+/// and close of a freed region. <see cref="AllocateTouchRelease"/> is a region whose every page
+/// gets used: the claim, a mapping touching each 4 KiB page (the page faults, and for a reserved
+/// huge page its zeroing), unmap, release. <see cref="ZeroWithMemset"/> is what clearing the
+/// region from user space would cost instead (pages already present), for comparison.
 /// Backends: <c>file-tmpfs</c> /dev/shm (4 KiB pages); <c>file-tmpfs-huge</c> a private tmpfs
 /// mounted with huge=within_size (large folios; needs root); <c>file-disk</c> /var/tmp (ext4);
-/// <c>hugetlb</c> 2 MiB pages by memfd (reserves the pages it needs as root, and gives them back).
+/// <c>hugetlb</c> 2 MiB pages by memfd, claimed by reservation (the default);
+/// <c>hugetlb-fallocate</c> the same with <c>claim = "fallocate"</c>. The hugetlb backends add the
+/// pages they need to the pool as root, and give them back.
 /// Run (from the repository root, as root):
-/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- --filter '*MemoryBenchmarks*' --job short</c>
+/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- --filter '*MemoryBenchmarks*'</c>
 /// </summary>
 [MemoryDiagnoser(displayGenColumns: false)]
 [InvocationCount(PerIteration, 1)]
@@ -37,14 +41,16 @@ public class MemoryBenchmarks
     private ulong _token;
 
     /// <summary>Where regions live.</summary>
-    [Params("file-tmpfs", "file-tmpfs-huge", "file-disk", "hugetlb")]
+    [Params("file-tmpfs", "file-tmpfs-huge", "file-disk", "hugetlb", "hugetlb-fallocate")]
     public string Backend { get; set; } = "";
 
     /// <summary>Region size in MiB (hugetlb uses 2 MiB, its smallest region, for 1).</summary>
     [Params(1, 64)]
     public int RegionMiB { get; set; }
 
-    private ulong Length => Backend == "hugetlb" ? Math.Max(2, (ulong)RegionMiB) * MiB : (ulong)RegionMiB * MiB;
+    private bool Hugetlb => Backend.StartsWith("hugetlb", StringComparison.Ordinal);
+
+    private ulong Length => Hugetlb ? Math.Max(2, (ulong)RegionMiB) * MiB : (ulong)RegionMiB * MiB;
 
     [GlobalSetup]
     public void Setup()
@@ -57,11 +63,12 @@ public class MemoryBenchmarks
         };
         var host = new HostDescription { Gid = 1, StateDirectory = "/tmp", SocketDirectory = "/tmp" };
         var counters = new NullCounters();
-        if (Backend == "hugetlb")
+        if (Hugetlb)
         {
             _hugePagesBefore = File.ReadAllText(HugeKnob);
             File.WriteAllText(HugeKnob, (long.Parse(_hugePagesBefore.Trim()) + (long)(regions * Length / (2 * MiB))).ToString());
-            _backend = new HugetlbMemoryBackend(new HugetlbMemoryOptions(), device, host, counters, NullLogger<HugetlbMemoryBackend>.Instance);
+            var options = new HugetlbMemoryOptions { Claim = Backend == "hugetlb" ? HugePageClaim.Reserve : HugePageClaim.Fallocate };
+            _backend = new HugetlbMemoryBackend(options, device, host, counters, NullLogger<HugetlbMemoryBackend>.Instance);
         }
         else
         {
@@ -108,6 +115,20 @@ public class MemoryBenchmarks
     public void AllocateAndRelease()
     {
         IMemoryBlock block = Take();
+        block.Release();
+        block.Dispose();
+    }
+
+    /// <summary>A region whose every page gets used: claim, map, touch each 4 KiB page, unmap, release.</summary>
+    [Benchmark]
+    public unsafe void AllocateTouchRelease()
+    {
+        IMemoryBlock block = Take();
+        using (Mapping m = Mapping.Map(block.Handle, block.Offset, block.Length))
+        {
+            for (ulong o = 0; o < block.Length; o += 4096)
+                *(byte*)(m.Address + (nint)o) = 1;
+        }
         block.Release();
         block.Dispose();
     }

@@ -42,7 +42,7 @@ public sealed class FileMemoryBackend : IMemoryBackend
         _files = new DirectoryFiles(Directory, new RegionNames(options.Prefix, device.Name), Persist);
         ProbeFileSystem();
         var meter = new UsageMeter(OptionRules.EffectiveCapacity(options.Capacity, device));
-        _allocator = new RegionAllocator(meter, PageSize, new Source(_files), counters, log);
+        _allocator = new RegionAllocator(meter, PageSize, new Source(_files), PageClaim.Fallocate, counters, log);
         DescribeStart(device.Name, meter.Capacity);
     }
 
@@ -117,7 +117,7 @@ public sealed class FileMemoryBackend : IMemoryBackend
             return null;
         }
         _allocator.Meter.Add(length);
-        return new RegionBlock(handle!, length, token, path, _allocator.Meter, _counters, _log);
+        return new RegionBlock(handle!, length, token, path, PageClaim.Fallocate, _allocator.Meter, _counters, _log);
     }
 
     /// <summary>Claims and punches one page in an unnamed file, so a file system that cannot

@@ -6,18 +6,24 @@ namespace Vism.Memory.Hugetlb;
 /// <summary>The kernel's pool of huge pages of one size, from <c>/sys/kernel/mm/hugepages</c>.</summary>
 /// <param name="PageSize">The page size in bytes.</param>
 /// <param name="Supported">Whether this kernel has pages of that size at all.</param>
-/// <param name="Total">nr_hugepages: pages reserved for hugetlb.</param>
-/// <param name="Free">free_hugepages: reserved pages nobody holds.</param>
+/// <param name="Total">nr_hugepages: the pool, pages set aside for hugetlb.</param>
+/// <param name="Free">free_hugepages: pages of the pool no file holds (some of them may be promised
+/// to a file by a reservation).</param>
+/// <param name="Reserved">resv_hugepages: free pages promised to files by reservations
+/// (HugePages_Rsvd), which only those files can fault in.</param>
 /// <param name="Overcommit">nr_overcommit_hugepages: extra pages the kernel may create on demand.</param>
-internal sealed record HugePagePool(ulong PageSize, bool Supported, long Total, long Free, long Overcommit)
+internal sealed record HugePagePool(ulong PageSize, bool Supported, long Total, long Free, long Reserved, long Overcommit)
 {
     private const string Root = "/sys/kernel/mm/hugepages";
 
     /// <summary>The sysfs directory of this size.</summary>
     public string SysfsDirectory => $"{Root}/hugepages-{PageSize / 1024}kB";
 
-    /// <summary>Whether any page of this size can be had (reserved or by overcommit).</summary>
+    /// <summary>Whether any page of this size can be had (from the pool or by overcommit).</summary>
     public bool HasPages => Total > 0 || Overcommit > 0;
+
+    /// <summary>Free pages nobody has reserved: what a new region can still claim (beyond overcommit).</summary>
+    public long Available => Math.Max(0, Free - Reserved);
 
     /// <summary>Reads the pool of <paramref name="pageSize"/>.</summary>
     /// <param name="pageSize">Huge page size in bytes.</param>
@@ -26,10 +32,11 @@ internal sealed record HugePagePool(ulong PageSize, bool Supported, long Total, 
     {
         string dir = $"{Root}/hugepages-{pageSize / 1024}kB";
         if (pageSize < 1024 || !Directory.Exists(dir))
-            return new HugePagePool(pageSize, false, 0, 0, 0);
+            return new HugePagePool(pageSize, false, 0, 0, 0, 0);
         return new HugePagePool(pageSize, true,
             ReadLong(Path.Combine(dir, "nr_hugepages")),
             ReadLong(Path.Combine(dir, "free_hugepages")),
+            ReadLong(Path.Combine(dir, "resv_hugepages")),
             ReadLong(Path.Combine(dir, "nr_overcommit_hugepages")));
     }
 
@@ -66,20 +73,22 @@ internal sealed record HugePagePool(ulong PageSize, bool Supported, long Total, 
         return 0;
     }
 
-    /// <summary>How to make <paramref name="pages"/> more pages free: the command to run as root.</summary>
-    /// <param name="pages">Pages that should become free.</param>
+    /// <summary>How to make <paramref name="pages"/> more pages available: the command that grows the
+    /// pool, to run as root.</summary>
+    /// <param name="pages">Pages that should become available.</param>
     /// <returns>A sentence naming the sysfs (and, for the default size, the /proc) knob.</returns>
-    public string HowToReserve(long pages)
+    public string HowToGrowPool(long pages)
     {
         long target = Total + Math.Max(1, pages);
         string alternative = DefaultPageSize() == PageSize ? $" (or: echo {target} > /proc/sys/vm/nr_hugepages)" : "";
-        return $"reserve them as root: echo {target} > {SysfsDirectory}/nr_hugepages{alternative}";
+        return $"add them to the pool as root: echo {target} > {SysfsDirectory}/nr_hugepages{alternative}";
     }
 
     /// <summary>One line for logs and errors.</summary>
     /// <returns>The description.</returns>
     public override string ToString() =>
-        $"{Free} free of {Total} reserved {Sizes.Format(PageSize)} huge pages" + (Overcommit > 0 ? $", {Overcommit} more by overcommit" : "");
+        $"{Available} available of {Total} {Sizes.Format(PageSize)} huge pages in the pool ({Free} free, {Reserved} of them reserved)"
+        + (Overcommit > 0 ? $", {Overcommit} more by overcommit" : "");
 
     private static long ReadLong(string path) =>
         long.TryParse(File.ReadAllText(path).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out long v) ? v : 0;

@@ -8,9 +8,10 @@ namespace Vism.Memory.Hugetlb;
 
 /// <summary>
 /// Memory plugin <c>hugetlb</c>: every region is a memfd of its own created with MFD_HUGETLB (or an
-/// unnamed file on a hugetlbfs mount), its huge pages claimed with fallocate when allocated, so
-/// running out of huge pages is a refused allocation, never a SIGBUS later; a release punches a
-/// hole, which hands the pages back to the pool at once. Regions do not persist.
+/// unnamed file on a hugetlbfs mount), its huge pages claimed when allocated (reserved for the file
+/// by default, or allocated with fallocate: <see cref="HugePageClaim"/>), so running out of huge
+/// pages is a refused allocation, never a SIGBUS later; a release truncates the file, which hands
+/// the pages and the reservation back to the pool at once. Regions do not persist.
 /// </summary>
 public sealed class HugetlbMemoryBackend : IMemoryBackend
 {
@@ -29,22 +30,28 @@ public sealed class HugetlbMemoryBackend : IMemoryBackend
     {
         OptionRules.ThrowIfInvalid(options, "hugetlb", device, host);
         PageSize = options.PageSize;
+        Claim = options.Claim;
+        PageClaim pages = HugePageClaims.For(Claim);
         Mount = string.IsNullOrEmpty(options.Mount) ? null : Path.GetFullPath(options.Mount);
         var names = new RegionNames(options.Prefix, device.Name);
         IRegionFileSource source = Mount is null
-            ? new MemfdSource(names, PageSize)
-            : new MountSource(new DirectoryFiles(Mount, names, persist: false), PageSize);
+            ? new MemfdSource(names, PageSize, pages)
+            : new MountSource(new DirectoryFiles(Mount, names, persist: false), PageSize, pages);
         var meter = new UsageMeter(OptionRules.EffectiveCapacity(options.Capacity, device));
-        _allocator = new RegionAllocator(meter, PageSize, source, counters, log);
+        _allocator = new RegionAllocator(meter, PageSize, source, pages, counters, log);
 
         HugePagePool pool = HugePagePool.Read(PageSize);
-        log.LogInformation("Device {Device}: regions in {Size} huge pages ({Where}), capacity {Capacity}; {Pool}",
-            device.Name, Sizes.Format(PageSize), Mount ?? "memfd", Sizes.Format(meter.Capacity), pool);
+        log.LogInformation("Device {Device}: regions in {Size} huge pages ({Where}, claimed by {Claim}), capacity {Capacity}; {Pool}",
+            device.Name, Sizes.Format(PageSize), Mount ?? "memfd", Claim == HugePageClaim.Reserve ? "reservation" : "fallocate",
+            Sizes.Format(meter.Capacity), pool);
         long needed = (long)(meter.Capacity / PageSize);
-        if (pool.Free + pool.Overcommit < needed)
+        if (pool.Available + pool.Overcommit < needed)
             log.LogWarning("Device {Device}: the capacity needs {Needed} pages but {Pool}; allocations will be refused before the capacity is reached; {How}",
-                device.Name, needed, pool, pool.HowToReserve(needed - pool.Free - pool.Overcommit));
+                device.Name, needed, pool, pool.HowToGrowPool(needed - pool.Available - pool.Overcommit));
     }
+
+    /// <summary>How region pages are claimed at ALLOC.</summary>
+    public HugePageClaim Claim { get; }
 
     /// <summary>The hugetlbfs mount region files are created in, or null for memfds.</summary>
     public string? Mount { get; }
@@ -71,10 +78,10 @@ public sealed class HugetlbMemoryBackend : IMemoryBackend
     {
         HugePagePool pool = HugePagePool.Read(pageSize);
         long pages = (long)(length / pageSize);
-        return $"not enough {Sizes.Format(pageSize)} huge pages for {Sizes.Format(length)} ({pages} pages): {pool}; {pool.HowToReserve(pages - pool.Free)}";
+        return $"not enough {Sizes.Format(pageSize)} huge pages for {Sizes.Format(length)} ({pages} pages): {pool}; {pool.HowToGrowPool(pages - pool.Available)}";
     }
 
-    private sealed class MemfdSource(RegionNames names, ulong pageSize) : IRegionFileSource
+    private sealed class MemfdSource(RegionNames names, ulong pageSize, PageClaim pages) : IRegionFileSource
     {
         private const int MemfdNameMax = 249;
 
@@ -87,18 +94,19 @@ public sealed class HugetlbMemoryBackend : IMemoryBackend
 
         public string DescribeClaimFailure(Errno errno, ulong length) => errno is Errno.ENOSPC or Errno.ENOMEM
             ? DescribePoolShortage(pageSize, length)
-            : $"fallocate of {Sizes.Format(length)} of huge pages failed: {Posix.Describe(errno)}";
+            : $"{pages.Operation} {Sizes.Format(length)} of huge pages failed: {Posix.Describe(errno)}";
     }
 
-    private sealed class MountSource(DirectoryFiles files, ulong pageSize) : IRegionFileSource
+    private sealed class MountSource(DirectoryFiles files, ulong pageSize, PageClaim pages) : IRegionFileSource
     {
         public PendingFile? Create(ulong token, out string? failure) => files.Create(token, out failure);
 
         public string DescribeClaimFailure(Errno errno, ulong length)
         {
             if (errno is not (Errno.ENOSPC or Errno.ENOMEM))
-                return $"fallocate of {Sizes.Format(length)} in {files.Directory} failed: {Posix.Describe(errno)}";
-            // A mount with size= has its own limit; statfs reports it (f_blocks is 0 without one).
+                return $"{pages.Operation} {Sizes.Format(length)} in {files.Directory} failed: {Posix.Describe(errno)}";
+            // A mount with size= has its own limit, which reservations count against too; statfs
+            // reports it (f_blocks is 0 without one).
             if (Posix.TryStatFs(files.Directory, out Posix.StatFs fs) && fs.Blocks != 0 && fs.BlocksFree < length / pageSize)
                 return $"the hugetlbfs mount {files.Directory} is full: {fs.BlocksFree} of {fs.Blocks} pages free, {length / pageSize} needed; raise its size= option";
             return DescribePoolShortage(pageSize, length);

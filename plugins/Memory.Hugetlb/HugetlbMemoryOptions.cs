@@ -20,6 +20,10 @@ public sealed class HugetlbMemoryOptions : IValidatableOptions
     [Description("Start of every memfd's or file's name; the device name and the token follow.")]
     public string Prefix { get; set; } = "vism-";
 
+    /// <summary>How a region's pages are claimed at ALLOC: reserved (default) or allocated with fallocate.</summary>
+    [Description("How a region's huge pages are claimed at ALLOC: \"reserve\" (default: the kernel reserves them for the region without allocating or zeroing them, so an ALLOC costs the same for any size; they are zeroed when first touched) or \"fallocate\" (allocated and zeroed at ALLOC, linear in the region's size; no page fault later). Either way, running out of huge pages is an ERR ack for the ALLOC, never a SIGBUS later.")]
+    public HugePageClaim Claim { get; set; } = HugePageClaim.Reserve;
+
     /// <summary>Most bytes this device's regions may hold at once; 0 means the REGIONS window size.</summary>
     [Description("Most bytes this device's regions may hold at once (a multiple of page-size); 0 = the size of the REGIONS window.")]
     public ulong Capacity { get; set; }
@@ -28,6 +32,8 @@ public sealed class HugetlbMemoryOptions : IValidatableOptions
     public void Validate(OptionsValidationContext context)
     {
         OptionRules.Prefix(context, Prefix);
+        if (!Enum.IsDefined(Claim))
+            context.Error("claim", $"{(int)Claim} is not a claim; use \"reserve\" or \"fallocate\"");
         IReadOnlyList<ulong> sizes = HugePagePool.SupportedSizes();
         if (!sizes.Contains(PageSize))
         {
@@ -44,7 +50,7 @@ public sealed class HugetlbMemoryOptions : IValidatableOptions
         {
             ulong capacity = OptionRules.EffectiveCapacity(Capacity, context.Device);
             long want = (long)Math.Max(1, Math.Min(capacity, context.Device.RegionSize * 16) / PageSize);
-            context.Error("page-size", $"no {Sizes.Format(PageSize)} huge pages are reserved on this machine; {pool.HowToReserve(want)}");
+            context.Error("page-size", $"the pool of {Sizes.Format(PageSize)} huge pages is empty on this machine (nr_hugepages and nr_overcommit_hugepages are 0); {pool.HowToGrowPool(want)}");
         }
         if (!string.IsNullOrEmpty(Mount))
         {

@@ -13,5 +13,5 @@ public sealed class HugetlbMemoryPlugin : IVismPlugin
     /// <inheritdoc />
     public void Register(IVismPluginBuilder builder) =>
         builder.AddMemory<HugetlbMemoryBackend, HugetlbMemoryOptions>(Kind,
-            "regions in huge pages (memfd MFD_HUGETLB or a hugetlbfs mount), 2 MiB or 1 GiB, claimed with fallocate");
+            "regions in huge pages (memfd MFD_HUGETLB or a hugetlbfs mount), 2 MiB or 1 GiB, reserved (or allocated with fallocate) at ALLOC");
 }

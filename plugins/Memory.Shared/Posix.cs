@@ -6,7 +6,8 @@ using Vism.Native;
 namespace Vism.Memory.Shared;
 
 /// <summary>The file system calls the memory plugins need beyond Vism.Native: open with
-/// O_TMPFILE / O_NOFOLLOW, renameat2(RENAME_NOREPLACE), statfs, and fallocate retried on EINTR.</summary>
+/// O_TMPFILE / O_NOFOLLOW, renameat2(RENAME_NOREPLACE), statfs, fallocate retried on EINTR, and
+/// ftruncate / mmap returning their errno (read right after the call, never a later one's).</summary>
 internal static unsafe partial class Posix
 {
     public const int O_RDONLY = 0;
@@ -30,6 +31,9 @@ internal static unsafe partial class Posix
     /// <summary>statfs f_type of tmpfs.</summary>
     public const long TmpfsMagic = 0x01021994;
 
+    /// <summary>statfs f_flags bit of a read-only mount.</summary>
+    public const long ST_RDONLY = 1;
+
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int open(string path, int flags, uint mode);
 
@@ -38,6 +42,19 @@ internal static unsafe partial class Posix
 
     [LibraryImport("libc", EntryPoint = "statfs", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int statfs(string path, StatFs* buf);
+
+    [LibraryImport("libc", EntryPoint = "ftruncate", SetLastError = true)]
+    private static partial int ftruncate(int fd, long length);
+
+    [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
+    private static partial nint mmap(nint addr, nuint length, int prot, int flags, int fd, long offset);
+
+    [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
+    private static partial int munmap(nint addr, nuint length);
+
+    private const int PROT_READ = 1;
+    private const int PROT_WRITE = 2;
+    private const int MAP_SHARED = 1;
 
     /// <summary>struct statfs on 64-bit Linux (x86-64 and arm64 share it).</summary>
     [StructLayout(LayoutKind.Sequential)]
@@ -100,6 +117,27 @@ internal static unsafe partial class Posix
             Errno? e = MemFd.TryAllocate(handle, 0, length);
             if (e != Errno.EINTR || attempt >= 100) return e;
         }
+    }
+
+    /// <summary>Sets the file's size.</summary>
+    /// <returns>null on success, otherwise the errno.</returns>
+    public static Errno? Truncate(SafeFileHandle handle, ulong length)
+    {
+        if (length > long.MaxValue) return Errno.EINVAL;
+        return ftruncate(Fd.Raw(handle), (long)length) == 0 ? null : LastError;
+    }
+
+    /// <summary>Maps [0, <paramref name="length"/>) of the file shared and read-write, and unmaps it
+    /// again at once, touching nothing: what a mapping does to the file (for hugetlbfs: reserve its
+    /// huge pages) without keeping the mapping.</summary>
+    /// <returns>null on success, otherwise the errno of mmap.</returns>
+    public static Errno? MapOnce(SafeFileHandle handle, ulong length)
+    {
+        if (length == 0 || length > (ulong)nint.MaxValue) return Errno.EINVAL;
+        nint p = mmap(0, (nuint)length, PROT_READ | PROT_WRITE, MAP_SHARED, Fd.Raw(handle), 0);
+        if (p == -1) return LastError;
+        munmap(p, (nuint)length);
+        return null;
     }
 
     /// <summary>fsync, returning the errno instead of throwing.</summary>

@@ -21,19 +21,19 @@ internal interface IRegionFileSource
     /// <param name="failure">Why it could not, when it returns null.</param>
     PendingFile? Create(ulong token, out string? failure);
 
-    /// <summary>Explains a failed fallocate (no space, no huge pages) to the operator.</summary>
-    /// <param name="errno">What fallocate returned.</param>
+    /// <summary>Explains a failed claim (no space, no huge pages) to the operator.</summary>
+    /// <param name="errno">What the claim returned.</param>
     /// <param name="length">Bytes that were being claimed.</param>
     string DescribeClaimFailure(Errno errno, ulong length);
 }
 
 /// <summary>
 /// The allocation path both memory plugins share: check the length, reserve capacity, create one
-/// file per region, claim all of its pages with fallocate, and for a persistent region give the
+/// file per region, claim all of its pages (<see cref="PageClaim"/>), and for a persistent region give the
 /// file its final name only once that has succeeded. Every failure gives the capacity back, closes
 /// (and for a named file removes) what was created, and returns a reason; none throws.
 /// </summary>
-internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionFileSource source,
+internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionFileSource source, PageClaim pages,
                                       IDeviceCounters counters, ILogger log) : IDisposable
 {
     private volatile bool _disposed;
@@ -67,7 +67,7 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
             return Refuse("create-failed", LogLevel.Warning, failure ?? "the region file could not be created", out failure);
         }
 
-        Errno? claim = Posix.Claim(file.Handle, length);
+        Errno? claim = pages.Claim(file.Handle, length);
         string? reason = claim is { } e ? source.DescribeClaimFailure(e, length) : Commit(file);
         if (reason is not null)
         {
@@ -77,7 +77,7 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
         }
         failure = null;
         meter.Confirm(total);
-        return new RegionBlock(file.Handle, length, token, file.FinalPath, meter, counters, log);
+        return new RegionBlock(file.Handle, length, token, file.FinalPath, pages, meter, counters, log);
     }
 
     /// <summary>Gives a persistent region its final name, durably: the data and size reach the

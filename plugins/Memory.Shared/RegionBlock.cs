@@ -19,23 +19,26 @@ internal sealed class RegionBlock : IMemoryBlock
     private readonly IDeviceCounters _counters;
     private readonly ILogger _log;
     private readonly string? _path;
+    private readonly PageClaim _pages;
     private int _released;
     private int _accounted = 1;
 
     /// <param name="handle">The region's file (owned from now on).</param>
-    /// <param name="length">Its length, already claimed with fallocate.</param>
+    /// <param name="length">Its length, already claimed.</param>
     /// <param name="token">The region's token (for logs).</param>
     /// <param name="path">The file's name when it persists, else null (an unnamed file).</param>
+    /// <param name="pages">How the pages were claimed, and so how they are given back.</param>
     /// <param name="meter">The accounting the length goes back to.</param>
     /// <param name="counters">The device's counters (release failures).</param>
     /// <param name="log">Logger.</param>
-    public RegionBlock(SafeFileHandle handle, ulong length, ulong token, string? path,
+    public RegionBlock(SafeFileHandle handle, ulong length, ulong token, string? path, PageClaim pages,
                        UsageMeter meter, IDeviceCounters counters, ILogger log)
     {
         Handle = handle;
         Length = length;
         Token = token;
         _path = path;
+        _pages = pages;
         _meter = meter;
         _counters = counters;
         _log = log;
@@ -49,9 +52,9 @@ internal sealed class RegionBlock : IMemoryBlock
 
     public ulong Token { get; }
 
-    /// <summary>The region is freed: forget its name (so it is never recovered), then punch a hole
-    /// over it, which returns the pages at once even while a peer still maps the file, and makes
-    /// whoever reads it next see zeros.</summary>
+    /// <summary>The region is freed: forget its name (so it is never recovered), then give its pages
+    /// back (<see cref="PageClaim.Release"/>), which returns them at once even while a peer still
+    /// maps the file, and makes whoever reads it next see zeros.</summary>
     public void Release()
     {
         if (Interlocked.Exchange(ref _released, 1) != 0) return;
@@ -64,7 +67,7 @@ internal sealed class RegionBlock : IMemoryBlock
         try
         {
             Handle.DangerousAddRef(ref added);
-            MemFd.PunchHole(Handle, 0, Length);
+            _pages.Release(Handle, Length);
         }
         catch (ObjectDisposedException)
         {
@@ -73,7 +76,7 @@ internal sealed class RegionBlock : IMemoryBlock
         }
         catch (PosixException ex)
         {
-            Fail("fallocate(PUNCH_HOLE)", ex.Errno);
+            Fail(ex.Operation, ex.Errno);
         }
         finally
         {

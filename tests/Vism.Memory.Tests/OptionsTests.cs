@@ -87,6 +87,46 @@ public sealed class FileOptionsTests : IDisposable
         }
     }
 
+    [Theory]
+    [InlineData("/proc/vism-regions", "would be created in /proc, which is on proc")]
+    [InlineData("/proc/self/vism-regions", "which is on proc")]
+    [InlineData("/sys/vism-regions", "would be created in /sys, which is on sysfs")]
+    public void DirectoryOnAPseudoFileSystem_IsRejectedAtValidation_NamingTheKeyAndTheFileSystem(string directory, string why)
+    {
+        var (key, message) = Assert.Single(Check(new FileMemoryOptions { Directory = directory }));
+        Assert.Equal("directory", key);
+        Assert.Contains(why, message);
+        Assert.Contains("not on tmpfs or a disk file system", message);
+        // and the backend refuses it before creating anything
+        var ex = Assert.Throws<ArgumentException>(() => new FileMemoryBackend(new FileMemoryOptions { Directory = directory },
+            Devices.Make(), Devices.Host(), new Counters(), NullLogger<FileMemoryBackend>.Instance));
+        Assert.Contains("directory: ", ex.Message);
+    }
+
+    [SkippableFact]
+    public void DirectoryOnAReadOnlyMount_IsRejected_WhetherItExistsOrNot()
+    {
+        using PrivateMount ro = PrivateMount.Tmpfs(1 << 20, readOnly: true);
+        Assert.Contains(Check(new FileMemoryOptions { Directory = ro.Path }), e => e.Key == "directory" && e.Message.Contains("is on a read-only mount"));
+        Assert.Contains(Check(new FileMemoryOptions { Directory = ro.Path + "/sub" }), e => e.Key == "directory" && e.Message.Contains("which is on a read-only mount"));
+    }
+
+    [SkippableFact]
+    public void DirectoryOnHugetlbfs_IsRejected_PointingToTheHugetlbPlugin()
+    {
+        using PrivateMount huge = PrivateMount.Hugetlbfs(2 << 20, 0);
+        var (key, message) = Assert.Single(Check(new FileMemoryOptions { Directory = huge.Path }));
+        Assert.Equal("directory", key);
+        Assert.Contains($"kind = \"hugetlb\" with mount = \"{huge.Path}\"", message);
+    }
+
+    [Fact]
+    public void DirectoryOnTmpfsOrADisk_IsAccepted()
+    {
+        Assert.Empty(Check(new FileMemoryOptions { Directory = "/dev/shm/vism-never-created-" + Guid.NewGuid().ToString("N") })); // tmpfs
+        Assert.Empty(Check(new FileMemoryOptions { Directory = _dir.Path })); // /tmp: the machine's disk
+    }
+
     [Fact]
     public void MissingDirectoryThatCanBeCreated_IsValid_AndTheBackendCreatesItPrivate()
     {
@@ -119,6 +159,15 @@ public sealed class HugetlbOptionsTests
         Assert.Equal("", options.Mount);
         Assert.Equal("vism-", options.Prefix);
         Assert.Equal(0UL, options.Capacity);
+        Assert.Equal(HugePageClaim.Reserve, options.Claim);
+    }
+
+    [Fact]
+    public void ClaimThatIsNotReserveOrFallocate_IsRejectedNamingTheKey()
+    {
+        var errors = Validation.Run(new HugetlbMemoryOptions { Claim = (HugePageClaim)7 }, Devices.Make(regionSize: Page));
+        var (_, message) = Assert.Single(errors, e => e.Key == "claim");
+        Assert.Contains("\"reserve\" or \"fallocate\"", message);
     }
 
     [SkippableFact]

@@ -83,10 +83,10 @@ internal sealed class PrivateMount : IDisposable
 
     public string Path { get; }
 
-    public static PrivateMount Tmpfs(ulong size)
+    public static PrivateMount Tmpfs(ulong size, bool readOnly = false)
     {
         Skip.IfNot(Machine.IsRoot, "mounting a private tmpfs needs root");
-        return new PrivateMount("tmpfs", $"size={size},mode=0700");
+        return new PrivateMount("tmpfs", $"size={size},mode=0700" + (readOnly ? ",ro" : ""));
     }
 
     /// <param name="size">The mount's own limit in bytes; 0 for none (only the pool limits it).</param>
@@ -162,5 +162,34 @@ internal static class Blocks
         for (ulong o = 0; o < m.Length; o += pageSize)
             if (*(byte*)(m.Address + (nint)o) != (byte)(seed + o / pageSize)) return false;
         return true;
+    }
+}
+
+/// <summary>The huge page pool of one size as the kernel reports it (sysfs).</summary>
+/// <param name="Free">HugePages_Free: pages no file holds (reserved ones included).</param>
+/// <param name="Reserved">HugePages_Rsvd: free pages promised to files by reservations.</param>
+internal readonly record struct PoolState(long Free, long Reserved)
+{
+    public static PoolState Now(ulong pageSize = 2 << 20) =>
+        new(Machine.FreeHugePages(pageSize), Machine.ReservedHugePages(pageSize));
+
+    public override string ToString() => $"free {Free}, reserved {Reserved}";
+}
+
+/// <summary>The pool is machine-wide: another process may move it while a test measures. A
+/// measurement runs again (up to 5 times) when what it saw does not hold; each attempt cleans up
+/// after itself and returns null when its expectations held, otherwise what it saw.</summary>
+internal static class MachineWide
+{
+    public static void Measure(Func<string?> attempt)
+    {
+        var seen = new List<string>();
+        for (int i = 0; i < 5; i++)
+        {
+            string? problem = attempt();
+            if (problem is null) return;
+            seen.Add(problem);
+        }
+        Assert.Fail("the huge page pool did not behave as expected in 5 attempts: " + string.Join("; ", seen));
     }
 }

@@ -27,7 +27,7 @@ public interface IMemoryBlock : IDisposable
     /// <summary>Length in bytes (a multiple of the backend's page size).</summary>
     ulong Length { get; }
 
-    /// <summary>Returns the memory to the system (hole punch or unlink) because the region is
+    /// <summary>Returns the memory to the system (hole punch, truncate or unlink) because the region is
     /// freed. After this the block only needs disposing. Idempotent.</summary>
     void Release();
 }
@@ -50,8 +50,8 @@ public interface IMemoryBackend : IDisposable
     MemoryUsage Usage { get; }
 
     /// <summary>Claims <paramref name="length"/> bytes (a multiple of <see cref="PageSize"/>) that
-    /// read as zeros, with the pages really reserved (fallocate), so exhaustion shows here and
-    /// never as a SIGBUS later.</summary>
+    /// read as zeros, with the pages really claimed (fallocate, or a hugetlb reservation), so
+    /// exhaustion shows here and never as a SIGBUS later.</summary>
     /// <param name="length">Bytes to claim.</param>
     /// <param name="token">The token of the region being created (a persistent backend records it).</param>
     /// <param name="failure">Why it failed (no space, no huge pages), when it returns null.</param>
