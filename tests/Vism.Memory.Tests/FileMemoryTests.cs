@@ -153,7 +153,7 @@ public sealed class FileMemoryTests : IDisposable
             foreach (IMemoryBlock b in blocks) b.Dispose();
         }
         Assert.Empty(Directory.EnumerateFileSystemEntries(_shm.Path));
-        Assert.Equal(fdsBefore, Fd.CountOpen());
+        Descriptors.AssertBackTo(fdsBefore);
         Assert.DoesNotContain(_shm.Path, System.IO.File.ReadAllText("/proc/self/maps")); // the backend maps nothing itself
     }
 

@@ -216,7 +216,7 @@ public sealed class HugetlbMemoryTests
             return during == Expected(start) && afterRelease == start && afterDispose == start
                 ? null : $"start {start}, allocated {during}, released {afterRelease}, disposed {afterDispose}";
         });
-        Assert.Equal(fdsBefore, Fd.CountOpen());
+        Descriptors.AssertBackTo(fdsBefore);
         Assert.DoesNotContain("memfd:vism-dev0-", System.IO.File.ReadAllText("/proc/self/maps")); // the reserving mapping is gone
     }
 

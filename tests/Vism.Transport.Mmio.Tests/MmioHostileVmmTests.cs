@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using Microsoft.Win32.SafeHandles;
 using Vism.Abstractions;
 using Vism.Native;
+using Vism.Testing;
 using Vism.Mmio;
 using R = Vism.Mmio.MmioRegister;
 
@@ -23,25 +24,6 @@ public sealed class MmioHostileVmmTests
     private const ulong RamSize = 1 << 20;
 
     private static byte[] Access(uint offset, uint width, ulong value = 0) => new RegisterAccess(offset, width, value).Encode();
-
-    /// <summary>Open descriptors of this process, after finalizers of earlier tests have run (so
-    /// none closes in the middle of a measurement).</summary>
-    private static int OpenDescriptors()
-    {
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        return Fd.CountOpen();
-    }
-
-    /// <summary>The process is back to <paramref name="before"/> descriptors. Without a collection
-    /// in between, so a descriptor leaked into an unreachable handle still counts; the wait only
-    /// lets runner threads finish what they were doing.</summary>
-    private static async Task AssertDescriptorsBackTo(int before)
-    {
-        long deadline = Environment.TickCount64 + 5_000;
-        while (Fd.CountOpen() != before && Environment.TickCount64 < deadline) await Task.Delay(20);
-        Assert.Equal(before, Fd.CountOpen());
-    }
 
     private static async Task AssertServedAgain(MmioHarness h)
     {
@@ -230,7 +212,7 @@ public sealed class MmioHostileVmmTests
     public async Task BadMemoryTablesAreRefusedAndLeakNoDescriptor(string what, ulong[] fields, int fdCount, MmioStatus expected)
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        int before = OpenDescriptors();
+        int before = Descriptors.Baseline();
         using (RawVmm peer = await h.ConnectRawAsync())
         {
             var regions = new List<MemoryRegion>();
@@ -249,7 +231,7 @@ public sealed class MmioHostileVmmTests
             Assert.False(await h.OnLoop(() => h.Services.Memory.TryTranslate(RamBase, 1, out _)));
         }
         await h.WaitUntil(() => !h.Transport.HasVmm, "the connection ended");
-        await AssertDescriptorsBackTo(before);
+        Descriptors.AssertBackTo(before);
     }
 
     [Fact]
@@ -257,13 +239,13 @@ public sealed class MmioHostileVmmTests
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
         using RawVmm peer = await h.ConnectRawAsync();
-        int before = OpenDescriptors();
+        int before = Descriptors.Baseline();
         using (EventFd stray = EventFd.Create())
         {
             Assert.Equal(MmioStatus.BadFd, peer.Call(MmioMessageType.Read, Access(R.MagicValue, 4), MmioMessageFlags.None, stray.Handle).Header.Status);
             Assert.Equal(MmioStatus.BadFd, peer.Call(MmioMessageType.SetShmBase, new SetShmBase(ShmId.Regions, 0).Encode(), MmioMessageFlags.None, stray.Handle).Header.Status);
         }
-        await AssertDescriptorsBackTo(before); // the device closed the copies it received
+        Descriptors.AssertBackTo(before); // the device closed the copies it received
     }
 
     [Fact]
@@ -301,7 +283,7 @@ public sealed class MmioHostileVmmTests
     public async Task AVmmThatLeavesMidMessageReleasesTheDeviceAndEveryDescriptor()
     {
         await using MmioHarness h = await MmioHarness.StartAsync(new MmioOptions { Vectors = 1 });
-        int before = OpenDescriptors();
+        int before = Descriptors.Baseline();
         using (RawVmm peer = await h.ConnectRawAsync())
         {
             using SafeFileHandle ram = MemFd.Create("ram", RamSize);
@@ -315,7 +297,7 @@ public sealed class MmioHostileVmmTests
         }
         await h.WaitUntil(() => h.Device.DisconnectCount == 1, "the device was released");
         await h.WaitUntil(() => !h.Transport.HasVmm, "the connection ended");
-        await AssertDescriptorsBackTo(before);
+        Descriptors.AssertBackTo(before);
         await AssertServedAgain(h);
     }
 

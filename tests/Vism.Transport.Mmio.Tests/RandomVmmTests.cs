@@ -1,5 +1,6 @@
 using Vism.Mmio;
 using Vism.Native;
+using Vism.Testing;
 using R = Vism.Mmio.MmioRegister;
 
 namespace Vism.Transport.Mmio.Tests;
@@ -22,17 +23,13 @@ public sealed class RandomVmmTests
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
         await Session(h, new Random(seed + 1000)); // warm-up: lazily opened runtime descriptors
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        int before = Fd.CountOpen();
+        int before = Descriptors.Baseline();
 
         var random = new Random(seed);
         for (int connection = 0; connection < 40; connection++)
             await Session(h, random);
 
-        long deadline = Environment.TickCount64 + 5_000;
-        while (Fd.CountOpen() > before && Environment.TickCount64 < deadline) await Task.Delay(20);
-        Assert.True(Fd.CountOpen() <= before, $"{Fd.CountOpen() - before} descriptors leaked");
+        Descriptors.AssertBackTo(before, "by the random VMMs");
         Assert.True(h.Counters.Get("mmio.protocol.error") + h.Counters.Get("mmio.access.undefined") + h.Counters.Get("mmio.access.width") > 100,
             "the random VMMs did not reach the message and register handlers");
         using RawVmm next = RawVmm.Connect(h.SocketPath);

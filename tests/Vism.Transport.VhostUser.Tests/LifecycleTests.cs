@@ -27,7 +27,7 @@ public sealed class LifecycleTests
         b.WaitFor(() => b.Device.Disconnects == 1 && !b.Transport.IsConnected, "the disconnect");
         Assert.Null(b.On(() => b.Device.Services));
         Assert.Equal(DeviceStatus.Reset, b.On(() => b.Device.Status));
-        Assert.True(Fd.CountOpen() <= baseline, $"{Fd.CountOpen() - baseline} fds left after the disconnect");
+        Descriptors.AssertBackTo(baseline, "after the disconnect");
 
         // The next frontend (QEMU reconnect=) gets a clean device.
         using (var ram = new GuestRam())
@@ -39,7 +39,7 @@ public sealed class LifecycleTests
             Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)));
         }
         b.WaitFor(() => b.Device.Disconnects == 2, "the second disconnect");
-        Assert.True(Fd.CountOpen() <= baseline, $"{Fd.CountOpen() - baseline} fds left after the second disconnect");
+        Descriptors.AssertBackTo(baseline, "after the second disconnect");
     }
 
     [Fact]

@@ -78,7 +78,7 @@ public sealed class TransportAbuseTests
         Assert.True(c.IsClosedByPeer());
         b.WaitFor(() => !b.Transport.IsConnected, "the connection to close");
         Assert.True(b.Log.Contains("truncated"));
-        Assert.True(Fd.CountOpen() <= before, $"{Fd.CountOpen() - before} fds leaked");
+        Descriptors.AssertBackTo(before);
     }
 
     [Fact]

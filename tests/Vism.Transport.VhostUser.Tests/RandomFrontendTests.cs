@@ -29,12 +29,11 @@ public sealed class RandomFrontendTests
         for (int connection = 0; connection < 60; connection++)
             await Session(b, random);
 
-        int after = Fd.CountOpen();
         // The random frontends reached the request handlers, not only the framing check.
         Assert.True(b.Counters.Get("vhost-user.connections") >= 61);
         Assert.True(b.Counters.Get("vhost-user.request-errors") + b.Counters.Get("vhost-user.unknown-requests") > 100,
             $"only {b.Counters.Get("vhost-user.request-errors")} request errors and {b.Counters.Get("vhost-user.unknown-requests")} unknown requests");
-        Assert.True(after <= before, $"{after - before} fds leaked ({before} before, {after} after)");
+        Descriptors.AssertBackTo(before, "by the random frontends");
         using (var ram = new GuestRam())
         using (Vism.Driver.VhostUser.VhostUserFrontend good = b.Connect(ram))
         {
@@ -48,7 +47,8 @@ public sealed class RandomFrontendTests
         using (var c = new RawClient(b.SocketPath))
         {
             if (random.Next(2) == 0) c.NegotiateAll();
-            for (int i = 0; i < 60 && !c.IsClosedByPeer(0); i++)
+            // (Closing is noticed by the send failing: peeking at the socket here would eat reply bytes.)
+            for (int i = 0; i < 60; i++)
             {
                 uint request = random.Next(8) == 0 ? (uint)random.Next() : (uint)random.Next(1, 46);
                 uint flags = random.Next(10) == 0 ? (uint)random.Next(16) : VhostUserConstants.Version | (random.Next(2) == 0 ? VhostUserConstants.NeedReplyFlag : 0);
