@@ -14,8 +14,9 @@ namespace Vism.Transport.VhostUser;
 /// short scan per slow interval);</item>
 /// <item>polling stops while no slot is in use and restarts on the next kick, start or mapping
 /// (a slot only comes into use through a controlq request and a SHMEM_MAP);</item>
-/// <item>every queue kick scans once before the device sees the kick, so a notify written before a
-/// request (say, a DETACH) is routed before that request is served.</item>
+/// <item>the device scans once more (<see cref="ITransportServices.FlushNotifyWrites"/>) before it
+/// serves each control request, so a notify written before a request (say, a DETACH) is routed
+/// before that request is served.</item>
 /// </list>
 /// Loop thread only.
 /// </summary>

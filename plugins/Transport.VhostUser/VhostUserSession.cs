@@ -92,6 +92,13 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     // ---- ITransportServices -------------------------------------------------------------------
 
+    /// <inheritdoc />
+    public void FlushNotifyWrites()
+    {
+        if (_poller is not null && _device.SlotsInUse > 0)
+            _poller.Scan();
+    }
+
     public IGuestMemory Memory => _memory;
 
     public int VectorCount => _options.Vectors;
@@ -636,10 +643,6 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
             _counters.Increment("vhost-user.kicks-ignored");
             return;
         }
-        // Notify writes the driver made before this kick are routed before the requests the kick
-        // announces: a guest that notifies and then detaches must not lose its update.
-        if (_poller is not null && _device.SlotsInUse > 0)
-            _poller.Scan();
         _poller?.Activity();
         _device.NotifyQueue(index);
     }

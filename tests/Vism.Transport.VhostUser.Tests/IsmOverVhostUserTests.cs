@@ -198,9 +198,9 @@ public sealed class IsmOverVhostUserTests
     public async Task A_notify_followed_at_once_by_a_detach_reaches_the_peer_before_the_detach()
     {
         await using var rig = new IsmRig();
-        // A 1 s poll interval makes the race certain: unless the transport scans the NOTIFY window
-        // when the controlq is kicked, the DETACH below is served long before the poller would see
-        // the notify slot, and the update is lost.
+        // A 1 s poll interval makes the race certain: unless the NOTIFY window is scanned before
+        // the control request is served, the DETACH below is served long before the poller would
+        // see the notify slot, and the update is lost.
         IsmPeer a = rig.Add("a", notifyPollFastMs: 1000, notifyPollSlowMs: 1000);
         IsmPeer b = rig.Add("b");
         AllocReply alloc = a.C.Alloc(IsmRig.MiB);
@@ -209,6 +209,10 @@ public sealed class IsmOverVhostUserTests
 
         a.C.Notify(alloc.Offset);
         Assert.Equal(IsmControl.AckOk, a.C.Detach(alloc.Offset));
+        // The update is delivered on b's loop, which may be another thread: wait for it (it never
+        // comes if the notify was not routed before the DETACH freed A's slot).
+        long deadline = Environment.TickCount64 + 5_000;
+        while (b.Events.Updates.IsEmpty && Environment.TickCount64 < deadline) Thread.Sleep(10);
         Assert.Equal([attach.Offset], b.Events.Updates.ToArray());
         Assert.Empty(a.Events.Updates);
     }

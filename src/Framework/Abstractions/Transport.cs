@@ -60,6 +60,17 @@ public interface ITransportServices
     /// <returns>Null on success, otherwise the reason it failed.</returns>
     ValueTask<string?> MapAsync(ShmId shmId, ulong windowOffset, IMemoryBlock block, ulong length, bool writable);
 
+    /// <summary>Reports, through <see cref="IVirtioDevice.NotifyWrite"/>, every NOTIFY-window write
+    /// the driver made so far that the transport has not reported yet. The device calls it before
+    /// it serves each control request, so that an update the driver signalled before a request (a
+    /// notify, then DETACH) reaches the peers before that request is served, with or without a
+    /// kick (under VIRTIO_F_EVENT_IDX a driver does not kick a device that is still busy). A
+    /// transport that traps writes reports them in order anyway and needs nothing here (the
+    /// default); one that polls shared memory scans it now.</summary>
+    void FlushNotifyWrites()
+    {
+    }
+
     /// <summary>Removes a mapping made by <see cref="MapAsync"/>.</summary>
     /// <param name="shmId">The window.</param>
     /// <param name="windowOffset">Offset of the mapping.</param>

@@ -36,7 +36,11 @@ public sealed partial class IsmDevice
         {
             DeviceQueue queue = _queues[Virtio.ControlQueue];
             while (epoch == _epoch && queue.TryPop(out DescriptorChain? chain))
+            {
+                // Notify writes the driver made before publishing this request are routed first.
+                _services?.FlushNotifyWrites();
                 await ProcessAsync(queue, chain, epoch);
+            }
         }
         catch (Exception ex)
         {
