@@ -11,7 +11,8 @@ namespace Vism.Transport.VhostUser;
 /// aligned load and cleared with an atomic exchange only when non-zero;</item>
 /// <item>after a hit, a kick or a new mapping the interval is the fast one; each empty scan doubles
 /// it up to the slow one (so latency is bounded by the slow interval, and an idle device costs one
-/// short scan per slow interval);</item>
+/// short scan per slow interval). Intervals are loop timers, precise to a few microseconds, so a
+/// fast interval of tens of microseconds is what it says;</item>
 /// <item>polling stops while no slot is in use and restarts on the next kick, start or mapping
 /// (a slot only comes into use through a controlq request and a SHMEM_MAP);</item>
 /// <item>every queue kick scans once before the device sees the kick, so a notify written before a
@@ -27,14 +28,14 @@ internal sealed class NotifyPoller : IDisposable
     private readonly int _width;
     private readonly IDeviceLoop _loop;
     private readonly IDeviceCounters _counters;
-    private readonly int _fastMs;
-    private readonly int _slowMs;
+    private readonly TimeSpan _fast;
+    private readonly TimeSpan _slow;
     private IDisposable? _timer;
-    private int _intervalMs;
-    private int _scheduledMs;
+    private TimeSpan _interval;
+    private TimeSpan _scheduled;
     private bool _disposed;
 
-    public NotifyPoller(IVirtioDevice device, Mapping window, IDeviceLoop loop, IDeviceCounters counters, int fastMs, int slowMs)
+    public NotifyPoller(IVirtioDevice device, Mapping window, IDeviceLoop loop, IDeviceCounters counters, TimeSpan fast, TimeSpan slow)
     {
         _device = device;
         _window = window;
@@ -42,9 +43,9 @@ internal sealed class NotifyPoller : IDisposable
         _width = SlotWidth(_slotSize);
         _loop = loop;
         _counters = counters;
-        _fastMs = fastMs;
-        _slowMs = slowMs;
-        _intervalMs = fastMs;
+        _fast = fast;
+        _slow = slow;
+        _interval = fast;
     }
 
     /// <summary>Whether a scan is scheduled.</summary>
@@ -53,20 +54,23 @@ internal sealed class NotifyPoller : IDisposable
     /// <summary>Scans performed (diagnostics, tests).</summary>
     public long Scans { get; private set; }
 
+    /// <summary>The interval the next scan is (or would be) scheduled with (tests).</summary>
+    public TimeSpan Interval => _interval;
+
     /// <summary>Something happened that may lead to slot writes: poll fast again.</summary>
     public void Activity()
     {
         if (_disposed) return;
-        _intervalMs = _fastMs;
-        if (_timer is not null && _scheduledMs <= _fastMs) return;
+        _interval = _fast;
+        if (_timer is not null && _scheduled <= _fast) return;
         _timer?.Dispose();
         Arm();
     }
 
     private void Arm()
     {
-        _scheduledMs = _intervalMs;
-        _timer = _loop.Schedule(TimeSpan.FromMilliseconds(_intervalMs), Tick);
+        _scheduled = _interval;
+        _timer = _loop.Schedule(_interval, Tick);
     }
 
     /// <summary>Stops polling until the next <see cref="Activity"/>.</summary>
@@ -111,8 +115,8 @@ internal sealed class NotifyPoller : IDisposable
         _timer = null;
         if (_disposed) return;
         if (_device.SlotsInUse == 0) return; // re-armed by the next kick or mapping
-        if (Scan() > 0) _intervalMs = _fastMs;
-        else _intervalMs = Math.Min(_intervalMs * 2, _slowMs);
+        if (Scan() > 0) _interval = _fast;
+        else _interval = _interval >= _slow / 2 ? _slow : _interval * 2;
         Arm();
     }
 
