@@ -16,8 +16,8 @@ namespace Vism.Benchmarks;
 /// frontend with one region allocated (so its NOTIFY window has a slot in use and the poller runs),
 /// then left alone. After the pollers have slowed down to <c>notify-poll-slow</c>, the loop thread's
 /// own CPU time (getrusage RUSAGE_THREAD, microsecond resolution) is read before and after a quiet
-/// period. The same is measured with the regions freed (no slot in use: the pollers stop) as the
-/// floor. Not a BenchmarkDotNet benchmark: it measures a rate over seconds, not an operation.
+/// period. The same is measured with one of the devices notified every millisecond (the poller's
+/// cost while active), and with the regions freed (no slot in use: the pollers stop) as the floor. Not a BenchmarkDotNet benchmark: it measures a rate over seconds, not an operation.
 /// Command: <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- idle-cost [seconds] [device counts...]</c>
 /// (default 10 s, 1 and 100 devices); see docs/benchmarks.md.
 /// </summary>
@@ -66,13 +66,31 @@ public static partial class IdleCost
             Thread.Sleep(TimeSpan.FromSeconds(1));
             (double withRegions, long scans) = LoopCpu(loop, transports, period);
 
+            // One device notified every millisecond (its own slot: nothing is routed, so this is the
+            // poller's cost while active), the others idle.
+            using var stop = new CancellationTokenSource();
+            var writer = new Thread(() =>
+            {
+                while (!stop.IsCancellationRequested)
+                {
+                    clients[0].Client.Notify(clients[0].Region);
+                    Thread.Sleep(1);
+                }
+            }) { Name = "idle-cost-writer" };
+            writer.Start();
+            Thread.Sleep(TimeSpan.FromMilliseconds(200));
+            (double active, long activeScans) = LoopCpu(loop, transports, period);
+            stop.Cancel();
+            writer.Join();
+
             foreach ((IsmClient client, _, ulong region) in clients)
                 if (client.Detach(region) != IsmControl.AckOk) throw new InvalidOperationException("DETACH failed");
             Thread.Sleep(TimeSpan.FromSeconds(1));
             (double withoutRegions, long idleScans) = LoopCpu(loop, transports, period);
 
-            Console.WriteLine($"{devices,5} devices, {polling} polling: loop thread {withRegions:F4} % of a core with a region each ({scans} scans, {scans / period.TotalSeconds:F0}/s), "
-                + $"{withoutRegions:F4} % with none ({idleScans} scans); per device with a region: {withRegions / devices:F5} %");
+            Console.WriteLine($"{devices,5} devices, {polling} polling: loop thread {withRegions:F4} % of a core with a region each, idle ({scans / period.TotalSeconds:F0} scans/s; "
+                + $"{withRegions / devices:F4} % per device); {active:F4} % with one of them notified every ms ({activeScans / period.TotalSeconds:F0} scans/s); "
+                + $"{withoutRegions:F4} % with no region ({idleScans} scans)");
         }
         finally
         {

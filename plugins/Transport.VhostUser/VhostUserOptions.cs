@@ -34,6 +34,11 @@ public sealed class VhostUserOptions : IValidatableOptions
     [Description("NOTIFY window poll interval right after a slot write, a kick or a new mapping (the latency bound while slots are being written), e.g. \"50us\"; 10us..1s")]
     public TimeSpan NotifyPollFast { get; set; } = TimeSpan.FromMicroseconds(50);
 
+    /// <summary>How long the NOTIFY window is polled at <see cref="NotifyPollFast"/> after the last slot
+    /// write, kick or mapping before the interval starts doubling.</summary>
+    [Description("How long polling stays at notify-poll-fast after the last slot write, kick or mapping before the interval starts doubling (keeps a device notified at least this often at the fast latency); 0..1s")]
+    public TimeSpan NotifyPollHold { get; set; } = TimeSpan.FromMilliseconds(1);
+
     /// <summary>Longest NOTIFY-window poll interval: the interval doubles after each empty scan from
     /// <see cref="NotifyPollFast"/> up to this, the latency bound after an idle period. Polling stops
     /// while no region slot is in use.</summary>
@@ -71,6 +76,8 @@ public sealed class VhostUserOptions : IValidatableOptions
             context.Error("notify-poll-fast", $"{Micros(NotifyPollFast)} is outside 10us..1s");
         if (NotifyPollSlow < NotifyPollFast || NotifyPollSlow > TimeSpan.FromSeconds(10))
             context.Error("notify-poll-slow", $"{Micros(NotifyPollSlow)} must lie between notify-poll-fast ({Micros(NotifyPollFast)}) and 10s");
+        if (NotifyPollHold < TimeSpan.Zero || NotifyPollHold > TimeSpan.FromSeconds(1))
+            context.Error("notify-poll-hold", $"{Micros(NotifyPollHold)} is outside 0..1s");
         if (BackendReplyTimeoutMs is < 100 or > 600_000)
             context.Error("backend-reply-timeout-ms", $"{BackendReplyTimeoutMs} is outside 100..600000");
     }

@@ -69,7 +69,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         {
             _notifyFd = MemFd.Create($"vism-notify-{device.Description.Name}", notifyLength);
             _notifyMap = Mapping.Map(_notifyFd, 0, notifyLength);
-            _poller = new NotifyPoller(device, _notifyMap, loop, counters, options.NotifyPollFast, options.NotifyPollSlow);
+            _poller = new NotifyPoller(device, _notifyMap, loop, counters, NotifyPollPolicy.From(options));
         }
         _watch = loop.WatchReadable(socket.Handle, OnReadable);
         device.Connect(this);

@@ -18,13 +18,19 @@ public sealed class NotifyPollerTests : IDisposable
     private readonly Microsoft.Win32.SafeHandles.SafeFileHandle _fd = MemFd.Create("poller-test", 4096);
     private readonly Mapping _window;
     private readonly TestCounters _counters = new();
-    private readonly NotifyPoller _poller;
+    private NotifyPoller _poller;
 
     public NotifyPollerTests()
     {
         _device = new FakeDevice(_loop, notifySize: 8) { SlotsInUse = 4 };
         _window = Mapping.Map(_fd, 0, 4096);
-        _poller = new NotifyPoller(_device, _window, _loop, _counters, Fast, Slow);
+        _poller = new NotifyPoller(_device, _window, _loop, _counters, new NotifyPollPolicy(Fast, Slow, TimeSpan.Zero));
+    }
+
+    private void WithHold(TimeSpan hold)
+    {
+        _poller.Dispose();
+        _poller = new NotifyPoller(_device, _window, _loop, _counters, new NotifyPollPolicy(Fast, Slow, hold));
     }
 
     public void Dispose()
@@ -50,6 +56,25 @@ public sealed class NotifyPollerTests : IDisposable
         Assert.Equal(Fast, _loop.PendingDelay); // ... and the next one comes after the fast one
         Assert.Equal(0, _window.Span(3 * 8, 8)[0]);
         Assert.Equal(1, _counters.Get("vhost-user.notify-writes"));
+    }
+
+    [Fact]
+    public void With_a_hold_time_the_interval_stays_fast_that_long_after_activity_and_after_each_hit()
+    {
+        WithHold(TimeSpan.FromMicroseconds(200)); // four empty scans at 50 us
+        _poller.Activity();
+        var intervals = new List<int>();
+        for (int i = 0; i < 8; i++)
+            intervals.Add((int)_loop.FireNext().TotalMicroseconds);
+        Assert.Equal([50, 50, 50, 50, 50, 100, 200, 400], intervals);
+
+        _window.Span(0, 8)[0] = 1;
+        _loop.FireNext(); // the hit
+        intervals.Clear();
+        for (int i = 0; i < 6; i++)
+            intervals.Add((int)_loop.FireNext().TotalMicroseconds);
+        Assert.Equal([50, 50, 50, 50, 50, 100], intervals);
+        Assert.Equal([0UL], _device.NotifyWrites.ToArray());
     }
 
     [Fact]

@@ -35,9 +35,10 @@ public sealed class OptionsTests
             MaxMemSlots = 0,
             NotifyPollFast = TimeSpan.FromMicroseconds(5),
             NotifyPollSlow = TimeSpan.FromSeconds(20),
+            NotifyPollHold = TimeSpan.FromSeconds(2),
             BackendReplyTimeoutMs = 5,
         }.Validate(ctx);
-        Assert.Equal(["socket-path", "vectors", "max-mem-slots", "notify-poll-fast", "notify-poll-slow", "backend-reply-timeout-ms"],
+        Assert.Equal(["socket-path", "vectors", "max-mem-slots", "notify-poll-fast", "notify-poll-slow", "notify-poll-hold", "backend-reply-timeout-ms"],
             ctx.Errors.Select(e => e.Key));
         Assert.Empty(ctx.Endpoints);
     }
