@@ -231,7 +231,7 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
                     _log.LogCritical("{Loop}: waiting failed: {Errno}; the loop stops", Name, e);
                     return;
                 }
-                for (int i = 0; i < n; i++)
+                for (int i = 0; i < n && !_stopping; i++) // a callback may dispose the loop: its fds are then closed
                 {
                     ulong id = *(ulong*)(events + i * size + dataOffset);
                     if (id == WakeId)
