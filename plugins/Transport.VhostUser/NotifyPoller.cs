@@ -9,9 +9,12 @@ namespace Vism.Transport.VhostUser;
 /// <list type="bullet">
 /// <item>only slots below <see cref="IVirtioDevice.SlotsInUse"/> are scanned; a slot is read with one
 /// aligned load and cleared with an atomic exchange only when non-zero;</item>
-/// <item>after a hit, a kick or a new mapping the interval is the fast one; each empty scan doubles
-/// it up to the slow one (so latency is bounded by the slow interval, and an idle device costs one
-/// short scan per slow interval);</item>
+/// <item>after a hit, a kick or a new mapping the interval is the fast one, and stays so for the
+/// hold time (counted in fast scans); after that each empty scan doubles it up to the slow one. So a
+/// device notified every millisecond or more often is polled at the fast interval, latency is
+/// bounded by the slow interval, and an idle device costs one short scan per slow interval.
+/// Intervals are loop timers, precise to a few microseconds, so a fast interval of tens of
+/// microseconds is what it says;</item>
 /// <item>polling stops while no slot is in use and restarts on the next kick, start or mapping
 /// (a slot only comes into use through a controlq request and a SHMEM_MAP);</item>
 /// <item>the device scans once more (<see cref="ITransportServices.FlushNotifyWrites"/>) before it
@@ -28,14 +31,16 @@ internal sealed class NotifyPoller : IDisposable
     private readonly int _width;
     private readonly IDeviceLoop _loop;
     private readonly IDeviceCounters _counters;
-    private readonly int _fastMs;
-    private readonly int _slowMs;
+    private readonly TimeSpan _fast;
+    private readonly TimeSpan _slow;
+    private readonly int _holdScans;
     private IDisposable? _timer;
-    private int _intervalMs;
-    private int _scheduledMs;
+    private TimeSpan _interval;
+    private TimeSpan _scheduled;
+    private int _fastScansLeft;
     private bool _disposed;
 
-    public NotifyPoller(IVirtioDevice device, Mapping window, IDeviceLoop loop, IDeviceCounters counters, int fastMs, int slowMs)
+    public NotifyPoller(IVirtioDevice device, Mapping window, IDeviceLoop loop, IDeviceCounters counters, NotifyPollPolicy policy)
     {
         _device = device;
         _window = window;
@@ -43,9 +48,10 @@ internal sealed class NotifyPoller : IDisposable
         _width = SlotWidth(_slotSize);
         _loop = loop;
         _counters = counters;
-        _fastMs = fastMs;
-        _slowMs = slowMs;
-        _intervalMs = fastMs;
+        _fast = policy.Fast;
+        _slow = policy.Slow;
+        _holdScans = policy.HoldScans;
+        _interval = _fast;
     }
 
     /// <summary>Whether a scan is scheduled.</summary>
@@ -54,20 +60,24 @@ internal sealed class NotifyPoller : IDisposable
     /// <summary>Scans performed (diagnostics, tests).</summary>
     public long Scans { get; private set; }
 
+    /// <summary>The interval the next scan is (or would be) scheduled with (tests).</summary>
+    public TimeSpan Interval => _interval;
+
     /// <summary>Something happened that may lead to slot writes: poll fast again.</summary>
     public void Activity()
     {
         if (_disposed) return;
-        _intervalMs = _fastMs;
-        if (_timer is not null && _scheduledMs <= _fastMs) return;
+        _interval = _fast;
+        _fastScansLeft = _holdScans;
+        if (_timer is not null && _scheduled <= _fast) return;
         _timer?.Dispose();
         Arm();
     }
 
     private void Arm()
     {
-        _scheduledMs = _intervalMs;
-        _timer = _loop.Schedule(TimeSpan.FromMilliseconds(_intervalMs), Tick);
+        _scheduled = _interval;
+        _timer = _loop.Schedule(_interval, Tick);
     }
 
     /// <summary>Stops polling until the next <see cref="Activity"/>.</summary>
@@ -112,8 +122,15 @@ internal sealed class NotifyPoller : IDisposable
         _timer = null;
         if (_disposed) return;
         if (_device.SlotsInUse == 0) return; // re-armed by the next kick or mapping
-        if (Scan() > 0) _intervalMs = _fastMs;
-        else _intervalMs = Math.Min(_intervalMs * 2, _slowMs);
+        if (Scan() > 0)
+        {
+            _interval = _fast;
+            _fastScansLeft = _holdScans;
+        }
+        else if (_fastScansLeft > 0)
+            _fastScansLeft--;
+        else
+            _interval = _interval >= _slow / 2 ? _slow : _interval * 2;
         Arm();
     }
 
@@ -150,4 +167,14 @@ internal sealed class NotifyPoller : IDisposable
         _disposed = true;
         Stop();
     }
+}
+
+/// <summary>The NOTIFY poll intervals: <paramref name="Fast"/> after activity, kept for
+/// <paramref name="Hold"/>, then doubling per empty scan up to <paramref name="Slow"/>.</summary>
+internal readonly record struct NotifyPollPolicy(TimeSpan Fast, TimeSpan Slow, TimeSpan Hold)
+{
+    /// <summary>Empty scans at the fast interval after activity before the interval starts to grow.</summary>
+    public int HoldScans => Fast <= TimeSpan.Zero ? 0 : (int)Math.Min(int.MaxValue, Hold.Ticks / Fast.Ticks);
+
+    public static NotifyPollPolicy From(VhostUserOptions options) => new(options.NotifyPollFast, options.NotifyPollSlow, options.NotifyPollHold);
 }

@@ -26,19 +26,31 @@ public sealed class VhostUserOptions : IValidatableOptions
     [Description("Memory regions the frontend may add with ADD_MEM_REG (GET_MAX_MEM_SLOTS)")]
     public int MaxMemSlots { get; set; } = 509;
 
-    /// <summary>NOTIFY-window poll interval right after a slot write, a kick or a new mapping (ms).</summary>
-    [Description("NOTIFY window poll interval while slots are being written, in ms (latency bound when active)")]
-    public int NotifyPollFastMs { get; set; } = 1;
+    /// <summary>Shortest NOTIFY-window poll interval accepted: below it the loop would do little but poll.</summary>
+    public static readonly TimeSpan MinNotifyPoll = TimeSpan.FromMicroseconds(10);
 
-    /// <summary>Longest NOTIFY-window poll interval when no slot is written (ms); the interval doubles
-    /// after each empty scan up to this value. Polling stops while no region slot is in use.</summary>
-    [Description("Longest NOTIFY window poll interval when idle, in ms (latency bound after an idle period); the interval doubles per empty scan")]
-    public int NotifyPollSlowMs { get; set; } = 50;
+    /// <summary>NOTIFY-window poll interval right after a slot write, a kick, the start or a new
+    /// mapping: the latency bound while the device is active.</summary>
+    [Description("NOTIFY window poll interval right after a slot write, a kick or a new mapping (the latency bound while slots are being written), e.g. \"50us\"; 10us..1s")]
+    public TimeSpan NotifyPollFast { get; set; } = TimeSpan.FromMicroseconds(50);
+
+    /// <summary>How long the NOTIFY window is polled at <see cref="NotifyPollFast"/> after the last slot
+    /// write, kick or mapping before the interval starts doubling.</summary>
+    [Description("How long polling stays at notify-poll-fast after the last slot write, kick or mapping before the interval starts doubling (keeps a device notified at least this often at the fast latency); 0..1s")]
+    public TimeSpan NotifyPollHold { get; set; } = TimeSpan.FromMilliseconds(1);
+
+    /// <summary>Longest NOTIFY-window poll interval: the interval doubles after each empty scan from
+    /// <see cref="NotifyPollFast"/> up to this, the latency bound after an idle period. Polling stops
+    /// while no region slot is in use.</summary>
+    [Description("Longest NOTIFY window poll interval (the latency bound after an idle period); the interval doubles per empty scan from notify-poll-fast; notify-poll-fast..10s")]
+    public TimeSpan NotifyPollSlow { get; set; } = TimeSpan.FromMilliseconds(50);
 
     /// <summary>How long a backend-channel request (SHMEM_MAP/UNMAP) may wait for its reply before the
     /// frontend is considered broken and disconnected (ms).</summary>
     [Description("How long SHMEM_MAP/UNMAP may wait for the frontend's reply before the connection is dropped, in ms")]
     public int BackendReplyTimeoutMs { get; set; } = 10_000;
+
+    private static string Micros(TimeSpan t) => $"{t.TotalMicroseconds:0.#}us";
 
     /// <summary>The socket path this device serves, made absolute.</summary>
     /// <param name="device">The device.</param>
@@ -60,10 +72,12 @@ public sealed class VhostUserOptions : IValidatableOptions
             context.Error("vectors", $"{Vectors} is outside 0..{MaxVectors}");
         if (MaxMemSlots is < 1 or > 509)
             context.Error("max-mem-slots", $"{MaxMemSlots} is outside 1..509 (KVM's limit)");
-        if (NotifyPollFastMs is < 1 or > 1000)
-            context.Error("notify-poll-fast-ms", $"{NotifyPollFastMs} is outside 1..1000");
-        if (NotifyPollSlowMs < NotifyPollFastMs || NotifyPollSlowMs > 10_000)
-            context.Error("notify-poll-slow-ms", $"{NotifyPollSlowMs} must lie between notify-poll-fast-ms ({NotifyPollFastMs}) and 10000");
+        if (NotifyPollFast < MinNotifyPoll || NotifyPollFast > TimeSpan.FromSeconds(1))
+            context.Error("notify-poll-fast", $"{Micros(NotifyPollFast)} is outside 10us..1s");
+        if (NotifyPollSlow < NotifyPollFast || NotifyPollSlow > TimeSpan.FromSeconds(10))
+            context.Error("notify-poll-slow", $"{Micros(NotifyPollSlow)} must lie between notify-poll-fast ({Micros(NotifyPollFast)}) and 10s");
+        if (NotifyPollHold < TimeSpan.Zero || NotifyPollHold > TimeSpan.FromSeconds(1))
+            context.Error("notify-poll-hold", $"{Micros(NotifyPollHold)} is outside 0..1s");
         if (BackendReplyTimeoutMs is < 100 or > 600_000)
             context.Error("backend-reply-timeout-ms", $"{BackendReplyTimeoutMs} is outside 100..600000");
     }

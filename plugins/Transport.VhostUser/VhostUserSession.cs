@@ -69,7 +69,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         {
             _notifyFd = MemFd.Create($"vism-notify-{device.Description.Name}", notifyLength);
             _notifyMap = Mapping.Map(_notifyFd, 0, notifyLength);
-            _poller = new NotifyPoller(device, _notifyMap, loop, counters, options.NotifyPollFastMs, options.NotifyPollSlowMs);
+            _poller = new NotifyPoller(device, _notifyMap, loop, counters, NotifyPollPolicy.From(options));
         }
         _watch = loop.WatchReadable(socket.Handle, OnReadable);
         device.Connect(this);
@@ -453,7 +453,9 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         {
             Fd.SetNonBlocking(fd);
             ring.Kick = EventFd.Adopt(fd);
-            ring.KickWatch = _loop.WatchReadable(fd, () => OnKick((int)index));
+            // The queues of per-region vectors never run: their kicks mean nothing and are not watched.
+            if (index < (uint)_device.QueueCount)
+                ring.KickWatch = _loop.WatchReadable(fd, () => OnKick((int)index));
         }
         catch (PosixException ex)
         {
@@ -553,6 +555,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         if (cleared != 0) return Outcome.Fail($"status {status} clears {cleared} without a reset");
         string? error = Advance(status);
         if (error is null && _device.Status.HasFlag(DeviceStatus.DriverOk) && !_started && !RingsPending()) Started();
+        DeliverDeferredKicks();
         return Outcome.From(error);
     }
 
@@ -638,19 +641,53 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         Ring ring = _rings[index];
         if (ring.Kick is null) return;
         ring.Kick.Drain();
-        if (!ring.Running)
+        if (!ring.Running || !_device.Status.HasFlag(DeviceStatus.DriverOk))
         {
-            _counters.Increment("vhost-user.kicks-ignored");
+            // The ring is "started but disabled" (vhost-user, Ring states): its kick fd arrived but
+            // SET_VRING_ENABLE (or DRIVER_OK) has not. QEMU creates every kick eventfd already
+            // signalled (virtio_bus_set_host_notifier: event_notifier_init(notifier, 1)) so that the
+            // backend looks at the ring once, and a guest may kick while QEMU's start messages are
+            // still queued on the socket. The kick is kept and delivered once the ring runs.
+            if (!ring.KickPending) _counters.Increment("vhost-user.kicks-deferred");
+            ring.KickPending = true;
             return;
         }
+        Kicked(index);
+    }
+
+    /// <summary>A kick reaches the device (notify writes before the requests it announces are
+    /// flushed by the device itself, see <see cref="FlushNotifyWrites"/>).</summary>
+    private void Kicked(int index)
+    {
         _poller?.Activity();
         _device.NotifyQueue(index);
     }
 
+    /// <summary>Delivers the kicks that arrived before their ring ran, once it runs on a device with
+    /// DRIVER_OK (each at most once).</summary>
+    private void DeliverDeferredKicks()
+    {
+        if (_closed || !_device.Status.HasFlag(DeviceStatus.DriverOk)) return;
+        for (int i = 0; i < _device.QueueCount && i < _rings.Length; i++)
+        {
+            Ring ring = _rings[i];
+            if (!ring.KickPending || !ring.Running) continue;
+            ring.KickPending = false;
+            Kicked(i);
+        }
+    }
+
     /// <summary>Starts ring <paramref name="index"/> on the device once it has everything (size,
-    /// addresses, a kick fd, enabled). Queues past the device's own (per-region vectors) only carry
-    /// call fds and never start.</summary>
+    /// addresses, a kick fd, enabled), then delivers kicks that waited for a ring to run. Queues past
+    /// the device's own (per-region vectors) only carry call fds and never start.</summary>
     private string? TryRun(int index)
+    {
+        string? error = StartRing(index);
+        DeliverDeferredKicks();
+        return error;
+    }
+
+    private string? StartRing(int index)
     {
         Ring ring = _rings[index];
         if (ring.Running || !ring.Started || !ring.Enabled || ring.Layout is not { } layout || ring.Size == 0) return null;
@@ -858,6 +895,9 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         public bool Enabled;
         public bool Running;
 
+        /// <summary>A kick arrived before the ring ran; it is delivered when it runs.</summary>
+        public bool KickPending;
+
         public void DropKick()
         {
             KickWatch?.Dispose();
@@ -865,6 +905,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
             Kick?.Dispose();
             Kick = null;
             Started = false;
+            KickPending = false;
         }
 
         /// <summary>Device reset: the ring stops and forgets its base; call fds stay (QEMU sends new ones on start).</summary>

@@ -40,13 +40,19 @@ public sealed class PluginTests
     [Theory]
     [InlineData(-1.0)]
     [InlineData(1001.0)]
-    [InlineData(0.5)]
-    public void A_batch_delay_that_is_negative_over_a_second_or_not_whole_milliseconds_is_an_error_on_its_key(double milliseconds)
+    public void A_batch_delay_that_is_negative_or_over_a_second_is_an_error_on_its_key(double milliseconds)
     {
         TimeSpan delay = TimeSpan.FromMilliseconds(milliseconds);
         Assert.Equal(["batch-delay"], Validate(new VqEventOptions { BatchDelay = delay }).Select(e => e.Key));
         Assert.Equal(["batch-delay"], Validate(new IrqEventOptions { BatchDelay = delay }).Select(e => e.Key));
         Assert.Empty(Validate(new VqEventOptions { BatchDelay = TimeSpan.FromSeconds(1) }));
+    }
+
+    [Fact]
+    public void A_sub_millisecond_batch_delay_is_accepted()
+    {
+        Assert.Empty(Validate(new VqEventOptions { BatchDelay = TimeSpan.FromMicroseconds(200) }));
+        Assert.Empty(Validate(new IrqEventOptions { BatchDelay = TimeSpan.FromMicroseconds(1500) }));
     }
 
     [Fact]

@@ -180,6 +180,27 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
+    public void A_duration_option_accepts_microseconds_and_a_bad_duration_names_the_units()
+    {
+        static string WithTimeout(string value) => $$"""
+            [[device]]
+            name = "d"
+            [device.transport]
+            kind = "kit-transport"
+            timeout = "{{value}}"
+            [device.memory]
+            kind = "sample-shm"
+            """;
+        (VismConfig? config, ConfigLoader loader) = Load(WithTimeout("250us"));
+        Assert.True(config is not null, string.Join("\n", loader.Errors.Errors));
+        dynamic t = config.Devices[0].Transport.Options;
+        Assert.Equal(TimeSpan.FromMicroseconds(250), (TimeSpan)t.Timeout);
+
+        Assert.Equal(["F:5:11: device[0].transport.timeout: expected a duration such as \"50us\", \"500ms\", \"5s\", \"2m\" or \"1h\", found the string \"250 fortnights\""],
+            Errors(WithTimeout("250 fortnights")));
+    }
+
+    [Fact]
     public void Window_limits_are_enforced()
     {
         Assert.Contains(Errors(DeviceWith("window-size = \"128GiB\"")), e => e.Contains("window-size: 128GiB is too large: at most 64GiB"));

@@ -262,6 +262,32 @@ public sealed class FrontendTests
     }
 
     [Fact]
+    public async Task A_kick_signalled_before_its_ring_is_enabled_is_delivered_once_when_the_ring_runs()
+    {
+        await using var c = Connected.Open(start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
+        // Stop the controlq as QEMU does (disable, GET_VRING_BASE), then start it again the way QEMU
+        // does: the kick fd first, created already signalled, and SET_VRING_ENABLE after it.
+        f.Send(FrontendRequest.SetVringEnable, new VringState(0, 0).ToBytes());
+        Assert.True(VringState.TryRead(f.Request(FrontendRequest.GetVringBase, new VringState(0, 0).ToBytes()), out VringState stopped));
+        int kicks = b.On(() => b.Device.Kicks);
+        f.Send(FrontendRequest.SetFeatures, U64Payload.ToBytes(b.Device.DriverFeatures | (1UL << 30)));
+        f.Send(FrontendRequest.SetVringBase, new VringState(0, stopped.Num).ToBytes());
+        using EventFd kick = EventFd.Create();
+        kick.Signal();
+        f.Send(FrontendRequest.SetVringKick, U64Payload.ToBytes(0), [kick.Handle]);
+        b.WaitFor(() => b.Counters.Get("vhost-user.kicks-deferred") == 1, "the kick on the disabled ring to be seen");
+        Assert.Equal(kicks, b.On(() => b.Device.Kicks)); // the ring does not run: nothing reached the device
+
+        f.Send(FrontendRequest.SetVringEnable, new VringState(0, 1).ToBytes());
+        b.WaitFor(() => b.Device.Kicks == kicks + 1, "the deferred kick to reach the device");
+        Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)), "the device's answer to the kick did not reach the call fd");
+        Thread.Sleep(100);
+        Assert.Equal(kicks + 1, b.On(() => b.Device.Kicks)); // once
+        Assert.Equal(1, b.Counters.Get("vhost-user.kicks-deferred"));
+    }
+
+    [Fact]
     public async Task Mappings_a_frontend_kept_over_a_stop_are_removed_at_the_next_start()
     {
         await using var c = Connected.Open(start: true);

@@ -65,14 +65,16 @@ internal sealed class IsmRig : IAsyncDisposable
 
     public IsmHost Host { get; }
 
-    public IsmPeer Add(string name, bool connect = true, int notifyPollFastMs = 1, int notifyPollSlowMs = 50)
+    public IsmPeer Add(string name, bool connect = true, TimeSpan? notifyPollFast = null, TimeSpan? notifyPollSlow = null)
     {
         EventLoop loop = _loops[_peers.Count % _loops.Length];
         DeviceDescription description = DeviceLayout.Compute(name, Virtio.IsmDeviceId, 16 * MiB, MiB, 1);
         var counters = new DeviceCounters();
         var events = new VectorChannel();
         IsmDevice device = Host.AddDevice(description, loop, new InMemoryBackend(64 * MiB), events, counters);
-        var options = new VhostUserOptions { SocketPath = _dir[name + ".sock"], Vectors = Vectors, NotifyPollFastMs = notifyPollFastMs, NotifyPollSlowMs = notifyPollSlowMs };
+        var options = new VhostUserOptions { SocketPath = _dir[name + ".sock"], Vectors = Vectors, };
+        options.NotifyPollFast = notifyPollFast ?? options.NotifyPollFast;
+        options.NotifyPollSlow = notifyPollSlow ?? options.NotifyPollSlow;
         var host = new HostDescription { Gid = Host.Gid, StateDirectory = _dir.Path, SocketDirectory = _dir.Path };
         var log = new ListLogger<VhostUserTransport>();
         var transport = new VhostUserTransport(options, description, host, loop, counters, log);
@@ -201,7 +203,7 @@ public sealed class IsmOverVhostUserTests
         // A 1 s poll interval makes the race certain: unless the NOTIFY window is scanned before
         // the control request is served, the DETACH below is served long before the poller would
         // see the notify slot, and the update is lost.
-        IsmPeer a = rig.Add("a", notifyPollFastMs: 1000, notifyPollSlowMs: 1000);
+        IsmPeer a = rig.Add("a", notifyPollFast: TimeSpan.FromSeconds(1), notifyPollSlow: TimeSpan.FromSeconds(1));
         IsmPeer b = rig.Add("b");
         AllocReply alloc = a.C.Alloc(IsmRig.MiB);
         AttachReply attach = b.C.Attach(alloc.Token);

@@ -33,11 +33,12 @@ public sealed class OptionsTests
             SocketPath = "/tmp/" + new string('s', 120),
             Vectors = -1,
             MaxMemSlots = 0,
-            NotifyPollFastMs = 0,
-            NotifyPollSlowMs = 20_000,
+            NotifyPollFast = TimeSpan.FromMicroseconds(5),
+            NotifyPollSlow = TimeSpan.FromSeconds(20),
+            NotifyPollHold = TimeSpan.FromSeconds(2),
             BackendReplyTimeoutMs = 5,
         }.Validate(ctx);
-        Assert.Equal(["socket-path", "vectors", "max-mem-slots", "notify-poll-fast-ms", "notify-poll-slow-ms", "backend-reply-timeout-ms"],
+        Assert.Equal(["socket-path", "vectors", "max-mem-slots", "notify-poll-fast", "notify-poll-slow", "notify-poll-hold", "backend-reply-timeout-ms"],
             ctx.Errors.Select(e => e.Key));
         Assert.Empty(ctx.Endpoints);
     }

@@ -8,41 +8,98 @@ using Vism.Abstractions;
 
 namespace Vism.Native;
 
+/// <summary>How an <see cref="EventLoop"/> waits for its next timer.</summary>
+public enum LoopTimerMode
+{
+    /// <summary><see cref="EpollPwait2"/> when the kernel and C library offer it, else <see cref="TimerFd"/>.</summary>
+    Auto,
+
+    /// <summary>epoll_pwait2 with a nanosecond timeout (Linux 5.11, glibc 2.35): no extra system call
+    /// per timer.</summary>
+    EpollPwait2,
+
+    /// <summary>A timerfd in the epoll set, re-armed when the earliest timer changes (one more system
+    /// call then); epoll_wait itself waits without a timeout.</summary>
+    TimerFd,
+}
+
 /// <summary>
 /// An epoll loop on one dedicated thread: the implementation of <see cref="IDeviceLoop"/>.
 /// Watches are level-triggered and keyed by a registration id (not the fd), so a descriptor
 /// number reused after close never reaches a stale callback. Callbacks that throw are logged;
 /// the loop keeps running.
 /// </summary>
+/// <remarks>
+/// Timers have nanosecond resolution against CLOCK_MONOTONIC (the clock <see cref="System.Diagnostics.Stopwatch"/>
+/// reads): the loop sleeps in epoll_pwait2 with a timespec timeout, or, where that call is missing,
+/// in epoll_wait with a timerfd armed for the earliest timer. The loop thread's timer slack is set to
+/// <see cref="TimerSlackNs"/>, so the kernel fires a timeout at most that much late for grouping
+/// (the default slack is 50 µs). A timer never fires before its due time; timers due at the same
+/// time fire in the order they were scheduled. Nothing spins: the thread sleeps until an fd event,
+/// posted work or the earliest timer.
+/// </remarks>
 public sealed class EventLoop : IDeviceLoop, IDisposable
 {
+    /// <summary>The loop thread's timer slack (PR_SET_TIMERSLACK): how late the kernel may end a
+    /// timed wait to group it with other wake-ups.</summary>
+    public const long TimerSlackNs = 1_000;
+
+    private const ulong WakeId = 0;
+    private const ulong TimerFdId = ulong.MaxValue;
+    private const int MaxEvents = 64;
+
     private readonly ILogger _log;
     private readonly Thread _thread;
     private readonly SafeFileHandle _epoll;
+    private readonly SafeFileHandle? _timerFd;
     private readonly EventFd _wake = EventFd.Create();
     private readonly ConcurrentQueue<Action> _posted = new();
     private readonly Lock _lock = new();
     private readonly Dictionary<ulong, Watch> _watches = new();
-    private readonly PriorityQueue<TimerEntry, long> _timers = new(); // loop thread only
+    private readonly PriorityQueue<TimerEntry, (long Due, long Sequence)> _timers = new(); // loop thread only
+    private readonly List<TimerEntry> _due = []; // loop thread only
+    private long _timerSequence; // loop thread only
+    private long _armedDue = long.MaxValue; // timerfd mode, loop thread only: the expiry the timerfd holds
     private ulong _nextId = 1;
     private int _wakePending;
     private volatile bool _stopping;
 
-    public EventLoop(string name, ILogger? log = null)
+    /// <summary>Creates the loop and starts its thread.</summary>
+    /// <param name="name">The thread's name.</param>
+    /// <param name="log">Where failures of callbacks are logged.</param>
+    /// <param name="timers">How the loop waits for timers (tests force <see cref="LoopTimerMode.TimerFd"/>).</param>
+    public EventLoop(string name, ILogger? log = null, LoopTimerMode timers = LoopTimerMode.Auto)
     {
         Name = name;
         _log = log ?? NullLogger.Instance;
         int ep = LibC.epoll_create1(LibC.EPOLL_CLOEXEC);
         if (ep < 0) throw PosixException.FromPInvoke("epoll_create1");
         _epoll = Fd.Own(ep);
-        var ev = new EpollEvent { events = EpollEvents.EPOLLIN, u64 = 0 };
+        var ev = new EpollEvent { events = EpollEvents.EPOLLIN, u64 = WakeId };
         PosixException.Check(Syscall.epoll_ctl(ep, EpollOp.EPOLL_CTL_ADD, Fd.Raw(_wake.Handle), ref ev), "epoll_ctl(wake)");
+        TimerMode = timers switch
+        {
+            LoopTimerMode.Auto => HasEpollPwait2(ep) ? LoopTimerMode.EpollPwait2 : LoopTimerMode.TimerFd,
+            LoopTimerMode.EpollPwait2 when !HasEpollPwait2(ep) => throw new PlatformNotSupportedException("epoll_pwait2 is not available (Linux 5.11 and glibc 2.35 are needed)"),
+            _ => timers,
+        };
+        if (TimerMode == LoopTimerMode.TimerFd)
+        {
+            int tfd = LibC.timerfd_create(LibC.CLOCK_MONOTONIC, LibC.TFD_NONBLOCK | LibC.TFD_CLOEXEC);
+            if (tfd < 0) throw PosixException.FromPInvoke("timerfd_create");
+            _timerFd = Fd.Own(tfd);
+            ev = new EpollEvent { events = EpollEvents.EPOLLIN, u64 = TimerFdId };
+            PosixException.Check(Syscall.epoll_ctl(ep, EpollOp.EPOLL_CTL_ADD, tfd, ref ev), "epoll_ctl(timerfd)");
+        }
         _thread = new Thread(Run) { IsBackground = true, Name = name };
         _thread.Start();
     }
 
     /// <summary>The loop's thread name.</summary>
     public string Name { get; }
+
+    /// <summary>How this loop waits for its timers (never <see cref="LoopTimerMode.Auto"/>).</summary>
+    public LoopTimerMode TimerMode { get; }
 
     /// <inheritdoc />
     public bool IsOnLoop => Thread.CurrentThread == _thread;
@@ -87,12 +144,26 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
     }
 
     /// <inheritdoc />
+    /// <remarks>The delay counts from this call, with the resolution of <see cref="TimeSpan"/> (100 ns).
+    /// On the loop thread the timer is queued at once; from another thread it is queued by a posted
+    /// work item.</remarks>
     public IDisposable Schedule(TimeSpan due, Action callback)
     {
         ArgumentNullException.ThrowIfNull(callback);
-        var entry = new TimerEntry(callback, NowMs + Math.Max(0, (long)due.TotalMilliseconds));
-        Post(() => _timers.Enqueue(entry, entry.Due));
+        var entry = new TimerEntry(callback, DueAt(NowNs, due));
+        if (IsOnLoop) Enqueue(entry);
+        else Post(() => Enqueue(entry));
         return entry;
+    }
+
+    private void Enqueue(TimerEntry entry) => _timers.Enqueue(entry, (entry.Due, _timerSequence++));
+
+    /// <summary>The monotonic time <paramref name="delay"/> after <paramref name="now"/> (ns), saturating.</summary>
+    internal static long DueAt(long now, TimeSpan delay)
+    {
+        long ticks = Math.Max(0, delay.Ticks);
+        const long NsPerTick = 1_000_000_000 / TimeSpan.TicksPerSecond;
+        return ticks > (long.MaxValue - 1 - now) / NsPerTick ? long.MaxValue - 1 : now + ticks * NsPerTick;
     }
 
     private void Remove(Watch watch)
@@ -109,45 +180,130 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
         }
     }
 
-    /// <summary>Milliseconds from a precise monotonic clock. Environment.TickCount64 reads
-    /// CLOCK_MONOTONIC_COARSE on Linux, which advances in kernel ticks (4 ms at HZ=250): a 1 ms timer
-    /// would fire after up to 4 ms, with epoll_wait(1) spinning until the tick.</summary>
-    private static long NowMs => System.Diagnostics.Stopwatch.GetTimestamp() / TicksPerMs;
+    /// <summary>Nanoseconds of CLOCK_MONOTONIC (what Stopwatch reads on Linux, and what epoll_pwait2
+    /// and timerfds count against). Not Environment.TickCount64: that reads CLOCK_MONOTONIC_COARSE,
+    /// which advances in kernel ticks (4 ms at HZ=250).</summary>
+    internal static long NowNs
+    {
+        get
+        {
+            long ts = System.Diagnostics.Stopwatch.GetTimestamp();
+            return NanosecondClock ? ts : (long)((Int128)ts * 1_000_000_000 / System.Diagnostics.Stopwatch.Frequency);
+        }
+    }
 
-    private static readonly long TicksPerMs = Math.Max(1, System.Diagnostics.Stopwatch.Frequency / 1000);
+    private static readonly bool NanosecondClock = System.Diagnostics.Stopwatch.Frequency == 1_000_000_000;
 
-    private void Run()
+    private static unsafe bool HasEpollPwait2(int epfd)
+    {
+        byte* events = stackalloc byte[16];
+        var zero = new LibC.Timespec();
+        try
+        {
+            if (LibC.epoll_pwait2(epfd, events, 1, &zero, null) >= 0) return true;
+            Errno errno = NativeConvert.ToErrno(Marshal.GetLastPInvokeError());
+            return errno is not (Errno.ENOSYS or Errno.EPERM);
+        }
+        catch (EntryPointNotFoundException)
+        {
+            return false;
+        }
+    }
+
+    private unsafe void Run()
     {
         SynchronizationContext.SetSynchronizationContext(new LoopSynchronizationContext(this));
-        var events = new EpollEvent[64];
-        int epfd = Fd.Raw(_epoll);
-        while (!_stopping)
+        if (LibC.prctl(LibC.PR_SET_TIMERSLACK, TimerSlackNs, 0, 0, 0) != 0)
+            _log.LogWarning("{Loop}: cannot set the timer slack: {Error}", Name, PosixException.Describe(NativeConvert.ToErrno(Marshal.GetLastPInvokeError())));
+        int size = LibC.EpollEventSize, dataOffset = LibC.EpollDataOffset;
+        byte* events = (byte*)NativeMemory.Alloc((nuint)(MaxEvents * size));
+        try
         {
-            int timeout = NextTimeout();
-            int n = Syscall.epoll_wait(epfd, events, events.Length, timeout);
-            if (n < 0)
+            int epfd = Fd.Raw(_epoll);
+            while (!_stopping)
             {
-                Errno e = Stdlib.GetLastError();
-                if (e == Errno.EINTR) continue;
-                _log.LogCritical("{Loop}: epoll_wait failed: {Errno}; the loop stops", Name, e);
-                return;
-            }
-            for (int i = 0; i < n; i++)
-            {
-                ulong id = events[i].u64;
-                if (id == 0)
+                int n = Wait(epfd, events);
+                if (n < 0)
                 {
-                    _wake.Drain();
-                    Volatile.Write(ref _wakePending, 0);
-                    continue;
+                    Errno e = NativeConvert.ToErrno(Marshal.GetLastPInvokeError());
+                    if (e == Errno.EINTR) continue;
+                    if (_stopping) return; // disposed from a callback on this thread: the epoll fd is gone
+                    _log.LogCritical("{Loop}: waiting failed: {Errno}; the loop stops", Name, e);
+                    return;
                 }
-                Watch? w;
-                lock (_lock) _watches.TryGetValue(id, out w);
-                if (w is not null) Invoke(w.Callback);
+                for (int i = 0; i < n && !_stopping; i++) // a callback may dispose the loop: its fds are then closed
+                {
+                    ulong id = *(ulong*)(events + i * size + dataOffset);
+                    if (id == WakeId)
+                    {
+                        _wake.Drain();
+                        Volatile.Write(ref _wakePending, 0);
+                        continue;
+                    }
+                    if (id == TimerFdId)
+                    {
+                        DrainTimerFd();
+                        continue;
+                    }
+                    Watch? w;
+                    lock (_lock) _watches.TryGetValue(id, out w);
+                    if (w is not null) Invoke(w.Callback);
+                }
+                RunPosted();
+                RunTimers();
             }
-            RunPosted();
-            RunTimers();
         }
+        finally
+        {
+            NativeMemory.Free(events);
+        }
+    }
+
+    /// <summary>Sleeps until an fd event, posted work, or the earliest timer's due time.</summary>
+    private unsafe int Wait(int epfd, byte* events)
+    {
+        long due = EarliestDue();
+        bool immediate = !_posted.IsEmpty;
+        if (TimerMode == LoopTimerMode.EpollPwait2)
+        {
+            if (!immediate && due == long.MaxValue)
+                return LibC.epoll_pwait2(epfd, events, MaxEvents, null, null);
+            var timeout = LibC.Timespec.FromNanoseconds(immediate ? 0 : Math.Max(0, due - NowNs));
+            return LibC.epoll_pwait2(epfd, events, MaxEvents, &timeout, null);
+        }
+        if (!immediate && due != long.MaxValue)
+        {
+            long remaining = due - NowNs;
+            if (remaining <= 0) immediate = true;
+            else ArmTimerFd(due, remaining);
+        }
+        else if (due == long.MaxValue)
+        {
+            ArmTimerFd(long.MaxValue, 0);
+        }
+        return LibC.epoll_wait(epfd, events, MaxEvents, immediate ? 0 : -1);
+    }
+
+    /// <summary>Timerfd mode: sets the timerfd to expire <paramref name="remaining"/> ns from now (for
+    /// the timer due at <paramref name="due"/>), or disarms it (<paramref name="remaining"/> 0), unless
+    /// it already holds that expiry.</summary>
+    private unsafe void ArmTimerFd(long due, long remaining)
+    {
+        if (_armedDue == due) return;
+        var spec = new LibC.ITimerspec { Value = LibC.Timespec.FromNanoseconds(remaining) };
+        if (LibC.timerfd_settime(Fd.Raw(_timerFd!), 0, &spec, null) != 0)
+        {
+            // Cannot happen with a valid fd and value; the loop then checks its timers every millisecond.
+            _log.LogError("{Loop}: timerfd_settime failed: {Error}", Name, PosixException.Describe(NativeConvert.ToErrno(Marshal.GetLastPInvokeError())));
+            return;
+        }
+        _armedDue = due;
+    }
+
+    private unsafe void DrainTimerFd()
+    {
+        ulong expirations;
+        if (Syscall.read(Fd.Raw(_timerFd!), &expirations, 8) == 8) _armedDue = long.MaxValue;
     }
 
     private void RunPosted()
@@ -160,25 +316,31 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
             _wake.Signal();
     }
 
+    /// <summary>Runs every timer due now, in due order (then scheduling order). Timers these callbacks
+    /// schedule, even with no delay, run at a later turn, after fd events.</summary>
     private void RunTimers()
     {
-        long now = NowMs;
-        while (_timers.TryPeek(out TimerEntry? t, out long due) && due <= now)
+        if (_timers.Count == 0) return;
+        long now = NowNs;
+        while (_timers.TryPeek(out TimerEntry? t, out (long Due, long) key) && key.Due <= now)
         {
             _timers.Dequeue();
-            if (!t.Cancelled) Invoke(t.Callback);
+            if (!t.Cancelled) _due.Add(t);
         }
+        foreach (TimerEntry t in _due)
+            if (!t.Cancelled) Invoke(t.Callback); // an earlier callback of this batch may have cancelled it
+        _due.Clear();
     }
 
-    private int NextTimeout()
+    /// <summary>The due time of the earliest live timer; cancelled ones at the head are dropped.</summary>
+    private long EarliestDue()
     {
-        if (!_posted.IsEmpty) return 0;
-        while (_timers.TryPeek(out TimerEntry? t, out long due))
+        while (_timers.TryPeek(out TimerEntry? t, out (long Due, long) key))
         {
-            if (t.Cancelled) { _timers.Dequeue(); continue; }
-            return (int)Math.Clamp(due - NowMs, 0, int.MaxValue);
+            if (!t.Cancelled) return key.Due;
+            _timers.Dequeue();
         }
-        return -1;
+        return long.MaxValue;
     }
 
     private void Invoke(Action action)
@@ -207,6 +369,7 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
             _watches.Clear();
         }
         _epoll.Dispose();
+        _timerFd?.Dispose();
         _wake.Dispose();
     }
 

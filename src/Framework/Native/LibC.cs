@@ -43,6 +43,58 @@ internal static partial class LibC
     [LibraryImport("libc", EntryPoint = "epoll_create1", SetLastError = true)]
     public static partial int epoll_create1(int flags);
 
+    /// <summary>A <c>struct timespec</c> (64-bit Linux).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Timespec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+
+        public static Timespec FromNanoseconds(long ns) => new() { Seconds = ns / 1_000_000_000, Nanoseconds = ns % 1_000_000_000 };
+    }
+
+    /// <summary>A <c>struct itimerspec</c>: the period (zero: one-shot) and the first expiry.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct ITimerspec
+    {
+        public Timespec Interval;
+        public Timespec Value;
+    }
+
+    /// <summary>epoll_pwait2 (Linux 5.11, glibc 2.35): epoll_wait with a nanosecond timeout; a null
+    /// timeout waits indefinitely. <paramref name="events"/> points at raw <c>struct epoll_event</c>s
+    /// (12 bytes packed on x86-64, 16 elsewhere: see <see cref="EpollEventSize"/>).</summary>
+    [LibraryImport("libc", EntryPoint = "epoll_pwait2", SetLastError = true)]
+    public static unsafe partial int epoll_pwait2(int epfd, void* events, int maxevents, Timespec* timeout, void* sigmask);
+
+    /// <summary>epoll_wait on raw <c>struct epoll_event</c>s (the timerfd fallback of the loop).</summary>
+    [LibraryImport("libc", EntryPoint = "epoll_wait", SetLastError = true)]
+    public static unsafe partial int epoll_wait(int epfd, void* events, int maxevents, int timeout);
+
+    /// <summary>Size of <c>struct epoll_event</c>: packed on x86-64 (the kernel's EPOLL_PACKED), naturally aligned elsewhere.</summary>
+    public static readonly int EpollEventSize = RuntimeInformation.ProcessArchitecture == Architecture.X64 ? 12 : 16;
+
+    /// <summary>Offset of the 64-bit data member in <c>struct epoll_event</c>.</summary>
+    public static readonly int EpollDataOffset = RuntimeInformation.ProcessArchitecture == Architecture.X64 ? 4 : 8;
+
+    public const int CLOCK_MONOTONIC = 1;
+    public const int TFD_NONBLOCK = 0x800;
+    public const int TFD_CLOEXEC = 0x80000;
+
+    [LibraryImport("libc", EntryPoint = "timerfd_create", SetLastError = true)]
+    public static partial int timerfd_create(int clockid, int flags);
+
+    [LibraryImport("libc", EntryPoint = "timerfd_settime", SetLastError = true)]
+    public static unsafe partial int timerfd_settime(int fd, int flags, ITimerspec* newValue, ITimerspec* oldValue);
+
+    /// <summary>prctl option: the calling thread's timer slack in nanoseconds (how late the kernel may
+    /// fire its timeouts to group wake-ups; 50 µs by default).</summary>
+    public const int PR_SET_TIMERSLACK = 29;
+    public const int PR_GET_TIMERSLACK = 30;
+
+    [LibraryImport("libc", EntryPoint = "prctl", SetLastError = true)]
+    public static partial int prctl(int option, ulong arg2, ulong arg3, ulong arg4, ulong arg5);
+
     public const int F_DUPFD_CLOEXEC = 1030;
 
     [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]

@@ -17,7 +17,7 @@ public sealed record OptionInfo(string Key, PropertyInfo Property, string TypeNa
 /// The TOML face of an options class: every public settable property becomes a kebab-case key
 /// (<c>SocketPath</c> -> <c>socket-path</c>). Built once per type. Supported property types:
 /// string, bool, the integer types, ulong (also accepts size strings such as "2MiB"), double,
-/// enums (kebab-case names), TimeSpan ("500ms", "5s", "2m", "1h"), arrays/lists of those, and
+/// enums (kebab-case names), TimeSpan ("50us", "500ms", "5s", "2m", "1h"), arrays/lists of those, and
 /// nullable versions. A plugin with any other property type is refused at load time.
 /// </summary>
 public sealed class OptionsSchema

@@ -79,7 +79,7 @@ public static class TomlValues
         if (type == typeof(TimeSpan))
         {
             if (node is TomlScalar { Value: string ds } && TryParseDuration(ds, out TimeSpan t)) { value = t; return true; }
-            return Fail(node, "a duration such as \"500ms\", \"5s\", \"2m\" or \"1h\"", out error);
+            return Fail(node, "a duration such as \"50us\", \"500ms\", \"5s\", \"2m\" or \"1h\"", out error);
         }
         if (type.IsEnum)
         {
@@ -140,30 +140,41 @@ public static class TomlValues
         }
     }
 
-    /// <summary>Parses "500ms", "5s", "2m", "1h" (whole numbers).</summary>
+    /// <summary>Duration units, longest suffix first: microseconds (<c>us</c>, or <c>µs</c> with the
+    /// micro sign or the Greek mu), milliseconds, seconds, minutes, hours.</summary>
+    private static readonly (string Suffix, long Ticks)[] DurationUnits =
+    [
+        ("us", TimeSpan.TicksPerMicrosecond), ("\u00b5s", TimeSpan.TicksPerMicrosecond), ("\u03bcs", TimeSpan.TicksPerMicrosecond),
+        ("ms", TimeSpan.TicksPerMillisecond), ("s", TimeSpan.TicksPerSecond), ("m", TimeSpan.TicksPerMinute), ("h", TimeSpan.TicksPerHour),
+    ];
+
+    /// <summary>Parses "50us" (or "50µs"), "500ms", "5s", "2m", "1h": a whole number and a unit.
+    /// A value beyond what a <see cref="TimeSpan"/> holds is refused.</summary>
     public static bool TryParseDuration(string text, out TimeSpan value)
     {
         value = default;
         string s = text.Trim();
-        (string Suffix, double Ms)[] units = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)];
-        foreach ((string suffix, double ms) in units)
+        foreach ((string suffix, long ticks) in DurationUnits)
         {
             if (!s.EndsWith(suffix, StringComparison.OrdinalIgnoreCase)) continue;
             if (!long.TryParse(s[..^suffix.Length].Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out long n)) return false;
-            value = TimeSpan.FromMilliseconds(n * ms);
+            if (n > TimeSpan.MaxValue.Ticks / ticks) return false;
+            value = TimeSpan.FromTicks(n * ticks);
             return true;
         }
         return false;
     }
 
-    /// <summary>Formats a duration the way <see cref="TryParseDuration"/> reads it.</summary>
+    /// <summary>Formats a duration the way <see cref="TryParseDuration"/> reads it, in the largest
+    /// unit that holds it exactly (microseconds at the finest: a fraction of one is dropped).</summary>
     public static string FormatDuration(TimeSpan t)
     {
-        long ms = (long)t.TotalMilliseconds;
-        if (ms != 0 && ms % 3_600_000 == 0) return $"{ms / 3_600_000}h";
-        if (ms != 0 && ms % 60_000 == 0) return $"{ms / 60_000}m";
-        if (ms % 1000 == 0) return $"{ms / 1000}s";
-        return $"{ms}ms";
+        long ticks = t.Ticks;
+        if (ticks != 0 && ticks % TimeSpan.TicksPerHour == 0) return $"{ticks / TimeSpan.TicksPerHour}h";
+        if (ticks != 0 && ticks % TimeSpan.TicksPerMinute == 0) return $"{ticks / TimeSpan.TicksPerMinute}m";
+        if (ticks % TimeSpan.TicksPerSecond == 0) return $"{ticks / TimeSpan.TicksPerSecond}s";
+        if (ticks % TimeSpan.TicksPerMillisecond == 0) return $"{ticks / TimeSpan.TicksPerMillisecond}ms";
+        return $"{ticks / TimeSpan.TicksPerMicrosecond}us";
     }
 
     private static bool Fail(TomlNode node, string expected, out string error)

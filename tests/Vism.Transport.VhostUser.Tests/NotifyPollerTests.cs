@@ -1,0 +1,158 @@
+using System.Runtime.InteropServices;
+using Vism.Abstractions;
+using Vism.Native;
+
+namespace Vism.Transport.VhostUser.Tests;
+
+/// <summary>
+/// The poller's adaptive policy, step by step, on a loop whose clock the test advances (the only
+/// double here: the NOTIFY window is a real memfd mapping and the device records what it is told).
+/// </summary>
+public sealed class NotifyPollerTests : IDisposable
+{
+    private static readonly TimeSpan Fast = TimeSpan.FromMicroseconds(50);
+    private static readonly TimeSpan Slow = TimeSpan.FromMicroseconds(800);
+
+    private readonly ManualLoop _loop = new();
+    private readonly FakeDevice _device;
+    private readonly Microsoft.Win32.SafeHandles.SafeFileHandle _fd = MemFd.Create("poller-test", 4096);
+    private readonly Mapping _window;
+    private readonly TestCounters _counters = new();
+    private NotifyPoller _poller;
+
+    public NotifyPollerTests()
+    {
+        _device = new FakeDevice(_loop, notifySize: 8) { SlotsInUse = 4 };
+        _window = Mapping.Map(_fd, 0, 4096);
+        _poller = new NotifyPoller(_device, _window, _loop, _counters, new NotifyPollPolicy(Fast, Slow, TimeSpan.Zero));
+    }
+
+    private void WithHold(TimeSpan hold)
+    {
+        _poller.Dispose();
+        _poller = new NotifyPoller(_device, _window, _loop, _counters, new NotifyPollPolicy(Fast, Slow, hold));
+    }
+
+    public void Dispose()
+    {
+        _poller.Dispose();
+        _window.Dispose();
+        _fd.Dispose();
+    }
+
+    [Fact]
+    public void Empty_scans_double_the_interval_up_to_the_slow_one_and_a_hit_brings_back_the_fast_one()
+    {
+        _poller.Activity();
+        var intervals = new List<TimeSpan>();
+        for (int i = 0; i < 7; i++)
+            intervals.Add(_loop.FireNext());
+        Assert.Equal([50, 100, 200, 400, 800, 800, 800], intervals.Select(t => (int)t.TotalMicroseconds));
+        Assert.Empty(_device.NotifyWrites);
+
+        _window.Span(3 * 8, 8)[0] = 1; // the driver writes slot 3
+        Assert.Equal(Slow, _loop.FireNext()); // that scan was due after the slow interval ...
+        Assert.Equal([24UL], _device.NotifyWrites.ToArray());
+        Assert.Equal(Fast, _loop.PendingDelay); // ... and the next one comes after the fast one
+        Assert.Equal(0, _window.Span(3 * 8, 8)[0]);
+        Assert.Equal(1, _counters.Get("vhost-user.notify-writes"));
+    }
+
+    [Fact]
+    public void With_a_hold_time_the_interval_stays_fast_that_long_after_activity_and_after_each_hit()
+    {
+        WithHold(TimeSpan.FromMicroseconds(200)); // four empty scans at 50 us
+        _poller.Activity();
+        var intervals = new List<int>();
+        for (int i = 0; i < 8; i++)
+            intervals.Add((int)_loop.FireNext().TotalMicroseconds);
+        Assert.Equal([50, 50, 50, 50, 50, 100, 200, 400], intervals);
+
+        _window.Span(0, 8)[0] = 1;
+        _loop.FireNext(); // the hit
+        intervals.Clear();
+        for (int i = 0; i < 6; i++)
+            intervals.Add((int)_loop.FireNext().TotalMicroseconds);
+        Assert.Equal([50, 50, 50, 50, 50, 100], intervals);
+        Assert.Equal([0UL], _device.NotifyWrites.ToArray());
+    }
+
+    [Fact]
+    public void Activity_during_a_slow_interval_reschedules_the_scan_at_the_fast_interval()
+    {
+        _poller.Activity();
+        while (_loop.PendingDelay < Slow) _loop.FireNext();
+        _poller.Activity(); // a kick or a new mapping
+        Assert.Equal(Fast, _loop.PendingDelay);
+        Assert.Equal(1, _loop.LiveTimers);
+    }
+
+    [Fact]
+    public void Activity_while_a_fast_scan_is_pending_keeps_that_scan()
+    {
+        _poller.Activity();
+        int scheduled = _loop.Scheduled;
+        _poller.Activity();
+        Assert.Equal(scheduled, _loop.Scheduled);
+        Assert.Equal(1, _loop.LiveTimers);
+    }
+
+    [Fact]
+    public void Polling_stops_when_no_slot_is_in_use_and_restarts_on_activity()
+    {
+        _poller.Activity();
+        _device.SlotsInUse = 0;
+        long scans = _poller.Scans;
+        _loop.FireNext();
+        Assert.Equal(scans, _poller.Scans);
+        Assert.False(_poller.Armed);
+        Assert.Equal(0, _loop.LiveTimers);
+
+        _device.SlotsInUse = 1;
+        _poller.Activity();
+        Assert.True(_poller.Armed);
+        Assert.Equal(Fast, _loop.PendingDelay);
+    }
+
+    /// <summary>A loop run by the test: <see cref="FireNext"/> runs the earliest live timer.</summary>
+    private sealed class ManualLoop : IDeviceLoop
+    {
+        private readonly List<Timer> _timers = [];
+
+        public bool IsOnLoop => true;
+        public int Scheduled { get; private set; }
+        public int LiveTimers => _timers.Count(t => !t.Cancelled);
+
+        /// <summary>The delay of the one live timer.</summary>
+        public TimeSpan PendingDelay => _timers.Single(t => !t.Cancelled).Delay;
+
+        public void Post(Action work) => work();
+
+        public IDisposable WatchReadable(SafeHandle fd, Action onReadable) => throw new NotSupportedException();
+
+        public IDisposable Schedule(TimeSpan due, Action callback)
+        {
+            Scheduled++;
+            var t = new Timer(due, callback);
+            _timers.Add(t);
+            return t;
+        }
+
+        /// <summary>Runs the one live timer and returns the delay it was scheduled with.</summary>
+        public TimeSpan FireNext()
+        {
+            Timer t = _timers.Single(t => !t.Cancelled);
+            _timers.Clear();
+            t.Callback();
+            return t.Delay;
+        }
+
+        private sealed class Timer(TimeSpan delay, Action callback) : IDisposable
+        {
+            public TimeSpan Delay { get; } = delay;
+            public Action Callback { get; } = callback;
+            public bool Cancelled { get; private set; }
+            public void Dispose() => Cancelled = true;
+        }
+    }
+}
