@@ -27,7 +27,9 @@ public interface IDeviceLoop
     /// <returns>A registration; disposing it removes the watch.</returns>
     IDisposable WatchReadable(SafeHandle fd, Action onReadable);
 
-    /// <summary>Runs <paramref name="callback"/> once on the loop after <paramref name="due"/>.</summary>
+    /// <summary>Runs <paramref name="callback"/> once on the loop after <paramref name="due"/>, never
+    /// earlier. Timers have microsecond resolution (a 50 µs delay means 50 µs plus the thread's
+    /// wake-up); timers due at the same moment run in the order they were scheduled.</summary>
     /// <param name="due">Delay; zero or negative runs at the next turn of the loop.</param>
     /// <param name="callback">Called on the loop thread.</param>
     /// <returns>A registration; disposing it before it fires cancels it.</returns>
