@@ -58,6 +58,10 @@ public sealed class FileMemoryBackend : IMemoryBackend
     /// <inheritdoc />
     public MemoryUsage Usage => _allocator.Meter.Usage;
 
+    /// <summary>Always true: claiming a region's pages zeroes them (tmpfs) or allocates disk blocks,
+    /// and a persistent region is fsynced, so the claim runs off the device's loop.</summary>
+    public bool AllocatesOffLoop => true;
+
     /// <inheritdoc />
     public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure) =>
         _allocator.TryAllocate(length, token, out failure);

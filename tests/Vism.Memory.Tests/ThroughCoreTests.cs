@@ -28,7 +28,7 @@ public sealed class ThroughCoreTests
         ulong start = tmpfs.Used;
         Exercise(MiB, regions: 4, (device, counters) => new FileMemoryBackend(
             new FileMemoryOptions { Directory = tmpfs.Path, Capacity = 4 * MiB }, device, Devices.Host(), counters,
-            NullLogger<FileMemoryBackend>.Instance));
+            NullLogger<FileMemoryBackend>.Instance), offLoop: true);
         Assert.Equal(start, tmpfs.Used);
     }
 
@@ -38,7 +38,7 @@ public sealed class ThroughCoreTests
         using PrivateMount tmpfs = PrivateMount.Tmpfs(3 * MiB); // less than the capacity: the file system runs out first
         Exercise(MiB, regions: 3, (device, counters) => new FileMemoryBackend(
             new FileMemoryOptions { Directory = tmpfs.Path, Capacity = 8 * MiB }, device, Devices.Host(), counters,
-            NullLogger<FileMemoryBackend>.Instance), expectedReason: "no space left");
+            NullLogger<FileMemoryBackend>.Instance), expectedReason: "no space left", offLoop: true);
     }
 
     [SkippableFact]
@@ -49,6 +49,16 @@ public sealed class ThroughCoreTests
         Exercise(page, regions: 3, (device, counters) => new HugetlbMemoryBackend(
             new HugetlbMemoryOptions { Capacity = 3 * page }, device, Devices.Host(), counters,
             NullLogger<HugetlbMemoryBackend>.Instance));
+    }
+
+    [SkippableFact]
+    public void Hugetlb_ClaimByFallocate_AllocUntilErr_OffTheLoop_AndThePeerSeesWrites()
+    {
+        const ulong page = 2 * MiB;
+        Machine.RequireHugePages(4);
+        Exercise(page, regions: 3, (device, counters) => new HugetlbMemoryBackend(
+            new HugetlbMemoryOptions { Capacity = 3 * page, Claim = HugePageClaim.Fallocate }, device, Devices.Host(), counters,
+            NullLogger<HugetlbMemoryBackend>.Instance), offLoop: true);
     }
 
     [SkippableFact]
@@ -150,7 +160,7 @@ public sealed class ThroughCoreTests
     /// <summary>Fills <paramref name="regions"/> regions of <paramref name="regionSize"/> until the
     /// ALLOC ack is ERR, checks a peer device attached to one sees the owner's writes, DETACHes one
     /// and ALLOCs again (zeroed), then removes the devices and checks every byte was given back.</summary>
-    private static void Exercise(ulong regionSize, int regions, BackendFactory create, string? expectedReason = null)
+    private static void Exercise(ulong regionSize, int regions, BackendFactory create, string? expectedReason = null, bool offLoop = false)
     {
         using var loop = new EventLoop("memory-test-loop");
         using var host = new IsmHost(new IsmHostOptions { Gid = 7 }, NullLoggerFactory.Instance);
@@ -201,6 +211,10 @@ public sealed class ThroughCoreTests
                 Assert.True(client.Region(again.Offset, (int)regionSize).IndexOfAnyExcept((byte)0) < 0, "a reused region was not zeroed");
                 Assert.False(client.Alloc(regionSize).Ok); // full again
                 Assert.Equal(2, counters.Get("err.alloc.no-memory"));
+
+                // Every ALLOC reached the backend off the device's loop, or none did.
+                Assert.Equal(memory.AllocatesOffLoop, offLoop);
+                Assert.Equal(offLoop ? regions + 3 : 0, counters.Get("alloc.off-loop"));
             }
         }
         finally

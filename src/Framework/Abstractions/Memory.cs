@@ -39,12 +39,26 @@ public readonly record struct RecoveredBlock(ulong Token, IMemoryBlock Block);
 
 /// <summary>
 /// A memory plugin: where regions live. One instance per device, created through DI with its
-/// options type. All members are called on the device's loop.
+/// options type. All members are called on the device's loop, except <see cref="TryAllocate"/>
+/// when <see cref="AllocatesOffLoop"/> is true.
 /// </summary>
 public interface IMemoryBackend : IDisposable
 {
     /// <summary>Allocation granularity and alignment (4 KiB, 2 MiB, 1 GiB).</summary>
     ulong PageSize { get; }
+
+    /// <summary>
+    /// Whether the core may call <see cref="TryAllocate"/> on a thread-pool thread instead of the
+    /// device's loop. Claiming pages can take milliseconds (tmpfs zeroes every 4 KiB page of a
+    /// large region; a persistent region is fsynced), and a loop serves many devices, so a backend
+    /// whose claim can be slow should say true: the ALLOC then waits off the loop and the other
+    /// devices of the loop are not held up. A backend that says true must let
+    /// <see cref="TryAllocate"/> run concurrently with its other members and with
+    /// <see cref="IMemoryBlock.Release"/> and <see cref="IDisposable.Dispose"/> of blocks it
+    /// handed out (one device issues one ALLOC at a time, but an ALLOC abandoned by a device reset
+    /// may still be running when the next one starts). Default false: everything on the loop.
+    /// </summary>
+    bool AllocatesOffLoop => false;
 
     /// <summary>Current accounting.</summary>
     MemoryUsage Usage { get; }

@@ -156,33 +156,36 @@ public sealed partial class IsmDevice
         ulong length = DeviceLayout.RoundUp(size, page);
         if (length > regionSize)
             return Err("alloc.page-too-large", $"{size} bytes round up to {length} with {page}-byte pages, more than region_size {regionSize}");
-        int slot = _slots.Take();
-        if (slot < 0)
+        // Refused before any memory is claimed; the slot itself is taken once the memory is there,
+        // so an allocation abandoned while the backend works holds no slot.
+        if (_slots.InUse >= Description.MaxRegions)
             return Err("alloc.no-slot", $"all {Description.MaxRegions} region slots are in use");
 
         ulong token = Host.NewToken();
-        IMemoryBlock? block;
-        string? failure;
-        try
+        (IMemoryBlock? block, string? failure) = _memory.AllocatesOffLoop
+            ? await AllocateOffLoopAsync(length, token)
+            : Allocate(length, token);
+        if (epoch != _epoch)
         {
-            block = _memory.TryAllocate(length, token, out failure);
-        }
-        catch (Exception ex)
-        {
-            block = null;
-            failure = $"the memory backend threw {ex.GetType().Name}: {ex.Message}";
+            // A reset, a controlq restart or the device's removal came while the backend worked:
+            // nobody will know this region, so its memory goes back now.
+            if (block is not null)
+                DiscardBlock(block);
+            return Abandoned;
         }
         if (block is null)
-        {
-            _slots.Return(slot);
             return Err("alloc.no-memory", failure ?? "the memory backend gave no reason");
-        }
         if (block.Length < length || block.Length > regionSize || block.Length % DeviceLayout.PageSize != 0 || block.Offset % DeviceLayout.PageSize != 0)
         {
             string what = $"the memory backend returned {block.Length} bytes at offset {block.Offset} for {length}";
-            FreeBlock(block);
-            _slots.Return(slot);
+            DiscardBlock(block, "alloc.bad-block-discarded");
             return Err("alloc.backend-bad-block", what);
+        }
+        int slot = _slots.Take();
+        if (slot < 0)
+        {
+            DiscardBlock(block);
+            return Err("alloc.no-slot", $"all {Description.MaxRegions} region slots are in use");
         }
         Region region = Host.CreateRegion(this, slot, token, block, size);
         var entry = new SlotEntry(region, writable: true);
@@ -203,6 +206,53 @@ public sealed partial class IsmDevice
         BinaryPrimitives.WriteUInt64LittleEndian(_reply.AsSpan(9), (ulong)slot * regionSize);
         return 16;
     }
+
+    /// <summary>Calls the backend; an exception becomes a failure reason.</summary>
+    private (IMemoryBlock? Block, string? Failure) Allocate(ulong length, ulong token)
+    {
+        try
+        {
+            IMemoryBlock? block = _memory.TryAllocate(length, token, out string? failure);
+            return (block, failure);
+        }
+        catch (Exception ex)
+        {
+            return (null, $"the memory backend threw {ex.GetType().Name}: {ex.Message}");
+        }
+    }
+
+    /// <summary>Runs <see cref="Allocate"/> on a thread-pool thread and resumes on the loop, so a
+    /// slow claim holds up only this device's controlq, not the other devices of the loop.</summary>
+    private Task<(IMemoryBlock? Block, string? Failure)> AllocateOffLoopAsync(ulong length, ulong token)
+    {
+        // Completed on the loop thread, so the awaiting continuation runs there.
+        var done = new TaskCompletionSource<(IMemoryBlock?, string?)>();
+        Counters.Increment("alloc.off-loop");
+        ThreadPool.UnsafeQueueUserWorkItem(_ =>
+        {
+            (IMemoryBlock? Block, string? Failure) result = Allocate(length, token);
+            try
+            {
+                Loop.Post(() => done.SetResult(result));
+            }
+            catch (Exception ex)
+            {
+                // The loop is gone (the host stopped while the backend worked): nobody will take
+                // the block, and nothing may escape from a thread-pool thread.
+                _log.LogWarning("device {Name}: an allocation finished after the device's loop stopped ({Error}); its memory is released",
+                    Description.Name, ex.Message);
+                if (result.Block is not null)
+                    DiscardBlock(result.Block, onLoop: false);
+            }
+        }, null);
+        return done.Task;
+    }
+
+    /// <summary>Returns the memory of a block no region was made of, and disposes it. Unlike
+    /// <see cref="FreeBlock"/> this releases even while the host shuts down: a region nobody was
+    /// told about must not persist.</summary>
+    private void DiscardBlock(IMemoryBlock block, string counter = "alloc.abandoned", bool onLoop = true) =>
+        ReleaseAndDispose(block, release: true, counter, refreshUsage: onLoop);
 
     private async ValueTask<int> AttachAsync(ulong token, int epoch)
     {

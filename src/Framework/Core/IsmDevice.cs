@@ -383,19 +383,27 @@ public sealed partial class IsmDevice : IVirtioDevice
             Loop.Post(() => FreeBlock(block));
             return;
         }
+        ReleaseAndDispose(block, release: !Host.ShuttingDown, "regions.freed", refreshUsage: true);
+    }
+
+    /// <summary>Returns <paramref name="block"/>'s memory when <paramref name="release"/> (a failure is
+    /// logged and counted, never thrown), disposes it and counts <paramref name="counter"/>.</summary>
+    private void ReleaseAndDispose(IMemoryBlock block, bool release, string counter, bool refreshUsage)
+    {
         try
         {
-            if (!Host.ShuttingDown)
+            if (release)
                 block.Release();
         }
         catch (Exception ex)
         {
             Counters.Increment("err.memory.release-failed");
-            _log.LogError(ex, "device {Name}: releasing a region's memory failed", Description.Name);
+            _log.LogError(ex, "device {Name}: releasing a block's memory failed ({Counter})", Description.Name, counter);
         }
         block.Dispose();
-        Counters.Increment("regions.freed");
-        RefreshMemoryUsage();
+        Counters.Increment(counter);
+        if (refreshUsage)
+            RefreshMemoryUsage();
     }
 
     /// <summary>Copies the backend's accounting (loop only) for <see cref="Snapshot"/>.</summary>
