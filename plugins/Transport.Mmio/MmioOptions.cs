@@ -1,5 +1,4 @@
 using System.ComponentModel;
-using System.Text;
 using Vism.Abstractions;
 
 namespace Vism.Transport.Mmio;
@@ -7,9 +6,6 @@ namespace Vism.Transport.Mmio;
 /// <summary>Options of the <c>mmio</c> transport (<c>[device.transport]</c> with <c>kind = "mmio"</c>).</summary>
 public sealed class MmioOptions : IValidatableOptions
 {
-    /// <summary>Longest Unix socket path (sun_path holds 108 bytes with the terminating NUL).</summary>
-    public const int MaxSocketPathBytes = 107;
-
     /// <summary>Most per-region vectors (each is one interrupt line the VMM wires to an eventfd).</summary>
     public const int MaxVectors = 256;
 
@@ -40,12 +36,7 @@ public sealed class MmioOptions : IValidatableOptions
     /// <inheritdoc />
     public void Validate(OptionsValidationContext context)
     {
-        string path = ResolveSocketPath(context.Host, context.Device);
-        int bytes = Encoding.UTF8.GetByteCount(path);
-        if (bytes > MaxSocketPathBytes)
-            context.Error("socket-path", $"the socket path {path} is {bytes} bytes; Unix sockets allow at most {MaxSocketPathBytes}");
-        else
-            context.ClaimEndpoint("socket-path", path);
+        context.ClaimSocketPath("socket-path", ResolveSocketPath(context.Host, context.Device));
         if (Vectors is < 0 or > MaxVectors)
             context.Error("vectors", $"{Vectors} vectors: choose 0 to {MaxVectors}");
         if (MapTimeoutMs is < 1 or > 600_000)

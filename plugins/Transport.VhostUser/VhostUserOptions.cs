@@ -1,5 +1,4 @@
 using System.ComponentModel;
-using System.Text;
 using Vism.Abstractions;
 
 namespace Vism.Transport.VhostUser;
@@ -7,9 +6,6 @@ namespace Vism.Transport.VhostUser;
 /// <summary>Options of the <c>vhost-user</c> transport (the <c>[device.transport]</c> section).</summary>
 public sealed class VhostUserOptions : IValidatableOptions
 {
-    /// <summary>Longest socket path a sockaddr_un holds (108 bytes with the terminating NUL).</summary>
-    public const int MaxSocketPathBytes = 107;
-
     /// <summary>Most per-region vectors (vhost-user queue indices are 8 bits wide).</summary>
     public const int MaxVectors = 128;
 
@@ -63,11 +59,7 @@ public sealed class VhostUserOptions : IValidatableOptions
     /// <inheritdoc />
     public void Validate(OptionsValidationContext context)
     {
-        string path = ResolveSocketPath(context.Device, context.Host);
-        if (Encoding.UTF8.GetByteCount(path) > MaxSocketPathBytes)
-            context.Error("socket-path", $"'{path}' is {Encoding.UTF8.GetByteCount(path)} bytes; a Unix socket path holds at most {MaxSocketPathBytes}");
-        else
-            context.ClaimEndpoint("socket-path", path);
+        context.ClaimSocketPath("socket-path", ResolveSocketPath(context.Device, context.Host));
         if (Vectors is < 0 or > MaxVectors)
             context.Error("vectors", $"{Vectors} is outside 0..{MaxVectors}");
         if (MaxMemSlots is < 1 or > 509)

@@ -119,4 +119,27 @@ public abstract class OptionsValidationContext
     /// <param name="key">The key the endpoint came from.</param>
     /// <param name="endpoint">The endpoint, normalised (absolute path).</param>
     public abstract void ClaimEndpoint(string key, string endpoint);
+
+    /// <summary>Longest Unix socket path, in bytes: <c>sockaddr_un.sun_path</c> holds 108 with the
+    /// terminating NUL.</summary>
+    public const int MaxSocketPathBytes = 107;
+
+    /// <summary>Claims <paramref name="path"/> as a Unix socket this device will listen on
+    /// (<see cref="ClaimEndpoint"/>) after checking that it fits a socket address; a path that does
+    /// not is an error on <paramref name="key"/> instead.</summary>
+    /// <param name="key">The key the path came from.</param>
+    /// <param name="path">The socket path, normalised (absolute).</param>
+    /// <returns>Whether the path was claimed.</returns>
+    public bool ClaimSocketPath(string key, string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        int bytes = System.Text.Encoding.UTF8.GetByteCount(path);
+        if (bytes > MaxSocketPathBytes)
+        {
+            Error(key, $"the socket path {path} is {bytes} bytes; a Unix socket path holds at most {MaxSocketPathBytes}");
+            return false;
+        }
+        ClaimEndpoint(key, path);
+        return true;
+    }
 }
