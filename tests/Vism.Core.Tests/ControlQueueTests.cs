@@ -142,8 +142,8 @@ public sealed class ControlQueueTests
         DriverQueue q = p.C.Driver.Queues[0];
         ushort before = q.UsedIndex;
         p.T.HoldAnswers = true;
-        (ushort first, ulong reply0) = AddAllocRequest(p);
-        (ushort second, ulong reply1) = AddAllocRequest(p);
+        (ushort first, ulong reply0) = Rig.AddAllocRequest(p);
+        (ushort second, ulong reply1) = Rig.AddAllocRequest(p);
         p.T.Kick(0);
 
         Assert.True(VirtqueueTests.WaitUntil(() => p.T.HeldAnswers == 1));
@@ -172,7 +172,7 @@ public sealed class ControlQueueTests
         DriverQueue q = p.C.Driver.Queues[0];
         ushort before = q.UsedIndex;
         p.T.HoldAnswers = true;
-        AddAllocRequest(p);
+        Rig.AddAllocRequest(p);
         p.T.Kick(0);
         Assert.True(VirtqueueTests.WaitUntil(() => p.T.HeldAnswers == 1));
 
@@ -194,7 +194,7 @@ public sealed class ControlQueueTests
     {
         using var rig = new Rig();
         var backend = new FaultyBackend();
-        Peer p = AddWithBackend(rig, backend);
+        Peer p = rig.AddWithBackend("faulty", backend);
 
         backend.Mode = FaultyBackend.Fault.Throw;
         Assert.Equal(IsmControl.AckErr, p.C.Alloc(4096).Ack);
@@ -242,25 +242,6 @@ public sealed class ControlQueueTests
     }
 
     /// <summary>Queues an ALLOC of 4096 bytes without kicking; returns its head and reply address.</summary>
-    private static (ushort Head, ulong Reply) AddAllocRequest(Peer p)
-    {
-        GuestRam ram = p.T.Ram;
-        ulong request = ram.Allocate(10), reply = ram.Allocate(17);
-        ram.Span(request, 2).Clear();
-        BinaryPrimitives.WriteUInt64LittleEndian(ram.Span(request + 2, 8), 4096);
-        return (p.C.Driver.Queues[0].Add([new(request, 10)], [new(reply, 17)]), reply);
-    }
-
-    private static Peer AddWithBackend(Rig rig, IMemoryBackend backend)
-    {
-        DeviceDescription description = DeviceLayout.Compute("faulty", Virtio.IsmDeviceId, 16 * Rig.MiB, Rig.MiB, 1);
-        var counters = new DeviceCounters();
-        IsmDevice device = rig.Host.AddDevice(description, rig.Loops[0], backend, RecordingEventChannel.Irq(), counters);
-        var peer = new Peer(device, new Vism.Core.InMemory.InMemoryBackend(0), counters, null);
-        peer.Connect();
-        return peer;
-    }
-
     /// <summary>A memory backend that fails in the ways a plugin could.</summary>
     private sealed class FaultyBackend : IMemoryBackend
     {

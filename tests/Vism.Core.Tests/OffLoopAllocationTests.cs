@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using Vism.Core.InMemory;
 
 namespace Vism.Core.Tests;
@@ -15,7 +14,8 @@ public sealed class OffLoopAllocationTests
     {
         using var rig = new Rig(loops: 1);
         using var slowBackend = new GatedBackend(new InMemoryBackend(64 * Rig.MiB));
-        Peer slow = AddWithBackend(rig, "slow", slowBackend);
+        Peer slow = rig.AddWithBackend("slow", slowBackend);
+        slowBackend.Loop = slow.Device.Loop;
         Peer a = rig.AddClient("a");
         Peer b = rig.AddClient("b");
         Assert.Same(slow.Device.Loop, a.Device.Loop);
@@ -53,11 +53,12 @@ public sealed class OffLoopAllocationTests
         using var rig = new Rig(loops: 1);
         var memory = new InMemoryBackend(64 * Rig.MiB);
         using var gated = new GatedBackend(memory);
-        Peer p = AddWithBackend(rig, "p", gated);
+        Peer p = rig.AddWithBackend("p", gated);
+        gated.Loop = p.Device.Loop;
         DriverQueue q = p.C.Driver.Queues[0];
         ushort before = q.UsedIndex;
 
-        AddAllocRequest(p, 8192);
+        Rig.AddAllocRequest(p, 8192);
         p.T.Kick(0);
         Assert.True(gated.Entered.Wait(Rig.Wait));
         p.T.WriteStatus(DeviceStatus.Reset);
@@ -82,7 +83,7 @@ public sealed class OffLoopAllocationTests
         using var rig = new Rig(loops: 1);
         using var gated = new GatedBackend(new InMemoryBackend(64 * Rig.MiB));
         gated.Open();
-        Peer p = AddWithBackend(rig, "p", gated, window: 4 * Rig.MiB); // 3 region slots, 1 for NOTIFY
+        Peer p = rig.AddWithBackend("p", gated, window: 4 * Rig.MiB); // 3 region slots, 1 for NOTIFY
         Assert.Equal(3, p.Device.Description.MaxRegions);
         for (int i = 0; i < 3; i++)
             Assert.True(p.C.Alloc(4096).Ok);
@@ -91,27 +92,6 @@ public sealed class OffLoopAllocationTests
         Assert.Equal(IsmControl.AckErr, p.C.Alloc(4096).Ack);
         Assert.Equal(1, p.Counters.Get("err.alloc.no-slot"));
         Assert.Equal(asked, gated.Calls);
-    }
-
-    private static void AddAllocRequest(Peer p, ulong size)
-    {
-        GuestRam ram = p.T.Ram;
-        ulong request = ram.Allocate(10), reply = ram.Allocate(17);
-        ram.Span(request, 2).Clear();
-        BinaryPrimitives.WriteUInt64LittleEndian(ram.Span(request + 2, 8), size);
-        p.C.Driver.Queues[0].Add([new(request, 10)], [new(reply, 17)]);
-    }
-
-    private static Peer AddWithBackend(Rig rig, string name, IMemoryBackend backend, ulong window = 16 * Rig.MiB)
-    {
-        DeviceDescription description = DeviceLayout.Compute(name, Virtio.IsmDeviceId, window, Rig.MiB, 1);
-        var counters = new DeviceCounters();
-        if (backend is GatedBackend gated)
-            gated.Loop = rig.Loops[0];
-        IsmDevice device = rig.Host.AddDevice(description, rig.Loops[0], backend, RecordingEventChannel.Irq(), counters);
-        var peer = new Peer(device, new InMemoryBackend(0), counters, null);
-        peer.Connect();
-        return peer;
     }
 
     /// <summary>An in-memory backend whose claims wait at a gate, as a slow tmpfs or fsync would.</summary>

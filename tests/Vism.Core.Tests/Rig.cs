@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 using Vism.Abstractions;
@@ -78,6 +79,31 @@ internal sealed class Rig : IDisposable
         Peer peer = AddDevice(name, events, window, regionSize, capacity: capacity);
         peer.Connect(vectors, options);
         return peer;
+    }
+
+    /// <summary>Adds a device backed by <paramref name="backend"/> (a test double) on the first loop,
+    /// with an IRQ recording channel, and starts a client on it.</summary>
+    public Peer AddWithBackend(string name, IMemoryBackend backend, ulong window = 16 * MiB)
+    {
+        DeviceDescription description = DeviceLayout.Compute(name, Virtio.IsmDeviceId, window, MiB, 1);
+        var counters = new DeviceCounters();
+        IsmDevice device = Host.AddDevice(description, Loops[0], backend, RecordingEventChannel.Irq(), counters);
+        var peer = new Peer(device, new InMemoryBackend(0), counters, null);
+        _peers.Add(peer);
+        peer.Connect();
+        return peer;
+    }
+
+    /// <summary>Queues an ALLOC of <paramref name="size"/> bytes on <paramref name="p"/>'s controlq
+    /// without kicking, so a test controls when the device sees it.</summary>
+    /// <returns>The chain's head and where the 17-byte reply will be written.</returns>
+    public static (ushort Head, ulong Reply) AddAllocRequest(Peer p, ulong size = 4096)
+    {
+        GuestRam ram = p.T.Ram;
+        ulong request = ram.Allocate(10), reply = ram.Allocate(17);
+        ram.Span(request, 2).Clear();
+        BinaryPrimitives.WriteUInt64LittleEndian(ram.Span(request + 2, 8), size);
+        return (p.C.Driver.Queues[0].Add([new(request, 10)], [new(reply, 17)]), reply);
     }
 
     public void Dispose()
