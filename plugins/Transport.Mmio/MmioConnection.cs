@@ -377,7 +377,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
 
     private void Refuse(MmioHeader h, MmioStatus status, string reason, bool reply = true)
     {
-        CountedLog.Refusal(_counters, _log, "mmio.protocol.error", "{Device}: VMM message {Type} (id {Id}): {Status}: {Reason}",
+        RateLimitedLog.Count(_counters, _log, LogLevel.Warning, "mmio.protocol.error", "{Device}: VMM message {Type} (id {Id}): {Status}: {Reason}",
             Name, h.Type, h.Id, status, reason);
         if (reply && WantsReply(h)) Reply(h, status);
     }

@@ -419,7 +419,7 @@ public sealed class MmioRegisters
 
     private MmioAccessResult Reject(MmioAccessResult result, string kind, uint offset, int width, uint value, string reason)
     {
-        CountedLog.Refusal(_counters, _log, CounterName(result),
+        RateLimitedLog.Count(_counters, _log, LogLevel.Warning, CounterName(result),
             "{Device}: mmio {Kind} of {Register} (offset 0x{Offset:x}, {Width} bytes, value 0x{Value:x}) {Result}: {Reason}",
             _device.Description.Name, kind, MmioRegister.Name(offset), offset, width, value, result, reason);
         return result;
@@ -427,7 +427,7 @@ public sealed class MmioRegisters
 
     private MmioAccessResult RejectNotify(MmioAccessResult result, ulong offset, int width, string reason)
     {
-        CountedLog.Refusal(_counters, _log, "mmio.notify.rejected", "{Device}: notify write at 0x{Offset:x} ({Width} bytes) {Result}: {Reason}",
+        RateLimitedLog.Count(_counters, _log, LogLevel.Warning, "mmio.notify.rejected", "{Device}: notify write at 0x{Offset:x} ({Width} bytes) {Result}: {Reason}",
             _device.Description.Name, offset, width, result, reason);
         return result;
     }

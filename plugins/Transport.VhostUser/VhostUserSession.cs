@@ -18,7 +18,6 @@ namespace Vism.Transport.VhostUser;
 internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDisposable
 {
     private const ulong ProtocolFeaturesMask = VringSet.ProtocolFeaturesMask;
-    private const int MaxLoggedErrors = 64;
     private const int MessagesPerTurn = 64;
     private const DeviceStatus Lifecycle = DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk | DeviceStatus.DriverOk;
 
@@ -41,7 +40,6 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
     private bool _started;
     private bool _closed;
     private bool _warnedNoShmem;
-    private int _loggedErrors;
 
     public VhostUserSession(VhostUserTransport transport, IVirtioDevice device, UnixSocket socket, VhostUserOptions options,
         IDeviceLoop loop, ILogger log, IDeviceCounters counters)
@@ -283,7 +281,7 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
             error = outcome.Error;
             reply = outcome.Reply;
         }
-        if (error is not null) ReportError(name, error);
+        if (error is not null) ReportError(name, error, spec?.Name ?? "UNKNOWN");
         if (_closed) return;
         if (spec is { HasReply: true })
             _outbox.Send(Message.Build(h.Request, VhostUserConstants.ReplyFlags, error is null ? reply : []));
@@ -291,11 +289,13 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
             _outbox.Send(Message.BuildU64(h.Request, VhostUserConstants.ReplyFlags, error is null ? 0UL : 1UL));
     }
 
-    private void ReportError(string request, string error)
+    /// <summary>Counts a refused request in <c>vhost-user.request-errors</c> and
+    /// <c>vhost-user.refused.REQUEST</c>, and logs it rate limited per request (<see cref="RateLimitedLog"/>).</summary>
+    private void ReportError(string request, string error, string? kind = null)
     {
         _counters.Increment("vhost-user.request-errors");
-        LogLevel level = _loggedErrors++ < MaxLoggedErrors ? LogLevel.Warning : LogLevel.Debug;
-        _log.Log(level, "{Device}: {Request} refused: {Reason}", _device.Description.Name, request, error);
+        RateLimitedLog.Count(_counters, _log, LogLevel.Warning, $"vhost-user.refused.{kind ?? request}", "{Device}: {Request} refused: {Reason}",
+            _device.Description.Name, request, error);
     }
 
     // ---- handlers (called from RequestTable) ---------------------------------------------------

@@ -210,6 +210,17 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
         Assert.Contains(Errors(DeviceWith("region-size = \"1GiB\"\nmax-regions = 65536")), e => e.Contains("do not fit in a window of at most 64GiB"));
     }
 
+    [Fact]
+    public void Device_limits_are_bound_and_checked()
+    {
+        (VismConfig? config, ConfigLoader loader) = Load(DeviceWith("requests-per-turn = 4\ndescriptors-per-turn = 100\nmax-in-flight = 8"));
+        Assert.True(config is not null, string.Join("\n", loader.Errors.Errors));
+        Assert.Equal(new Vism.Core.DeviceLimits { RequestsPerTurn = 4, DescriptorsPerTurn = 100, MaxInFlight = 8 }, config.Devices[0].Limits);
+        Assert.Equal(Vism.Core.DeviceLimits.Default, Load(DeviceWith("")).Config!.Devices[0].Limits);
+        Assert.Contains(Errors(DeviceWith("requests-per-turn = 0")), e => e.Contains("device[0].requests-per-turn: 0: choose 1..65536"));
+        Assert.Contains(Errors(DeviceWith("max-in-flight = 1")), e => e.Contains("device[0].max-in-flight: 1: choose 2..65536"));
+    }
+
     private static string DeviceWith(string keys) => $"""
         [[device]]
         name = "d"

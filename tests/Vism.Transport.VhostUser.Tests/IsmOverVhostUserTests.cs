@@ -65,9 +65,9 @@ internal sealed class IsmRig : IAsyncDisposable
 
     public IsmHost Host { get; }
 
-    public IsmPeer Add(string name, bool connect = true, TimeSpan? notifyPollFast = null, TimeSpan? notifyPollSlow = null)
+    public IsmPeer Add(string name, bool connect = true, TimeSpan? notifyPollFast = null, TimeSpan? notifyPollSlow = null, int? loopIndex = null)
     {
-        EventLoop loop = _loops[_peers.Count % _loops.Length];
+        EventLoop loop = _loops[loopIndex ?? _peers.Count % _loops.Length];
         DeviceDescription description = DeviceLayout.Compute(name, Virtio.IsmDeviceId, 16 * MiB, MiB, 1);
         var counters = new DeviceCounters();
         var events = new VectorChannel();

@@ -10,74 +10,114 @@ public sealed partial class IsmDevice
     /// <summary>Longest well-formed request: class, command and GRANT's 24 bytes.</summary>
     private const int MaxRequest = 2 + 24;
 
-    /// <summary>Returned by a handler when the device was reset while it waited: nothing to complete.</summary>
-    private const int Abandoned = int.MinValue;
-
-    /// <summary>Returned by a handler for an ERR ack.</summary>
-    private const int Error = -1;
-
-    private readonly byte[] _request = new byte[MaxRequest];
-    private readonly byte[] _reply = new byte[1 + 16];
-    private bool _controlRunning;
+    /// <summary>The run serving the controlq, or null when it is idle.</summary>
+    private ControlRun? _run;
 
     private void KickControl()
     {
-        if (_controlRunning || !Running || !_queues[Virtio.ControlQueue].Started)
+        if (_run is not null || !Running || !_queues[Virtio.ControlQueue].Started)
             return;
-        _controlRunning = true;
-        _ = RunControlAsync(_epoch);
+        var run = new ControlRun();
+        _run = run;
+        _ = RunControlAsync(run);
+    }
+
+    /// <summary>A reset, a failure, a controlq stop or a disconnect: the request in flight, if any,
+    /// completes into nothing, and the next kick starts a new run.</summary>
+    private void EndControlRun()
+    {
+        _run?.End();
+        _run = null;
     }
 
     /// <summary>Processes the controlq one request at a time: a request that maps memory completes
-    /// only after the transport finished the mapping, and the next one is popped after that.</summary>
-    private async Task RunControlAsync(int epoch)
+    /// only after the transport finished the mapping, and the next one is popped after that. After
+    /// <see cref="DeviceLimits.RequestsPerTurn"/> requests or <see cref="DeviceLimits.DescriptorsPerTurn"/>
+    /// descriptors walked the run yields the loop to the other devices on it, even when every request
+    /// completed at once (an ERR ack does).</summary>
+    private async Task RunControlAsync(ControlRun run)
     {
         try
         {
             DeviceQueue queue = _queues[Virtio.ControlQueue];
-            while (epoch == _epoch && queue.TryPop(out DescriptorChain? chain))
+            int served = 0;
+            long walked = queue.Ring.DescriptorsWalked;
+            while (!run.Ended)
             {
+                if (served >= _limits.RequestsPerTurn || queue.Ring.DescriptorsWalked - walked >= _limits.DescriptorsPerTurn)
+                {
+                    Counters.Increment("ctrl.yields");
+                    await YieldLoopAsync();
+                    served = 0;
+                    walked = queue.Ring.DescriptorsWalked;
+                    continue;
+                }
+                if (!queue.TryPop(out DescriptorChain? chain))
+                    break;
+                served++;
                 // Notify writes the driver made before publishing this request are routed first.
                 _services?.FlushNotifyWrites();
-                await ProcessAsync(queue, chain, epoch);
+                await ProcessAsync(run, queue, chain);
             }
+        }
+        catch (ControlRun.RunEndedException)
+        {
+            // A reset, failure, queue stop or disconnect came while a request waited: it completes into nothing.
         }
         catch (Exception ex)
         {
             _log.LogCritical(ex, "device {Name} (devid {DevId}): control request processing failed", Description.Name, DevId);
-            if (epoch == _epoch)
+            if (!run.Ended)
                 Fail("internal", ex.Message);
         }
         finally
         {
-            if (epoch == _epoch)
-                _controlRunning = false;
+            if (ReferenceEquals(_run, run))
+                _run = null;
         }
     }
 
-    private async Task ProcessAsync(DeviceQueue queue, DescriptorChain chain, int epoch)
+    /// <summary>Resumes on a later turn of the loop, after the fd events and work of the other devices.</summary>
+    private Task YieldLoopAsync()
+    {
+        var turn = new TaskCompletionSource();
+        Loop.Post(turn.SetResult);
+        return turn.Task;
+    }
+
+    private async Task ProcessAsync(ControlRun run, DeviceQueue queue, DescriptorChain chain)
     {
         if (chain.WritableLength == 0)
         {
-            Reject("ctrl.no-ack-space", $"request at descriptor {chain.Head} has no device-writable byte for the ack");
+            Reject(new Refusal("ctrl.no-ack-space", $"request at descriptor {chain.Head} has no device-writable byte for the ack"));
             queue.Complete(chain, 0);
             return;
         }
-        int result = await ExecuteAsync(chain, epoch);
-        if (result == Abandoned || epoch != _epoch)
+        ControlReply reply = await ExecuteAsync(run, chain);
+        if (run.Ended)
             return;
-        int length;
-        if (result >= 0)
+        Answer(queue, chain, reply);
+    }
+
+    /// <summary>Writes the ack (and the reply data of an OK) into the request's writable buffers
+    /// and completes it; a refusal is counted and logged here.</summary>
+    private void Answer(DeviceQueue queue, DescriptorChain chain, ControlReply reply)
+    {
+        Span<byte> bytes = stackalloc byte[1 + 16];
+        int length = 1;
+        if (reply.Refused is { } refusal)
         {
-            _reply[0] = IsmControl.AckOk;
-            length = 1 + result;
+            Reject(refusal);
+            bytes[0] = IsmControl.AckErr;
         }
         else
         {
-            _reply[0] = IsmControl.AckErr;
-            length = 1;
+            bytes[0] = IsmControl.AckOk;
+            BinaryPrimitives.WriteUInt64LittleEndian(bytes[1..], reply.First);
+            BinaryPrimitives.WriteUInt64LittleEndian(bytes[9..], reply.Second);
+            length += reply.Length;
         }
-        int written = chain.Write(_services!.Memory, 0, _reply.AsSpan(0, length));
+        int written = chain.Write(_services!.Memory, 0, bytes[..length]);
         if (written < 0)
         {
             Fail("ring.buffer-unmapped", $"the reply buffer of descriptor {chain.Head} is no longer in guest memory");
@@ -86,22 +126,25 @@ public sealed partial class IsmDevice
         queue.Complete(chain, (uint)written);
     }
 
-    /// <summary>Decodes and runs one request.</summary>
-    /// <returns>The reply length (in <see cref="_reply"/> after the ack) for OK, <see cref="Error"/>
-    /// for ERR, or <see cref="Abandoned"/>.</returns>
-    private async ValueTask<int> ExecuteAsync(DescriptorChain chain, int epoch)
+    /// <summary>A decoded control request.</summary>
+    private readonly record struct ControlRequest(byte Class, string Name, ulong A, ulong B, ulong C);
+
+    /// <summary>Reads and checks one request (class, command, data length, reply space).</summary>
+    private Refusal? Decode(DescriptorChain chain, out ControlRequest request)
     {
+        request = default;
         uint readable = chain.ReadableLength;
         if (readable < 2)
-            return Err("ctrl.short-header", $"{readable} driver-readable bytes; class and command need 2");
+            return new Refusal("ctrl.short-header", $"{readable} driver-readable bytes; class and command need 2");
+        Span<byte> raw = stackalloc byte[MaxRequest];
         int take = (int)Math.Min(readable, (uint)MaxRequest);
-        if (chain.Read(_services!.Memory, 0, _request.AsSpan(0, take)) != take)
+        if (chain.Read(_services!.Memory, 0, raw[..take]) != take)
         {
             Fail("ring.buffer-unmapped", $"the request buffer of descriptor {chain.Head} is no longer in guest memory");
-            return Abandoned;
+            throw new ControlRun.RunEndedException();
         }
-        byte cls = _request[0];
-        byte command = _request[1];
+        byte cls = raw[0];
+        byte command = raw[1];
         (string name, int dataLength, int replyLength) = cls switch
         {
             IsmControl.ClassAlloc => ("alloc", 8, 16),
@@ -112,80 +155,89 @@ public sealed partial class IsmDevice
             _ => ("", 0, 0),
         };
         if (name.Length == 0)
-            return Err("ctrl.unknown-class", $"class {cls}");
+            return new Refusal("ctrl.unknown-class", $"class {cls}");
         if (command != IsmControl.CommandDefault)
-            return Err($"{name}.unknown-command", $"command {command}");
+            return new Refusal($"{name}.unknown-command", $"command {command}");
         uint data = readable - 2;
         if (data < dataLength)
-            return Err($"{name}.short", $"{data} data bytes, {dataLength} expected");
+            return new Refusal($"{name}.short", $"{data} data bytes, {dataLength} expected");
         if (data > dataLength)
-            return Err($"{name}.oversized", $"{data} data bytes, {dataLength} expected");
+            return new Refusal($"{name}.oversized", $"{data} data bytes, {dataLength} expected");
         if (chain.WritableLength < 1 + replyLength)
-            return Err($"{name}.reply-space", $"{chain.WritableLength} device-writable bytes, {1 + replyLength} needed");
-
-        ulong a = BinaryPrimitives.ReadUInt64LittleEndian(_request.AsSpan(2));
-        int result = cls switch
-        {
-            IsmControl.ClassAlloc => await AllocAsync(a, epoch),
-            IsmControl.ClassAttach => await AttachAsync(a, epoch),
-            IsmControl.ClassDetach => await DetachAsync(a, epoch),
-            IsmControl.ClassGrant => Grant(a, BinaryPrimitives.ReadUInt64LittleEndian(_request.AsSpan(10)), BinaryPrimitives.ReadUInt64LittleEndian(_request.AsSpan(18))),
-            _ => EventVector(a, BinaryPrimitives.ReadUInt64LittleEndian(_request.AsSpan(10))),
-        };
-        if (result >= 0)
-            Counters.Increment($"ctrl.{name}.ok");
-        return result;
+            return new Refusal($"{name}.reply-space", $"{chain.WritableLength} device-writable bytes, {1 + replyLength} needed");
+        request = new ControlRequest(cls, name, BinaryPrimitives.ReadUInt64LittleEndian(raw[2..]),
+            BinaryPrimitives.ReadUInt64LittleEndian(raw[10..]), BinaryPrimitives.ReadUInt64LittleEndian(raw[18..]));
+        return null;
     }
 
-    private int Err(string reason, string detail)
+    /// <summary>Decodes and runs one request.</summary>
+    private async ValueTask<ControlReply> ExecuteAsync(ControlRun run, DescriptorChain chain)
     {
-        Reject(reason, detail);
-        return Error;
+        if (Decode(chain, out ControlRequest r) is { } malformed)
+            return malformed;
+        ControlReply reply = r.Class switch
+        {
+            IsmControl.ClassAlloc => await AllocAsync(run, r.A),
+            IsmControl.ClassAttach => await AttachAsync(run, r.A),
+            IsmControl.ClassDetach => await DetachAsync(run, r.A),
+            IsmControl.ClassGrant => Grant(r.A, r.B, r.C),
+            _ => EventVector(r.A, r.B),
+        };
+        if (reply.Refused is null)
+            Counters.Increment($"ctrl.{r.Name}.ok");
+        return reply;
     }
 
-    private async ValueTask<int> AllocAsync(ulong size, int epoch)
+    /// <summary>What a control request produced: a refusal (an ERR ack), or OK with
+    /// <see cref="Length"/> bytes of reply data (<see cref="First"/>, then <see cref="Second"/>).</summary>
+    private readonly record struct ControlReply(Refusal? Refused, int Length, ulong First, ulong Second)
+    {
+        public static ControlReply Ok => default;
+
+        public static ControlReply Of(ulong first) => new(null, 8, first, 0);
+
+        public static ControlReply Of(ulong first, ulong second) => new(null, 16, first, second);
+
+        public static implicit operator ControlReply(Refusal refusal) => new(refusal, 0, 0, 0);
+    }
+
+    private async ValueTask<ControlReply> AllocAsync(ControlRun run, ulong size)
     {
         ulong regionSize = Description.RegionSize;
         if (size == 0)
-            return Err("alloc.zero-size", "a region of 0 bytes");
+            return new Refusal("alloc.zero-size", "a region of 0 bytes");
         if (size > regionSize)
-            return Err("alloc.too-large", $"{size} bytes > region_size {regionSize}");
+            return new Refusal("alloc.too-large", $"{size} bytes > region_size {regionSize}");
         ulong page = _memory.PageSize;
         if (page == 0 || page % DeviceLayout.PageSize != 0)
-            return Err("alloc.backend-page-size", $"the memory backend's page size {page} is not a multiple of {DeviceLayout.PageSize}");
+            return new Refusal("alloc.backend-page-size", $"the memory backend's page size {page} is not a multiple of {DeviceLayout.PageSize}");
         ulong length = DeviceLayout.RoundUp(size, page);
         if (length > regionSize)
-            return Err("alloc.page-too-large", $"{size} bytes round up to {length} with {page}-byte pages, more than region_size {regionSize}");
+            return new Refusal("alloc.page-too-large", $"{size} bytes round up to {length} with {page}-byte pages, more than region_size {regionSize}");
         // Refused before any memory is claimed; the slot itself is taken once the memory is there,
         // so an allocation abandoned while the backend works holds no slot.
         if (_slots.InUse >= Description.MaxRegions)
-            return Err("alloc.no-slot", $"all {Description.MaxRegions} region slots are in use");
+            return new Refusal("alloc.no-slot", $"all {Description.MaxRegions} region slots are in use");
 
         ulong token = Host.NewToken();
-        (IMemoryBlock? block, string? failure) = _memory.AllocatesOffLoop
-            ? await AllocateOffLoopAsync(length, token)
-            : Allocate(length, token);
-        if (epoch != _epoch)
-        {
-            // A reset, a controlq restart or the device's removal came while the backend worked:
-            // nobody will know this region, so its memory goes back now.
-            if (block is not null)
-                DiscardBlock(block);
-            return Abandoned;
-        }
+        // A reset, a controlq restart or the device's removal that comes while the backend works
+        // ends the run: nobody will know this region, so its memory goes back at once.
+        (IMemoryBlock? block, string? failure) = await run.AwaitAsync(
+            _memory.AllocatesOffLoop ? AllocateOffLoopAsync(length, token) : Task.FromResult(Allocate(length, token)),
+            abandoned => { if (abandoned.Block is not null) DiscardBlock(abandoned.Block); });
         if (block is null)
-            return Err("alloc.no-memory", failure ?? "the memory backend gave no reason");
+            return new Refusal("alloc.no-memory", failure ?? "the memory backend gave no reason");
         if (block.Length < length || block.Length > regionSize || block.Length % DeviceLayout.PageSize != 0 || block.Offset % DeviceLayout.PageSize != 0)
         {
             string what = $"the memory backend returned {block.Length} bytes at offset {block.Offset} for {length}";
             DiscardBlock(block, "alloc.bad-block-discarded");
-            return Err("alloc.backend-bad-block", what);
+            return new Refusal("alloc.backend-bad-block", what);
         }
         int slot = _slots.Take();
         if (slot < 0)
         {
             DiscardBlock(block);
-            return Err("alloc.no-slot", $"all {Description.MaxRegions} region slots are in use");
+            return new Refusal("alloc.no-slot", $"all {Description.MaxRegions} region slots are in use");
         }
         Region region = Host.CreateRegion(this, slot, token, block, size);
         var entry = new SlotEntry(region, writable: true);
@@ -193,18 +245,14 @@ public sealed partial class IsmDevice
         RefreshMemoryUsage();
         Counters.Increment("regions.allocated");
 
-        string? mapFailure = await MapAsync(slot, block, writable: true);
-        if (epoch != _epoch)
-            return Abandoned; // the reset released the region
+        string? mapFailure = await run.AwaitAsync(MapAsync(slot, block, writable: true)); // a reset releases the region
         if (mapFailure is not null)
         {
             DropSlot(slot, entry);
-            return Err("alloc.map-failed", mapFailure);
+            return new Refusal("alloc.map-failed", mapFailure);
         }
         entry.Mapped = true;
-        BinaryPrimitives.WriteUInt64LittleEndian(_reply.AsSpan(1), token);
-        BinaryPrimitives.WriteUInt64LittleEndian(_reply.AsSpan(9), (ulong)slot * regionSize);
-        return 16;
+        return ControlReply.Of(token, (ulong)slot * regionSize);
     }
 
     /// <summary>Calls the backend; an exception becomes a failure reason.</summary>
@@ -254,16 +302,16 @@ public sealed partial class IsmDevice
     private void DiscardBlock(IMemoryBlock block, string counter = "alloc.abandoned", bool onLoop = true) =>
         ReleaseAndDispose(block, release: true, counter, refreshUsage: onLoop);
 
-    private async ValueTask<int> AttachAsync(ulong token, int epoch)
+    private async ValueTask<ControlReply> AttachAsync(ControlRun run, ulong token)
     {
         int slot = _slots.Take();
         if (slot < 0)
-            return Err("attach.no-slot", $"all {Description.MaxRegions} region slots are in use");
+            return new Refusal("attach.no-slot", $"all {Description.MaxRegions} region slots are in use");
         string? refused = Host.TryAttach(this, slot, token, out Region? region, out bool writable);
         if (refused is not null)
         {
             _slots.Return(slot);
-            return Err("attach." + refused, refused switch
+            return new Refusal("attach." + refused, refused switch
             {
                 "unknown-token" => "no region has this token",
                 "already-attached" => "this device already references the region",
@@ -278,82 +326,57 @@ public sealed partial class IsmDevice
         _regions.Add(slot, entry);
         Counters.Increment("regions.attached");
 
-        string? mapFailure = await MapAsync(slot, region!.Block, writable);
-        if (epoch != _epoch)
-            return Abandoned;
+        string? mapFailure = await run.AwaitAsync(MapAsync(slot, region!.Block, writable));
         if (mapFailure is not null)
         {
             DropSlot(slot, entry);
-            return Err("attach.map-failed", mapFailure);
+            return new Refusal("attach.map-failed", mapFailure);
         }
         entry.Mapped = true;
-        BinaryPrimitives.WriteUInt64LittleEndian(_reply.AsSpan(1), (ulong)slot * Description.RegionSize);
-        return 8;
+        return ControlReply.Of((ulong)slot * Description.RegionSize);
     }
 
-    private async ValueTask<int> DetachAsync(ulong offset, int epoch)
+    private async ValueTask<ControlReply> DetachAsync(ControlRun run, ulong offset)
     {
         if (!TryFindSlot(offset, out int slot, out SlotEntry? entry))
-            return Err("detach.not-assigned", $"no region at offset 0x{offset:x}");
-        if (entry.Mapped)
-        {
-            string? failure;
-            ITransportServices services = _services!;
-            if (!services.CanMap)
-            {
-                failure = "the transport cannot change mappings now";
-            }
-            else
-            {
-                try
-                {
-                    failure = await services.UnmapAsync(ShmId.Regions, offset, entry.Region.Length);
-                }
-                catch (Exception ex)
-                {
-                    failure = $"{ex.GetType().Name}: {ex.Message}";
-                }
-            }
-            if (epoch != _epoch)
-                return Abandoned;
-            if (failure is not null)
-                return Err("detach.unmap-failed", failure);
-        }
+            return new Refusal("detach.not-assigned", $"no region at offset 0x{offset:x}");
+        if (entry.Mapped && await run.AwaitAsync(UnmapAsync(offset, entry.Region.Length)) is { } failure)
+            return new Refusal("detach.unmap-failed", failure);
         DropSlot(slot, entry);
         if (_eventContext is not null)
             CallEvents(e => e.OnRegionDetached(offset), "OnRegionDetached");
         Counters.Increment("regions.detached");
-        return 0;
+        return ControlReply.Ok;
     }
 
-    private int Grant(ulong offset, ulong peer, ulong permissions)
+    private ControlReply Grant(ulong offset, ulong peer, ulong permissions)
     {
         if (!TryFindSlot(offset, out _, out SlotEntry? entry))
-            return Err("grant.not-assigned", $"no region at offset 0x{offset:x}");
+            return new Refusal("grant.not-assigned", $"no region at offset 0x{offset:x}");
         if ((permissions & ~(ulong)IsmPermissions.All) != 0)
-            return Err("grant.bad-permissions", $"permissions 0x{permissions:x} have undefined bits");
+            return new Refusal("grant.bad-permissions", $"permissions 0x{permissions:x} have undefined bits");
         string? refused = Host.TryGrant(entry.Region, this, peer, (IsmPermissions)permissions);
         if (refused is not null)
-            return Err("grant." + refused, "this device lacks MANAGE on the region");
+            return new Refusal("grant." + refused, "this device lacks MANAGE on the region");
         _log.LogDebug("device {Name}: region at 0x{Offset:x}: permissions of {Peer} set to {Permissions}",
             Description.Name, offset, peer == 0 ? "the default entry" : $"devid {peer}", (IsmPermissions)permissions);
-        return 0;
+        return ControlReply.Ok;
     }
 
-    private int EventVector(ulong offset, ulong vector)
+    private ControlReply EventVector(ulong offset, ulong vector)
     {
         if (!Features.Has(DriverFeatures, Features.IsmEventIrq))
-            return Err("event-vector.not-negotiated", "VIRTIO_ISM_F_EVENT_IRQ was not negotiated");
+            return new Refusal("event-vector.not-negotiated", "VIRTIO_ISM_F_EVENT_IRQ was not negotiated");
         if (!TryFindSlot(offset, out _, out _))
-            return Err("event-vector.not-assigned", $"no region at offset 0x{offset:x}");
+            return new Refusal("event-vector.not-assigned", $"no region at offset 0x{offset:x}");
         if (_eventContext is null)
-            return Err("event-vector.no-channel", "the event channel is not active");
+            return new Refusal("event-vector.no-channel", "the event channel is not active");
         string? failure = null;
         bool bound = false;
         CallEvents(e => bound = e.TryBindVector(offset, vector, out failure), "TryBindVector");
         if (!bound)
-            return Err("event-vector.rejected", failure ?? "the event channel refused the vector");
-        return 0;
+            return new Refusal("event-vector.rejected", failure ?? "the event channel refused the vector");
+        return ControlReply.Ok;
     }
 
     private bool TryFindSlot(ulong offset, out int slot, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out SlotEntry? entry)
@@ -375,6 +398,21 @@ public sealed partial class IsmDevice
         try
         {
             return await services.MapAsync(ShmId.Regions, (ulong)slot * Description.RegionSize, block, block.Length, writable);
+        }
+        catch (Exception ex)
+        {
+            return $"{ex.GetType().Name}: {ex.Message}";
+        }
+    }
+
+    private async ValueTask<string?> UnmapAsync(ulong offset, ulong length)
+    {
+        ITransportServices? services = _services;
+        if (services is null || !services.CanMap)
+            return "the transport cannot change mappings now";
+        try
+        {
+            return await services.UnmapAsync(ShmId.Regions, offset, length);
         }
         catch (Exception ex)
         {

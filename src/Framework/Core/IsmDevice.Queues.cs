@@ -6,6 +6,17 @@ namespace Vism.Core;
 
 public sealed partial class IsmDevice
 {
+    /// <summary>Chains popped from any queue and not completed yet.</summary>
+    private int ChainsInFlight
+    {
+        get
+        {
+            int n = 0;
+            foreach (DeviceQueue q in _queues) n += q.InFlight;
+            return n;
+        }
+    }
+
     /// <summary>
     /// A device queue as the device and event plugins use it: the <see cref="SplitQueue"/> state
     /// bound to the connection's guest memory. A ring fault marks the device DEVICE_NEEDS_RESET.
@@ -22,11 +33,19 @@ public sealed partial class IsmDevice
 
         public bool IsReady => Started && device.Running;
 
+        public int InFlight => _inFlight.Count;
+
         public bool TryPop([NotNullWhen(true)] out DescriptorChain? chain)
         {
             chain = null;
             if (!IsReady)
                 return false;
+            if (device.ChainsInFlight >= device._limits.MaxInFlight)
+            {
+                // The device holds as many chains as it may: the driver's next one waits until it completes some.
+                device.Counters.Increment("queue.in-flight-limit");
+                return false;
+            }
             switch (Ring.TryPop(device._services!.Memory, out DescriptorChain? popped, out string? fault))
             {
                 case PopResult.Chain:

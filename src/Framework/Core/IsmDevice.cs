@@ -34,12 +34,15 @@ public sealed partial class IsmDevice : IVirtioDevice
     private ITransportServices? _services;
     private volatile byte _status;
     private ulong _driverFeatures;
-    private int _epoch;
+    private readonly DeviceLimits _limits;
     private EventContext? _eventContext;
 
     internal IsmDevice(IsmHost host, ulong devId, DeviceDescription description, IDeviceLoop loop,
-        IMemoryBackend memory, IEventChannel? events, IDeviceCounters counters, ILogger log)
+        IMemoryBackend memory, IEventChannel? events, IDeviceCounters counters, ILogger log, DeviceLimits? limits = null)
     {
+        _limits = limits ?? DeviceLimits.Default;
+        if (_limits.Validate() is { } badLimits)
+            throw new ArgumentException(badLimits, nameof(limits));
         if (description.MaxRegions <= 0)
             throw new ArgumentException("the device has no region slots", nameof(description));
         if ((ulong)description.MaxRegions > description.RegionsWindowSize / description.RegionSize)
@@ -184,8 +187,7 @@ public sealed partial class IsmDevice : IVirtioDevice
     /// <inheritdoc />
     public void Reset()
     {
-        _epoch++;
-        _controlRunning = false;
+        EndControlRun();
         DeactivateEvents();
         foreach (DeviceQueue q in _queues)
             q.Stop();
@@ -209,8 +211,7 @@ public sealed partial class IsmDevice : IVirtioDevice
         if ((_status & (byte)DeviceStatus.DeviceNeedsReset) != 0)
             return;
         _status |= (byte)DeviceStatus.DeviceNeedsReset;
-        _epoch++;
-        _controlRunning = false;
+        EndControlRun();
         _log.LogError("device {Name} (devid {DevId}): DEVICE_NEEDS_RESET: {Reason}: {Detail}", Description.Name, DevId, reason, detail);
         try
         {
@@ -222,17 +223,19 @@ public sealed partial class IsmDevice : IVirtioDevice
         }
     }
 
-    /// <summary>Counts a refused request (an ERR ack, a refused status write, ...) and logs it: the
-    /// first ten times for each reason, then at every power of two, so a driver repeating a bad
-    /// request cannot flood the log while every reason still shows up in it.</summary>
-    private void Reject(string reason, string detail)
+    /// <summary>Counts a refused request (an ERR ack, a refused status write, ...) as
+    /// <c>err.</c> + its counter and logs it, rate limited by <see cref="RateLimitedLog"/>, so a
+    /// driver repeating a bad request cannot flood the log while every reason still shows up in it.</summary>
+    private void Reject(Refusal refusal)
     {
-        string name = "err." + reason;
+        string name = "err." + refusal.Counter;
         Counters.Increment(name);
         long times = Counters.Get(name);
-        if (times <= 10 || long.IsPow2(times))
-            _log.LogWarning("device {Name} (devid {DevId}): {Reason}: {Detail} ({Times} so far)", Description.Name, DevId, reason, detail, times);
+        if (RateLimitedLog.ShouldLog(times))
+            _log.LogWarning("device {Name} (devid {DevId}): {Reason}: {Detail} ({Times} so far)", Description.Name, DevId, refusal.Counter, refusal.Detail, times);
     }
+
+    private void Reject(string reason, string detail) => Reject(new Refusal(reason, detail));
 
     // ---- config space ----
 
@@ -311,8 +314,7 @@ public sealed partial class IsmDevice : IVirtioDevice
         if (index == Virtio.ControlQueue)
         {
             // A request awaiting its mapping completes into nothing; a reset cleans up after it.
-            _epoch++;
-            _controlRunning = false;
+            EndControlRun();
         }
         return _queues[index].Stop();
     }

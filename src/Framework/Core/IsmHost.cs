@@ -89,9 +89,10 @@ public sealed class IsmHost : IDisposable
     /// <param name="memory">Its memory backend.</param>
     /// <param name="events">Its event channel, or null when the device offers no event feature.</param>
     /// <param name="counters">Its counters.</param>
+    /// <param name="limits">Its share of the loop and in-flight limits; the defaults when null.</param>
     /// <returns>The device, not yet connected to a transport.</returns>
     public IsmDevice AddDevice(DeviceDescription description, IDeviceLoop loop, IMemoryBackend memory,
-        IEventChannel? events, IDeviceCounters counters)
+        IEventChannel? events, IDeviceCounters counters, DeviceLimits? limits = null)
     {
         ArgumentNullException.ThrowIfNull(description);
         ArgumentNullException.ThrowIfNull(loop);
@@ -104,7 +105,7 @@ public sealed class IsmHost : IDisposable
             if (!_names.Add(description.Name))
                 throw new ArgumentException($"a device named '{description.Name}' is already registered", nameof(description));
             ulong devId = ++_lastDevId;
-            device = new IsmDevice(this, devId, description, loop, memory, events, counters, _logs.CreateLogger<IsmDevice>());
+            device = new IsmDevice(this, devId, description, loop, memory, events, counters, _logs.CreateLogger<IsmDevice>(), limits);
             _devices.Add(devId, device);
         }
         IReadOnlyList<RecoveredBlock> recovered;

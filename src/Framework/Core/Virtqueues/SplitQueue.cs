@@ -72,6 +72,10 @@ public sealed class SplitQueue
     /// <summary>Index of the next used-ring entry the device writes (free-running).</summary>
     public ushort NextUsed { get; private set; }
 
+    /// <summary>Descriptors read by every walk so far, valid or not (the device's budget per loop turn
+    /// counts them: one chain can hold 32,768).</summary>
+    public long DescriptorsWalked { get; private set; }
+
     /// <summary>Whether VIRTIO_F_EVENT_IDX was negotiated.</summary>
     public bool EventIdx { get; private set; }
 
@@ -192,6 +196,7 @@ public sealed class SplitQueue
         {
             if (ttl-- == 0)
                 return "ring.loop";
+            DescriptorsWalked++;
             if (!memory.TryRead(table + (ulong)index * DescriptorSize, raw))
                 return "ring.descriptor-unmapped";
             ulong addr = BinaryPrimitives.ReadUInt64LittleEndian(raw);

@@ -166,7 +166,7 @@ public sealed class HostRuntime : IAsyncDisposable
 
         try
         {
-            running.Device = Ism.AddDevice(settings.Description, loop, running.Memory, running.Events, counters);
+            running.Device = Ism.AddDevice(settings.Description, loop, running.Memory, running.Events, counters, settings.Limits);
         }
         catch (Exception ex)
         {

@@ -1,6 +1,7 @@
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.Logging;
 using Vism.Abstractions;
+using Vism.Core;
 using Vism.Host.Plugins;
 
 namespace Vism.Host.Config;
@@ -190,7 +191,17 @@ public sealed partial class ConfigLoader
     public static readonly string[] HostKeys = ["gid", "sharing", "state-dir", "socket-dir", "plugin-paths", "log-level", "loops"];
 
     /// <summary>The keys of <c>[[device]]</c>.</summary>
-    public static readonly string[] DeviceKeys = ["name", "device-id", "region-size", "window-size", "max-regions", "notify-size", "transport", "memory", "events"];
+    public static readonly string[] DeviceKeys = ["name", "device-id", "region-size", "window-size", "max-regions", "notify-size", "transport", "memory", "events",
+        "requests-per-turn", "descriptors-per-turn", "max-in-flight"];
+
+    /// <summary>An integer device limit in [<paramref name="min"/>, <paramref name="max"/>], or null (error recorded).</summary>
+    private int? LimitValue(TomlEntry e, string key, int min, int max)
+    {
+        if (Convert(e, key, typeof(int)) is not int v) return null;
+        if (v >= min && v <= max) return v;
+        Errors.Add(e.Value.Pos, key, $"{v}: choose {min}..{max}");
+        return null;
+    }
 
     private DeviceSettings? BindDevice(TomlTable table, string path, PluginCatalog catalog,
         Dictionary<string, string> names, Dictionary<string, string> endpoints)
@@ -203,6 +214,7 @@ public sealed partial class ConfigLoader
         int? maxRegions = null;
         TomlEntry? windowEntry = null;
         var sections = new Dictionary<PluginKind, TomlEntry>();
+        DeviceLimits limits = DeviceLimits.Default;
 
         foreach (TomlEntry e in table.Entries)
         {
@@ -258,6 +270,15 @@ public sealed partial class ConfigLoader
                         if (ns is 0 or > PageSize || !ulong.IsPow2(ns)) Errors.Add(e.Value.Pos, key, $"{ns} bytes: notify-size must be a power of two from 1 to 4096");
                         else notifySize = ns;
                     }
+                    break;
+                case "requests-per-turn":
+                    limits = limits with { RequestsPerTurn = LimitValue(e, key, 1, 65536) ?? limits.RequestsPerTurn };
+                    break;
+                case "descriptors-per-turn":
+                    limits = limits with { DescriptorsPerTurn = LimitValue(e, key, 1, 1 << 24) ?? limits.DescriptorsPerTurn };
+                    break;
+                case "max-in-flight":
+                    limits = limits with { MaxInFlight = LimitValue(e, key, 2, 65536) ?? limits.MaxInFlight };
                     break;
                 case "transport":
                     sections[PluginKind.Transport] = e;
@@ -344,6 +365,7 @@ public sealed partial class ConfigLoader
             Memory = memory!,
             Events = events,
             Endpoints = claimed,
+            Limits = limits,
         };
     }
 
