@@ -24,11 +24,11 @@ public sealed class FileMemoryOptions : IValidatableOptions
     [Description("Keep each region in a named file so a restarted host finds its token and contents again. On tmpfs that survives a host restart, on a disk also a reboot.")]
     public bool Persist { get; set; }
 
-    /// <summary>The directory as an absolute path (relative ones are resolved against the state directory).</summary>
+    /// <summary>The directory as an absolute path (relative ones are resolved against the state
+    /// directory, <see cref="HostPaths"/>).</summary>
     /// <param name="host">The host, for its state directory.</param>
     /// <returns>The absolute directory.</returns>
-    public string ResolveDirectory(HostDescription host) =>
-        Path.GetFullPath(Directory, Path.GetFullPath(host.StateDirectory));
+    public string ResolveDirectory(HostDescription host) => host.State(Directory);
 
     /// <inheritdoc />
     public void Validate(OptionsValidationContext context)

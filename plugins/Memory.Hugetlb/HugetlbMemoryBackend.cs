@@ -32,7 +32,7 @@ public sealed class HugetlbMemoryBackend : IMemoryBackend
         PageSize = options.PageSize;
         Claim = options.Claim;
         PageClaim pages = HugePageClaims.For(Claim);
-        Mount = string.IsNullOrEmpty(options.Mount) ? null : Path.GetFullPath(options.Mount);
+        Mount = string.IsNullOrEmpty(options.Mount) ? null : host.State(options.Mount);
         var names = new RegionNames(options.Prefix, device.Name);
         IRegionFileSource source = Mount is null
             ? new MemfdSource(names, PageSize, pages)

@@ -54,7 +54,7 @@ public sealed class HugetlbMemoryOptions : IValidatableOptions
         }
         if (!string.IsNullOrEmpty(Mount))
         {
-            string? problem = CheckMount(Path.GetFullPath(Mount));
+            string? problem = CheckMount(context.Host.State(Mount));
             if (problem is not null) context.Error("mount", problem);
         }
     }

@@ -1,3 +1,5 @@
+using Vism.Abstractions;
+
 namespace Vism.Memory.Shared;
 
 /// <summary>Human-readable sizes for messages ("2 MiB", "1 GiB", "12288 bytes").</summary>
@@ -7,12 +9,5 @@ internal static class Sizes
     public const ulong MiB = 1UL << 20;
     public const ulong GiB = 1UL << 30;
 
-    public static string Format(ulong bytes) => bytes switch
-    {
-        0 => "0 bytes",
-        _ when bytes % GiB == 0 => $"{bytes / GiB} GiB",
-        _ when bytes % MiB == 0 => $"{bytes / MiB} MiB",
-        _ when bytes % KiB == 0 => $"{bytes / KiB} KiB",
-        _ => $"{bytes} bytes",
-    };
+    public static string Format(ulong bytes) => ByteSizes.Format(bytes, prose: true);
 }

@@ -23,15 +23,13 @@ public sealed class MmioOptions : IValidatableOptions
     [Description("Milliseconds the VMM may take to answer a MAP or UNMAP request before it is disconnected (1-600000)")]
     public int MapTimeoutMs { get; set; } = 5000;
 
-    /// <summary>The socket path this device serves.</summary>
+    /// <summary>The socket path this device serves (a relative one is relative to the socket
+    /// directory, <see cref="HostPaths"/>).</summary>
     /// <param name="host">The host (for its socket directory).</param>
     /// <param name="device">The device (for its name).</param>
     /// <returns>An absolute path.</returns>
-    public string ResolveSocketPath(HostDescription host, DeviceDescription device)
-    {
-        string path = string.IsNullOrEmpty(SocketPath) ? $"{device.Name}.mmio.sock" : SocketPath;
-        return Path.GetFullPath(Path.Combine(host.SocketDirectory, path));
-    }
+    public string ResolveSocketPath(HostDescription host, DeviceDescription device) =>
+        host.Socket(string.IsNullOrEmpty(SocketPath) ? $"{device.Name}.mmio.sock" : SocketPath);
 
     /// <inheritdoc />
     public void Validate(OptionsValidationContext context)

@@ -48,18 +48,18 @@ public sealed class VhostUserOptions : IValidatableOptions
 
     private static string Micros(TimeSpan t) => $"{t.TotalMicroseconds:0.#}us";
 
-    /// <summary>The socket path this device serves, made absolute.</summary>
-    /// <param name="device">The device.</param>
+    /// <summary>The socket path this device serves (a relative one is relative to the socket
+    /// directory, <see cref="HostPaths"/>).</summary>
     /// <param name="host">The host (for its socket directory).</param>
-    public string ResolveSocketPath(DeviceDescription device, HostDescription host) =>
-        Path.GetFullPath(string.IsNullOrWhiteSpace(SocketPath)
-            ? Path.Combine(host.SocketDirectory, device.Name + ".sock")
-            : SocketPath);
+    /// <param name="device">The device (for its name).</param>
+    /// <returns>An absolute path.</returns>
+    public string ResolveSocketPath(HostDescription host, DeviceDescription device) =>
+        host.Socket(string.IsNullOrWhiteSpace(SocketPath) ? device.Name + ".sock" : SocketPath);
 
     /// <inheritdoc />
     public void Validate(OptionsValidationContext context)
     {
-        context.ClaimSocketPath("socket-path", ResolveSocketPath(context.Device, context.Host));
+        context.ClaimSocketPath("socket-path", ResolveSocketPath(context.Host, context.Device));
         if (Vectors is < 0 or > MaxVectors)
             context.Error("vectors", $"{Vectors} is outside 0..{MaxVectors}");
         if (MaxMemSlots is < 1 or > 509)

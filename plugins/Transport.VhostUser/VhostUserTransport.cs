@@ -38,7 +38,7 @@ public sealed class VhostUserTransport : ITransport
         _loop = loop;
         _counters = counters;
         _log = log;
-        Endpoint = options.ResolveSocketPath(description, host);
+        Endpoint = options.ResolveSocketPath(host, description);
     }
 
     /// <inheritdoc />

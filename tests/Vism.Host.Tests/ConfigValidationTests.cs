@@ -211,7 +211,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void Device_limits_are_bound_and_checked()
+    public void DeviceLimits_AreBoundAndChecked()
     {
         (VismConfig? config, ConfigLoader loader) = Load(DeviceWith("requests-per-turn = 4\ndescriptors-per-turn = 100\nmax-in-flight = 8"));
         Assert.True(config is not null, string.Join("\n", loader.Errors.Errors));

@@ -14,7 +14,7 @@ public sealed class FairnessTests
     private const int ChainLength = 32768;
 
     [Fact]
-    public async Task A_controlq_flood_of_long_chains_does_not_starve_a_neighbour_on_the_same_loop()
+    public async Task ControlqFloodOfLongChains_DoesNotStarveANeighbourOnTheSameLoop()
     {
         await using var rig = new IsmRig();
         IsmPeer hostile = rig.Add("hostile", loopIndex: 0);

@@ -25,6 +25,15 @@ public sealed class OptionsTests
     }
 
     [Fact]
+    public void ARelativeSocketPathIsTakenUnderTheSocketDirectoryNotTheWorkingDirectory()
+    {
+        var host = new HostDescription { Gid = 1, StateDirectory = "/var/lib/vism", SocketDirectory = "/run/vism" };
+        Assert.Equal("/run/vism/vm1/ism.sock", new VhostUserOptions { SocketPath = "vm1/ism.sock" }.ResolveSocketPath(host, Device));
+        Assert.Equal("/tmp/x.sock", new VhostUserOptions { SocketPath = "/tmp/x.sock" }.ResolveSocketPath(host, Device));
+        Assert.Equal("/run/vism/ism0.sock", new VhostUserOptions().ResolveSocketPath(host, Device));
+    }
+
+    [Fact]
     public void Every_bad_value_is_reported_against_its_key()
     {
         var ctx = new RecordingValidationContext(Device);

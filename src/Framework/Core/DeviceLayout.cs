@@ -9,7 +9,7 @@ namespace Vism.Core;
 public static class DeviceLayout
 {
     /// <summary>The page size every window offset and length is a multiple of.</summary>
-    public const ulong PageSize = 4096;
+    public const ulong PageSize = TransportRules.PageSize;
 
     /// <summary>
     /// Computes the layout. The REGIONS window holds as many <paramref name="regionSize"/> slots as

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Microsoft.Win32.SafeHandles;
+using Vism.Abstractions;
 using Vism.Native;
 
 namespace Vism.Mmio;
@@ -24,7 +25,7 @@ public static class MmioProtocol
     public const int MaxSharedMemoryWindows = 8;
 
     /// <summary>Granularity of guest memory ranges and of window mappings.</summary>
-    public const ulong PageSize = 4096;
+    public const ulong PageSize = TransportRules.PageSize;
 
     /// <summary>Interrupt line 0 of SET_IRQ_FD: the device's standard virtio-mmio interrupt.</summary>
     public const uint StandardIrqLine = 0;

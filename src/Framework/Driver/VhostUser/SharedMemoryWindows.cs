@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Vism.Abstractions;
 using Vism.Native;
 using Vism.VhostUser;
 
@@ -12,7 +13,7 @@ namespace Vism.Driver.VhostUser;
 /// </summary>
 internal sealed class SharedMemoryWindows : IDisposable
 {
-    private const ulong PageSize = 4096;
+    private const ulong PageSize = TransportRules.PageSize;
     private readonly Lock _lock = new();
     private readonly Dictionary<byte, Window> _windows = [];
 

@@ -32,7 +32,7 @@ public sealed partial class ConfigLoader
     /// <summary>Highest virtio device ID whose modern PCI ID (0x1040 + id) fits 16 bits.</summary>
     public const uint MaxDeviceId = 0xFFFF - Virtio.PciDeviceIdBase;
 
-    private const ulong PageSize = 4096;
+    private const ulong PageSize = TransportRules.PageSize;
 
     private readonly string _directory;
 

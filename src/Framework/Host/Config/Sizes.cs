@@ -1,5 +1,7 @@
 using System.Globalization;
 
+using Vism.Abstractions;
+
 namespace Vism.Host.Config;
 
 /// <summary>Byte sizes as written in config files: an integer number of bytes, or a string such as
@@ -54,13 +56,5 @@ public static class Sizes
     }
 
     /// <summary>Formats a size the way a config file would write it: the largest exact binary unit.</summary>
-    public static string Format(ulong bytes)
-    {
-        if (bytes == 0) return "0";
-        (string Name, int Shift)[] units = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
-        foreach ((string name, int shift) in units)
-            if (bytes >= 1UL << shift && bytes % (1UL << shift) == 0)
-                return $"{bytes >> shift}{name}";
-        return bytes.ToString(CultureInfo.InvariantCulture);
-    }
+    public static string Format(ulong bytes) => ByteSizes.Format(bytes);
 }
