@@ -165,15 +165,15 @@ public static class Cli
             {
                 output.WriteLine($"  {r.Name}: {r.Summary}");
                 output.WriteLine($"    plugin {r.Plugin.Name} {r.Plugin.Version} ({r.Plugin.Path})");
-                if (r.Options.Options.Count == 0) output.WriteLine("    (no options)");
-                int width = r.Options.Options.Count == 0 ? 0 : r.Options.Options.Max(o => o.Key.Length);
-                foreach (OptionInfo o in r.Options.Options)
-                {
-                    output.WriteLine($"    {o.Key.PadRight(width)}  {o.TypeName}, default {o.Default ?? "(none)"}");
-                    if (o.Description is not null) output.WriteLine($"    {new string(' ', width)}  {o.Description}");
-                }
+                PrintOptions(r.Options, "    ", output);
             }
         }
+        output.WriteLine();
+        output.WriteLine("[host] keys:");
+        PrintOptions(HostSettings.Schema, "  ", output);
+        output.WriteLine();
+        output.WriteLine("[[device]] keys (besides [device.transport], [device.memory], [device.events]):");
+        PrintOptions(DeviceSection.Schema, "  ", output);
         if (!catalog.Registrations.Any()) output.WriteLine("no plugins installed");
         if (catalog.Failures.Count > 0)
         {
@@ -183,7 +183,19 @@ public static class Cli
         }
         return ExitCodes.Ok;
     }
+
+    private static void PrintOptions(OptionsSchema schema, string indent, TextWriter output)
+    {
+        if (schema.Options.Count == 0) output.WriteLine($"{indent}(no options)");
+        int width = schema.Options.Count == 0 ? 0 : schema.Options.Max(o => o.Key.Length);
+        foreach (OptionInfo o in schema.Options)
+        {
+            output.WriteLine($"{indent}{o.Key.PadRight(width)}  {o.TypeName}, default {o.Default ?? "(none)"}");
+            if (o.Description is not null) output.WriteLine($"{indent}{new string(' ', width)}  {o.Description}");
+        }
+    }
 }
+
 
 internal sealed class PrintVersion(TextWriter output) : System.CommandLine.Invocation.SynchronousCommandLineAction
 {

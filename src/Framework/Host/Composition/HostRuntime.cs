@@ -93,12 +93,7 @@ public sealed class HostRuntime : IAsyncDisposable
             Gid = config.Host.Gid,
             Sharing = config.Host.Sharing == Sharing.Multi ? SharingMode.Multi : SharingMode.Pair,
         }, logs);
-        var host = new HostDescription
-        {
-            Gid = ism.Gid,
-            StateDirectory = config.Host.StateDirectory,
-            SocketDirectory = config.Host.SocketDirectory,
-        };
+        HostDescription host = config.Host.Describe(ism.Gid);
         var loops = new LoopPool(Math.Min(config.Host.Loops, Math.Max(1, config.Devices.Count)), logs);
         var runtime = new HostRuntime(config, ism, loops, BuildServices(config, host, logs), host, logs);
         string? starting = null;
