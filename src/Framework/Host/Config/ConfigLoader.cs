@@ -119,7 +119,10 @@ public sealed partial class ConfigLoader
         }
         if (devices.Count == 0 && !Errors.Any)
             Errors.Add(new TextPos(1, 1), "device", "no [[device]] is configured: add at least one (see config/default.toml)");
-        return Errors.Any ? null : new VismConfig(File, Host, devices);
+        var positions = new Dictionary<string, TextPos>(StringComparer.Ordinal);
+        if (Root.TryGet("host", out TomlEntry? host) && host.Value is TomlTable hostTable)
+            foreach (TomlEntry e in hostTable.Entries) positions[$"host.{e.Key}"] = e.Value.Pos;
+        return Errors.Any ? null : new VismConfig(File, Host, devices) { Positions = positions };
     }
 
     private HostSettings BindHost(TomlTable root)

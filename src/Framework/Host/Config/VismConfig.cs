@@ -49,4 +49,12 @@ public sealed record DeviceSettings
 /// <param name="File">The file as named by the user.</param>
 /// <param name="Host">The host section.</param>
 /// <param name="Devices">The devices in file order.</param>
-public sealed record VismConfig(string File, HostSettings Host, IReadOnlyList<DeviceSettings> Devices);
+public sealed record VismConfig(string File, HostSettings Host, IReadOnlyList<DeviceSettings> Devices)
+{
+    /// <summary>Where each <c>[host]</c> key is written, by dotted key (<c>host.socket-dir</c>), for errors found after validation.</summary>
+    public IReadOnlyDictionary<string, TextPos> Positions { get; init; } = new Dictionary<string, TextPos>();
+
+    /// <summary><c>file:line:column: key</c> when the key is written in the file, else <c>key (not set in file: the default)</c>.</summary>
+    public string Where(string key) =>
+        Positions.TryGetValue(key, out TextPos pos) ? $"{File}:{pos.Line}:{pos.Column}: {key}" : $"{File}: {key} (not set in the file: the default)";
+}
