@@ -80,6 +80,40 @@ public sealed class OperatorTests : IDisposable
     }
 
     [Fact]
+    public async Task Apply_RestartsAChangedDevice_AndRefusesAHostChangeKeepingTheRunningSet()
+    {
+        string host = $"""
+            [host]
+            state-dir = "{_dir["state"]}"
+            socket-dir = "{_dir["sockets"]}"
+            """;
+        string file = Write(host + "\n" + Devices + "\n" + ServiceTests.DeviceToml("ism1", "mmio", _dir["mem"]));
+        (VismConfig config, PluginCatalog catalog) = ConfigLoader.Load(file, [TestPlugins.InRepoPluginsDir], NullLogger.Instance);
+        using (catalog)
+        {
+            await using HostRuntime runtime = await HostRuntime.StartAsync(config, NullLoggerFactory.Instance);
+            Vism.Core.IsmDevice ism0 = runtime.Devices[0].Device!;
+
+            Write(host + "\n" + Devices + "\n" + ServiceTests.DeviceToml("ism1", "mmio", _dir["mem"]).Replace("window-size = \"1MiB\"", "window-size = \"2MiB\""));
+            ConfigLoader changed = ConfigLoader.Parse(file);
+            ReloadResult result = await runtime.ApplyAsync(changed.BindDevices(catalog)!);
+            Assert.True(result.Ok, string.Join("; ", result.Errors));
+            Assert.Equal(["ism1"], result.Restarted);
+            Assert.Equal(["ism0"], result.Kept);
+            Assert.Same(ism0, runtime.Devices[0].Device);
+            Assert.Equal(31, runtime.Devices[1].Settings.Description.MaxRegions);
+
+            Write(host.Replace(_dir["sockets"], _dir["elsewhere"]) + "\n" + Devices);
+            ConfigLoader moved = ConfigLoader.Parse(file);
+            result = await runtime.ApplyAsync(moved.BindDevices(catalog)!);
+            Assert.False(result.Ok);
+            Assert.Contains(result.Errors, e => e.StartsWith($"host.socket-dir changed from \"{_dir["sockets"]}\" to \"{_dir["elsewhere"]}\"", StringComparison.Ordinal));
+            Assert.Equal(["ism0", "ism1"], runtime.Devices.Select(d => d.Settings.Name));
+            Assert.True(File.Exists(_dir["sockets/ism1.mmio.sock"]));
+        }
+    }
+
+    [Fact]
     public async Task Start_WithASocketDirThatCannotBeCreated_NamesTheKeyTheLineAndTheCause()
     {
         string blocker = _dir["a-file"];

@@ -179,6 +179,11 @@ public sealed partial class ServiceTests : IDisposable
             Assert.Equal(0, vism.ExitCode);
             Assert.All(new[] { "a", "c" }, n => Assert.False(File.Exists(Socket(n, "vhost-user"))));
         }
+        catch (SocketException ex)
+        {
+            vism.Kill(entireProcessTree: true);
+            Assert.Fail($"a notification did not come ({ex.Message}); vism logged:\n{await stderr}");
+        }
         finally
         {
             if (!vism.HasExited) vism.Kill(entireProcessTree: true);
@@ -235,5 +240,41 @@ public sealed partial class ServiceTests : IDisposable
         Assert.NotEmpty(lines);
         Assert.All(lines, l => Assert.Matches("^<[0-7]>", l));
         Assert.Contains(lines, l => l.StartsWith("<6>Vism.Host", StringComparison.Ordinal));
+    }
+
+    [SkippableFact]
+    public async Task Run_UnderSocketActivation_ServesTheInheritedListener_AndLeavesItsFileToTheManager()
+    {
+        Skip.IfNot(File.Exists("/usr/bin/systemd-socket-activate"), "systemd-socket-activate is not installed (apt-get install systemd)");
+        string file = Config(Device("a", "vhost-user"));
+        string socket = Socket("a", "vhost-user");
+        Directory.CreateDirectory(_dir["sockets"]);
+        using var notify = new NotifySocket(_dir["notify"]);
+        // systemd-socket-activate binds the socket, waits for a client, then execs vism with LISTEN_FDS.
+        var psi = new ProcessStartInfo("/usr/bin/systemd-socket-activate") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (string a in new[] { "-l", socket, "-E", $"NOTIFY_SOCKET={notify.Path}", "dotnet", Path.Combine(AppContext.BaseDirectory, "vism.dll"),
+                     "run", file, "--plugins", TestPlugins.InRepoPluginsDir })
+            psi.ArgumentList.Add(a);
+        using Process vism = Process.Start(psi)!;
+        Task<string> stderr = vism.StandardError.ReadToEndAsync();
+        try
+        {
+            var sw = Stopwatch.StartNew();
+            while (!File.Exists(socket) && sw.Elapsed < Wait) Thread.Sleep(20);
+            Assert.True(File.Exists(socket), "systemd-socket-activate did not bind the socket");
+            // The first client starts vism, which serves it on the inherited listener.
+            using IsmClient a = Connect(socket, "vhost-user");
+            Assert.Contains("READY=1", notify.Next(Wait));
+            Assert.True(a.Alloc(64 << 10).Ok);
+        }
+        finally
+        {
+            kill(vism.Id, 15);
+            if (!vism.WaitForExit(Wait)) vism.Kill(entireProcessTree: true);
+        }
+        string log = await stderr;
+        Assert.Equal(0, vism.ExitCode);
+        Assert.Contains($"socket activation: inherited {socket}", log);
+        Assert.True(File.Exists(socket), "vism removed the socket file the service manager owns");
     }
 }

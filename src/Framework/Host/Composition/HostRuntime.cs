@@ -169,8 +169,9 @@ public sealed class HostRuntime : IAsyncDisposable
     /// Applies a new validated config: devices only in the new one start, devices only in the old
     /// one stop (their sockets removed, their regions released), devices whose settings changed are
     /// restarted, and every other device keeps running untouched (its connection, regions and
-    /// tokens). A change in <c>[host]</c> other than log-level/log-format cannot be applied to a running
-    /// host: the reload is refused and nothing changes. One reload at a time.
+    /// tokens). A change in <c>[host]</c> other than log-level/log-format (which apply from the next
+    /// start) cannot be applied to a running host: the reload is refused and nothing changes. One
+    /// reload at a time.
     /// </summary>
     public async Task<ReloadResult> ApplyAsync(VismConfig next)
     {

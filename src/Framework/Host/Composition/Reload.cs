@@ -38,7 +38,7 @@ public sealed record ReloadResult
 /// <summary>Compares two validated configs the way a reload needs to: by every key's value.</summary>
 internal static class ConfigDiff
 {
-    /// <summary>[host] keys a running host applies without a restart (none of them changes a device).</summary>
+    /// <summary>[host] keys a reload accepts (they change no device; the new values apply from the next start).</summary>
     private static readonly HashSet<string> ReloadableHostKeys = ["log-level", "log-format"];
 
     /// <summary>One message per [host] key whose change needs a restart.</summary>
@@ -47,7 +47,7 @@ internal static class ConfigDiff
             .Where(o => !ReloadableHostKeys.Contains(o.Key))
             .Select(o => (o.Key, Was: Format(o, now), Now: Format(o, next)))
             .Where(c => c.Was != c.Now)
-            .Select(c => $"host.{c.Key} changed from {c.Was ?? "(default)"} to {c.Now ?? "(default)"}: [host] keys other than log-level and log-format apply only when vism restarts (systemctl restart)")
+            .Select(c => $"host.{c.Key} changed from {c.Was ?? "(default)"} to {c.Now ?? "(default)"}: this [host] key cannot change under running devices: restart vism (systemctl restart) to apply it")
             .ToList();
 
     /// <summary>Whether a running device with <paramref name="a"/> may keep running under <paramref name="b"/>.</summary>
