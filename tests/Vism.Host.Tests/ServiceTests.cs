@@ -20,7 +20,7 @@ namespace Vism.Host.Tests;
 /// </summary>
 public sealed partial class ServiceTests : IDisposable
 {
-    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(60);
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(120);
     private readonly TempDir _dir = new("vism-svc");
 
     public void Dispose() => _dir.Dispose();
