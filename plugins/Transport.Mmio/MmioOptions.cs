@@ -1,10 +1,11 @@
 using System.ComponentModel;
 using Vism.Abstractions;
+using Vism.Native;
 
 namespace Vism.Transport.Mmio;
 
 /// <summary>Options of the <c>mmio</c> transport (<c>[device.transport]</c> with <c>kind = "mmio"</c>).</summary>
-public sealed class MmioOptions : IValidatableOptions
+public sealed class MmioOptions : UnixSocketOptions, IValidatableOptions
 {
     /// <summary>Most per-region vectors (each is one interrupt line the VMM wires to an eventfd).</summary>
     public const int MaxVectors = 256;
@@ -34,6 +35,7 @@ public sealed class MmioOptions : IValidatableOptions
     /// <inheritdoc />
     public void Validate(OptionsValidationContext context)
     {
+        ValidateAccess(context);
         context.ClaimSocketPath("socket-path", ResolveSocketPath(context.Host, context.Device));
         if (Vectors is < 0 or > MaxVectors)
             context.Error("vectors", $"{Vectors} vectors: choose 0 to {MaxVectors}");

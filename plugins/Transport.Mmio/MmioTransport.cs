@@ -12,6 +12,7 @@ namespace Vism.Transport.Mmio;
 /// </summary>
 public sealed class MmioTransport : ITransport
 {
+    private readonly SocketAccess _access;
     private readonly MmioOptions _options;
     private readonly IDeviceLoop _loop;
     private readonly IDeviceCounters _counters;
@@ -36,6 +37,7 @@ public sealed class MmioTransport : ITransport
         _counters = counters;
         _log = log;
         Endpoint = options.ResolveSocketPath(host, description);
+        _access = SocketAccess.For(options, host);
     }
 
     /// <inheritdoc />
@@ -57,7 +59,7 @@ public sealed class MmioTransport : ITransport
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_device is not null) throw new InvalidOperationException("the transport is already started");
         _device = device;
-        _listener = LoopListener.Start(Endpoint, _loop, OnAccepted, OnAcceptFailed);
+        _listener = LoopListener.Start(Endpoint, _loop, OnAccepted, OnAcceptFailed, _access);
         _log.LogInformation("{Device}: serving the MMIO register window on {Endpoint}", device.Description.Name, Endpoint);
     }
 

@@ -1,10 +1,11 @@
 using System.ComponentModel;
 using Vism.Abstractions;
+using Vism.Native;
 
 namespace Vism.Transport.VhostUser;
 
 /// <summary>Options of the <c>vhost-user</c> transport (the <c>[device.transport]</c> section).</summary>
-public sealed class VhostUserOptions : IValidatableOptions
+public sealed class VhostUserOptions : UnixSocketOptions, IValidatableOptions
 {
     /// <summary>Most per-region vectors (vhost-user queue indices are 8 bits wide).</summary>
     public const int MaxVectors = 128;
@@ -59,6 +60,7 @@ public sealed class VhostUserOptions : IValidatableOptions
     /// <inheritdoc />
     public void Validate(OptionsValidationContext context)
     {
+        ValidateAccess(context);
         context.ClaimSocketPath("socket-path", ResolveSocketPath(context.Host, context.Device));
         if (Vectors is < 0 or > MaxVectors)
             context.Error("vectors", $"{Vectors} is outside 0..{MaxVectors}");

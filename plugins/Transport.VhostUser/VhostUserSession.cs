@@ -21,6 +21,7 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
     private const int MessagesPerTurn = 64;
     private const DeviceStatus Lifecycle = DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk | DeviceStatus.DriverOk;
 
+    private readonly QueueCoverage _coverage;
     private readonly IVirtioDevice _device;
     private readonly VhostUserOptions _options;
     private readonly IDeviceLoop _loop;
@@ -54,6 +55,7 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
         _framer = new MessageFramer(socket, RequestTable.MaxPayload);
         _outbox = new Outbox(socket, loop, reason => Close($"main socket: {reason}"));
         _memory = new GuestMemoryTable(options.MaxMemSlots);
+        _coverage = new QueueCoverage(device.QueueCount, options.Vectors);
         _rings = new VringSet(device.QueueCount + options.Vectors, device, _memory, this, log, counters);
         _mappings = new MappingBook(transport);
         _notify = NotifyWindow.Create(device, loop, counters, options);
@@ -282,6 +284,11 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
             reply = outcome.Reply;
         }
         if (error is not null) ReportError(name, error, spec?.Name ?? "UNKNOWN");
+        if (_coverage.Observe((FrontendRequest)h.Request, _framer.Payload) is string missing)
+        {
+            _counters.Increment("vhost-user.queues-missing");
+            _log.LogWarning("{Device}: {Problem}", _device.Description.Name, missing);
+        }
         if (_closed) return;
         if (spec is { HasReply: true })
             _outbox.Send(Message.Build(h.Request, VhostUserConstants.ReplyFlags, error is null ? reply : []));
@@ -380,6 +387,13 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
         return Outcome.Ok;
     }
 
+    /// <summary>A ring address no memory region holds: almost always guest RAM QEMU did not share.</summary>
+    private string OutsideMemory(string what, ulong address) =>
+        $"{what} at user address 0x{address:x} is outside the memory table "
+        + (_memory.Count == 0 ? "(the frontend shared no guest memory at all)" : $"({_memory.Count} region(s) shared)")
+        + ". Likely cause: the guest RAM is not shared memory, so QEMU could not pass it to vism; start QEMU with "
+        + "-object memory-backend-memfd,id=mem,size=<RAM size>,share=on -machine memory-backend=mem";
+
     internal Outcome SetVringAddr(in Request r)
     {
         if (!VringAddress.TryRead(r.Payload, out VringAddress a)) return Malformed("vring address");
@@ -387,11 +401,11 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
         if (ring!.Running) return Outcome.Fail($"ring {a.Index} is running");
         if ((a.Flags & ~VhostUserConstants.VringFlagLog) != 0) return Outcome.Fail($"unknown ring flags 0x{a.Flags:x}");
         if (!_memory.TryUserToGuest(a.Descriptors, out ulong desc))
-            return Outcome.Fail($"descriptor table at user address 0x{a.Descriptors:x} is outside the memory table");
+            return Outcome.Fail(OutsideMemory("descriptor table", a.Descriptors));
         if (!_memory.TryUserToGuest(a.Available, out ulong avail))
-            return Outcome.Fail($"available ring at user address 0x{a.Available:x} is outside the memory table");
+            return Outcome.Fail(OutsideMemory("available ring", a.Available));
         if (!_memory.TryUserToGuest(a.Used, out ulong used))
-            return Outcome.Fail($"used ring at user address 0x{a.Used:x} is outside the memory table");
+            return Outcome.Fail(OutsideMemory("used ring", a.Used));
         var candidate = new RingLayout(desc, avail, used);
         if (_rings.CheckLayout(candidate, ring.Size) is { } bad) return Outcome.Fail($"ring {a.Index}: {bad}");
         ring.Layout = candidate;

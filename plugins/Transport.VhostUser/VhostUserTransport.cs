@@ -12,6 +12,7 @@ namespace Vism.Transport.VhostUser;
 /// </summary>
 public sealed class VhostUserTransport : ITransport
 {
+    private readonly SocketAccess _access;
     private readonly VhostUserOptions _options;
     private readonly DeviceDescription _description;
     private readonly IDeviceLoop _loop;
@@ -39,6 +40,7 @@ public sealed class VhostUserTransport : ITransport
         _counters = counters;
         _log = log;
         Endpoint = options.ResolveSocketPath(host, description);
+        _access = SocketAccess.For(options, host);
     }
 
     /// <inheritdoc />
@@ -61,7 +63,7 @@ public sealed class VhostUserTransport : ITransport
         if (_device is not null) throw new InvalidOperationException($"{_description.Name}: the transport is already started");
         CheckLayout(device, _options.Vectors);
         _device = device;
-        _listener = LoopListener.Start(Endpoint, _loop, OnAccepted, OnAcceptFailed);
+        _listener = LoopListener.Start(Endpoint, _loop, OnAccepted, OnAcceptFailed, _access);
         _log.LogInformation("{Device}: vhost-user backend listening on {Endpoint} ({Queues} queues, {Vectors} vectors)",
             _description.Name, Endpoint, device.QueueCount + _options.Vectors, _options.Vectors);
     }

@@ -36,6 +36,15 @@ public sealed record HostDescription
 
     /// <summary>Default directory for Unix sockets.</summary>
     public required string SocketDirectory { get; init; }
+
+    /// <summary>Default owner (user name or uid) of listening sockets, validated; empty leaves the process's user.</summary>
+    public string SocketOwner { get; init; } = "";
+
+    /// <summary>Default group (name or gid) of listening sockets, validated; empty leaves the process's group.</summary>
+    public string SocketGroup { get; init; } = "";
+
+    /// <summary>Default permission bits of listening sockets, octal such as <c>"0660"</c>, validated; empty leaves the umask's.</summary>
+    public string SocketMode { get; init; } = "";
 }
 
 /// <summary>A shared-memory window the device exposes (virtio 1.x "Shared Memory Regions").</summary>

@@ -123,4 +123,7 @@ internal static partial class LibC
 
     [LibraryImport("libc", EntryPoint = "setrlimit", SetLastError = true)]
     public static partial int setrlimit(int resource, in RLimit limit);
+
+    [LibraryImport("libc", EntryPoint = "getsockname", SetLastError = true)]
+    public static unsafe partial int getsockname(int fd, byte* address, ref uint length);
 }

@@ -33,10 +33,12 @@ public sealed class LoopListener : IDisposable
     /// <param name="loop">The loop that accepts and runs the callbacks.</param>
     /// <param name="accepted">Takes ownership of each accepted connection.</param>
     /// <param name="acceptFailed">Told about an accept that failed (the listener keeps serving).</param>
-    public static LoopListener Start(string path, IDeviceLoop loop, Action<UnixSocket> accepted, Action<PosixException> acceptFailed)
+    /// <param name="access">Owner, group and mode of the socket file; null leaves them as created.</param>
+    public static LoopListener Start(string path, IDeviceLoop loop, Action<UnixSocket> accepted, Action<PosixException> acceptFailed,
+        SocketAccess? access = null)
     {
         var listener = new LoopListener(path, loop, accepted, acceptFailed);
-        UnixSocket socket = UnixSocket.Listen(path);
+        UnixSocket socket = UnixSocket.Listen(path, access: access);
         try
         {
             Fd.SetNonBlocking(socket.Handle);
@@ -45,7 +47,7 @@ public sealed class LoopListener : IDisposable
         catch
         {
             socket.Dispose();
-            TryDelete(path);
+            if (!socket.Inherited) TryDelete(path);
             throw;
         }
         listener._socket = socket;
@@ -71,15 +73,20 @@ public sealed class LoopListener : IDisposable
         }
     }
 
-    /// <summary>Stops accepting, closes the listener and removes the socket file. Idempotent.</summary>
+    /// <summary>Whether the socket was inherited from the service manager (its file is left in place on dispose).</summary>
+    public bool Inherited => _socket?.Inherited ?? false;
+
+    /// <summary>Stops accepting, closes the listener and removes the socket file (unless the service
+    /// manager owns it). Idempotent.</summary>
     public void Dispose()
     {
         _watch?.Dispose();
         _watch = null;
         if (_socket is null) return;
+        bool inherited = _socket.Inherited;
         _socket.Dispose();
         _socket = null;
-        TryDelete(Path);
+        if (!inherited) TryDelete(Path);
     }
 
     private static void TryDelete(string path)

@@ -25,11 +25,21 @@ public sealed unsafe class UnixSocket : IDisposable
     /// <summary>Wraps an owned descriptor.</summary>
     public static UnixSocket Adopt(SafeFileHandle handle) => new(handle);
 
+    /// <summary>Whether this listener came from the service manager (<see cref="InheritedSockets"/>): its
+    /// file belongs to the manager and is not removed when the listener closes.</summary>
+    public bool Inherited { get; private init; }
+
     /// <summary>Binds and listens on <paramref name="path"/>. A stale socket file nobody listens on
-    /// is replaced; a live one is an error (EADDRINUSE).</summary>
-    public static UnixSocket Listen(string path, int backlog = 64)
+    /// is replaced; a live one is an error (EADDRINUSE). A socket inherited for this path
+    /// (<see cref="InheritedSockets"/>) is used instead of binding a new one.</summary>
+    /// <param name="path">Socket path.</param>
+    /// <param name="backlog">listen(2) backlog.</param>
+    /// <param name="access">Owner, group and mode set between bind and listen; null leaves them.</param>
+    public static UnixSocket Listen(string path, int backlog = 64, SocketAccess? access = null)
     {
         string full = Path.GetFullPath(path);
+        if (InheritedSockets.TryTake(full) is SafeFileHandle inherited)
+            return new UnixSocket(inherited) { Inherited = true };
         if (File.Exists(full) || Directory.Exists(full))
         {
             if (new FileInfo(full).Attributes.HasFlag(FileAttributes.Directory))
@@ -43,6 +53,15 @@ public sealed unsafe class UnixSocket : IDisposable
         try
         {
             PosixException.Check(Syscall.bind(Fd.Raw(s.Handle), new SockaddrUn(full)), $"bind({full})");
+            try
+            {
+                access?.Apply(full);
+            }
+            catch
+            {
+                File.Delete(full);
+                throw;
+            }
             PosixException.Check(Syscall.listen(Fd.Raw(s.Handle), backlog), $"listen({full})");
             return s;
         }

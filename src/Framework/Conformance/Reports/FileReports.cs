@@ -71,7 +71,13 @@ public static class JUnitReport
     /// <summary>Writes the report to <paramref name="path"/>.</summary>
     /// <param name="report">The report.</param>
     /// <param name="path">The file.</param>
-    public static void Write(MatrixReport report, string path) => Create(report).Save(path);
+    public static void Write(MatrixReport report, string path)
+    {
+        // XDocument.Save(path) starts UTF-8 files with a byte order mark, which some CI parsers reject.
+        using FileStream stream = File.Create(path);
+        using var writer = System.Xml.XmlWriter.Create(stream, new System.Xml.XmlWriterSettings { Encoding = new System.Text.UTF8Encoding(false), Indent = true });
+        Create(report).Save(writer);
+    }
 
     private static XElement Property(string name, string value) => new("property", new XAttribute("name", name), new XAttribute("value", value));
 

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Reflection;
 using Microsoft.Extensions.Logging;
+using Vism.Host.Composition;
 using Vism.Host.Config;
 using Vism.Host.Plugins;
 
@@ -52,10 +53,15 @@ public static class Cli
         root.Add(list);
 
         var logLevel = new Option<LogLevel?>("--log-level") { Description = "Overrides [host] log-level (trace, debug, information, warning, error, critical)" };
-        var run = new Command("run", "Serve the devices of a config file until SIGINT or SIGTERM");
+        var logFormat = new Option<LogFormat?>("--log-format")
+        {
+            Description = $"Overrides [host] log-format and {Logging.FormatterVariable}: text, json (one object per line) or systemd (journald priorities)",
+        };
+        var run = new Command("run", "Serve the devices of a config file until SIGINT or SIGTERM; SIGHUP reloads the file");
         run.Add(config);
         run.Add(logLevel);
-        run.SetAction((r, ct) => RunCommand.RunAsync(r.GetRequiredValue(config), r.GetValue(plugins) ?? [], r.GetValue(logLevel), output, error, ct));
+        run.Add(logFormat);
+        run.SetAction((r, ct) => RunCommand.RunAsync(r.GetRequiredValue(config), r.GetValue(plugins) ?? [], r.GetValue(logLevel), r.GetValue(logFormat), output, error, ct));
         root.Add(run);
 
         var demo = new Command("demo", "Start the config's devices through their real transports and drive two built-in peers through them: ALLOC, ATTACH, write, notify, event, read, DETACH");
@@ -66,13 +72,22 @@ public static class Cli
 
         var stateDir = new Option<string?>("--state-dir") { Description = $"State directory of the running host (default: the config's state-dir, else {HostSettings.DefaultStateDirectory})" };
         var statusConfig = new Option<string?>("--config") { Description = "Take the state directory from this config file" };
-        var json = new Option<bool>("--json") { Description = "Print the raw JSON snapshot" };
+        var json = new Option<bool>("--json") { Description = "Print the raw JSON snapshot (same as --format json); with no host, a JSON error object" };
+        var format = new Option<StatusFormat?>("--format") { Description = "text, json, or prometheus (text exposition format, for node_exporter's textfile collector)" };
         var status = new Command("status", "Show a running host's devices, devids, regions, counters and memory usage");
         status.Add(stateDir);
         status.Add(statusConfig);
         status.Add(json);
-        status.SetAction((r, ct) => StatusCommand.RunAsync(r.GetValue(stateDir), r.GetValue(statusConfig), r.GetValue(json), output, error, ct));
+        status.Add(format);
+        status.SetAction((r, ct) => StatusCommand.RunAsync(r.GetValue(stateDir), r.GetValue(statusConfig),
+            r.GetValue(format) ?? (r.GetValue(json) ? StatusFormat.Json : StatusFormat.Text), output, error, ct));
         root.Add(status);
+
+        var reload = new Command("reload", "Make the running host re-read its config file (as SIGHUP does) and print what changed; exit 1 when it was refused");
+        reload.Add(stateDir);
+        reload.Add(statusConfig);
+        reload.SetAction((r, ct) => StatusCommand.ReloadAsync(r.GetValue(stateDir), r.GetValue(statusConfig), output, error, ct));
+        root.Add(reload);
 
         root.Add(MatrixCommand.Create(plugins, output, error));
         return root;
@@ -165,15 +180,15 @@ public static class Cli
             {
                 output.WriteLine($"  {r.Name}: {r.Summary}");
                 output.WriteLine($"    plugin {r.Plugin.Name} {r.Plugin.Version} ({r.Plugin.Path})");
-                if (r.Options.Options.Count == 0) output.WriteLine("    (no options)");
-                int width = r.Options.Options.Count == 0 ? 0 : r.Options.Options.Max(o => o.Key.Length);
-                foreach (OptionInfo o in r.Options.Options)
-                {
-                    output.WriteLine($"    {o.Key.PadRight(width)}  {o.TypeName}, default {o.Default ?? "(none)"}");
-                    if (o.Description is not null) output.WriteLine($"    {new string(' ', width)}  {o.Description}");
-                }
+                PrintOptions(r.Options, "    ", output);
             }
         }
+        output.WriteLine();
+        output.WriteLine("[host] keys:");
+        PrintOptions(HostSettings.Schema, "  ", output);
+        output.WriteLine();
+        output.WriteLine("[[device]] keys (besides [device.transport], [device.memory], [device.events]):");
+        PrintOptions(DeviceSection.Schema, "  ", output);
         if (!catalog.Registrations.Any()) output.WriteLine("no plugins installed");
         if (catalog.Failures.Count > 0)
         {
@@ -183,7 +198,19 @@ public static class Cli
         }
         return ExitCodes.Ok;
     }
+
+    private static void PrintOptions(OptionsSchema schema, string indent, TextWriter output)
+    {
+        if (schema.Options.Count == 0) output.WriteLine($"{indent}(no options)");
+        int width = schema.Options.Count == 0 ? 0 : schema.Options.Max(o => o.Key.Length);
+        foreach (OptionInfo o in schema.Options)
+        {
+            output.WriteLine($"{indent}{o.Key.PadRight(width)}  {o.TypeName}, default {o.Default ?? "(none)"}");
+            if (o.Description is not null) output.WriteLine($"{indent}{new string(' ', width)}  {o.Description}");
+        }
+    }
 }
+
 
 internal sealed class PrintVersion(TextWriter output) : System.CommandLine.Invocation.SynchronousCommandLineAction
 {

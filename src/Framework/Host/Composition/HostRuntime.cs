@@ -59,11 +59,15 @@ public sealed class HostRuntime : IAsyncDisposable
     private readonly List<RunningDevice> _devices = [];
     private readonly Lock _devicesLock = new();
     private readonly DateTimeOffset _started = DateTimeOffset.UtcNow;
+    private readonly SemaphoreSlim _reconfiguring = new(1, 1);
+    private readonly HashSet<string> _inherited;
     private StatusSocket? _status;
     private bool _disposed;
 
-    private HostRuntime(VismConfig config, IsmHost ism, LoopPool loops, ServiceProvider services, HostDescription host, ILoggerFactory logs)
+    private HostRuntime(VismConfig config, IsmHost ism, LoopPool loops, ServiceProvider services, HostDescription host, ILoggerFactory logs,
+        IEnumerable<string> inherited)
     {
+        _inherited = new HashSet<string>(inherited, StringComparer.Ordinal);
         Config = config;
         Ism = ism;
         _loops = loops;
@@ -72,7 +76,11 @@ public sealed class HostRuntime : IAsyncDisposable
         _log = logs.CreateLogger("Vism.Host");
     }
 
-    public VismConfig Config { get; }
+    /// <summary>The config now applied (a reload replaces it).</summary>
+    public VismConfig Config { get; private set; }
+
+    /// <summary>Called for a <c>reload</c> request on the status socket (set by <c>vism run</c>); null refuses it.</summary>
+    public Func<Task<ReloadResult>>? ReloadHandler { get; set; }
 
     public IsmHost Ism { get; }
 
@@ -85,29 +93,30 @@ public sealed class HostRuntime : IAsyncDisposable
     }
 
     /// <summary>Composes and starts every device of <paramref name="config"/>, then serves status.</summary>
+    /// <param name="config">The validated config.</param>
+    /// <param name="logs">Logging.</param>
+    /// <param name="serveStatus">Whether to serve the status socket.</param>
+    /// <param name="optionTypes">Every plugin options type a later reload may bring (the catalog's); the config's own are always included.</param>
+    /// <param name="inherited">Socket paths inherited from the service manager: their files are never removed.</param>
     /// <exception cref="DeviceStartException">A device could not start; everything started is stopped again.</exception>
-    public static async Task<HostRuntime> StartAsync(VismConfig config, ILoggerFactory logs, bool serveStatus = true)
+    public static async Task<HostRuntime> StartAsync(VismConfig config, ILoggerFactory logs, bool serveStatus = true,
+        IEnumerable<Type>? optionTypes = null, IEnumerable<string>? inherited = null)
     {
         var ism = new IsmHost(new IsmHostOptions
         {
             Gid = config.Host.Gid,
             Sharing = config.Host.Sharing == Sharing.Multi ? SharingMode.Multi : SharingMode.Pair,
         }, logs);
-        var host = new HostDescription
-        {
-            Gid = ism.Gid,
-            StateDirectory = config.Host.StateDirectory,
-            SocketDirectory = config.Host.SocketDirectory,
-        };
+        HostDescription host = config.Host.Describe(ism.Gid);
         var loops = new LoopPool(Math.Min(config.Host.Loops, Math.Max(1, config.Devices.Count)), logs);
-        var runtime = new HostRuntime(config, ism, loops, BuildServices(config, host, logs), host, logs);
+        var runtime = new HostRuntime(config, ism, loops, BuildServices(config, optionTypes ?? [], host, logs), host, logs, inherited ?? []);
         string? starting = null;
         try
         {
-            Directory.CreateDirectory(config.Host.SocketDirectory);
-            Directory.CreateDirectory(config.Host.StateDirectory);
+            CreateDirectory(config, "socket-dir", config.Host.SocketDirectory);
+            CreateDirectory(config, "state-dir", config.Host.StateDirectory);
             if (serveStatus)
-                runtime._status = StatusSocket.Start(config.Host.StateDirectory, runtime.StatusJson, logs.CreateLogger<StatusSocket>());
+                runtime._status = StatusSocket.Start(config.Host.StateDirectory, runtime.HandleAsync, logs.CreateLogger<StatusSocket>());
             foreach (DeviceSettings device in config.Devices)
             {
                 starting = device.Name;
@@ -126,8 +135,101 @@ public sealed class HostRuntime : IAsyncDisposable
         return runtime;
     }
 
+    /// <summary>Creates a [host] directory, or explains which key, where, why, and what to do.</summary>
+    private static void CreateDirectory(VismConfig config, string key, string path)
+    {
+        try
+        {
+            Directory.CreateDirectory(path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new DeviceStartException(null, $"{config.Where($"host.{key}")}: cannot create the directory {path}: {Paths.WhyNotCreatable(path, ex)}", ex);
+        }
+    }
+
+    /// <summary>Answers one status-socket request: <c>status</c> (the JSON report) or <c>reload</c>.</summary>
+    private async Task<string> HandleAsync(string request)
+    {
+        switch (request)
+        {
+            case "" or "status":
+                return StatusJson();
+            case "reload":
+                ReloadResult result = ReloadHandler is { } reload
+                    ? await reload().ConfigureAwait(false)
+                    : ReloadResult.Refused(["this host does not reload (it was not started by vism run)"]);
+                return JsonSerializer.Serialize(result, StatusReport.Json);
+            default:
+                return JsonSerializer.Serialize(new { Error = $"unknown request '{request}' (known: status, reload)" }, StatusReport.Json);
+        }
+    }
+
+    /// <summary>
+    /// Applies a new validated config: devices only in the new one start, devices only in the old
+    /// one stop (their sockets removed, their regions released), devices whose settings changed are
+    /// restarted, and every other device keeps running untouched (its connection, regions and
+    /// tokens). A change in <c>[host]</c> other than log-level/log-format (which apply from the next
+    /// start) cannot be applied to a running host: the reload is refused and nothing changes. One
+    /// reload at a time.
+    /// </summary>
+    public async Task<ReloadResult> ApplyAsync(VismConfig next)
+    {
+        ArgumentNullException.ThrowIfNull(next);
+        await _reconfiguring.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            List<string> hostChanges = ConfigDiff.HostChanges(Config.Host, next.Host);
+            if (hostChanges.Count > 0) return ReloadResult.Refused(hostChanges);
+            Dictionary<string, RunningDevice> running = Devices.ToDictionary(d => d.Settings.Name, StringComparer.Ordinal);
+            var wanted = next.Devices.ToDictionary(d => d.Name, StringComparer.Ordinal);
+            var removed = running.Keys.Where(n => !wanted.ContainsKey(n)).ToList();
+            var changed = running.Keys.Where(n => wanted.TryGetValue(n, out DeviceSettings? w) && !ConfigDiff.Same(running[n].Settings, w)).ToList();
+            var kept = running.Keys.Where(n => wanted.ContainsKey(n) && !changed.Contains(n)).ToList();
+            var added = wanted.Keys.Where(n => !running.ContainsKey(n)).ToList();
+            foreach (string name in removed.Concat(changed))
+                await StopDeviceAsync(running[name], forget: true).ConfigureAwait(false);
+            var failed = new List<string>();
+            foreach (DeviceSettings device in next.Devices.Where(d => added.Contains(d.Name) || changed.Contains(d.Name)))
+            {
+                try
+                {
+                    await StartDeviceAsync(device).ConfigureAwait(false);
+                }
+                catch (DeviceStartException ex)
+                {
+                    _log.LogError("reload: {Reason}; the device stays stopped", ex.Message);
+                    failed.Add(ex.Message);
+                    if (Devices.FirstOrDefault(d => d.Settings == device) is RunningDevice partial)
+                        await StopDeviceAsync(partial, forget: true).ConfigureAwait(false);
+                }
+            }
+            // Devices that kept running keep their settings objects; the rest come from the new file.
+            Config = next with { Devices = next.Devices.Select(d => kept.Contains(d.Name) ? running[d.Name].Settings : d).ToList() };
+            lock (_devicesLock)
+            {
+                List<string> order = next.Devices.Select(d => d.Name).ToList();
+                _devices.Sort((a, b) => order.IndexOf(a.Settings.Name).CompareTo(order.IndexOf(b.Settings.Name)));
+            }
+            return new ReloadResult
+            {
+                Ok = failed.Count == 0,
+                Added = added,
+                Removed = removed,
+                Restarted = changed,
+                Kept = kept,
+                Errors = failed,
+            };
+        }
+        finally
+        {
+            _reconfiguring.Release();
+        }
+    }
+
     /// <summary>The DI root: shared services, and per-device (scoped) options, description, loop and counters.</summary>
-    private static ServiceProvider BuildServices(VismConfig config, HostDescription host, ILoggerFactory logs)
+    private static ServiceProvider BuildServices(VismConfig config, IEnumerable<Type> optionTypes, HostDescription host, ILoggerFactory logs)
     {
         var services = new ServiceCollection();
         services.AddSingleton(logs);
@@ -141,6 +243,7 @@ public sealed class HostRuntime : IAsyncDisposable
                      .SelectMany(d => new[] { d.Transport, d.Memory, d.Events })
                      .OfType<PluginChoice>()
                      .Select(c => c.Options.GetType())
+                     .Concat(optionTypes)
                      .Distinct())
             services.AddScoped(optionsType, sp => sp.GetRequiredService<DeviceContext>().OptionsOf(optionsType));
         return services.BuildServiceProvider(new ServiceProviderOptions { ValidateScopes = true });
@@ -263,21 +366,7 @@ public sealed class HostRuntime : IAsyncDisposable
             await Quietly("status socket", async () => await _status.DisposeAsync().ConfigureAwait(false)).ConfigureAwait(false);
         IReadOnlyList<RunningDevice> devices = Devices;
         for (int i = devices.Count - 1; i >= 0; i--)
-        {
-            RunningDevice d = devices[i];
-            string name = d.Settings.Name;
-            if (d.Transport is ITransport transport)
-                await Quietly($"device {name}: stopping transport", () => d.Loop.InvokeAsync(async () => { await transport.DisposeAsync().ConfigureAwait(true); return true; })).ConfigureAwait(false);
-            foreach (string endpoint in d.Settings.Endpoints)
-                RemoveLeftoverSocket(name, endpoint);
-            if (d.Device is IsmDevice device)
-                await Quietly($"device {name}: removing", () => { Ism.RemoveDevice(device); return Task.CompletedTask; }).ConfigureAwait(false);
-            if (d.Events is IEventChannel events)
-                await Quietly($"device {name}: disposing events", () => d.Loop.InvokeAsync(events.Dispose)).ConfigureAwait(false);
-            if (d.Memory is IMemoryBackend memory)
-                await Quietly($"device {name}: disposing memory", () => d.Loop.InvokeAsync(memory.Dispose)).ConfigureAwait(false);
-            _log.LogInformation("device {Name}: stopped", name);
-        }
+            await StopDeviceAsync(devices[i], forget: false).ConfigureAwait(false);
         await Quietly("registry", () => { Ism.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         await Quietly("loops", () => { _loops.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         // Scopes go after the loops: a scope disposes the loop it handed out (a factory registration),
@@ -285,6 +374,29 @@ public sealed class HostRuntime : IAsyncDisposable
         foreach (RunningDevice d in devices)
             await Quietly($"device {d.Settings.Name}: disposing its scope", () => { d.Scope.Dispose(); return Task.CompletedTask; }).ConfigureAwait(false);
         await _services.DisposeAsync().ConfigureAwait(false);
+        _reconfiguring.Dispose();
+    }
+
+    /// <summary>Stops one device: its transport (socket removed), its registration (regions released),
+    /// its event channel and memory. Never throws (failures are logged). With <paramref name="forget"/>
+    /// (a reload) the device leaves the running set; its scope is dropped, not disposed: the only
+    /// disposable the scope tracks is the loop it handed out, which other devices share.</summary>
+    private async Task StopDeviceAsync(RunningDevice d, bool forget)
+    {
+        string name = d.Settings.Name;
+        if (d.Transport is ITransport transport)
+            await Quietly($"device {name}: stopping transport", () => d.Loop.InvokeAsync(async () => { await transport.DisposeAsync().ConfigureAwait(true); return true; })).ConfigureAwait(false);
+        foreach (string endpoint in d.Settings.Endpoints)
+            if (!_inherited.Contains(endpoint)) RemoveLeftoverSocket(name, endpoint);
+        if (d.Device is IsmDevice device)
+            await Quietly($"device {name}: removing", () => { Ism.RemoveDevice(device); return Task.CompletedTask; }).ConfigureAwait(false);
+        if (d.Events is IEventChannel events)
+            await Quietly($"device {name}: disposing events", () => d.Loop.InvokeAsync(events.Dispose)).ConfigureAwait(false);
+        if (d.Memory is IMemoryBackend memory)
+            await Quietly($"device {name}: disposing memory", () => d.Loop.InvokeAsync(memory.Dispose)).ConfigureAwait(false);
+        if (forget)
+            lock (_devicesLock) _devices.Remove(d);
+        _log.LogInformation("device {Name}: stopped", name);
     }
 
     /// <summary>A transport must remove its socket when it stops; if one is left, remove it and say so.</summary>

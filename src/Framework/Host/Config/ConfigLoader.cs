@@ -32,8 +32,6 @@ public sealed partial class ConfigLoader
     /// <summary>Highest virtio device ID whose modern PCI ID (0x1040 + id) fits 16 bits.</summary>
     public const uint MaxDeviceId = 0xFFFF - Virtio.PciDeviceIdBase;
 
-    private const ulong PageSize = TransportRules.PageSize;
-
     private readonly string _directory;
 
     private ConfigLoader(string file, ConfigErrors errors, TomlTable? root, HostSettings host)
@@ -122,195 +120,59 @@ public sealed partial class ConfigLoader
         }
         if (devices.Count == 0 && !Errors.Any)
             Errors.Add(new TextPos(1, 1), "device", "no [[device]] is configured: add at least one (see config/default.toml)");
-        return Errors.Any ? null : new VismConfig(File, Host, devices);
+        var positions = new Dictionary<string, TextPos>(StringComparer.Ordinal);
+        if (Root.TryGet("host", out TomlEntry? host) && host.Value is TomlTable hostTable)
+            foreach (TomlEntry e in hostTable.Entries) positions[$"host.{e.Key}"] = e.Value.Pos;
+        return Errors.Any ? null : new VismConfig(File, Host, devices) { Positions = positions };
     }
 
     private HostSettings BindHost(TomlTable root)
     {
-        var host = new HostSettings();
-        if (!root.TryGet("host", out TomlEntry? section)) return host;
+        if (!root.TryGet("host", out TomlEntry? section)) return new HostSettings();
         if (section.Value is not TomlTable table)
         {
             Errors.Add(section.KeyPos, "host", "expected a table: write it as [host]");
-            return host;
+            return new HostSettings();
         }
-        foreach (TomlEntry e in table.Entries)
-        {
-            string key = "host." + e.Key;
-            switch (e.Key)
-            {
-                case "gid":
-                    if (e.Value is TomlScalar { Value: long g } && g >= 0) host = host with { Gid = (ulong)g };
-                    else if (e.Value is TomlScalar { Value: string gs } && gs.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
-                             && ulong.TryParse(gs.AsSpan(2), System.Globalization.NumberStyles.AllowHexSpecifier, null, out ulong gx))
-                        host = host with { Gid = gx };
-                    else Errors.Add(e.Value.Pos, key, "expected a non-negative integer or a hex string such as \"0x1234abcd\" (64 bits)");
-                    break;
-                case "sharing":
-                    if (Convert(e, key, typeof(Sharing)) is Sharing sharing) host = host with { Sharing = sharing };
-                    break;
-                case "state-dir":
-                    if (Directory(e, key) is string state) host = host with { StateDirectory = state };
-                    break;
-                case "socket-dir":
-                    if (Directory(e, key) is string sockets) host = host with { SocketDirectory = sockets };
-                    break;
-                case "plugin-paths":
-                    if (Convert(e, key, typeof(string[])) is string[] paths)
-                    {
-                        var full = new List<string>();
-                        for (int i = 0; i < paths.Length; i++)
-                        {
-                            string p = Path.GetFullPath(paths[i], _directory);
-                            if (!System.IO.Directory.Exists(p))
-                                Errors.Add(((TomlArray)e.Value).Items[i].Pos, $"{key}[{i}]", $"plugin directory {p} does not exist");
-                            else full.Add(p);
-                        }
-                        host = host with { PluginPaths = full };
-                    }
-                    break;
-                case "log-level":
-                    if (Convert(e, key, typeof(LogLevel)) is LogLevel level) host = host with { LogLevel = level };
-                    break;
-                case "loops":
-                    if (Convert(e, key, typeof(int)) is int loops)
-                    {
-                        if (loops is < 1 or > 256) Errors.Add(e.Value.Pos, key, $"{loops} loops: choose 1..256 (default: one per core, {Environment.ProcessorCount} here)");
-                        else host = host with { Loops = loops };
-                    }
-                    break;
-                default:
-                    Errors.Add(e.KeyPos, key, OptionsSchema.UnknownKey(e.Key, HostKeys));
-                    break;
-            }
-        }
-        return host;
-    }
-
-    /// <summary>The keys of <c>[host]</c>.</summary>
-    public static readonly string[] HostKeys = ["gid", "sharing", "state-dir", "socket-dir", "plugin-paths", "log-level", "loops"];
-
-    /// <summary>The keys of <c>[[device]]</c>.</summary>
-    public static readonly string[] DeviceKeys = ["name", "device-id", "region-size", "window-size", "max-regions", "notify-size", "transport", "memory", "events",
-        "requests-per-turn", "descriptors-per-turn", "max-in-flight"];
-
-    /// <summary>An integer device limit in [<paramref name="min"/>, <paramref name="max"/>], or null (error recorded).</summary>
-    private int? LimitValue(TomlEntry e, string key, int min, int max)
-    {
-        if (Convert(e, key, typeof(int)) is not int v) return null;
-        if (v >= min && v <= max) return v;
-        Errors.Add(e.Value.Pos, key, $"{v}: choose {min}..{max}");
-        return null;
+        (HostSettings host, SectionCheck check) = SectionCheck.Bind<HostSettings>(HostSettings.Schema, table, "host", new HashSet<string>(), Errors, _directory);
+        return host.Checked(check);
     }
 
     private DeviceSettings? BindDevice(TomlTable table, string path, PluginCatalog catalog,
         Dictionary<string, string> names, Dictionary<string, string> endpoints)
     {
         int errorsBefore = Errors.Errors.Count;
-        string? name = null;
-        uint deviceId = Virtio.IsmDeviceId;
-        ulong regionSize = DefaultRegionSize, notifySize = DefaultNotifySize;
-        ulong? windowSize = null;
-        int? maxRegions = null;
-        TomlEntry? windowEntry = null;
-        var sections = new Dictionary<PluginKind, TomlEntry>();
-        DeviceLimits limits = DeviceLimits.Default;
-
-        foreach (TomlEntry e in table.Entries)
+        (DeviceSection keys, SectionCheck check) = SectionCheck.Bind<DeviceSection>(DeviceSection.Schema, table, path, DeviceSection.PluginSections, Errors, _directory);
+        keys.Check(check);
+        string? name = check.Given("name") && !Errors.Errors.Skip(errorsBefore).Any(e => e.Key == $"{path}.name") ? keys.Name : null;
+        if (name is not null && table.TryGet("name", out TomlEntry? nameEntry))
         {
-            string key = $"{path}.{e.Key}";
-            switch (e.Key)
+            if (names.TryGetValue(name, out string? first))
             {
-                case "name":
-                    if (Convert(e, key, typeof(string)) is not string n) break;
-                    if (!DeviceName().IsMatch(n))
-                        Errors.Add(e.Value.Pos, key, $"'{n}' is not a device name: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (it becomes part of socket and file names)");
-                    else if (names.TryGetValue(n, out string? first))
-                        Errors.Add(e.Value.Pos, key, $"device name '{n}' is already used by {first}");
-                    else
-                    {
-                        names.Add(n, $"{path} (line {e.Value.Pos.Line})");
-                        name = n;
-                    }
-                    break;
-                case "device-id":
-                    if (Convert(e, key, typeof(long)) is long id)
-                    {
-                        if (id is < 1 or > MaxDeviceId) Errors.Add(e.Value.Pos, key, $"{id} is not a virtio device ID: choose 1..{MaxDeviceId} (ISM is {Virtio.IsmDeviceId})");
-                        else deviceId = (uint)id;
-                    }
-                    break;
-                case "region-size":
-                    if (Size(e, key) is ulong rs)
-                    {
-                        if (rs < PageSize || !ulong.IsPow2(rs))
-                            Errors.Add(e.Value.Pos, key, $"{Sizes.Format(rs)} is not a valid region size: it must be a power of two of at least 4KiB");
-                        else regionSize = rs;
-                    }
-                    break;
-                case "window-size":
-                    windowEntry = e;
-                    if (Size(e, key) is ulong ws)
-                    {
-                        if (!ulong.IsPow2(ws)) Errors.Add(e.Value.Pos, key, $"{Sizes.Format(ws)} is not a power of two (the window is one PCI BAR)");
-                        else if (ws > MaxWindowSize) Errors.Add(e.Value.Pos, key, $"{Sizes.Format(ws)} is too large: at most {Sizes.Format(MaxWindowSize)}");
-                        else windowSize = ws;
-                    }
-                    break;
-                case "max-regions":
-                    if (Convert(e, key, typeof(int)) is int mr)
-                    {
-                        if (mr is < 1 or > MaxRegionsLimit) Errors.Add(e.Value.Pos, key, $"{mr} regions: choose 1..{MaxRegionsLimit}");
-                        else maxRegions = mr;
-                    }
-                    break;
-                case "notify-size":
-                    if (Size(e, key) is ulong ns)
-                    {
-                        if (ns is 0 or > PageSize || !ulong.IsPow2(ns)) Errors.Add(e.Value.Pos, key, $"{ns} bytes: notify-size must be a power of two from 1 to 4096");
-                        else notifySize = ns;
-                    }
-                    break;
-                case "requests-per-turn":
-                    limits = limits with { RequestsPerTurn = LimitValue(e, key, 1, 65536) ?? limits.RequestsPerTurn };
-                    break;
-                case "descriptors-per-turn":
-                    limits = limits with { DescriptorsPerTurn = LimitValue(e, key, 1, 1 << 24) ?? limits.DescriptorsPerTurn };
-                    break;
-                case "max-in-flight":
-                    limits = limits with { MaxInFlight = LimitValue(e, key, 2, 65536) ?? limits.MaxInFlight };
-                    break;
-                case "transport":
-                    sections[PluginKind.Transport] = e;
-                    break;
-                case "memory":
-                    sections[PluginKind.Memory] = e;
-                    break;
-                case "events":
-                    sections[PluginKind.Events] = e;
-                    break;
-                default:
-                    Errors.Add(e.KeyPos, key, OptionsSchema.UnknownKey(e.Key, DeviceKeys));
-                    break;
+                Errors.Add(nameEntry.Value.Pos, $"{path}.name", $"device name '{name}' is already used by {first}");
+                name = null;
             }
+            else names.Add(name, $"{path} (line {nameEntry.Value.Pos.Line})");
         }
+        var sections = new Dictionary<PluginKind, TomlEntry>();
+        foreach ((string key, PluginKind kind) in new[] { ("transport", PluginKind.Transport), ("memory", PluginKind.Memory), ("events", PluginKind.Events) })
+            if (table.TryGet(key, out TomlEntry? e)) sections[kind] = e;
+
         if (name is null && !table.TryGet("name", out _))
             Errors.Add(table.Pos, $"{path}.name", "every device needs a name (name = \"ism0\")");
-        if (windowSize is not null && maxRegions is not null)
-            Errors.Add(windowEntry!.KeyPos, $"{path}.window-size", "give either window-size or max-regions, not both");
 
         DeviceDescription? description = null;
         if (Errors.Errors.Count == errorsBefore)
         {
-            description = Layout(name!, deviceId, regionSize, windowSize, maxRegions, notifySize, out string? layoutError);
+            description = Layout(name!, (uint)keys.DeviceId, keys.RegionSize, keys.WindowSize, keys.MaxRegions, keys.NotifySize, out string? layoutError);
             if (description is null)
             {
-                TomlEntry? at = windowEntry ?? (table.TryGet("max-regions", out TomlEntry? m) ? m : null) ?? (table.TryGet("region-size", out TomlEntry? r) ? r : null);
+                TomlEntry? at = (table.TryGet("window-size", out TomlEntry? w) ? w : null) ?? (table.TryGet("max-regions", out TomlEntry? m) ? m : null) ?? (table.TryGet("region-size", out TomlEntry? r) ? r : null);
                 Errors.Add(at?.KeyPos ?? table.Pos, $"{path}.{at?.Key ?? "window-size"}", layoutError!);
             }
         }
 
-        var hostDescription = new HostDescription { Gid = Host.Gid ?? 0, StateDirectory = Host.StateDirectory, SocketDirectory = Host.SocketDirectory };
+        HostDescription hostDescription = Host.Describe(Host.Gid ?? 0);
         var claimed = new List<string>();
         PluginChoice? Choose(PluginKind kind, bool required)
         {
@@ -360,12 +222,13 @@ public sealed partial class ConfigLoader
         return new DeviceSettings
         {
             Name = name!,
+            Keys = keys,
             Description = description!,
             Transport = transport!,
             Memory = memory!,
             Events = events,
             Endpoints = claimed,
-            Limits = limits,
+            Limits = keys.Limits,
         };
     }
 
@@ -421,26 +284,6 @@ public sealed partial class ConfigLoader
         return null;
     }
 
-    private ulong? Size(TomlEntry e, string key)
-    {
-        if (TomlValues.TryGetSize(e.Value, out ulong size, out string? error)) return size;
-        Errors.Add(e.Value.Pos, key, error!);
-        return null;
-    }
-
-    private string? Directory(TomlEntry e, string key)
-    {
-        if (Convert(e, key, typeof(string)) is not string dir) return null;
-        if (dir.Length == 0)
-        {
-            Errors.Add(e.Value.Pos, key, "expected a directory path, found an empty string");
-            return null;
-        }
-        return Path.GetFullPath(dir, _directory);
-    }
-
-    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    private static partial Regex DeviceName();
 
     /// <summary>What a plugin's <see cref="IValidatableOptions.Validate"/> reports into.</summary>
     private sealed class ValidationContext(ConfigLoader loader, DeviceDescription device, HostDescription host,

@@ -11,7 +11,43 @@ namespace Vism.Host.Config;
 /// <param name="TypeName">The type as shown to users ("size", "string", "one of: a | b", ...).</param>
 /// <param name="Description">From <see cref="DescriptionAttribute"/>; null when the plugin gave none.</param>
 /// <param name="Default">The value a fresh options object has, formatted as TOML; null when unset.</param>
-public sealed record OptionInfo(string Key, PropertyInfo Property, string TypeName, string? Description, string? Default);
+/// <param name="Converter">Reads the value instead of <see cref="TomlValues.TryConvert"/> when the property has a <see cref="TomlConverterAttribute"/>.</param>
+public sealed record OptionInfo(string Key, PropertyInfo Property, string TypeName, string? Description, string? Default, ITomlConverter? Converter = null)
+{
+    /// <summary>Converts a TOML value for this option.</summary>
+    public bool TryConvert(TomlNode node, out object? value, out string? error) =>
+        Converter is not null
+            ? Converter.TryConvert(node, out value, out error)
+            : TomlValues.TryConvert(node, Property.PropertyType, out value, out error);
+}
+
+/// <summary>Overrides the kebab-case key derived from the property name (<c>StateDirectory</c> as <c>state-dir</c>).</summary>
+/// <param name="key">The TOML key.</param>
+[AttributeUsage(AttributeTargets.Property)]
+public sealed class ConfigKeyAttribute(string key) : Attribute
+{
+    /// <summary>The TOML key.</summary>
+    public string Key { get; } = key;
+}
+
+/// <summary>Reads a TOML value of a shape the built-in conversions do not know (e.g. an integer or a hex string).</summary>
+public interface ITomlConverter
+{
+    /// <summary>The type as shown to users.</summary>
+    string TypeName { get; }
+
+    /// <summary>Converts <paramref name="node"/>, or explains why it cannot.</summary>
+    bool TryConvert(TomlNode node, out object? value, out string? error);
+}
+
+/// <summary>Binds the property through an <see cref="ITomlConverter"/> (a public parameterless class).</summary>
+/// <param name="converter">The converter type.</param>
+[AttributeUsage(AttributeTargets.Property)]
+public sealed class TomlConverterAttribute(Type converter) : Attribute
+{
+    /// <summary>The converter type.</summary>
+    public Type Converter { get; } = converter;
+}
 
 /// <summary>
 /// The TOML face of an options class: every public settable property becomes a kebab-case key
@@ -47,14 +83,17 @@ public sealed class OptionsSchema
         foreach (PropertyInfo p in type.GetProperties(BindingFlags.Public | BindingFlags.Instance))
         {
             if (p.SetMethod is not { IsPublic: true } || p.GetIndexParameters().Length > 0) continue;
-            string key = JsonNamingPolicy.KebabCaseLower.ConvertName(p.Name);
+            string key = p.GetCustomAttribute<ConfigKeyAttribute>()?.Key ?? JsonNamingPolicy.KebabCaseLower.ConvertName(p.Name);
             if (reservedKeys.Contains(key))
                 throw new InvalidOperationException($"option {type.Name}.{p.Name} uses the reserved key '{key}'");
-            string? typeName = Describe(p.PropertyType);
+            ITomlConverter? converter = p.GetCustomAttribute<TomlConverterAttribute>() is { } c
+                ? (ITomlConverter)Activator.CreateInstance(c.Converter)!
+                : null;
+            string? typeName = converter?.TypeName ?? Describe(p.PropertyType);
             if (typeName is null)
                 throw new InvalidOperationException($"option {type.Name}.{p.Name} has type {p.PropertyType.Name}, which a TOML value cannot bind to");
             string? description = p.GetCustomAttribute<DescriptionAttribute>()?.Description;
-            options.Add(new OptionInfo(key, p, typeName, description, FormatValue(p.GetValue(fresh))));
+            options.Add(new OptionInfo(key, p, typeName, description, FormatValue(p.GetValue(fresh)), converter));
         }
         return new OptionsSchema(type, options);
     }
@@ -65,8 +104,17 @@ public sealed class OptionsSchema
     /// <param name="path">The dotted path of the section for messages, e.g. <c>device[0].transport</c>.</param>
     /// <param name="reservedKeys">Keys the host consumes itself (<c>kind</c>).</param>
     /// <param name="errors">Where problems go.</param>
-    public object Bind(TomlTable table, string path, IReadOnlySet<string> reservedKeys, ConfigErrors errors)
+    public object Bind(TomlTable table, string path, IReadOnlySet<string> reservedKeys, ConfigErrors errors) =>
+        Bind(table, path, reservedKeys, errors, out _);
+
+    /// <summary>As <see cref="Bind(TomlTable, string, IReadOnlySet{string}, ConfigErrors)"/>; <paramref name="bound"/>
+    /// receives the keys whose values were set (given and of the right type), for checks that follow.</summary>
+    /// <param name="listReserved">Whether an unknown-key message lists the reserved keys as known (they are keys of this section, not the host's own).</param>
+    public object Bind(TomlTable table, string path, IReadOnlySet<string> reservedKeys, ConfigErrors errors, out IReadOnlySet<string> bound,
+        bool listReserved = false)
     {
+        var set = new HashSet<string>(StringComparer.Ordinal);
+        bound = set;
         object instance = Activator.CreateInstance(Type)!;
         foreach (TomlEntry entry in table.Entries)
         {
@@ -74,14 +122,15 @@ public sealed class OptionsSchema
             string key = $"{path}.{entry.Key}";
             if (!_byKey.TryGetValue(entry.Key, out OptionInfo? option))
             {
-                errors.Add(entry.KeyPos, key, UnknownKey(entry.Key, _byKey.Keys));
+                errors.Add(entry.KeyPos, key, UnknownKey(entry.Key, listReserved ? _byKey.Keys.Concat(reservedKeys) : _byKey.Keys));
                 continue;
             }
-            if (TomlValues.TryConvert(entry.Value, option.Property.PropertyType, out object? value, out string? error))
+            if (option.TryConvert(entry.Value, out object? value, out string? error))
             {
                 try
                 {
                     option.Property.SetValue(instance, value);
+                    set.Add(entry.Key);
                 }
                 catch (TargetInvocationException ex)
                 {

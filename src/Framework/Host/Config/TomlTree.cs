@@ -86,9 +86,12 @@ public static class TomlTree
         }
         if (doc.HasErrors)
         {
-            foreach (DiagnosticMessage d in doc.Diagnostics)
-                if (d.Kind == DiagnosticMessageKind.Error)
-                    errors.Add(TextPos.From(d.Span), KeyAt(doc, d.Span.Start.Offset) ?? "(toml)", d.Message);
+            // One syntax mistake (a missing quote) makes the parser report every line after it: only
+            // the first error is certain, so it is the one reported.
+            List<DiagnosticMessage> found = doc.Diagnostics.Where(d => d.Kind == DiagnosticMessageKind.Error).ToList();
+            DiagnosticMessage first = found.MinBy(d => d.Span.Start.Offset)!;
+            string more = found.Count > 1 ? $" (the parser stopped making sense of the file here; fix this and validate again)" : "";
+            errors.Add(TextPos.From(first.Span), KeyAt(doc, first.Span.Start.Offset) ?? "(toml)", first.Message + more);
             return null;
         }
 

@@ -14,37 +14,6 @@ public enum Sharing
     Multi,
 }
 
-/// <summary>The validated <c>[host]</c> section.</summary>
-public sealed record HostSettings
-{
-    /// <summary>Default state directory.</summary>
-    public const string DefaultStateDirectory = "/var/lib/vism";
-
-    /// <summary>Default socket directory.</summary>
-    public const string DefaultSocketDirectory = "/run/vism";
-
-    /// <summary><c>gid</c>; null derives it from /etc/machine-id.</summary>
-    public ulong? Gid { get; init; }
-
-    /// <summary><c>sharing</c>.</summary>
-    public Sharing Sharing { get; init; } = Sharing.Pair;
-
-    /// <summary><c>state-dir</c>, absolute.</summary>
-    public string StateDirectory { get; init; } = DefaultStateDirectory;
-
-    /// <summary><c>socket-dir</c>, absolute.</summary>
-    public string SocketDirectory { get; init; } = DefaultSocketDirectory;
-
-    /// <summary><c>plugin-paths</c>, absolute, in addition to <c>plugins/</c> next to the program.</summary>
-    public IReadOnlyList<string> PluginPaths { get; init; } = [];
-
-    /// <summary><c>log-level</c>.</summary>
-    public LogLevel LogLevel { get; init; } = LogLevel.Information;
-
-    /// <summary><c>loops</c>: number of device loop threads.</summary>
-    public int Loops { get; init; } = Environment.ProcessorCount;
-}
-
 /// <summary>One plugin chosen for a device: its registration and its bound, validated options.</summary>
 /// <param name="Registration">The installed kind.</param>
 /// <param name="Options">The options object bound from the section.</param>
@@ -56,6 +25,9 @@ public sealed record DeviceSettings
 {
     /// <summary><c>name</c>.</summary>
     public required string Name { get; init; }
+
+    /// <summary>The device's own keys as bound and checked (<c>name</c>, <c>region-size</c>, ...).</summary>
+    public required DeviceSection Keys { get; init; }
 
     /// <summary>Its layout and identity, as plugins see it.</summary>
     public required DeviceDescription Description { get; init; }
@@ -80,4 +52,12 @@ public sealed record DeviceSettings
 /// <param name="File">The file as named by the user.</param>
 /// <param name="Host">The host section.</param>
 /// <param name="Devices">The devices in file order.</param>
-public sealed record VismConfig(string File, HostSettings Host, IReadOnlyList<DeviceSettings> Devices);
+public sealed record VismConfig(string File, HostSettings Host, IReadOnlyList<DeviceSettings> Devices)
+{
+    /// <summary>Where each <c>[host]</c> key is written, by dotted key (<c>host.socket-dir</c>), for errors found after validation.</summary>
+    public IReadOnlyDictionary<string, TextPos> Positions { get; init; } = new Dictionary<string, TextPos>();
+
+    /// <summary><c>file:line:column: key</c> when the key is written in the file, else <c>key (not set in file: the default)</c>.</summary>
+    public string Where(string key) =>
+        Positions.TryGetValue(key, out TextPos pos) ? $"{File}:{pos.Line}:{pos.Column}: {key}" : $"{File}: {key} (not set in the file: the default)";
+}

@@ -6,7 +6,8 @@ namespace Vism.Host.Status;
 
 /// <summary>
 /// The status endpoint of a running host: a Unix socket <c>&lt;state-dir&gt;/vism.status</c>. A client
-/// connects and reads one JSON <see cref="StatusReport"/> until end of stream. Served by accepts on
+/// connects, writes one request line (<c>status</c>, or <c>reload</c>; nothing within a second counts
+/// as <c>status</c>) and reads one JSON answer until end of stream. Served by accepts on
 /// the thread pool (host infrastructure, not a device loop); the snapshot is taken from a
 /// thread-safe provider.
 /// </summary>
@@ -16,16 +17,16 @@ public sealed class StatusSocket : IAsyncDisposable
     public const string FileName = "vism.status";
 
     private readonly Socket _listener;
-    private readonly Func<string> _snapshot;
+    private readonly Func<string, Task<string>> _handle;
     private readonly ILogger _log;
     private readonly CancellationTokenSource _stop = new();
     private readonly Task _accepting;
 
-    private StatusSocket(string path, Socket listener, Func<string> snapshot, ILogger log)
+    private StatusSocket(string path, Socket listener, Func<string, Task<string>> handle, ILogger log)
     {
         Path = path;
         _listener = listener;
-        _snapshot = snapshot;
+        _handle = handle;
         _log = log;
         _accepting = AcceptAsync();
     }
@@ -36,7 +37,7 @@ public sealed class StatusSocket : IAsyncDisposable
     /// <summary>Binds the status socket in <paramref name="stateDirectory"/>. Refuses when another live
     /// host answers there; removes a stale socket file left by a host that died.</summary>
     /// <exception cref="InvalidOperationException">Another host is running with this state directory.</exception>
-    public static StatusSocket Start(string stateDirectory, Func<string> snapshot, ILogger log)
+    public static StatusSocket Start(string stateDirectory, Func<string, Task<string>> handle, ILogger log)
     {
         Directory.CreateDirectory(stateDirectory);
         string path = System.IO.Path.Combine(stateDirectory, FileName);
@@ -57,17 +58,19 @@ public sealed class StatusSocket : IAsyncDisposable
             listener.Dispose();
             throw;
         }
-        return new StatusSocket(path, listener, snapshot, log);
+        return new StatusSocket(path, listener, handle, log);
     }
 
-    /// <summary>Reads the report of the host whose status socket is <paramref name="path"/>; null when none answers.</summary>
-    public static string? TryRead(string path, TimeSpan timeout)
+    /// <summary>Sends <paramref name="request"/> to the host whose status socket is <paramref name="path"/>
+    /// and returns its answer; null when none answers.</summary>
+    public static string? TryRead(string path, TimeSpan timeout, string request = "status")
     {
         using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
             socket.ReceiveTimeout = (int)timeout.TotalMilliseconds;
             socket.Connect(new UnixDomainSocketEndPoint(path));
+            socket.Send(Encoding.UTF8.GetBytes(request + "\n"));
             using var stream = new NetworkStream(socket, ownsSocket: false);
             using var reader = new StreamReader(stream, Encoding.UTF8);
             return reader.ReadToEnd();
@@ -114,7 +117,8 @@ public sealed class StatusSocket : IAsyncDisposable
         {
             try
             {
-                byte[] body = Encoding.UTF8.GetBytes(_snapshot());
+                string request = await ReadRequestAsync(client).ConfigureAwait(false);
+                byte[] body = Encoding.UTF8.GetBytes(await _handle(request).ConfigureAwait(false));
                 using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
                 timeout.CancelAfter(TimeSpan.FromSeconds(5));
                 await client.SendAsync(body, SocketFlags.None, timeout.Token).ConfigureAwait(false);
@@ -129,6 +133,29 @@ public sealed class StatusSocket : IAsyncDisposable
                 _log.LogError(ex, "status socket: building the status report failed");
             }
         }
+    }
+
+    /// <summary>Reads the request line (at most 64 bytes); an empty string when the client sends none within a second.</summary>
+    private async Task<string> ReadRequestAsync(Socket client)
+    {
+        var buffer = new byte[64];
+        int length = 0;
+        using var wait = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+        wait.CancelAfter(TimeSpan.FromSeconds(1));
+        try
+        {
+            while (length < buffer.Length && Array.IndexOf(buffer, (byte)'\n', 0, length) < 0)
+            {
+                int n = await client.ReceiveAsync(buffer.AsMemory(length), SocketFlags.None, wait.Token).ConfigureAwait(false);
+                if (n == 0) break;
+                length += n;
+            }
+        }
+        catch (OperationCanceledException) when (!_stop.IsCancellationRequested)
+        {
+            // An old client that only reads: answer with the status.
+        }
+        return Encoding.UTF8.GetString(buffer, 0, length).Split('\n')[0].Trim();
     }
 
     /// <summary>Stops serving and removes the socket file.</summary>
