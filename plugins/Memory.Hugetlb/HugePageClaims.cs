@@ -49,6 +49,13 @@ internal abstract class HugePageClaims : PageClaim
     /// SIGBUS when the pool has none to give.</summary>
     public sealed override void Release(SafeFileHandle file, ulong length)
     {
+        if (Seals.Get(file) is { } seals && (seals & FileSeals.Shrink) != 0)
+        {
+            // A sealed memfd cannot be truncated: punch the pages out instead. Reservations nobody
+            // faulted stay with the file until its last descriptor and mapping are gone.
+            MemFd.PunchHole(file, 0, length);
+            return;
+        }
         if (Posix.Truncate(file, 0) is { } e)
             throw new PosixException("ftruncate(0)", e);
         if (Posix.Truncate(file, length) is { } e2)
