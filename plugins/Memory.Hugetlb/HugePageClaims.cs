@@ -49,7 +49,7 @@ internal abstract class HugePageClaims : PageClaim
     /// SIGBUS when the pool has none to give.</summary>
     public sealed override void Release(SafeFileHandle file, ulong length)
     {
-        if (Seals.Get(file) is { } seals && (seals & FileSeals.Shrink) != 0)
+        if ((Seals.Get(file) & FileSeals.Shrink) == FileSeals.Shrink)
         {
             // A sealed memfd cannot be truncated: punch the pages out instead. Reservations nobody
             // faulted stay with the file until its last descriptor and mapping are gone.

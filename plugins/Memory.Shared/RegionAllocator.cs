@@ -72,7 +72,7 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
         // A memfd is sealed against resizing (and further seals): no peer, whatever descriptor it
         // holds, can grow it past the accounting or shrink it under the owner. A file cannot be
         // sealed; its size is checked at every map instead (RegionBlock.CheckSize).
-        if (reason is null && Seals.Get(file.Handle) is not null)
+        if (reason is null && Seals.CanSeal(file.Handle))
         {
             string? sealing = Seals.Ensure(file.Handle, FileSeals.Grow | FileSeals.Shrink | FileSeals.Seal);
             if (sealing is not null) reason = $"sealing the region's memfd failed: {sealing}";

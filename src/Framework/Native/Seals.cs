@@ -43,6 +43,10 @@ public static class Seals
         return rc < 0 ? null : (FileSeals)rc;
     }
 
+    /// <summary>Whether seals can still be added to <paramref name="fd"/>: a memfd created with
+    /// MFD_ALLOW_SEALING and not sealed with F_SEAL_SEAL (a plain tmpfs file reports F_SEAL_SEAL).</summary>
+    public static bool CanSeal(SafeHandle fd) => Get(fd) is { } seals && (seals & FileSeals.Seal) == 0;
+
     /// <summary>Makes sure <paramref name="fd"/> carries every seal in <paramref name="wanted"/>,
     /// adding the missing ones. Needs a descriptor open for writing.</summary>
     /// <returns>Null when all are in place now, otherwise why not (not a memfd, F_SEAL_SEAL already set, ...).</returns>
