@@ -68,6 +68,21 @@ internal static class PermissionChecks
     private static void Barrier(Peer peer) =>
         peer.ExpectErr(peer.Client.Grant(ulong.MaxValue, 0, IsmPermissions.None), "a GRANT on offset 2^64 - 1 (a barrier)");
 
+    /// <summary>Waits (up to the event timeout) until the peer's mapping at <paramref name="offset"/>
+    /// satisfies <paramref name="wanted"/>: a VMM may apply an unmap or map request a little after
+    /// the device sent it (vhost-user without REPLY_ACK does not wait for the frontend).</summary>
+    private static IReadOnlyList<MapsEntry> WaitForMapping(CheckContext ctx, Peer peer, ulong offset, Func<MapsEntry, bool> wanted)
+    {
+        long deadline = Environment.TickCount64 + (long)ctx.Options.EventTimeout.TotalMilliseconds;
+        while (true)
+        {
+            IReadOnlyList<MapsEntry> map = peer.Mapping(offset);
+            if ((map.Count == 1 && wanted(map[0])) || Environment.TickCount64 > deadline)
+                return map;
+            Thread.Sleep(5);
+        }
+    }
+
     private static void LiveWrite(CheckContext ctx)
     {
         Rig rig = ctx.Compose();
@@ -76,12 +91,14 @@ internal static class PermissionChecks
         ExpectWritable(ctx, rig.B, b, "with the default permissions");
         rig.A.Grant(a, rig.B.DevId, ReadOnly);
         Barrier(rig.B);
+        WaitForMapping(ctx, rig.B, b, m => m.Shared && !m.Writable);
         ExpectReadOnly(ctx, rig.B, b, "after the owner granted it ATTACH|READ while it was attached");
         byte[] mark = Patterns.Mark("a", 2);
         rig.A.Write(a, mark);
         Patterns.ExpectSame(ctx, mark, rig.B.Read(b, 64), "device b reading through its remapped read-only mapping");
         rig.A.Grant(a, rig.B.DevId, ReadWrite);
         Barrier(rig.B);
+        WaitForMapping(ctx, rig.B, b, m => m.Shared && m.Writable);
         ExpectWritable(ctx, rig.B, b, "after the owner granted it WRITE again");
         byte[] answer = Patterns.Mark("b", 3);
         rig.B.Write(b, answer);
@@ -97,7 +114,7 @@ internal static class PermissionChecks
             ulong b = rig.B.Attach(token);
             rig.A.Grant(a, rig.B.DevId, left);
             Barrier(rig.B);
-            IReadOnlyList<MapsEntry> map = rig.B.Mapping(b);
+            IReadOnlyList<MapsEntry> map = WaitForMapping(ctx, rig.B, b, m => !m.Shared && !m.Readable);
             ctx.Expect(map.Count == 1 && !map[0].Shared && !map[0].Readable,
                 $"device b's region should be unmapped after the owner set its entry to {left}: {ProcMaps.Describe(map)}");
             rig.B.ExpectErr(rig.B.Client.Detach(b), $"DETACH of the region device b lost when its entry became {left}");
