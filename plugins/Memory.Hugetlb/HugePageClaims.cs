@@ -29,6 +29,10 @@ public enum HugePageClaim
 /// pool cannot cover the range the mmap fails with ENOMEM and reserves nothing.</item>
 /// <item>A hole punch frees the pages in its range but leaves a reservation nobody has faulted in
 /// place; ftruncate to 0 drops both pages and reservations (also while the file is mapped).</item>
+/// <item>A memfd region is sealed against resizing (F_SEAL_GROW|F_SEAL_SHRINK|F_SEAL_SEAL, issue
+/// 13.2), so its release punches instead of truncating: the reservations of pages nobody touched go
+/// back when the file's last descriptor and mapping are gone (vism closes its own right after the
+/// release). A region file on a hugetlbfs mount cannot be sealed and is still truncated.</item>
 /// </list>
 /// </summary>
 internal abstract class HugePageClaims : PageClaim

@@ -41,8 +41,8 @@ internal static class PermissionChecks
             Statement.V1("Grant ISM Region", "VIRTIO_ISM_PERM_DENY_OTHER: Unspecified devices do not have attach permission."),
             DenyOther),
         new("perm.read-only-mapping",
-            "READ without WRITE maps the region read-only: a write through the driver's window faults; neither READ nor WRITE refuses ATTACH",
-            Statement.Design("Decisions, Permissions", "ATTACH is required to attach; the mapping is read-write with WRITE, read-only with READ alone (vhost-user SHMEM_MAP flags), refused with neither."),
+            "READ without WRITE maps the region read-only: a write through the driver's window faults; without READ (ATTACH alone, or ATTACH|WRITE) ATTACH is refused",
+            Statement.Design("Decisions, Permissions", "ATTACH is required to attach; the mapping is read-write with WRITE, read-only with READ alone, refused with neither."),
             ReadOnlyMapping),
         new("perm.live.write-revoked",
             "removing WRITE from an attached device remaps its region read-only; granting WRITE again remaps it read-write",
@@ -239,6 +239,8 @@ internal static class PermissionChecks
         (ulong token2, ulong a2) = rig.A.Alloc();
         rig.A.Grant(a2, 0, IsmPermissions.Attach);
         rig.B.ExpectErr(rig.B.Client.Attach(token2).Ack, "ATTACH with ATTACH but neither READ nor WRITE");
+        rig.A.Grant(a2, 0, IsmPermissions.Attach | IsmPermissions.Write);
+        rig.B.ExpectErr(rig.B.Client.Attach(token2).Ack, "ATTACH with ATTACH|WRITE but no READ (a mapping is always readable)");
     }
 
     /// <summary>The mapping is shared and readable, not writable, and a write through it faults.</summary>
