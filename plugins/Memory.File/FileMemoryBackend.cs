@@ -110,6 +110,10 @@ public sealed class FileMemoryBackend : IMemoryBackend
                 problem = "it is not a regular file";
             else if (length == 0 || length % PageSize != 0)
                 problem = $"its size {length} is not a positive multiple of {Sizes.Format(PageSize)}";
+            else if (Posix.RecordedLength(handle, out Errno x) is not { } recorded)
+                problem = $"it carries no recorded length ({Posix.LengthAttribute}: {Posix.Describe(x)}), so its size cannot be trusted";
+            else if (recorded != length)
+                problem = $"its size {length} differs from the {recorded} bytes it was allocated with: it was resized by someone else (tampered)";
             else if (Posix.Claim(handle, length) is { } claim)
                 problem = $"its pages cannot be claimed again: {Posix.Describe(claim)}";
         }
@@ -133,6 +137,8 @@ public sealed class FileMemoryBackend : IMemoryBackend
         using SafeFileHandle handle = probe.Handle;
         if (Posix.Claim(handle, PageSize) is { } e)
             throw new InvalidOperationException($"the file system of {Directory} cannot claim space with fallocate: {Posix.Describe(e)}; use tmpfs, ext4, xfs or btrfs");
+        if (Persist && Posix.RecordLength(handle, PageSize) is { } x)
+            throw new InvalidOperationException($"the file system of {Directory} cannot record a persistent region's length in a user extended attribute ({Posix.LengthAttribute}): {Posix.Describe(x)}; use tmpfs, ext4, xfs or btrfs");
         try
         {
             MemFd.PunchHole(handle, 0, PageSize);

@@ -29,6 +29,10 @@ public enum HugePageClaim
 /// pool cannot cover the range the mmap fails with ENOMEM and reserves nothing.</item>
 /// <item>A hole punch frees the pages in its range but leaves a reservation nobody has faulted in
 /// place; ftruncate to 0 drops both pages and reservations (also while the file is mapped).</item>
+/// <item>A memfd region is sealed against resizing (F_SEAL_GROW|F_SEAL_SHRINK|F_SEAL_SEAL, issue
+/// 13.2), so its release punches instead of truncating: the reservations of pages nobody touched go
+/// back when the file's last descriptor and mapping are gone (vism closes its own right after the
+/// release). A region file on a hugetlbfs mount cannot be sealed and is still truncated.</item>
 /// </list>
 /// </summary>
 internal abstract class HugePageClaims : PageClaim
@@ -49,6 +53,13 @@ internal abstract class HugePageClaims : PageClaim
     /// SIGBUS when the pool has none to give.</summary>
     public sealed override void Release(SafeFileHandle file, ulong length)
     {
+        if ((Seals.Get(file) & FileSeals.Shrink) == FileSeals.Shrink)
+        {
+            // A sealed memfd cannot be truncated: punch the pages out instead. Reservations nobody
+            // faulted stay with the file until its last descriptor and mapping are gone.
+            MemFd.PunchHole(file, 0, length);
+            return;
+        }
         if (Posix.Truncate(file, 0) is { } e)
             throw new PosixException("ftruncate(0)", e);
         if (Posix.Truncate(file, length) is { } e2)

@@ -140,6 +140,35 @@ internal static unsafe partial class Posix
         return null;
     }
 
+    /// <summary>The extended attribute a persistent region's file records its length in. A peer
+    /// holding a descriptor of the file can resize it but not set this (that needs write access to
+    /// the inode: vism's own files, mode 0600), so recovery can tell a tampered file.</summary>
+    public const string LengthAttribute = "user.vism.length";
+
+    [LibraryImport("libc", EntryPoint = "fsetxattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int fsetxattr(int fd, string name, byte* value, nuint size, int flags);
+
+    [LibraryImport("libc", EntryPoint = "fgetxattr", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial nint fgetxattr(int fd, string name, byte* value, nuint size);
+
+    /// <summary>Records <paramref name="length"/> as the file's region length (<see cref="LengthAttribute"/>).</summary>
+    /// <returns>null on success, otherwise the errno.</returns>
+    public static Errno? RecordLength(SafeFileHandle handle, ulong length)
+    {
+        byte* b = stackalloc byte[8];
+        *(ulong*)b = length;
+        return fsetxattr(Fd.Raw(handle), LengthAttribute, b, 8, 0) == 0 ? null : LastError;
+    }
+
+    /// <summary>The region length recorded with <see cref="RecordLength"/>, or null (with the errno) when there is none.</summary>
+    public static ulong? RecordedLength(SafeFileHandle handle, out Errno errno)
+    {
+        byte* b = stackalloc byte[8];
+        nint n = fgetxattr(Fd.Raw(handle), LengthAttribute, b, 8);
+        errno = n == 8 ? 0 : n < 0 ? LastError : Errno.EINVAL;
+        return n == 8 ? *(ulong*)b : null;
+    }
+
     /// <summary>fsync, returning the errno instead of throwing.</summary>
     public static Errno Sync(SafeFileHandle handle) =>
         Syscall.fsync(Fd.Raw(handle)) == 0 ? 0 : Stdlib.GetLastError();

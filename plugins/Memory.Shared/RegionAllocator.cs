@@ -68,7 +68,15 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
         }
 
         Errno? claim = pages.Claim(file.Handle, length);
-        string? reason = claim is { } e ? source.DescribeClaimFailure(e, length) : Commit(file);
+        string? reason = claim is { } e ? source.DescribeClaimFailure(e, length) : Commit(file, length);
+        // A memfd is sealed against resizing (and further seals): no peer, whatever descriptor it
+        // holds, can grow it past the accounting or shrink it under the owner. A file cannot be
+        // sealed; its size is checked at every map instead (RegionBlock.CheckSize).
+        if (reason is null && Seals.CanSeal(file.Handle))
+        {
+            string? sealing = Seals.Ensure(file.Handle, FileSeals.Grow | FileSeals.Shrink | FileSeals.Seal);
+            if (sealing is not null) reason = $"sealing the region's memfd failed: {sealing}";
+        }
         if (reason is not null)
         {
             Abandon(file);
@@ -83,9 +91,11 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
     /// <summary>Gives a persistent region its final name, durably: the data and size reach the
     /// file system before the name does, so a crash leaves either a temporary file (never
     /// recovered) or a complete region.</summary>
-    private static string? Commit(PendingFile file)
+    private static string? Commit(PendingFile file, ulong length)
     {
         if (file.TempPath is null || file.FinalPath is null) return null;
+        if (Posix.RecordLength(file.Handle, length) is { } x)
+            return $"recording the region's length on {file.TempPath} ({Posix.LengthAttribute}) failed: {Posix.Describe(x)}";
         Errno e = Posix.Sync(file.Handle);
         if (e != 0) return $"fsync({file.TempPath}) failed: {Posix.Describe(e)}";
         e = Posix.RenameNoReplace(file.TempPath, file.FinalPath);

@@ -85,6 +85,33 @@ internal sealed class RegionBlock : IMemoryBlock
         ReturnAccounting();
     }
 
+    /// <summary>The file must still be exactly <see cref="Length"/> bytes. A sealed memfd always is;
+    /// a file is not when a peer with a writable descriptor resized it: a grown file is cut back to
+    /// its length (so the space it took beyond the accounting is returned), and either way the map
+    /// is refused.</summary>
+    public string? CheckSize()
+    {
+        bool added = false;
+        try
+        {
+            Handle.DangerousAddRef(ref added);
+            if (Syscall.fstat(Fd.Raw(Handle), out Stat st) != 0)
+                return $"fstat failed: {Posix.Describe(Stdlib.GetLastError())}";
+            if ((ulong)st.st_size == Length)
+                return null;
+            _counters.Increment("memory.size-mismatch");
+            string what = $"region {Token:x16}'s file is {st.st_size} bytes, {Length} were allocated (resized by a peer)";
+            if ((ulong)st.st_size > Length && Posix.Truncate(Handle, Length) is null)
+                what += $"; cut back to {Length} bytes";
+            _log.LogError("{Problem}", what);
+            return what;
+        }
+        finally
+        {
+            if (added) Handle.DangerousRelease();
+        }
+    }
+
     /// <summary>Closes the descriptor. A persisted region keeps its file and contents.</summary>
     public void Dispose()
     {

@@ -175,6 +175,13 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             CompleteRequest(h);
             return;
         }
+        if ((h.Flags & ~(MmioMessageFlags.Reply | MmioMessageFlags.NeedReply)) != 0)
+        {
+            // docs/mmio-protocol.md: undefined flag bits are BAD_MESSAGE, and the request is not acted on.
+            if (_helloDone) Refuse(h, MmioStatus.BadMessage, $"undefined flag bits 0x{(ushort)h.Flags:x4}");
+            else RejectAndClose(MmioStatus.BadMessage, $"the first message carries undefined flag bits 0x{(ushort)h.Flags:x4}");
+            return;
+        }
         if (!_helloDone)
         {
             if (h.Type == MmioMessageType.Hello) OnHello(h, p, fds);
@@ -288,6 +295,8 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
         _memory = memory!;
         old.Dispose();
         _log.LogInformation("{Device}: guest RAM is {Count} regions", Name, table.Length);
+        foreach (string? risk in _memory.ShrinkRisks.Where(r => r is not null).Distinct())
+            _log.LogWarning("{Device}: guest RAM the VMM can shrink ({Risk}): the rings are accessed with fault-safe copies", Name, risk);
         Reply(h, MmioStatus.Ok);
     }
 

@@ -69,7 +69,8 @@ internal sealed class MmioGuestMemory : IGuestMemory, IDisposable
             for (int k = 0; k < order.Length; k++)
             {
                 MemoryRegion r = table[order[k]];
-                regions[k] = new Region(r.GuestPhysical, r.Size, Mapping.Map(fds[order[k]], r.FdOffset, r.Size));
+                string? risk = GuestRamSeals.Check(fds[order[k]]);
+                regions[k] = new Region(r.GuestPhysical, r.Size, Mapping.Map(fds[order[k]], r.FdOffset, r.Size), risk);
             }
         }
         catch (Exception ex) when (ex is PosixException or ArgumentException)
@@ -82,7 +83,10 @@ internal sealed class MmioGuestMemory : IGuestMemory, IDisposable
     }
 
     /// <inheritdoc />
-    public bool TryTranslate(ulong address, ulong length, out nint host)
+    public bool TryTranslate(ulong address, ulong length, out nint host) => TryTranslate(address, length, out host, out _);
+
+    /// <inheritdoc />
+    public bool TryTranslate(ulong address, ulong length, out nint host, out bool mayFault)
     {
         foreach (Region r in _regions)
         {
@@ -91,16 +95,21 @@ internal sealed class MmioGuestMemory : IGuestMemory, IDisposable
             if (off >= r.Size) continue;
             if (length > r.Size - off) break;
             host = r.Map.Address + (nint)off;
+            mayFault = r.ShrinkRisk is not null;
             return true;
         }
         host = 0;
+        mayFault = false;
         return false;
     }
+
+    /// <summary>Why each region the VMM could shrink under the device can be (null entries: sealed).</summary>
+    public IEnumerable<string?> ShrinkRisks => _regions.Select(r => r.ShrinkRisk);
 
     public void Dispose()
     {
         foreach (Region r in _regions) r.Map.Dispose();
     }
 
-    private sealed record Region(ulong GuestPhysical, ulong Size, Mapping Map);
+    private sealed record Region(ulong GuestPhysical, ulong Size, Mapping Map, string? ShrinkRisk);
 }

@@ -11,12 +11,18 @@ internal sealed class GuestRegion : IDisposable
 {
     private readonly Mapping _mapping;
 
-    private GuestRegion(MemoryRegionDescriptor descriptor, Mapping mapping, ulong mappingStart)
+    private GuestRegion(MemoryRegionDescriptor descriptor, Mapping mapping, ulong mappingStart, string? shrinkRisk)
     {
         Descriptor = descriptor;
         _mapping = mapping;
         Host = mapping.Address + (nint)(descriptor.MmapOffset - mappingStart);
+        ShrinkRisk = shrinkRisk;
     }
+
+    /// <summary>Null when the frontend cannot shrink this memory under the device (a memfd sealed
+    /// with F_SEAL_SHRINK, by QEMU or by vism at SET_MEM_TABLE); otherwise why it can, and every
+    /// access goes through a fault-safe copy (<see cref="IGuestMemory.TryTranslate(ulong, ulong, out nint, out bool)"/>).</summary>
+    public string? ShrinkRisk { get; }
 
     public MemoryRegionDescriptor Descriptor { get; }
 
@@ -55,10 +61,11 @@ internal sealed class GuestRegion : IDisposable
         // st_blksize is the huge page size).
         ulong align = st.st_blksize > 4096 && ulong.IsPow2((ulong)st.st_blksize) ? (ulong)st.st_blksize : 4096;
         ulong start = d.MmapOffset & ~(align - 1);
+        string? shrinkRisk = GuestRamSeals.Check(fd);
         try
         {
             Mapping m = Mapping.Map(fd, start, end - start, writable: true);
-            return new GuestRegion(d, m, start);
+            return new GuestRegion(d, m, start, shrinkRisk);
         }
         catch (Exception ex) when (ex is PosixException or ArgumentOutOfRangeException)
         {
@@ -104,15 +111,20 @@ internal sealed class GuestMemoryTable : IGuestMemory, IDisposable
     public IReadOnlyList<GuestRegion> Regions => _regions;
 
     /// <inheritdoc />
-    public bool TryTranslate(ulong address, ulong length, out nint host)
+    public bool TryTranslate(ulong address, ulong length, out nint host) => TryTranslate(address, length, out host, out _);
+
+    /// <inheritdoc />
+    public bool TryTranslate(ulong address, ulong length, out nint host, out bool mayFault)
     {
         host = 0;
+        mayFault = false;
         GuestRegion? r = _last is not null && Contains(_last, address) ? _last : Find(address);
         if (r is null) return false;
         ulong offset = address - r.GuestAddress;
         if (length > r.Size - offset) return false;
         _last = r;
         host = r.Host + (nint)offset;
+        mayFault = r.ShrinkRisk is not null;
         return true;
     }
 

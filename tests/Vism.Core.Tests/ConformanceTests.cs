@@ -488,8 +488,11 @@ public sealed class ConformanceTests
         Assert.Equal(1, c.Counters.Get("err.attach.denied"));
         Assert.True(b.C.Attach(region.Token).Ok);
 
-        // Setting the default entry without DENY_OTHER opens the region again.
+        // DENY_OTHER belongs to b's entry (issue 13.3): a default-entry GRANT does not lift it,
+        // setting b's entry again without it does.
         Assert.Equal(IsmControl.AckOk, a.C.Grant(region.Offset, 0, IsmPermissions.Attach | IsmPermissions.Read));
+        Assert.Equal(IsmControl.AckErr, c.C.Attach(region.Token).Ack);
+        Assert.Equal(IsmControl.AckOk, a.C.Grant(region.Offset, b.Device.DevId, IsmPermissions.Attach | IsmPermissions.Read | IsmPermissions.Write));
         AttachReply r = c.C.Attach(region.Token);
         Assert.True(r.Ok);
         Assert.False(c.T.Mappings[r.Offset].Writable);
@@ -504,7 +507,7 @@ public sealed class ConformanceTests
         AllocReply region = a.C.Alloc(4096);
         Assert.Equal(IsmControl.AckOk, a.C.Grant(region.Offset, 0, IsmPermissions.Read | IsmPermissions.Write));
         Assert.Equal(IsmControl.AckErr, b.C.Attach(region.Token).Ack);
-        Assert.Equal(IsmControl.AckOk, a.C.Grant(region.Offset, b.Device.DevId, IsmPermissions.Attach | IsmPermissions.Write));
+        Assert.Equal(IsmControl.AckOk, a.C.Grant(region.Offset, b.Device.DevId, IsmPermissions.Attach | IsmPermissions.Read | IsmPermissions.Write));
         AttachReply r = b.C.Attach(region.Token);
         Assert.True(r.Ok);
         Assert.True(b.T.Mappings[r.Offset].Writable);

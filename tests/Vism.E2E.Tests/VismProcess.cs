@@ -36,7 +36,13 @@ internal sealed partial class VismProcess : IAsyncDisposable
     /// <summary>The state directory (status socket).</summary>
     public string StateDirectory => _dir["state"];
 
-    /// <summary>The vhost-user socket of device <paramref name="name"/>.</summary>
+    /// <summary>The directory region files live in.</summary>
+    public string RegionDirectory => _dir["regions"];
+
+    /// <summary>Whether the vism process has ended.</summary>
+    public bool HasExited => _process.HasExited;
+
+    /// <summary>The vhost-user or MMIO socket of device <paramref name="name"/>.</summary>
     public string Socket(string name) => _dir[name + ".sock"];
 
     private static string HostOutput => typeof(VismProcess).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>()
@@ -47,7 +53,10 @@ internal sealed partial class VismProcess : IAsyncDisposable
     /// <param name="devices">Device names.</param>
     /// <param name="log">Receives vism's output lines.</param>
     /// <param name="loops">The host's <c>loops</c> (default: one per core).</param>
-    public static async Task<VismProcess> StartAsync(IReadOnlyList<string> devices, Action<string> log, int? loops = null)
+    /// <param name="transport">The transport <c>kind</c> of every device (<c>vhost-user</c> or <c>mmio</c>).</param>
+    /// <param name="persist">Whether the file memory plugin persists regions.</param>
+    public static async Task<VismProcess> StartAsync(IReadOnlyList<string> devices, Action<string> log, int? loops = null,
+                                                     string transport = "vhost-user", bool persist = false)
     {
         var dir = new TempDir("vism-e2e");
         string config = dir["vism.toml"];
@@ -68,11 +77,12 @@ internal sealed partial class VismProcess : IAsyncDisposable
                 region-size = "1MiB"
                 window-size = "16MiB"
                 [device.transport]
-                kind = "vhost-user"
+                kind = "{transport}"
                 socket-path = "{dir[name + ".sock"]}"
                 [device.memory]
                 kind = "file"
                 directory = "{dir["regions"]}"
+                persist = {(persist ? "true" : "false")}
                 [device.events]
                 kind = "vq"
 

@@ -310,6 +310,62 @@ public sealed class FileMemoryTests : IDisposable
         foreach (RecoveredBlock r in found) r.Block.Dispose();
     }
 
+    /// <summary>Issue 13.2: a peer with a writable descriptor grew one persisted region file to
+    /// 1 GiB and shrank another to 4 KiB before the host restarted. Neither is adopted (the one grown
+    /// would have been a region that can be neither attached nor freed, eating the capacity); both
+    /// stay on disk for the operator; the untouched one comes back with its contents.</summary>
+    [Fact]
+    public void Persist_TamperedSize_IsNotRecovered()
+    {
+        using (FileMemoryBackend backend = Backend(persist: true))
+        {
+            backend.Recover();
+            foreach (ulong token in new ulong[] { 30, 31, 32 })
+            {
+                IMemoryBlock b = Allocate(backend, MiB, token);
+                using (Mapping m = Blocks.Map(b)) Blocks.Stamp(m, (byte)token);
+                if (token == 31) Assert.Equal(0, Mono.Unix.Native.Syscall.ftruncate(Vism.Native.Fd.Raw(b.Handle), 1L << 30));
+                if (token == 32) Assert.Equal(0, Mono.Unix.Native.Syscall.ftruncate(Vism.Native.Fd.Raw(b.Handle), 4096));
+                b.Dispose();
+            }
+        }
+
+        using FileMemoryBackend restarted = Backend(persist: true);
+        IReadOnlyList<RecoveredBlock> found = restarted.Recover();
+        try
+        {
+            RecoveredBlock kept = Assert.Single(found);
+            Assert.Equal(30UL, kept.Token);
+            using (Mapping m = Blocks.Map(kept.Block)) Assert.True(Blocks.HasStamp(m, 30));
+            Assert.Equal(2, _counters.Get("memory.recover.skipped"));
+            Assert.Equal(MiB, restarted.Usage.Used);
+            Assert.Equal(3, Directory.GetFiles(_shm.Path).Length);
+        }
+        finally
+        {
+            foreach (RecoveredBlock r in found) r.Block.Dispose();
+        }
+    }
+
+    /// <summary>Issue 13.2: a region file resized through a writable descriptor is refused at the
+    /// next map (CheckSize); a grown one is cut back so the accounting holds.</summary>
+    [Fact]
+    public void CheckSize_FileResizedByAPeer_IsReported_AndAGrownOneIsCutBack()
+    {
+        using FileMemoryBackend backend = Backend();
+        IMemoryBlock block = Allocate(backend, MiB, 40);
+        Assert.Null(block.CheckSize());
+        Assert.Equal(0, Mono.Unix.Native.Syscall.ftruncate(Vism.Native.Fd.Raw(block.Handle), 64L << 20));
+        Assert.Contains("resized by a peer", block.CheckSize());
+        Assert.Equal((long)MiB, Vism.Native.Fd.Size(block.Handle));
+        Assert.Null(block.CheckSize());
+        Assert.Equal(0, Mono.Unix.Native.Syscall.ftruncate(Vism.Native.Fd.Raw(block.Handle), 4096));
+        Assert.Contains("resized by a peer", block.CheckSize());
+        Assert.Equal(2, _counters.Get("memory.size-mismatch"));
+        block.Release();
+        block.Dispose();
+    }
+
     [Fact]
     public void Persist_RecoverTakesOnlyThisDevicesWholeRegions()
     {

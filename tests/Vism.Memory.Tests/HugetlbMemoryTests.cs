@@ -92,7 +92,7 @@ public sealed class HugetlbMemoryTests
 
     [SkippableTheory]
     [MemberData(nameof(Claims))]
-    public void Release_GivesPagesAndReservationsBack_EvenWhileAPeerStillMapsTheFd(HugePageClaim claim)
+    public void Release_GivesPagesBackEvenWhileAPeerStillMapsTheFd_AndReservationsWhenTheFileIsClosed(HugePageClaim claim)
     {
         Machine.RequireHugePages(5);
         using HugetlbMemoryBackend backend = Backend(claim: claim);
@@ -119,7 +119,11 @@ public sealed class HugetlbMemoryTests
             peerFd.Dispose();
             block.Dispose();
             PoolState closed = PoolState.Now();
-            return released == start && closed == start ? null : $"start {start}, released {released}, closed {closed}";
+            // The region's memfd is sealed against resizing (issue 13.2), so the release punches the
+            // pages out instead of truncating: the two pages nobody touched stay reserved for the
+            // file until its last descriptor and mapping are gone.
+            PoolState expectedReleased = claim == HugePageClaim.Reserve ? start with { Reserved = start.Reserved + 2 } : start;
+            return released == expectedReleased && closed == start ? null : $"start {start}, released {released}, closed {closed}";
         });
     }
 
@@ -213,7 +217,9 @@ public sealed class HugetlbMemoryTests
             PoolState afterRelease = PoolState.Now();
             foreach (IMemoryBlock b in blocks) b.Dispose();
             PoolState afterDispose = PoolState.Now();
-            return during == Expected(start) && afterRelease == start && afterDispose == start
+            // Sealed memfds are punched, not truncated: untouched reservations go when vism closes
+            // the file, which the core does right after the release.
+            return during == Expected(start) && afterRelease == (claim == HugePageClaim.Reserve ? Expected(start) : start) && afterDispose == start
                 ? null : $"start {start}, allocated {during}, released {afterRelease}, disposed {afterDispose}";
         });
         Descriptors.AssertBackTo(fdsBefore);

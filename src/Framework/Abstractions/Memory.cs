@@ -30,6 +30,14 @@ public interface IMemoryBlock : IDisposable
     /// <summary>Returns the memory to the system (hole punch, truncate or unlink) because the region is
     /// freed. After this the block only needs disposing. Idempotent.</summary>
     void Release();
+
+    /// <summary>Checks that the backing still has the size this block was given. The core calls it
+    /// before every map; a mismatch refuses the map (and is logged), so that a peer that resized
+    /// backing which cannot be sealed (a named or unnamed file: a peer with WRITE holds a writable
+    /// descriptor of it) never goes unnoticed. A backend whose files cannot change size (sealed
+    /// memfds) may keep the default, which reports nothing.</summary>
+    /// <returns>Null when the size is as allocated, otherwise what is wrong.</returns>
+    string? CheckSize() => null;
 }
 
 /// <summary>A region a persistent backend found again at start-up.</summary>

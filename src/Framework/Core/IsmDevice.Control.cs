@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
 using Vism.Abstractions;
 using Vism.Core.Registry;
 
@@ -13,9 +14,24 @@ public sealed partial class IsmDevice
     /// <summary>The run serving the controlq, or null when it is idle.</summary>
     private ControlRun? _run;
 
+    /// <summary>Regions whose permissions changed while this device references them; applied
+    /// between control requests (<see cref="ApplyPermissionsAsync"/>). Loop only.</summary>
+    private readonly HashSet<Region> _permissionChanges = [];
+
+    /// <summary>Changes that waited for the transport to allow mapping again; retried at the next kick.</summary>
+    private readonly HashSet<Region> _deferredPermissionChanges = [];
+
     private void KickControl()
     {
-        if (_run is not null || !Running || !_queues[Virtio.ControlQueue].Started)
+        if (_run is not null)
+            return;
+        if (_deferredPermissionChanges.Count > 0)
+        {
+            _permissionChanges.UnionWith(_deferredPermissionChanges);
+            _deferredPermissionChanges.Clear();
+        }
+        bool requests = Running && _queues[Virtio.ControlQueue].Started;
+        if (!requests && _permissionChanges.Count == 0)
             return;
         var run = new ControlRun();
         _run = run;
@@ -31,7 +47,9 @@ public sealed partial class IsmDevice
     }
 
     /// <summary>Processes the controlq one request at a time: a request that maps memory completes
-    /// only after the transport finished the mapping, and the next one is popped after that. After
+    /// only after the transport finished the mapping, and the next one is popped after that.
+    /// Permission changes to regions this device references are applied before the next request,
+    /// in the same sequence, so they never race a request's own mapping changes. After
     /// <see cref="DeviceLimits.RequestsPerTurn"/> requests or <see cref="DeviceLimits.DescriptorsPerTurn"/>
     /// descriptors walked the run yields the loop to the other devices on it, even when every request
     /// completed at once (an ERR ack does).</summary>
@@ -52,7 +70,13 @@ public sealed partial class IsmDevice
                     walked = queue.Ring.DescriptorsWalked;
                     continue;
                 }
-                if (!queue.TryPop(out DescriptorChain? chain))
+                if (_permissionChanges.Count > 0)
+                {
+                    served++;
+                    await ApplyPermissionsAsync(run);
+                    continue;
+                }
+                if (!Running || !queue.Started || !queue.TryPop(out DescriptorChain? chain))
                     break;
                 served++;
                 // Notify writes the driver made before publishing this request are routed first.
@@ -317,7 +341,7 @@ public sealed partial class IsmDevice
                 "already-attached" => "this device already references the region",
                 "region-too-large" => $"the region is larger than this device's region_size {Description.RegionSize}",
                 "denied" => "the region's permissions do not let this device attach",
-                "no-access" => "the region's permissions give this device neither READ nor WRITE",
+                "no-access" => "the region's permissions do not give this device READ (every mapping is readable, so WRITE alone cannot be granted exactly)",
                 "pair-taken" => "the region is already shared by two other devices (sharing = pair)",
                 _ => refused,
             });
@@ -347,6 +371,100 @@ public sealed partial class IsmDevice
             CallEvents(e => e.OnRegionDetached(offset), "OnRegionDetached");
         Counters.Increment("regions.detached");
         return ControlReply.Ok;
+    }
+
+    /// <summary>The registry changed the permissions of <paramref name="region"/>, which this device
+    /// references: re-check its mapping on this device's loop, between control requests.
+    /// Any thread.</summary>
+    internal void PermissionsChanged(Region region)
+    {
+        if (!Loop.IsOnLoop)
+        {
+            Loop.Post(() => PermissionsChanged(region));
+            return;
+        }
+        _permissionChanges.Add(region);
+        KickControl();
+    }
+
+    /// <summary>Applies one pending permission change (v1: "the driver can set the read and write
+    /// permissions after it is attached"): without ATTACH or READ the region is unmapped and
+    /// dropped as if this device had detached it; otherwise a mapping whose writability no longer
+    /// matches WRITE is replaced by one that does (unmap, then map again at the same offset).</summary>
+    private async ValueTask ApplyPermissionsAsync(ControlRun run)
+    {
+        Region region = _permissionChanges.First();
+        int slot = -1;
+        SlotEntry? entry = null;
+        foreach ((int s, SlotEntry e) in _regions)
+        {
+            if (ReferenceEquals(e.Region, region))
+                (slot, entry) = (s, e);
+        }
+        if (entry is null || !entry.Mapped)
+        {
+            _permissionChanges.Remove(region); // detached meanwhile (or never mapped): nothing to change
+            return;
+        }
+        IsmPermissions now = Host.PermissionsOf(region, DevId);
+        bool keep = Region.AllowsMapping(now);
+        bool writable = (now & IsmPermissions.Write) != 0;
+        if (keep && writable == entry.Writable)
+        {
+            _permissionChanges.Remove(region);
+            return;
+        }
+        ulong offset = (ulong)slot * Description.RegionSize;
+        ITransportServices? services = _services;
+        if (services is null || !services.CanMap)
+        {
+            // Kept pending: applied at the next kick, once the transport can change mappings again.
+            Counters.Increment("perm.live.deferred");
+            _permissionChanges.Remove(region);
+            _deferredPermissionChanges.Add(region);
+            return;
+        }
+        _permissionChanges.Remove(region);
+        string? failure;
+        try
+        {
+            failure = await services.UnmapAsync(ShmId.Regions, offset, region.Length);
+        }
+        catch (Exception ex)
+        {
+            failure = $"{ex.GetType().Name}: {ex.Message}";
+        }
+        if (run.Ended)
+            return; // reset meanwhile: every attachment is released anyway
+        if (failure is not null)
+        {
+            Fail("perm.live.unmap-failed", $"the region at 0x{offset:x} could not be unmapped after its permissions changed to {now}: {failure}");
+            return;
+        }
+        entry.Mapped = false;
+        if (keep)
+        {
+            failure = await MapAsync(slot, region.Block, writable);
+            if (run.Ended)
+                return;
+            if (failure is null)
+            {
+                entry.Mapped = true;
+                entry.Writable = writable;
+                Counters.Increment(writable ? "perm.live.remapped-rw" : "perm.live.remapped-ro");
+                _log.LogInformation("device {Name} (devid {DevId}): region at 0x{Offset:x} remapped {Mode} after its permissions changed to {Permissions}",
+                    Description.Name, DevId, offset, writable ? "read-write" : "read-only", now);
+                return;
+            }
+            _log.LogWarning("device {Name} (devid {DevId}): region at 0x{Offset:x} could not be mapped again after its permissions changed ({Failure}); it is dropped as if detached",
+                Description.Name, DevId, offset, failure);
+        }
+        DropSlot(slot, entry);
+        if (_eventContext is not null)
+            CallEvents(e => e.OnRegionDetached(offset), "OnRegionDetached");
+        Counters.Increment("perm.live.revoked");
+        _log.LogInformation("device {Name} (devid {DevId}): region at 0x{Offset:x} unmapped and dropped: its permissions changed to {Permissions} (ATTACH and READ are needed to keep it)",
+            Description.Name, DevId, offset, now);
     }
 
     private ControlReply Grant(ulong offset, ulong peer, ulong permissions)
@@ -395,14 +513,45 @@ public sealed partial class IsmDevice
         ITransportServices? services = _services;
         if (services is null || !services.CanMap)
             return "the transport cannot change mappings now";
+        string? size = block.CheckSize();
+        if (size is not null)
+        {
+            Counters.Increment("err.map.size-mismatch");
+            _log.LogError("device {Name} (devid {DevId}): the region's backing is refused for mapping: {Problem}", Description.Name, DevId, size);
+            return $"the region's backing changed size: {size}";
+        }
+        ReadOnlyBlock? readOnly = null;
         try
         {
-            return await services.MapAsync(ShmId.Regions, (ulong)slot * Description.RegionSize, block, block.Length, writable);
+            // Without WRITE the peer gets a descriptor that cannot write: no writable mapping, no
+            // ftruncate or fallocate, no seals, whatever its VMM does with the map's flags.
+            if (!writable)
+                readOnly = new ReadOnlyBlock(block);
+            return await services.MapAsync(ShmId.Regions, (ulong)slot * Description.RegionSize, readOnly ?? block, block.Length, writable);
         }
         catch (Exception ex)
         {
             return $"{ex.GetType().Name}: {ex.Message}";
         }
+        finally
+        {
+            readOnly?.Dispose();
+        }
+    }
+
+    /// <summary>A block seen through a read-only descriptor of its file (what a peer without WRITE
+    /// receives); the descriptor is closed on dispose, the block itself is untouched.</summary>
+    private sealed class ReadOnlyBlock(IMemoryBlock inner) : IMemoryBlock
+    {
+        public SafeFileHandle Handle { get; } = Native.Fd.ReopenReadOnly(inner.Handle);
+
+        public ulong Offset => inner.Offset;
+
+        public ulong Length => inner.Length;
+
+        public void Release() => throw new InvalidOperationException("a read-only view is never released");
+
+        public void Dispose() => Handle.Dispose();
     }
 
     private async ValueTask<string?> UnmapAsync(ulong offset, ulong length)

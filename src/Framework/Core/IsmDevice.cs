@@ -195,6 +195,8 @@ public sealed partial class IsmDevice : IVirtioDevice
             Host.Release(entry.Region, this, slot);
         _regions.Clear();
         _slots.Clear();
+        _permissionChanges.Clear();
+        _deferredPermissionChanges.Clear();
         _status = 0;
         Volatile.Write(ref _driverFeatures, 0);
         Counters.Increment("device.reset");
@@ -441,7 +443,7 @@ public sealed partial class IsmDevice : IVirtioDevice
     private sealed class SlotEntry(Region region, bool writable)
     {
         public Region Region { get; } = region;
-        public bool Writable { get; } = writable;
+        public bool Writable { get; set; } = writable;
         public bool Mapped;
     }
 }

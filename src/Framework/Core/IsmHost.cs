@@ -323,7 +323,7 @@ public sealed class IsmHost : IDisposable
             IsmPermissions perms = region.EffectiveFor(device.DevId);
             if ((perms & IsmPermissions.Attach) == 0)
                 return "denied";
-            if ((perms & (IsmPermissions.Read | IsmPermissions.Write)) == 0)
+            if ((perms & IsmPermissions.Read) == 0)
                 return "no-access";
             if (Sharing == SharingMode.Pair && !region.PairAllows(device.DevId))
                 return "pair-taken";
@@ -359,29 +359,26 @@ public sealed class IsmHost : IDisposable
             region.Home.FreeBlock(region.Block);
     }
 
-    /// <summary>GRANT: sets the default entry (<paramref name="peer"/> 0) or a per-device entry.</summary>
+    /// <summary>GRANT: sets the default entry (<paramref name="peer"/> 0) or a per-device entry,
+    /// DENY_OTHER bit included (it belongs to that entry). Every device that references the region
+    /// is then told, so that the change reaches live attachments (<see cref="IsmDevice.PermissionsChanged"/>).</summary>
     /// <returns>Null on success, otherwise a counter suffix naming the reason.</returns>
     internal string? TryGrant(Region region, IsmDevice device, ulong peer, IsmPermissions permissions)
     {
+        RegionRef[] refs;
         lock (_lock)
         {
             if ((region.EffectiveFor(device.DevId) & IsmPermissions.Manage) == 0)
                 return "denied";
-            bool denyOther = (permissions & IsmPermissions.DenyOther) != 0;
-            IsmPermissions entry = permissions & ~IsmPermissions.DenyOther;
             if (peer == 0)
-            {
-                region.Default = entry;
-                region.DenyOther = denyOther;
-            }
+                region.SetDefault(permissions);
             else
-            {
-                region.SetEntry(peer, entry);
-                if (denyOther)
-                    region.DenyOther = true;
-            }
-            return null;
+                region.SetEntry(peer, permissions);
+            refs = region.Refs;
         }
+        foreach (RegionRef r in refs)
+            r.Device.PermissionsChanged(region);
+        return null;
     }
 
     /// <summary>The permissions <paramref name="devId"/> has on <paramref name="region"/> now.</summary>

@@ -34,6 +34,18 @@ public sealed class GuestRam : IGuestMemory, IDisposable
         GuestBase = guestBase;
     }
 
+    /// <summary>Guest RAM over a descriptor the caller made (a file on tmpfs or hugetlbfs, a memfd
+    /// created without sealing), as a VMM with <c>memory-backend-file</c> has; the RAM owns it.</summary>
+    /// <param name="handle">The file, at least <paramref name="size"/> bytes long.</param>
+    /// <param name="size">Bytes of RAM (page multiple).</param>
+    /// <param name="guestBase">Guest-physical address of the first byte.</param>
+    public static GuestRam Adopt(SafeFileHandle handle, ulong size, ulong guestBase = 0x4000_0000)
+    {
+        ArgumentNullException.ThrowIfNull(handle);
+        if (size == 0 || size % 4096 != 0) throw new ArgumentOutOfRangeException(nameof(size), "a positive multiple of 4096");
+        return new GuestRam(handle, size, guestBase);
+    }
+
     /// <summary>A second, independent mapping of the same memfd at the same guest-physical base:
     /// the device's view of this RAM, as a vhost-user backend maps the fd from the memory table.</summary>
     public GuestRam CreateView() => new(Fd.Dup(Handle), Size, GuestBase);

@@ -5,7 +5,7 @@ using System.Runtime.InteropServices;
 namespace Vism.Native;
 
 /// <summary>File-descriptor ownership helpers. Every fd vism holds lives in a SafeHandle, so it is closed exactly once.</summary>
-public static class Fd
+public static partial class Fd
 {
     /// <summary>Takes ownership of a raw descriptor.</summary>
     public static SafeFileHandle Own(int fd)

@@ -18,7 +18,7 @@ public static class MemFd
         {
             if (!ulong.IsPow2(hugePageSize))
                 throw new ArgumentException($"huge page size {hugePageSize} is not a power of two", nameof(hugePageSize));
-            flags = LibC.MFD_CLOEXEC | LibC.MFD_HUGETLB | ((uint)ulong.Log2(hugePageSize) << LibC.MFD_HUGE_SHIFT);
+            flags = LibC.MFD_CLOEXEC | LibC.MFD_ALLOW_SEALING | LibC.MFD_HUGETLB | ((uint)ulong.Log2(hugePageSize) << LibC.MFD_HUGE_SHIFT);
         }
         int fd = LibC.memfd_create(name, flags);
         if (fd < 0) throw PosixException.FromPInvoke($"memfd_create({name})");

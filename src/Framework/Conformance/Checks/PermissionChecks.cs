@@ -41,10 +41,112 @@ internal static class PermissionChecks
             Statement.V1("Grant ISM Region", "VIRTIO_ISM_PERM_DENY_OTHER: Unspecified devices do not have attach permission."),
             DenyOther),
         new("perm.read-only-mapping",
-            "READ without WRITE maps the region read-only: a write through the driver's window faults; neither READ nor WRITE refuses ATTACH",
-            Statement.Design("Decisions, Permissions", "ATTACH is required to attach; the mapping is read-write with WRITE, read-only with READ alone (vhost-user SHMEM_MAP flags), refused with neither."),
+            "READ without WRITE maps the region read-only: a write through the driver's window faults; without READ (ATTACH alone, or ATTACH|WRITE) ATTACH is refused",
+            Statement.Design("Decisions, Permissions", "ATTACH is required to attach; the mapping is read-write with WRITE, read-only with READ alone, refused with neither."),
             ReadOnlyMapping),
+        new("perm.live-write-revoked",
+            "removing WRITE from an attached device remaps its region read-only; granting WRITE again remaps it read-write",
+            Statement.V1(Permissions, "The driver can set the read and write permissions after it is attached by default"),
+            LiveWrite),
+        new("perm.live-attach-revoked",
+            "removing ATTACH or READ from an attached device unmaps its region as if it had detached: the owner's later writes never reach it",
+            Statement.Design("Decisions, Permissions", "Changes apply to live attachments: losing ATTACH or READ unmaps, losing WRITE remaps read-only."),
+            LiveRevoke),
+        new("perm.deny-other-entry",
+            "DENY_OTHER belongs to the entry it is set in: setting that device's entry again without it lets other devices attach",
+            Statement.Design("Decisions, Permissions", "DENY_OTHER belongs to the entry it is set in."),
+            DenyOtherBelongsToEntry),
+        new("perm.manage-kept",
+            "the allocating device keeps MANAGE whatever it grants its own devid",
+            Statement.Design("Decisions, Permissions", "only the allocating device manages, and it never loses MANAGE."),
+            ManageKept),
     ];
+
+    /// <summary>A request of <paramref name="peer"/>'s own (an ERR GRANT on no region): the device
+    /// applies permission changes to its live attachments before it serves its next request, so
+    /// once this is answered the change made by another device's GRANT is in force.</summary>
+    private static void Barrier(Peer peer) =>
+        peer.ExpectErr(peer.Client.Grant(ulong.MaxValue, 0, IsmPermissions.None), "a GRANT on offset 2^64 - 1 (a barrier)");
+
+    /// <summary>Waits (up to the event timeout) until the peer's mapping at <paramref name="offset"/>
+    /// satisfies <paramref name="wanted"/>: a VMM may apply an unmap or map request a little after
+    /// the device sent it (vhost-user without REPLY_ACK does not wait for the frontend).</summary>
+    private static IReadOnlyList<MapsEntry> WaitForMapping(CheckContext ctx, Peer peer, ulong offset, Func<MapsEntry, bool> wanted)
+    {
+        long deadline = Environment.TickCount64 + (long)ctx.Options.EventTimeout.TotalMilliseconds;
+        while (true)
+        {
+            IReadOnlyList<MapsEntry> map = peer.Mapping(offset);
+            if ((map.Count == 1 && wanted(map[0])) || Environment.TickCount64 > deadline)
+                return map;
+            Thread.Sleep(5);
+        }
+    }
+
+    private static void LiveWrite(CheckContext ctx)
+    {
+        Rig rig = ctx.Compose();
+        (ulong token, ulong a) = rig.A.Alloc();
+        ulong b = rig.B.Attach(token);
+        ExpectWritable(ctx, rig.B, b, "with the default permissions");
+        rig.A.Grant(a, rig.B.DevId, ReadOnly);
+        Barrier(rig.B);
+        WaitForMapping(ctx, rig.B, b, m => m.Shared && !m.Writable);
+        ExpectReadOnly(ctx, rig.B, b, "after the owner granted it ATTACH|READ while it was attached");
+        byte[] mark = Patterns.Mark("a", 2);
+        rig.A.Write(a, mark);
+        Patterns.ExpectSame(ctx, mark, rig.B.Read(b, 64), "device b reading through its remapped read-only mapping");
+        rig.A.Grant(a, rig.B.DevId, ReadWrite);
+        Barrier(rig.B);
+        WaitForMapping(ctx, rig.B, b, m => m.Shared && m.Writable);
+        ExpectWritable(ctx, rig.B, b, "after the owner granted it WRITE again");
+        byte[] answer = Patterns.Mark("b", 3);
+        rig.B.Write(b, answer);
+        Patterns.ExpectSame(ctx, answer, rig.A.Read(a, 64), "the owner reading what device b wrote through its remapped mapping");
+    }
+
+    private static void LiveRevoke(CheckContext ctx)
+    {
+        Rig rig = ctx.Compose();
+        foreach (IsmPermissions left in new[] { IsmPermissions.Read | IsmPermissions.Write, IsmPermissions.Attach | IsmPermissions.Write, IsmPermissions.None })
+        {
+            (ulong token, ulong a) = rig.A.Alloc();
+            ulong b = rig.B.Attach(token);
+            rig.A.Grant(a, rig.B.DevId, left);
+            Barrier(rig.B);
+            IReadOnlyList<MapsEntry> map = WaitForMapping(ctx, rig.B, b, m => !m.Shared && !m.Readable);
+            ctx.Expect(map.Count == 1 && !map[0].Shared && !map[0].Readable,
+                $"device b's region should be unmapped after the owner set its entry to {left}: {ProcMaps.Describe(map)}");
+            rig.B.ExpectErr(rig.B.Client.Detach(b), $"DETACH of the region device b lost when its entry became {left}");
+            RegionSnapshot region = rig.Snapshot().Regions.Single(r => r.References.Any(x => x.DevId == rig.A.DevId && x.Offset == a));
+            ctx.Expect(region.References.Count == 1,
+                $"only the owner should reference the region after device b lost it: {string.Join(", ", region.References)}");
+            if (left == IsmPermissions.None)
+            {
+                rig.A.Grant(a, rig.B.DevId, ReadWrite);
+                ExpectWritable(ctx, rig.B, rig.B.Attach(token), "attached again after its entry was restored");
+            }
+        }
+    }
+
+    private static void DenyOtherBelongsToEntry(CheckContext ctx)
+    {
+        Rig rig = ctx.Compose(new HostSpec { Devices = 3, Sharing = SharingMode.Multi });
+        (ulong token, ulong a) = rig.A.Alloc();
+        rig.A.Grant(a, rig.B.DevId, ReadWrite | IsmPermissions.DenyOther);
+        rig.C.ExpectErr(rig.C.Client.Attach(token).Ack, "ATTACH by a device without an entry while device b's entry carries DENY_OTHER");
+        rig.A.Grant(a, rig.B.DevId, ReadWrite);
+        ExpectWritable(ctx, rig.C, rig.C.Attach(token), "after device b's entry was set again without DENY_OTHER");
+    }
+
+    private static void ManageKept(CheckContext ctx)
+    {
+        Rig rig = ctx.Compose();
+        (ulong token, ulong a) = rig.A.Alloc();
+        rig.A.Grant(a, rig.A.DevId, ReadWrite);
+        rig.A.Grant(a, 0, ReadOnly); // still MANAGE: this GRANT is OK
+        ExpectReadOnly(ctx, rig.B, rig.B.Attach(token), "with the default entry ATTACH|READ set after the owner granted itself an entry without MANAGE");
+    }
 
     private static void Unassigned(CheckContext ctx)
     {
@@ -137,6 +239,8 @@ internal static class PermissionChecks
         (ulong token2, ulong a2) = rig.A.Alloc();
         rig.A.Grant(a2, 0, IsmPermissions.Attach);
         rig.B.ExpectErr(rig.B.Client.Attach(token2).Ack, "ATTACH with ATTACH but neither READ nor WRITE");
+        rig.A.Grant(a2, 0, IsmPermissions.Attach | IsmPermissions.Write);
+        rig.B.ExpectErr(rig.B.Client.Attach(token2).Ack, "ATTACH with ATTACH|WRITE but no READ (a mapping is always readable)");
     }
 
     /// <summary>The mapping is shared and readable, not writable, and a write through it faults.</summary>

@@ -43,10 +43,14 @@ public sealed class InMemoryBackend(ulong capacity, ulong pageSize = 4096) : IMe
             return null;
         }
         SafeFileHandle fd = MemFd.Create($"vism-region-{token:x16}", length);
-        if (MemFd.TryAllocate(fd, 0, length) is { } errno)
+        // Sealed like the memory plugins' memfds: nobody holding a descriptor can resize it.
+        string? problem = MemFd.TryAllocate(fd, 0, length) is { } errno
+            ? $"fallocate: {errno}"
+            : Seals.Ensure(fd, FileSeals.Grow | FileSeals.Shrink | FileSeals.Seal);
+        if (problem is not null)
         {
             fd.Dispose();
-            failure = $"fallocate: {errno}";
+            failure = problem;
             return null;
         }
         ulong now = Interlocked.Add(ref _used, length);

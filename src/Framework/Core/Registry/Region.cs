@@ -34,17 +34,25 @@ internal sealed class Region(ulong token, IMemoryBlock block, ulong size, IsmDev
     /// <summary>The devid that holds MANAGE by default (0 for a recovered region nobody attached yet).</summary>
     public ulong OwnerDevId { get; private set; }
 
-    /// <summary>The owner's own entry (kept out of <see cref="_entries"/>: most regions have no other).</summary>
+    /// <summary>The owner's own entry (kept out of <see cref="_entries"/>: most regions have no other).
+    /// Entries keep the DENY_OTHER bit they were granted with: it belongs to the entry.</summary>
     private IsmPermissions _owner;
 
     /// <summary>Per-device entries other than the owner's; null until a GRANT names another device.</summary>
     private Dictionary<ulong, IsmPermissions>? _entries;
 
-    /// <summary>The default entry (peer devid 0).</summary>
-    public IsmPermissions Default = IsmPermissions.Read | IsmPermissions.Write | IsmPermissions.Attach;
+    /// <summary>The default entry (peer devid 0), DENY_OTHER bit included.</summary>
+    private IsmPermissions _default = IsmPermissions.Read | IsmPermissions.Write | IsmPermissions.Attach;
 
-    /// <summary>Whether devices without their own entry are denied attach (VIRTIO_ISM_PERM_DENY_OTHER).</summary>
-    public bool DenyOther;
+    /// <summary>Entries (the default one included) that carry DENY_OTHER.</summary>
+    private int _denyingEntries;
+
+    /// <summary>The default entry (peer devid 0) without its DENY_OTHER bit.</summary>
+    public IsmPermissions Default => _default & ~IsmPermissions.DenyOther;
+
+    /// <summary>Whether devices without their own entry are denied attach: some entry (the default
+    /// entry or a device's) carries VIRTIO_ISM_PERM_DENY_OTHER now.</summary>
+    public bool DenyOther => _denyingEntries > 0;
 
     /// <summary>The first two devices that ever referenced the region (the pair rule; 0 = none yet).</summary>
     private ulong _peerA, _peerB;
@@ -55,36 +63,65 @@ internal sealed class Region(ulong token, IMemoryBlock block, ulong size, IsmDev
     /// <summary>Set once the region left the registry.</summary>
     public bool Freed;
 
-    /// <summary>Makes <paramref name="devId"/> the owner with <paramref name="permissions"/> as its entry.</summary>
+    /// <summary>Makes <paramref name="devId"/> the owner with <paramref name="permissions"/> as its
+    /// entry; the owner's entry always holds MANAGE.</summary>
     /// <param name="devId">The owner.</param>
     /// <param name="permissions">Its entry.</param>
     public void SetOwner(ulong devId, IsmPermissions permissions)
     {
+        if (OwnerDevId != 0)
+            Replace(ref _owner, IsmPermissions.None);
         OwnerDevId = devId;
-        _owner = permissions;
+        Replace(ref _owner, permissions | IsmPermissions.Manage);
     }
 
-    /// <summary>Sets the per-device entry of <paramref name="devId"/> (not 0).</summary>
+    /// <summary>Sets the default entry (peer devid 0), DENY_OTHER bit included.</summary>
+    /// <param name="permissions">The entry.</param>
+    public void SetDefault(IsmPermissions permissions) => Replace(ref _default, permissions);
+
+    /// <summary>Sets the per-device entry of <paramref name="devId"/> (not 0), DENY_OTHER bit
+    /// included. The owner's entry keeps MANAGE whatever it is set to: the allocating device
+    /// never locks itself out.</summary>
     /// <param name="devId">A devid.</param>
     /// <param name="permissions">Its entry.</param>
     public void SetEntry(ulong devId, IsmPermissions permissions)
     {
         if (devId == OwnerDevId)
-            _owner = permissions;
-        else
-            (_entries ??= [])[devId] = permissions;
+        {
+            Replace(ref _owner, permissions | IsmPermissions.Manage);
+            return;
+        }
+        _entries ??= [];
+        _entries.TryGetValue(devId, out IsmPermissions old);
+        Replace(ref old, permissions);
+        _entries[devId] = old;
     }
 
     /// <summary>The permissions that apply to <paramref name="devId"/>.</summary>
     /// <param name="devId">A devid.</param>
-    /// <returns>Its own entry, else the default entry (without ATTACH when DENY_OTHER is set).</returns>
+    /// <returns>Its own entry, else the default entry (without ATTACH while some entry carries
+    /// DENY_OTHER); never with the DENY_OTHER bit itself.</returns>
     public IsmPermissions EffectiveFor(ulong devId)
     {
         if (devId == OwnerDevId && devId != 0)
-            return _owner;
+            return _owner & ~IsmPermissions.DenyOther;
         if (_entries is not null && _entries.TryGetValue(devId, out IsmPermissions own))
-            return own;
+            return own & ~IsmPermissions.DenyOther;
         return DenyOther ? Default & ~IsmPermissions.Attach : Default;
+    }
+
+    /// <summary>Whether a device holding <paramref name="permissions"/> may keep (or get) a mapping of
+    /// the region: it needs ATTACH and READ (every mapping is readable: WRITE alone cannot be
+    /// honoured exactly). WRITE makes the mapping writable.</summary>
+    /// <param name="permissions">Effective permissions.</param>
+    public static bool AllowsMapping(IsmPermissions permissions) =>
+        (permissions & (IsmPermissions.Attach | IsmPermissions.Read)) == (IsmPermissions.Attach | IsmPermissions.Read);
+
+    private void Replace(ref IsmPermissions entry, IsmPermissions value)
+    {
+        if ((entry & IsmPermissions.DenyOther) != 0) _denyingEntries--;
+        if ((value & IsmPermissions.DenyOther) != 0) _denyingEntries++;
+        entry = value;
     }
 
     /// <summary>Whether <paramref name="devId"/> may reference the region under the pair rule:

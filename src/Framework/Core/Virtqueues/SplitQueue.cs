@@ -19,7 +19,7 @@ public enum PopResult
 /// <summary>
 /// The device side of one split virtqueue (virtio 1.x section 2.7): ring addresses and indices
 /// only. Guest memory is passed into every call and every access goes through
-/// <see cref="IGuestMemory.TryTranslate"/>, so the queue survives memory-map changes and never
+/// <see cref="IGuestMemory.TryTranslate(ulong, ulong, out nint, out bool)"/>, so the queue survives memory-map changes and never
 /// forms a pointer outside guest memory. Not thread-safe: used on the device's loop.
 /// </summary>
 /// <remarks>

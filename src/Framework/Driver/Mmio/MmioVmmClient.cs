@@ -23,6 +23,11 @@ public sealed record MmioVmmOptions
 
     /// <summary>The protocol version sent in HELLO (only a test of the handshake changes it).</summary>
     public uint ProtocolVersion { get; init; } = MmioProtocol.Version;
+
+    /// <summary>Called with the descriptor of every MAP request before it is mapped, with the
+    /// window offset and whether the device asked for a writable mapping. For tests that play a
+    /// VMM keeping the descriptor (the callback may duplicate it); null by default.</summary>
+    public Action<ulong, SafeHandle, bool>? DescriptorReceived { get; init; }
 }
 
 /// <summary>
@@ -521,6 +526,7 @@ public sealed class MmioVmmClient : IDriverTransport
         if (!WindowMapping.TryDecode(p, out WindowMapping m)) return MmioStatus.BadMessage;
         if (fds.Count != 1) return MmioStatus.BadFd;
         if (m.Id != ShmId.Regions || _regionsView is null || !InWindow(m.ShmOffset, m.Length)) return MmioStatus.BadRange;
+        _options.DescriptorReceived?.Invoke(m.ShmOffset, fds[0], m.Writable);
         lock (_mappings)
         {
             foreach ((ulong off, ulong len) in _mappings)

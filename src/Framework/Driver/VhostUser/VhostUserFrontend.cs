@@ -451,7 +451,9 @@ public sealed class VhostUserFrontend : IDriverTransport
         {
             case BackendRequest.ShmemMap when ShmemMapPayload.TryRead(payload, out ShmemMapPayload map):
                 BackendMaps++;
-                return fds.Count == 1 ? _windows.Map(map, fds[0]) : $"SHMEM_MAP with {fds.Count} fds";
+                if (fds.Count != 1) return $"SHMEM_MAP with {fds.Count} fds";
+                if (map.ShmId == (byte)ShmId.Regions) _options.DescriptorReceived?.Invoke(map.ShmOffset, fds[0], map.Writable);
+                return _windows.Map(map, fds[0]);
             case BackendRequest.ShmemUnmap when ShmemMapPayload.TryRead(payload, out ShmemMapPayload unmap):
                 BackendUnmaps++;
                 return _windows.Unmap(unmap);

@@ -38,4 +38,9 @@ public sealed record VhostUserFrontendOptions
 
     /// <summary>How long a reply on the main socket may take.</summary>
     public TimeSpan ReplyTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Called with the descriptor of every SHMEM_MAP of the REGIONS window before it is
+    /// mapped, with the window offset and whether the backend asked for a writable mapping. For
+    /// tests that play a VMM keeping the descriptor (the callback may duplicate it); null by default.</summary>
+    public Action<ulong, System.Runtime.InteropServices.SafeHandle, bool>? DescriptorReceived { get; init; }
 }
