@@ -28,6 +28,13 @@ public sealed record IsmHostOptions
 
     /// <summary>The machine-id file the gid is derived from (tests point it elsewhere).</summary>
     public string MachineIdPath { get; init; } = "/etc/machine-id";
+
+    /// <summary>The host's state directory. When set, the host's identity is recorded there
+    /// (<see cref="HostIdentity"/>): the gid is derived from the machine id and the directory's
+    /// host id (stable across restarts, different for another host on the same machine) and every
+    /// device keeps its devid across restarts. Null: gid from the machine id alone, devids 1, 2, ...
+    /// in order of registration (tests).</summary>
+    public string? StateDirectory { get; init; }
 }
 
 /// <summary>
@@ -44,6 +51,7 @@ public sealed class IsmHost : IDisposable
     private readonly TokenSequence _tokens = new();
     private readonly ILoggerFactory _logs;
     private readonly ILogger _log;
+    private readonly HostIdentity? _identity;
     private ulong _lastDevId;
     private bool _disposed;
     private volatile bool _shuttingDown;
@@ -58,7 +66,10 @@ public sealed class IsmHost : IDisposable
         _logs = logs;
         _log = logs.CreateLogger<IsmHost>();
         Sharing = options.Sharing;
-        Gid = options.Gid ?? DeriveGid(ReadMachineId(options.MachineIdPath, _log));
+        if (options.StateDirectory is not null)
+            _identity = HostIdentity.Open(options.StateDirectory, _log);
+        string? machineId = options.Gid is null ? ReadMachineId(options.MachineIdPath, _log) : null;
+        Gid = options.Gid ?? (_identity is not null ? _identity.Gid(machineId!) : DeriveGid(machineId!));
     }
 
     /// <summary>The host's gid.</summary>
@@ -80,7 +91,8 @@ public sealed class IsmHost : IDisposable
     }
 
     /// <summary>
-    /// Registers a device (its devid is allocated here: unique in the host, never 0) and registers the
+    /// Registers a device (its devid is allocated here: unique in the host, never 0, and with a state
+    /// directory the one recorded for its name) and registers the
     /// regions its memory backend recovered under their tokens. Call from any thread except another
     /// device's loop (recovery runs on the device's loop and is waited for).
     /// </summary>
@@ -98,12 +110,18 @@ public sealed class IsmHost : IDisposable
         ArgumentNullException.ThrowIfNull(memory);
         ArgumentNullException.ThrowIfNull(counters);
         IsmDevice device;
+        ulong? recorded = _identity?.DevIdFor(description.Name); // file I/O: outside the lock
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (!_names.Add(description.Name))
                 throw new ArgumentException($"a device named '{description.Name}' is already registered", nameof(description));
-            ulong devId = ++_lastDevId;
+            ulong devId = recorded ?? ++_lastDevId;
+            if (_devices.ContainsKey(devId))
+            {
+                _names.Remove(description.Name);
+                throw new InvalidOperationException($"devid {devId} of device '{description.Name}' is already in use");
+            }
             device = new IsmDevice(this, devId, description, loop, memory, events, counters, _logs.CreateLogger<IsmDevice>());
             _devices.Add(devId, device);
         }

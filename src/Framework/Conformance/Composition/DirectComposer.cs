@@ -90,9 +90,10 @@ public sealed class DirectComposer : IComposer
             ?? throw new CompositionUnavailableException($"transport kind '{combination.Transport}' has no driver connector",
                 "ship a public IDriverConnector (Vism.Driver) in the transport's plugin assembly");
 
-        var ism = new IsmHost(new IsmHostOptions { Sharing = spec.Sharing }, _logs);
         DirectoryInfo scratch = Directory.CreateTempSubdirectory("vism-c-");
-        var host = new HostDescription { Gid = ism.Gid, StateDirectory = Path.Combine(scratch.FullName, "state"), SocketDirectory = scratch.FullName };
+        string state = spec.StateDirectory ?? Path.Combine(scratch.FullName, "state");
+        var ism = new IsmHost(new IsmHostOptions { Sharing = spec.Sharing, }, _logs);
+        var host = new HostDescription { Gid = ism.Gid, StateDirectory = state, SocketDirectory = scratch.FullName };
         Directory.CreateDirectory(host.StateDirectory);
         var loops = new LoopPool(Math.Min(spec.Devices, Environment.ProcessorCount), _logs);
         var composition = new Composition(ism, loops, scratch.FullName, _logs.CreateLogger<DirectComposer>());
@@ -101,7 +102,7 @@ public sealed class DirectComposer : IComposer
             for (int i = 0; i < spec.Devices; i++)
             {
                 cancellation.ThrowIfCancellationRequested();
-                DeviceDescription description = DeviceLayout.Compute(((char)('a' + i)).ToString(), Virtio.IsmDeviceId,
+                DeviceDescription description = DeviceLayout.Compute(spec.DeviceName(i), Virtio.IsmDeviceId,
                     spec.WindowSize, spec.RegionSize, spec.NotifySize);
                 var part = new Part(description, loops.Next(), new DeviceCounters());
                 composition.Parts.Add(part);

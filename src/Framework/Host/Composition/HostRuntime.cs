@@ -92,6 +92,7 @@ public sealed class HostRuntime : IAsyncDisposable
         {
             Gid = config.Host.Gid,
             Sharing = config.Host.Sharing == Sharing.Multi ? SharingMode.Multi : SharingMode.Pair,
+            StateDirectory = config.Host.StateDirectory,
         }, logs);
         var host = new HostDescription
         {

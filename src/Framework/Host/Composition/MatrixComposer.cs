@@ -111,7 +111,7 @@ public sealed partial class MatrixComposer(PluginCatalog catalog, ILoggerFactory
         var toml = new StringBuilder();
         toml.AppendLine("# written by vism matrix for " + combination);
         toml.AppendLine("[host]");
-        toml.AppendLine($"state-dir = {Quote(Path.Combine(scratch, "state"))}");
+        toml.AppendLine($"state-dir = {Quote(spec.StateDirectory ?? Path.Combine(scratch, "state"))}");
         toml.AppendLine($"socket-dir = {Quote(scratch)}");
         toml.AppendLine($"sharing = {Quote(spec.Sharing == SharingMode.Multi ? "multi" : "pair")}");
         toml.AppendLine(CultureInfo.InvariantCulture, $"loops = {Math.Min(spec.Devices, Environment.ProcessorCount)}");
@@ -119,7 +119,7 @@ public sealed partial class MatrixComposer(PluginCatalog catalog, ILoggerFactory
         {
             toml.AppendLine();
             toml.AppendLine("[[device]]");
-            toml.AppendLine($"name = {Quote(((char)('a' + i)).ToString())}");
+            toml.AppendLine($"name = {Quote(spec.DeviceName(i))}");
             toml.AppendLine(CultureInfo.InvariantCulture, $"region-size = {spec.RegionSize}");
             toml.AppendLine(CultureInfo.InvariantCulture, $"window-size = {spec.WindowSize}");
             toml.AppendLine(CultureInfo.InvariantCulture, $"notify-size = {spec.NotifySize}");

@@ -364,9 +364,10 @@ public sealed partial class ConfigLoader
             return null;
         }
         ulong size = windowSize ?? DefaultWindowSize;
-        if (size <= regionSize)
+        ulong least = 2 * Math.Max(regionSize, Vism.Core.DeviceLayout.WindowAlignment);
+        if (size < least)
         {
-            error = $"a {Sizes.Format(size)} window has no room for one {Sizes.Format(regionSize)} region plus its notify page: use a window of at least {Sizes.Format(regionSize * 2)}";
+            error = $"a {Sizes.Format(size)} window has no room for a REGIONS and a NOTIFY window of {Sizes.Format(least / 2)} each (both start and end on 2MiB boundaries): use a window of at least {Sizes.Format(least)}";
             return null;
         }
         return TryCompute(name, deviceId, size, regionSize, notifySize, out error);
