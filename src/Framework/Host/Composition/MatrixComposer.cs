@@ -16,10 +16,6 @@ namespace Vism.Host.Composition;
 /// <param name="Value">The value as a TOML literal, e.g. <c>4</c> or <c>"/dev/shm/x"</c>.</param>
 public sealed record KindOption(string Kind, string Key, string Value)
 {
-    /// <summary>What <c>vism matrix</c> sets unless told otherwise: the vhost-user transport offers
-    /// no per-region vectors by default, and EVENT_IRQ needs some.</summary>
-    public static IReadOnlyList<KindOption> Defaults { get; } = [new("vhost-user", "vectors", "4")];
-
     /// <summary>Parses <c>KIND.KEY=VALUE</c> (the value a TOML literal; a bare word is taken as a string).</summary>
     /// <param name="text">The text.</param>
     /// <param name="option">The option.</param>

@@ -121,7 +121,7 @@ public sealed partial class ConfigLoader
         }
         if (devices.Count == 0 && !Errors.Any)
             Errors.Add(new TextPos(1, 1), "device", "no [[device]] is configured: add at least one (see config/default.toml)");
-        return Errors.Any ? null : new VismConfig(File, Host, devices);
+        return Errors.Any ? null : new VismConfig(File, Host, devices) { Warnings = [.. Errors.Warnings.OrderBy(w => w.Pos.Line).ThenBy(w => w.Pos.Column)] };
     }
 
     private HostSettings BindHost(TomlTable root)
@@ -291,6 +291,7 @@ public sealed partial class ConfigLoader
 
         var hostDescription = new HostDescription { Gid = Host.Gid ?? 0, StateDirectory = Host.StateDirectory, SocketDirectory = Host.SocketDirectory };
         var claimed = new List<string>();
+        PluginChoice? transport = null;
         PluginChoice? Choose(PluginKind kind, bool required)
         {
             string sectionPath = $"{path}.{PluginCatalog.Describe(kind)}";
@@ -319,7 +320,10 @@ public sealed partial class ConfigLoader
             object options = registration.Options.Bind(section, sectionPath, PluginCatalog.ReservedKeys, Errors);
             if (description is not null && options is IValidatableOptions validatable)
             {
-                var context = new ValidationContext(this, description, hostDescription, table, path, section, sectionPath, endpoints, claimed, name!);
+                var context = new ValidationContext(this, description, hostDescription, table, path, section, sectionPath, endpoints, claimed, name!)
+                {
+                    Transport = kind == PluginKind.Events ? transport?.Options : null,
+                };
                 try
                 {
                     validatable.Validate(context);
@@ -332,7 +336,7 @@ public sealed partial class ConfigLoader
             return new PluginChoice(registration, options, sectionPath);
         }
 
-        PluginChoice? transport = Choose(PluginKind.Transport, required: true);
+        transport = Choose(PluginKind.Transport, required: true);
         PluginChoice? memory = Choose(PluginKind.Memory, required: true);
         PluginChoice? events = Choose(PluginKind.Events, required: false);
         if (Errors.Errors.Count != errorsBefore) return null;
@@ -430,8 +434,15 @@ public sealed partial class ConfigLoader
 
         public override HostDescription Host => host;
 
+        public object? Transport { get; init; }
+
+        public override object? TransportOptions => Transport;
+
         public override void Error(string key, string message) =>
             loader.Errors.Add(section.TryGet(key, out TomlEntry? e) ? e.KeyPos : section.Pos, $"{sectionPath}.{key}", message);
+
+        public override void Warning(string key, string message) =>
+            loader.Errors.Warn(section.TryGet(key, out TomlEntry? e) ? e.KeyPos : section.Pos, $"{sectionPath}.{key}", message);
 
         public override void DeviceError(string key, string message) =>
             loader.Errors.Add(deviceTable.TryGet(key, out TomlEntry? e) ? e.KeyPos : deviceTable.Pos, $"{devicePath}.{key}", message);

@@ -77,4 +77,8 @@ public sealed record DeviceSettings
 /// <param name="File">The file as named by the user.</param>
 /// <param name="Host">The host section.</param>
 /// <param name="Devices">The devices in file order.</param>
-public sealed record VismConfig(string File, HostSettings Host, IReadOnlyList<DeviceSettings> Devices);
+public sealed record VismConfig(string File, HostSettings Host, IReadOnlyList<DeviceSettings> Devices)
+{
+    /// <summary>What validation warned about (the config is valid; <c>vism validate</c> and <c>vism run</c> print them).</summary>
+    public IReadOnlyList<ConfigError> Warnings { get; init; } = [];
+}
