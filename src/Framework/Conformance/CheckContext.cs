@@ -84,7 +84,7 @@ public sealed class CheckContext : IAsyncDisposable
         }
         catch (CompositionUnavailableException ex)
         {
-            throw new CheckEndedException(Outcome.Skipped, ex.Message, ex.Fix);
+            throw new CheckEndedException(ex.NotApplicable ? Outcome.NotApplicable : Outcome.Skipped, ex.Message, ex.Fix);
         }
         var rig = new Rig(this, composition);
         bool late;

@@ -106,7 +106,7 @@ public sealed class DirectComposer : IComposer
                     spec.WindowSize, spec.RegionSize, spec.NotifySize);
                 var part = new Part(description, loops.Next(), new DeviceCounters());
                 composition.Parts.Add(part);
-                object memoryOptions = Options(memoryKind, description, host, spec.MemoryCapacity);
+                object memoryOptions = Options(memoryKind, description, host, spec.MemoryCapacity, spec.Persist);
                 object? eventsOptions = eventsKind is null ? null : Options(eventsKind, description, host, null);
                 object? transportOptions = transportKind is null ? null : Options(transportKind, description, host, null);
                 part.Services = Services(part, host, [memoryOptions, eventsOptions, transportOptions]);
@@ -154,7 +154,7 @@ public sealed class DirectComposer : IComposer
     }
 
     /// <summary>A new options object: defaults, then the configured adjustments, then the capacity, then validation.</summary>
-    private object Options(Registration kind, DeviceDescription device, HostDescription host, ulong? capacity)
+    private object Options(Registration kind, DeviceDescription device, HostDescription host, ulong? capacity, bool persist = false)
     {
         object options = Activator.CreateInstance(kind.Options)
             ?? throw new InvalidOperationException($"{kind.Options.FullName} cannot be created");
@@ -163,6 +163,8 @@ public sealed class DirectComposer : IComposer
                 apply(options);
         if (capacity is ulong bytes)
             SetCapacity(kind, options, bytes);
+        if (persist && kind.Kind == PluginKind.Memory)
+            SetPersist(kind, options);
         if (options is IValidatableOptions validatable)
         {
             var context = new ValidationContext(device, host);
@@ -173,6 +175,22 @@ public sealed class DirectComposer : IComposer
                     "make the machine meet the plugin's requirements (see its README), or configure its options");
         }
         return options;
+    }
+
+    /// <summary>Where <see cref="HostSpec.Persist"/> puts a memory plugin's region files: relative, so inside the state directory.</summary>
+    public const string PersistedDirectory = "persisted";
+
+    /// <summary>Sets the memory plugin's <c>persist</c> option (a bool property named Persist) and
+    /// its <c>directory</c> (a string property named Directory, when it has one) to <see cref="PersistedDirectory"/>.</summary>
+    internal static void SetPersist(Registration kind, object options)
+    {
+        System.Reflection.PropertyInfo? persist = options.GetType().GetProperty("Persist");
+        if (persist is null || persist.PropertyType != typeof(bool) || !persist.CanWrite)
+            throw new CompositionUnavailableException($"memory kind '{kind.Name}' has no persist option",
+                "give the memory plugin's options a `persist` (bool) setting to run the persistence checks") { NotApplicable = true };
+        persist.SetValue(options, true);
+        if (options.GetType().GetProperty("Directory") is { } directory && directory.PropertyType == typeof(string) && directory.CanWrite)
+            directory.SetValue(options, PersistedDirectory);
     }
 
     /// <summary>Sets the memory plugin's <c>capacity</c> option (a <see cref="ulong"/> property named Capacity).</summary>

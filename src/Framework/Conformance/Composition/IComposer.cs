@@ -58,6 +58,11 @@ public sealed record HostSpec
     /// null keeps the plugin's default. A memory kind without that option cannot honour it.</summary>
     public ulong? MemoryCapacity { get; init; }
 
+    /// <summary>Whether regions must outlive the host: the memory plugin's <c>persist</c> option is set
+    /// and its <c>directory</c> (when it has one) is put inside the state directory. A memory kind
+    /// without a <c>persist</c> option cannot honour it (the check is then not applicable).</summary>
+    public bool Persist { get; init; }
+
     /// <summary>Device names in order; null names them <c>a</c>, <c>b</c>, <c>c</c>, ... Must hold
     /// <see cref="Devices"/> names when given (a check restarting a host with its devices in another order).</summary>
     public IReadOnlyList<string>? Names { get; init; }
@@ -125,6 +130,10 @@ public sealed record ComposedDevice(IsmDevice Device, IDriverConnector Connector
 /// <param name="fix">How to make it possible.</param>
 public sealed class CompositionUnavailableException(string reason, string fix) : Exception(reason)
 {
+    /// <summary>True when the combination lacks what was asked for (a check about it is not
+    /// applicable) rather than this machine being unable to run it (a skip).</summary>
+    public bool NotApplicable { get; init; }
+
     /// <summary>How to make the combination possible.</summary>
     public string Fix { get; } = fix;
 }

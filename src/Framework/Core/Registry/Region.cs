@@ -55,6 +55,25 @@ internal sealed class Region(ulong token, IMemoryBlock block, ulong size, IsmDev
     /// <summary>Set once the region left the registry.</summary>
     public bool Freed;
 
+    /// <summary>Whether its backing outlives the host (<see cref="IMemoryBackend.PersistsRegions"/>):
+    /// its owner and table are recorded, and only its owner's DETACH frees it.</summary>
+    public bool Persistent { get; init; }
+
+    /// <summary>The trust record to persist (call under the host's lock).</summary>
+    public RegionRecord ToRecord() =>
+        new(OwnerDevId, _owner, Default, DenyOther, _entries is null ? new Dictionary<ulong, IsmPermissions>() : new Dictionary<ulong, IsmPermissions>(_entries), _peerA, _peerB);
+
+    /// <summary>Takes owner, table and pair from a persisted record (before the region is registered).</summary>
+    /// <param name="record">The record.</param>
+    public void Restore(RegionRecord record)
+    {
+        SetOwner(record.Owner, record.OwnerEntry);
+        Default = record.Default;
+        DenyOther = record.DenyOther;
+        _entries = record.Entries.Count == 0 ? null : new Dictionary<ulong, IsmPermissions>(record.Entries);
+        (_peerA, _peerB) = (record.PeerA, record.PeerB);
+    }
+
     /// <summary>Makes <paramref name="devId"/> the owner with <paramref name="permissions"/> as its entry.</summary>
     /// <param name="devId">The owner.</param>
     /// <param name="permissions">Its entry.</param>
