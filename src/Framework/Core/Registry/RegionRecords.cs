@@ -19,7 +19,7 @@ internal sealed record RegionRecord(ulong Owner, IsmPermissions OwnerEntry, IsmP
 
 /// <summary>
 /// The owner and permission records of persisted regions, one small text file per region in
-/// <c>&lt;state-dir&gt;/regions/&lt;token&gt;.perm</c> (mode 0600), kept apart from the memory
+/// <c>&lt;state-dir&gt;/region-permissions/&lt;token&gt;.perm</c> (mode 0600), kept apart from the memory
 /// backend's region files: the memory plugin keeps bytes, the core keeps who may touch them.
 /// A record is written when a persistent region is allocated and whenever its table or pair
 /// changes, replaced atomically, and deleted when the region is freed. At start-up a recovered
@@ -28,7 +28,7 @@ internal sealed record RegionRecord(ulong Owner, IsmPermissions OwnerEntry, IsmP
 internal sealed class RegionRecords
 {
     /// <summary>The folder inside the state directory.</summary>
-    public const string Folder = "regions";
+    public const string Folder = "region-permissions";
 
     private readonly string _directory;
     private readonly ILogger _log;
