@@ -92,7 +92,7 @@ public sealed class DirectComposer : IComposer
 
         DirectoryInfo scratch = Directory.CreateTempSubdirectory("vism-c-");
         string state = spec.StateDirectory ?? Path.Combine(scratch.FullName, "state");
-        var ism = new IsmHost(new IsmHostOptions { Sharing = spec.Sharing, }, _logs);
+        var ism = new IsmHost(new IsmHostOptions { Sharing = spec.Sharing, StateDirectory = state }, _logs);
         var host = new HostDescription { Gid = ism.Gid, StateDirectory = state, SocketDirectory = scratch.FullName };
         Directory.CreateDirectory(host.StateDirectory);
         var loops = new LoopPool(Math.Min(spec.Devices, Environment.ProcessorCount), _logs);
