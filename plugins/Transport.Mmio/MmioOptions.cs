@@ -19,11 +19,11 @@ public sealed class MmioOptions : IValidatableOptions, IVectorTransportOptions
     public int Vectors { get; set; } = 8;
 
     /// <inheritdoc />
-    public int EventVectors => Vectors;
+    int IVectorTransportOptions.EventVectors => Vectors;
 
     /// <inheritdoc />
     /// <remarks>Null: each vector is an interrupt line of its own (docs/mmio-protocol.md).</remarks>
-    public string? GuestVectorLimitation => null;
+    string? IVectorTransportOptions.GuestVectorLimitation => null;
 
     /// <summary>How long the VMM may take to answer a MAP or UNMAP request; a VMM that does not
     /// answer in time is disconnected (its device resets).</summary>

@@ -25,7 +25,7 @@ public sealed class VhostUserOptions : IValidatableOptions, IVectorTransportOpti
     public int? Vectors { get; set; }
 
     /// <inheritdoc />
-    public int EventVectors => Vectors ?? DefaultEventVectors;
+    int IVectorTransportOptions.EventVectors => Vectors ?? DefaultEventVectors;
 
     /// <summary>What QEMU's <c>vhost-user-test-device-pci</c> shows a guest of the vectors.</summary>
     public const string QemuVectorLimitation =
@@ -34,7 +34,7 @@ public sealed class VhostUserOptions : IValidatableOptions, IVectorTransportOpti
         "vism's own driver side and VMMs that wire each call fd to an interrupt of its own can. For QEMU guests use events kind \"vq\"";
 
     /// <inheritdoc />
-    public string? GuestVectorLimitation => QemuVectorLimitation;
+    string? IVectorTransportOptions.GuestVectorLimitation => QemuVectorLimitation;
 
     /// <summary>The vectors a started transport offers <paramref name="device"/>.</summary>
     /// <param name="device">The device being served.</param>
