@@ -26,7 +26,7 @@ internal static class PersistChecks
             NonOwnerDetach),
         new("persist.vmm-dies",
             "while the host runs, a persisted region outlives its owner's VMM and its peer's DETACH; the owner's new VMM attaches it with its data, and its DETACH frees it",
-            new Statement("docs/conformance.md, Persistence and dead VMMs (the decision vism issue 13 point 5 asks for)", "A persistent region is freed only when its owner detaches it as the last reference: a reset, a dead VMM or a non-owner's DETACH leaves it for the owner to attach again."),
+            new Statement("vism issue 13, point 5, as decided in docs/conformance.md, Persistence and dead VMMs", "A persistent region is freed only when its owner detaches it as the last reference: a reset, a dead VMM or a non-owner's DETACH leaves it for the owner to attach again."),
             VmmDies),
     ];
 
