@@ -84,7 +84,7 @@ public class RegistryBenchmarks
     private void AttachRelease(ulong token)
     {
         _host.TryAttach(_attacher, 0, token, out Region? region, out _);
-        _host.Release(region!, _attacher, 0);
+        _host.Release(region!, _attacher, 0, detach: true);
     }
 
     /// <summary>ATTACH with tokens nobody has, in random order.</summary>

@@ -34,5 +34,13 @@ public sealed class IrqEventOptions : IValidatableOptions
         OptionRules.BatchDelay(context, BatchDelay);
         if (!Enum.IsDefined(Unbound))
             context.Error("unbound", $"{(int)Unbound} is not one of \"hold\", \"drop\"");
+        if (context.TransportOptions is IVectorTransportOptions transport)
+        {
+            if (transport.EventVectors == 0)
+                context.Error("kind", "the device would offer VIRTIO_ISM_F_EVENT_IRQ, but its transport offers no per-region vector to deliver it " +
+                    "(the transport's vectors is 0): give the transport vectors, or use events kind \"vq\"");
+            else if (transport.GuestVectorLimitation is string limitation)
+                context.Warning("kind", $"EVENT_IRQ cannot deliver per-region interrupts to a guest here: {limitation}");
+        }
     }
 }

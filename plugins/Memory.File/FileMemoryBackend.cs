@@ -53,6 +53,9 @@ public sealed class FileMemoryBackend : IMemoryBackend
     public bool Persist { get; }
 
     /// <inheritdoc />
+    bool IMemoryBackend.PersistsRegions => Persist;
+
+    /// <inheritdoc />
     public ulong PageSize { get; }
 
     /// <inheritdoc />

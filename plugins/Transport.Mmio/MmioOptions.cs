@@ -5,7 +5,7 @@ using Vism.Native;
 namespace Vism.Transport.Mmio;
 
 /// <summary>Options of the <c>mmio</c> transport (<c>[device.transport]</c> with <c>kind = "mmio"</c>).</summary>
-public sealed class MmioOptions : UnixSocketOptions, IValidatableOptions
+public sealed class MmioOptions : UnixSocketOptions, IValidatableOptions, IVectorTransportOptions
 {
     /// <summary>Most per-region vectors (each is one interrupt line the VMM wires to an eventfd).</summary>
     public const int MaxVectors = 256;
@@ -18,6 +18,13 @@ public sealed class MmioOptions : UnixSocketOptions, IValidatableOptions
     /// <summary>Per-region interrupt vectors offered for VIRTIO_ISM_F_EVENT_IRQ (interrupt lines 1..vectors).</summary>
     [Description("Per-region interrupt vectors offered (VIRTIO_ISM_F_EVENT_IRQ); each is an extra interrupt line the VMM backs with an eventfd (0-256)")]
     public int Vectors { get; set; } = 8;
+
+    /// <inheritdoc />
+    int IVectorTransportOptions.EventVectors => Vectors;
+
+    /// <inheritdoc />
+    /// <remarks>Null: each vector is an interrupt line of its own (docs/mmio-protocol.md).</remarks>
+    string? IVectorTransportOptions.GuestVectorLimitation => null;
 
     /// <summary>How long the VMM may take to answer a MAP or UNMAP request; a VMM that does not
     /// answer in time is disconnected (its device resets).</summary>

@@ -5,8 +5,11 @@ using Vism.Native;
 namespace Vism.Transport.VhostUser;
 
 /// <summary>Options of the <c>vhost-user</c> transport (the <c>[device.transport]</c> section).</summary>
-public sealed class VhostUserOptions : UnixSocketOptions, IValidatableOptions
+public sealed class VhostUserOptions : UnixSocketOptions, IValidatableOptions, IVectorTransportOptions
 {
+    /// <summary>Per-region vectors a device whose events plugin uses them gets when <see cref="Vectors"/> is not set.</summary>
+    public const int DefaultEventVectors = 4;
+
     /// <summary>Most per-region vectors (vhost-user queue indices are 8 bits wide).</summary>
     public const int MaxVectors = 128;
 
@@ -15,9 +18,30 @@ public sealed class VhostUserOptions : UnixSocketOptions, IValidatableOptions
     public string SocketPath { get; set; } = "";
 
     /// <summary>Per-region interrupt vectors (VIRTIO_ISM_F_EVENT_IRQ), exposed as the call fds of
-    /// extra queues after the device's own; QEMU's <c>num_vqs</c> must count them.</summary>
-    [Description("Per-region interrupt vectors, exposed as extra queues after the device's own (QEMU num_vqs = device queues + vectors); 0 = none")]
-    public int Vectors { get; set; }
+    /// extra queues after the device's own (vector v is queue <c>device queues + v</c>); QEMU's
+    /// <c>num_vqs</c> must count them. Null (the default): <see cref="DefaultEventVectors"/> when the
+    /// device offers EVENT_IRQ (events kind <c>irq</c>), else none, so EVENT_IRQ is usable by default
+    /// and a device with the eventq keeps 2 queues.</summary>
+    [Description("Per-region interrupt vectors, exposed as extra queues after the device's own (QEMU num_vqs = device queues + vectors); default: 4 when the device offers EVENT_IRQ (events kind irq), else 0")]
+    public int? Vectors { get; set; }
+
+    /// <inheritdoc />
+    int IVectorTransportOptions.EventVectors => Vectors ?? DefaultEventVectors;
+
+    /// <summary>What QEMU's <c>vhost-user-test-device-pci</c> shows a guest of the vectors.</summary>
+    public const string QemuVectorLimitation =
+        "QEMU 11.1's vhost-user-test-device-pci gives the guest one MSI-X vector (nvectors = 1), shared by the config interrupt and every queue, " +
+        "so a guest cannot tell the per-region vectors apart (and a Linux guest ignores a signalled queue with no used buffers); " +
+        "vism's own driver side and VMMs that wire each call fd to an interrupt of its own can. For QEMU guests use events kind \"vq\"";
+
+    /// <inheritdoc />
+    string? IVectorTransportOptions.GuestVectorLimitation => QemuVectorLimitation;
+
+    /// <summary>The vectors a started transport offers <paramref name="device"/>.</summary>
+    /// <param name="device">The device being served.</param>
+    /// <returns><see cref="Vectors"/>, or by default <see cref="DefaultEventVectors"/> when the device offers EVENT_IRQ, else 0.</returns>
+    public int VectorsFor(IVirtioDevice device) =>
+        Vectors ?? (Features.Has(device.DeviceFeatures, Features.IsmEventIrq) ? DefaultEventVectors : 0);
 
     /// <summary>Memory slots offered to the frontend (GET_MAX_MEM_SLOTS).</summary>
     [Description("Memory regions the frontend may add with ADD_MEM_REG (GET_MAX_MEM_SLOTS)")]
@@ -62,7 +86,7 @@ public sealed class VhostUserOptions : UnixSocketOptions, IValidatableOptions
     {
         ValidateAccess(context);
         context.ClaimSocketPath("socket-path", ResolveSocketPath(context.Host, context.Device));
-        if (Vectors is < 0 or > MaxVectors)
+        if (Vectors is not null and (< 0 or > MaxVectors))
             context.Error("vectors", $"{Vectors} is outside 0..{MaxVectors}");
         if (MaxMemSlots is < 1 or > 509)
             context.Error("max-mem-slots", $"{MaxMemSlots} is outside 1..509 (KVM's limit)");

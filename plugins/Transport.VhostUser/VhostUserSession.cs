@@ -55,8 +55,8 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
         _framer = new MessageFramer(socket, RequestTable.MaxPayload);
         _outbox = new Outbox(socket, loop, reason => Close($"main socket: {reason}"));
         _memory = new GuestMemoryTable(options.MaxMemSlots);
-        _coverage = new QueueCoverage(device.QueueCount, options.Vectors);
-        _rings = new VringSet(device.QueueCount + options.Vectors, device, _memory, this, log, counters);
+        _coverage = new QueueCoverage(device.QueueCount, transport.VectorCount);
+        _rings = new VringSet(device.QueueCount + transport.VectorCount, device, _memory, this, log, counters);
         _mappings = new MappingBook(transport);
         _notify = NotifyWindow.Create(device, loop, counters, options);
         _watch = loop.WatchReadable(socket.Handle, OnReadable);
@@ -91,7 +91,7 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
 
     public IGuestMemory Memory => _memory;
 
-    public int VectorCount => _options.Vectors;
+    public int VectorCount => _transport.VectorCount;
 
     public bool CanMap => MapBlocker() is null;
 
@@ -103,7 +103,7 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
 
     public void SignalVector(int vector)
     {
-        if ((uint)vector >= (uint)_options.Vectors)
+        if ((uint)vector >= (uint)_transport.VectorCount)
         {
             _counters.Increment("vhost-user.signals-dropped");
             return;

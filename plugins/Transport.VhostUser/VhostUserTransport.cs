@@ -47,7 +47,9 @@ public sealed class VhostUserTransport : ITransport
     public string Endpoint { get; }
 
     /// <inheritdoc />
-    public int VectorCount => _options.Vectors;
+    /// <remarks>Fixed at <see cref="Start"/>: <see cref="VhostUserOptions.VectorsFor"/> (with the
+    /// default, 4 when the device offers VIRTIO_ISM_F_EVENT_IRQ, else 0).</remarks>
+    public int VectorCount { get; private set; }
 
     /// <summary>Whether a frontend is connected now.</summary>
     public bool IsConnected => _session is { IsClosed: false };
@@ -61,11 +63,13 @@ public sealed class VhostUserTransport : ITransport
         ArgumentNullException.ThrowIfNull(device);
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_device is not null) throw new InvalidOperationException($"{_description.Name}: the transport is already started");
-        CheckLayout(device, _options.Vectors);
+        int vectors = _options.VectorsFor(device);
+        CheckLayout(device, vectors);
+        VectorCount = vectors;
         _device = device;
         _listener = LoopListener.Start(Endpoint, _loop, OnAccepted, OnAcceptFailed, _access);
         _log.LogInformation("{Device}: vhost-user backend listening on {Endpoint} ({Queues} queues, {Vectors} vectors)",
-            _description.Name, Endpoint, device.QueueCount + _options.Vectors, _options.Vectors);
+            _description.Name, Endpoint, device.QueueCount + vectors, vectors);
     }
 
     /// <summary>Refuses a device QEMU could not present: the shared-memory windows must be page

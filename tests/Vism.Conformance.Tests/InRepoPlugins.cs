@@ -16,7 +16,5 @@ internal static class InRepoPlugins
     public static IVismPlugin[] All => [new VhostUserPlugin(), new MmioPlugin(), new FileMemoryPlugin(), new HugetlbMemoryPlugin(), new VqEventsPlugin(), new IrqEventsPlugin()];
 
     public static DirectComposer Composer(ILoggerFactory? logs = null, params IVismPlugin[] extra) =>
-        new DirectComposer(logs ?? NullLoggerFactory.Instance, [.. All, .. extra])
-            // The vhost-user transport offers no per-region vectors unless told to (EVENT_IRQ needs them).
-            .Configure<VhostUserOptions>(o => o.Vectors = 4);
+        new DirectComposer(logs ?? NullLoggerFactory.Instance, [.. All, .. extra]); // plugin defaults: nothing forced
 }

@@ -5,12 +5,12 @@ public sealed class DeviceLayoutTests
     private const ulong MiB = 1 << 20, GiB = 1 << 30;
 
     [Fact]
-    public void A_1_GiB_window_of_1_MiB_regions_holds_1023_regions_and_a_1_MiB_notify_window()
+    public void A_1_GiB_window_of_1_MiB_regions_holds_1022_regions_and_a_2_MiB_notify_window()
     {
         DeviceDescription d = DeviceLayout.Compute("d", 44, GiB, MiB, 1);
-        Assert.Equal(1023, d.MaxRegions);
-        Assert.Equal(1023 * MiB, d.RegionsWindowSize);
-        Assert.Equal(MiB, d.NotifyWindowSize);
+        Assert.Equal(1022, d.MaxRegions);
+        Assert.Equal(1022 * MiB, d.RegionsWindowSize);
+        Assert.Equal(2 * MiB, d.NotifyWindowSize);
         Assert.Equal(44u, d.VirtioId);
         Assert.Equal("d", d.Name);
     }
@@ -24,25 +24,38 @@ public sealed class DeviceLayoutTests
     }
 
     [Fact]
-    public void Every_valid_layout_fills_a_power_of_two_window_with_the_most_regions_whose_notify_slots_fit()
+    public void The_issue_14_layout_is_2_MiB_aligned_63_MiB_no_more()
     {
+        // Issue 14 point 4: 64 MiB with small regions gave a 63 MiB REGIONS window and a misaligned NOTIFY.
+        DeviceDescription d = DeviceLayout.Compute("d", 44, 64 * MiB, 64 * 1024, 1);
+        Assert.Equal(62 * MiB, d.RegionsWindowSize);
+        Assert.Equal(2 * MiB, d.NotifyWindowSize);
+        Assert.Equal(62 * 16, d.MaxRegions);
+    }
+
+    [Fact]
+    public void Every_valid_layout_fills_a_power_of_two_window_with_2_MiB_aligned_windows_and_the_most_regions_whose_notify_slots_fit()
+    {
+        const ulong Align = 2 * MiB;
         int checkedLayouts = 0;
-        for (int w = 13; w <= 34; w++)
+        for (int w = 22; w <= 34; w++)
             for (int r = 12; r < w; r++)
                 foreach (ulong notify in new ulong[] { 1, 2, 8, 64, 4096, 1UL << r })
                 {
                     ulong window = 1UL << w, region = 1UL << r;
-                    if (notify > region)
+                    ulong unit = Math.Max(region, Align);
+                    if (notify > region || window < 2 * unit)
                         continue;
                     DeviceDescription d = DeviceLayout.Compute("d", 44, window, region, notify);
                     ulong regions = (ulong)d.MaxRegions;
                     Assert.Equal(window, d.RegionsWindowSize + d.NotifyWindowSize);
                     Assert.Equal(regions * region, d.RegionsWindowSize);
-                    Assert.Equal(0UL, d.NotifyWindowSize % 4096);
+                    Assert.Equal(0UL, d.RegionsWindowSize % Align);
+                    Assert.Equal(0UL, d.NotifyWindowSize % Align);
                     Assert.True(regions * notify <= d.NotifyWindowSize);
-                    // One region more would not leave room for its notify slots.
-                    ulong moreNotify = (regions + 1) * notify;
-                    Assert.True(RoundUp(moreNotify) > d.NotifyWindowSize - region, $"{window}/{region}/{notify}");
+                    // Giving NOTIFY one 2 MiB-aligned unit less would not leave room for the notify slots of the regions then.
+                    ulong moreRegions = (window - (d.NotifyWindowSize - unit)) / region;
+                    Assert.True(d.NotifyWindowSize == unit || RoundUp(moreRegions * notify) > d.NotifyWindowSize - unit, $"{window}/{region}/{notify}");
                     checkedLayouts++;
                 }
         Assert.True(checkedLayouts > 1000);
@@ -56,6 +69,8 @@ public sealed class DeviceLayoutTests
     [InlineData(64 * MiB, 2048, 1ul)]      // region below a page
     [InlineData(MiB, MiB, 1ul)]            // no room for the notify window
     [InlineData(MiB, 2 * MiB, 1ul)]
+    [InlineData(2 * MiB, 4096, 1ul)]       // REGIONS and NOTIFY need 2 MiB each
+    [InlineData(4 * MiB, 4 * MiB, 1ul)]
     [InlineData(64 * MiB, MiB, 0ul)]       // notify size 0
     [InlineData(64 * MiB, 4096, 8192ul)]   // notify slot larger than a region
     public void Invalid_sizes_are_refused(ulong window, ulong region, ulong notify)

@@ -49,8 +49,8 @@ public sealed class RegistryTests
         // Releasing both references frees each region exactly once, on its home device's loop.
         for (int n = 0; n < tokens.Length; n++)
         {
-            rig.Host.Release(regions[n], peers[n / perDevice].Device, n % perDevice);
-            rig.Host.Release(regions[n], peers[(n / perDevice + 1) % devices].Device, perDevice + n % perDevice);
+            rig.Host.Release(regions[n], peers[n / perDevice].Device, n % perDevice, detach: true);
+            rig.Host.Release(regions[n], peers[(n / perDevice + 1) % devices].Device, perDevice + n % perDevice, detach: true);
         }
         foreach (Peer p in peers.Take(rig.Loops.Length))
             p.Settle();

@@ -7,8 +7,8 @@ namespace Vism.Events.Tests;
 /// updates, buffer filling, detach and reset, interrupt suppression and batching.</summary>
 public sealed class VqEventChannelTests
 {
-    /// <summary>A device with 7 region slots (32 KiB window of 4 KiB regions).</summary>
-    private static readonly PeerSpec Tiny = new() { Window = 32 << 10, RegionSize = 4096 };
+    /// <summary>A device with 8 region slots (a 4 MiB window of 256 KiB regions: 2 MiB REGIONS, 2 MiB NOTIFY).</summary>
+    private static readonly PeerSpec Tiny = new() { Window = 4 << 20, RegionSize = 256 << 10 };
 
     [Theory]
     [InlineData(true)]
@@ -19,7 +19,7 @@ public sealed class VqEventChannelTests
         Peer a = rig.Add(EventsKind.Vq, Tiny);
         Peer b = rig.Add(EventsKind.Vq, Tiny with { Client = new IsmClientOptions { PostEventBuffers = false, EventIdx = eventIdx } });
         int slots = b.Device.Description.MaxRegions;
-        Assert.Equal(7, slots);
+        Assert.Equal(8, slots);
         (ulong[] atA, ulong[] atB) = EventRig.Share(a, b, slots);
 
         for (int round = 0; round < 50; round++)

@@ -44,7 +44,7 @@ public sealed class CliTests : IClassFixture<PluginFixture>, IDisposable
         (int code, string output, string error) = await Vism("validate", file);
         Assert.True(code == 0, error);
         Assert.Contains("valid, 1 device(s)", output);
-        Assert.Contains("ism0: transport kit-transport, memory sample-shm, events none; 63 regions of 1MiB; endpoint /tmp/vism-cli-sockets/ism0.sock", output);
+        Assert.Contains("ism0: transport kit-transport, memory sample-shm, events none; 62 regions of 1MiB; endpoint /tmp/vism-cli-sockets/ism0.sock", output);
     }
 
     [Fact]

@@ -119,7 +119,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
         Assert.Equal(ConfigLoader.DefaultRegionSize, d.Description.RegionSize);
         Assert.Equal(ConfigLoader.DefaultNotifySize, d.Description.NotifySize);
         Assert.Equal(ConfigLoader.DefaultWindowSize, d.Description.RegionsWindowSize + d.Description.NotifyWindowSize);
-        Assert.Equal(63, d.Description.MaxRegions);
+        Assert.Equal(62, d.Description.MaxRegions); // 62 MiB REGIONS + 2 MiB NOTIFY: both 2 MiB aligned
         Assert.Equal(256, (int)((dynamic)d.Transport.Options).QueueSize);
     }
 
@@ -205,7 +205,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     {
         Assert.Contains(Errors(DeviceWith("window-size = \"128GiB\"")), e => e.Contains("window-size: 128GiB is too large: at most 64GiB"));
         Assert.Contains(Errors(DeviceWith("window-size = \"96MiB\"")), e => e.Contains("window-size: 96MiB is not a power of two"));
-        Assert.Contains(Errors(DeviceWith("window-size = \"1MiB\"")), e => e.Contains("has no room for one 1MiB region"));
+        Assert.Contains(Errors(DeviceWith("window-size = \"1MiB\"")), e => e.Contains("window-size: a 1MiB window has no room for a REGIONS and a NOTIFY window of 2MiB each"));
         Assert.Contains(Errors(DeviceWith("window-size = \"1GiB\"\nmax-regions = 4")), e => e.Contains("give either window-size or max-regions, not both"));
         Assert.Contains(Errors(DeviceWith("region-size = \"1GiB\"\nmax-regions = 65536")), e => e.Contains("do not fit in a window of at most 64GiB"));
     }

@@ -70,7 +70,7 @@ public sealed class OperatorTests : IDisposable
             Assert.Contains("vism_up 1\n", output);
             Assert.Contains("vism_devices 1\n", output);
             Assert.Contains("# TYPE vism_device_memory_used_bytes gauge\n", output);
-            Assert.Contains("vism_device_max_regions{device=\"ism0\"} 15\n", output);
+            Assert.Contains("vism_device_max_regions{device=\"ism0\"} 32\n", output);
             Assert.Contains("vism_device_connected{device=\"ism0\"} 0\n", output);
             Assert.Contains("# TYPE vism_device_events_total counter\n", output);
             // Every line is a comment or `name{labels} value` (what node_exporter's textfile collector parses).
@@ -94,14 +94,14 @@ public sealed class OperatorTests : IDisposable
             await using HostRuntime runtime = await HostRuntime.StartAsync(config, NullLoggerFactory.Instance);
             Vism.Core.IsmDevice ism0 = runtime.Devices[0].Device!;
 
-            Write(host + "\n" + Devices + "\n" + ServiceTests.DeviceToml("ism1", "mmio", _dir["mem"]).Replace("window-size = \"1MiB\"", "window-size = \"2MiB\""));
+            Write(host + "\n" + Devices + "\n" + ServiceTests.DeviceToml("ism1", "mmio", _dir["mem"]).Replace("window-size = \"4MiB\"", "window-size = \"8MiB\""));
             ConfigLoader changed = ConfigLoader.Parse(file);
             ReloadResult result = await runtime.ApplyAsync(changed.BindDevices(catalog)!);
             Assert.True(result.Ok, string.Join("; ", result.Errors));
             Assert.Equal(["ism1"], result.Restarted);
             Assert.Equal(["ism0"], result.Kept);
             Assert.Same(ism0, runtime.Devices[0].Device);
-            Assert.Equal(31, runtime.Devices[1].Settings.Description.MaxRegions);
+            Assert.Equal(96, runtime.Devices[1].Settings.Description.MaxRegions);
 
             Write(host.Replace(_dir["sockets"], _dir["elsewhere"]) + "\n" + Devices);
             ConfigLoader moved = ConfigLoader.Parse(file);

@@ -80,7 +80,7 @@ public sealed class RealTransportTests : IClassFixture<PluginFixture>, IDisposab
     public async Task The_demo_runs_over_each_real_transport_and_memory(string transport, string memory, string events)
     {
         if (memory == "hugetlb") Machine.RequireHugePages(8);
-        string transportOptions = transport == "vhost-user" && events == "irq" ? "vectors = 4" : "";
+        string transportOptions = ""; // every transport with its defaults: EVENT_IRQ must work without vectors set (issue 14 point 1)
         string memoryOptions = memory == "file" ? $"directory = \"{_shm}\"" : "page-size = \"2MiB\"";
         string region = memory == "hugetlb" ? "2MiB" : "1MiB";
         string devices = string.Concat(Enumerable.Range(0, 2).Select(i => $"""
@@ -116,5 +116,59 @@ public sealed class RealTransportTests : IClassFixture<PluginFixture>, IDisposab
         Assert.Contains("(the region was freed)", text);
         // Stopped cleanly: the transports removed their sockets.
         Assert.Empty(Directory.Exists(_dir["sockets"]) ? Directory.GetFileSystemEntries(_dir["sockets"]) : []);
+    }
+
+    private string IrqConfig(string transport, string transportOptions)
+    {
+        string file = _dir[$"irq-{transport}.toml"];
+        File.WriteAllText(file, $"""
+            [host]
+            state-dir = "{_dir["state"]}"
+            socket-dir = "{_dir["sockets"]}"
+            [[device]]
+            name = "d0"
+            [device.transport]
+            kind = "{transport}"
+            {transportOptions}
+            [device.memory]
+            kind = "file"
+            directory = "{_shm}"
+            [device.events]
+            kind = "irq"
+            """);
+        return file;
+    }
+
+    private async Task<(int Code, string Out, string Err)> Validate(string file)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = await Cli.InvokeAsync(["validate", file, "--plugins", TestPlugins.InRepoPluginsDir], output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    [Fact]
+    public async Task Validate_refuses_irq_events_over_a_transport_without_vectors()
+    {
+        (int code, _, string error) = await Validate(IrqConfig("vhost-user", "vectors = 0"));
+        Assert.Equal(ExitCodes.BadConfig, code);
+        Assert.Contains(":13:1: device[0].events.kind: the device would offer VIRTIO_ISM_F_EVENT_IRQ, but its transport offers no per-region vector", error);
+        (code, _, error) = await Validate(IrqConfig("mmio", "vectors = 0"));
+        Assert.Equal(ExitCodes.BadConfig, code);
+        Assert.Contains("device[0].events.kind: the device would offer VIRTIO_ISM_F_EVENT_IRQ", error);
+    }
+
+    [Fact]
+    public async Task Validate_warns_that_QEMU_cannot_deliver_per_region_vectors_over_vhost_user()
+    {
+        (int code, string output, string error) = await Validate(IrqConfig("vhost-user", ""));
+        Assert.True(code == ExitCodes.Ok, error);
+        Assert.Contains("valid, 1 device(s)", output);
+        Assert.Contains("vism: warning: ", error);
+        Assert.Contains("device[0].events.kind: EVENT_IRQ cannot deliver per-region interrupts to a guest here: QEMU 11.1's vhost-user-test-device-pci gives the guest one MSI-X vector", error);
+        // MMIO: each vector is an interrupt line of its own; nothing to warn about.
+        (code, _, error) = await Validate(IrqConfig("mmio", ""));
+        Assert.True(code == ExitCodes.Ok, error);
+        Assert.DoesNotContain("warning", error);
     }
 }

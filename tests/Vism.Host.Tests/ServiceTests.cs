@@ -81,12 +81,12 @@ public sealed partial class ServiceTests : IDisposable
 
     private string Device(string name, string transport) => DeviceToml(name, transport, _dir["mem"]);
 
-    /// <summary>A small device (15 regions of 64 KiB) on a real transport with file memory in <paramref name="memory"/>.</summary>
+    /// <summary>A small device (32 regions of 64 KiB) on a real transport with file memory in <paramref name="memory"/>.</summary>
     internal static string DeviceToml(string name, string transport, string memory) => $"""
         [[device]]
         name = "{name}"
         region-size = "64KiB"
-        window-size = "1MiB"
+        window-size = "4MiB"
         [device.transport]
         kind = "{transport}"
         [device.memory]

@@ -68,6 +68,13 @@ public interface IMemoryBackend : IDisposable
     /// </summary>
     bool AllocatesOffLoop => false;
 
+    /// <summary>Whether regions outlive the host (<see cref="Recover"/> finds them again). The core
+    /// then records each region's owner and permission table in the host's state directory, and a
+    /// region is freed only when its owner detaches it as the last reference: not by a non-owner's
+    /// DETACH, not by a reset or a VMM that dies (docs/permissions in the README, "Persistence").
+    /// Default false.</summary>
+    bool PersistsRegions => false;
+
     /// <summary>Current accounting.</summary>
     MemoryUsage Usage { get; }
 

@@ -95,9 +95,40 @@ public interface IValidatableOptions
     void Validate(OptionsValidationContext context);
 }
 
+/// <summary>
+/// Options of a transport that carries per-region interrupt vectors (VIRTIO_ISM_F_EVENT_IRQ, see
+/// docs/conformance.md "Vector numbering"). An events plugin that delivers updates on vectors reads
+/// it from <see cref="OptionsValidationContext.TransportOptions"/> to refuse a device whose
+/// transport could not deliver them, and to warn where a guest cannot tell them apart.
+/// </summary>
+public interface IVectorTransportOptions
+{
+    /// <summary>How many vectors the transport will offer a device whose events plugin uses them
+    /// (<see cref="ITransport.VectorCount"/> once started). Zero: none, EVENT_IRQ cannot work.</summary>
+    int EventVectors { get; }
+
+    /// <summary>Null when the vectors reach a guest as interrupts it can tell apart; otherwise what a
+    /// guest sees instead (for <c>vism validate</c> to warn with).</summary>
+    string? GuestVectorLimitation { get; }
+}
+
 /// <summary>Collects validation errors for one plugin section; the host adds file, line and column.</summary>
 public abstract class OptionsValidationContext
 {
+    /// <summary>The options of the device's transport, already validated, while an events plugin's
+    /// options are validated (transports are validated first); null otherwise, or where the host
+    /// does not say.</summary>
+    public virtual object? TransportOptions => null;
+
+    /// <summary>Reports something that will work but probably not as the user expects, on
+    /// <paramref name="key"/> of this plugin's section; <c>vism validate</c> and <c>vism run</c>
+    /// print it, and the config stays valid. The default ignores it.</summary>
+    /// <param name="key">The key inside the plugin's section.</param>
+    /// <param name="message">What will happen and what to do about it.</param>
+    public virtual void Warning(string key, string message)
+    {
+    }
+
     /// <summary>The device being validated.</summary>
     public abstract DeviceDescription Device { get; }
 

@@ -48,6 +48,7 @@ public sealed class CheckContext : IAsyncDisposable
 {
     private readonly IComposer _composer;
     private readonly List<Rig> _rigs = [];
+    private readonly List<string> _directories = [];
     private readonly CancellationToken _cancellation;
     private bool _disposed;
 
@@ -83,7 +84,7 @@ public sealed class CheckContext : IAsyncDisposable
         }
         catch (CompositionUnavailableException ex)
         {
-            throw new CheckEndedException(Outcome.Skipped, ex.Message, ex.Fix);
+            throw new CheckEndedException(ex.NotApplicable ? Outcome.NotApplicable : Outcome.Skipped, ex.Message, ex.Fix);
         }
         var rig = new Rig(this, composition);
         bool late;
@@ -102,6 +103,17 @@ public sealed class CheckContext : IAsyncDisposable
         foreach (ComposedDevice device in composition.Devices)
             rig.AddPeer(device, driver ?? DefaultDriver);
         return rig;
+    }
+
+    /// <summary>A new empty directory (for a host's state directory that outlives one composition, so
+    /// that a check can start "the same host" again); removed when the check ends.</summary>
+    /// <returns>Its absolute path.</returns>
+    public string TempDirectory()
+    {
+        string path = Directory.CreateTempSubdirectory("vism-check-").FullName;
+        lock (_rigs)
+            _directories.Add(path);
+        return path;
     }
 
     /// <summary>The driver choices used when a check names none: every feature accepted.</summary>
@@ -165,5 +177,22 @@ public sealed class CheckContext : IAsyncDisposable
         }
         for (int i = rigs.Length - 1; i >= 0; i--)
             await rigs[i].DisposeAsync().ConfigureAwait(false);
+        string[] directories;
+        lock (_rigs)
+        {
+            directories = [.. _directories];
+            _directories.Clear();
+        }
+        foreach (string d in directories)
+        {
+            try
+            {
+                Directory.Delete(d, recursive: true);
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                Log.LogWarning("cannot remove {Directory}: {Error}", d, ex.Message);
+            }
+        }
     }
 }

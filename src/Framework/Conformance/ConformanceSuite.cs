@@ -14,6 +14,7 @@ public static class ConformanceSuite
         .. PermissionChecks.All,
         .. EventChecks.All,
         .. FeatureChecks.All,
+        .. PersistChecks.All,
     ];
 
     /// <summary>The checks whose id equals one of <paramref name="patterns"/> or starts with one

@@ -574,6 +574,6 @@ public sealed partial class IsmDevice
     {
         _regions.Remove(slot);
         _slots.Return(slot);
-        Host.Release(entry.Region, this, slot);
+        Host.Release(entry.Region, this, slot, detach: true);
     }
 }

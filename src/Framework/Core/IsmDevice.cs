@@ -102,6 +102,9 @@ public sealed partial class IsmDevice : IVirtioDevice
     /// <inheritdoc />
     public IReadOnlyList<SharedMemoryWindow> SharedMemory { get; }
 
+    /// <summary>Whether this device's memory backend persists regions (<see cref="IMemoryBackend.PersistsRegions"/>).</summary>
+    internal bool PersistsRegions => _memory.PersistsRegions;
+
     /// <inheritdoc />
     public int QueueCount => _queues.Length;
 
@@ -192,7 +195,7 @@ public sealed partial class IsmDevice : IVirtioDevice
         foreach (DeviceQueue q in _queues)
             q.Stop();
         foreach ((int slot, SlotEntry entry) in _regions)
-            Host.Release(entry.Region, this, slot);
+            Host.Release(entry.Region, this, slot, detach: false);
         _regions.Clear();
         _slots.Clear();
         _permissionChanges.Clear();

@@ -28,6 +28,13 @@ public sealed record IsmHostOptions
 
     /// <summary>The machine-id file the gid is derived from (tests point it elsewhere).</summary>
     public string MachineIdPath { get; init; } = "/etc/machine-id";
+
+    /// <summary>The host's state directory. When set, the host's identity is recorded there
+    /// (<see cref="HostIdentity"/>): the gid is derived from the machine id and the directory's
+    /// host id (stable across restarts, different for another host on the same machine) and every
+    /// device keeps its devid across restarts. Null: gid from the machine id alone, devids 1, 2, ...
+    /// in order of registration (tests).</summary>
+    public string? StateDirectory { get; init; }
 }
 
 /// <summary>
@@ -44,6 +51,8 @@ public sealed class IsmHost : IDisposable
     private readonly TokenSequence _tokens = new();
     private readonly ILoggerFactory _logs;
     private readonly ILogger _log;
+    private readonly HostIdentity? _identity;
+    private readonly RegionRecords? _records;
     private ulong _lastDevId;
     private bool _disposed;
     private volatile bool _shuttingDown;
@@ -58,7 +67,13 @@ public sealed class IsmHost : IDisposable
         _logs = logs;
         _log = logs.CreateLogger<IsmHost>();
         Sharing = options.Sharing;
-        Gid = options.Gid ?? DeriveGid(ReadMachineId(options.MachineIdPath, _log));
+        if (options.StateDirectory is not null)
+        {
+            _identity = HostIdentity.Open(options.StateDirectory, _log);
+            _records = new RegionRecords(options.StateDirectory, _log);
+        }
+        string? machineId = options.Gid is null ? ReadMachineId(options.MachineIdPath, _log) : null;
+        Gid = options.Gid ?? (_identity is not null ? _identity.Gid(machineId!) : DeriveGid(machineId!));
     }
 
     /// <summary>The host's gid.</summary>
@@ -80,7 +95,8 @@ public sealed class IsmHost : IDisposable
     }
 
     /// <summary>
-    /// Registers a device (its devid is allocated here: unique in the host, never 0) and registers the
+    /// Registers a device (its devid is allocated here: unique in the host, never 0, and with a state
+    /// directory the one recorded for its name) and registers the
     /// regions its memory backend recovered under their tokens. Call from any thread except another
     /// device's loop (recovery runs on the device's loop and is waited for).
     /// </summary>
@@ -99,12 +115,18 @@ public sealed class IsmHost : IDisposable
         ArgumentNullException.ThrowIfNull(memory);
         ArgumentNullException.ThrowIfNull(counters);
         IsmDevice device;
+        ulong? recorded = _identity?.DevIdFor(description.Name); // file I/O: outside the lock
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (!_names.Add(description.Name))
                 throw new ArgumentException($"a device named '{description.Name}' is already registered", nameof(description));
-            ulong devId = ++_lastDevId;
+            ulong devId = recorded ?? ++_lastDevId;
+            if (_devices.ContainsKey(devId))
+            {
+                _names.Remove(description.Name);
+                throw new InvalidOperationException($"devid {devId} of device '{description.Name}' is already in use");
+            }
             device = new IsmDevice(this, devId, description, loop, memory, events, counters, _logs.CreateLogger<IsmDevice>(), limits);
             _devices.Add(devId, device);
         }
@@ -275,33 +297,49 @@ public sealed class IsmHost : IDisposable
 
     private void RegisterRecovered(IsmDevice device, RecoveredBlock recovered)
     {
-        var region = new Region(recovered.Token, recovered.Block, recovered.Block.Length, device, recovered: true);
-        string? problem = null;
-        lock (_lock)
+        var region = new Region(recovered.Token, recovered.Block, recovered.Block.Length, device, recovered: true) { Persistent = _records is not null };
+        string? problem = null, counter = "err.recover.bad-token";
+        if (recovered.Token == 0)
+            problem = "its token is 0";
+        else if (_records is not null)
         {
-            if (recovered.Token == 0)
-                problem = "its token is 0";
-            else if (_regions.ContainsKey(recovered.Token))
-                problem = "another live region has its token";
+            // Only what the record allows: its owner, its table, its pair. Without one nobody can be
+            // trusted with it, so it is not adopted (its files stay for an administrator).
+            if (_records.TryRead(recovered.Token, out string? why) is { } record)
+                region.Restore(record);
             else
-                _regions.Add(recovered.Token, region);
+                (problem, counter) = (why, "err.recover.no-record");
         }
+        if (problem is null)
+            lock (_lock)
+            {
+                if (_regions.ContainsKey(recovered.Token))
+                    problem = "another live region has its token";
+                else
+                    _regions.Add(recovered.Token, region);
+            }
         if (problem is null)
             return;
         _log.LogError("device {Name}: a recovered region is ignored because {Problem}", device.Description.Name, problem);
-        device.Counters.Increment("err.recover.bad-token");
+        device.Counters.Increment(counter);
         device.Loop.Post(() => recovered.Block.Dispose());
     }
 
     /// <summary>Registers a region just allocated by <paramref name="owner"/> at <paramref name="slot"/>.</summary>
     internal Region CreateRegion(IsmDevice owner, int slot, ulong token, IMemoryBlock block, ulong size)
     {
-        var region = new Region(token, block, size, owner, recovered: false);
+        var region = new Region(token, block, size, owner, recovered: false) { Persistent = _records is not null && owner.PersistsRegions };
         region.SetOwner(owner.DevId, IsmPermissions.Read | IsmPermissions.Write | IsmPermissions.Attach | IsmPermissions.Manage);
         region.AddPeer(owner.DevId);
         region.Refs = [new RegionRef(owner, slot)];
+        RegionRecord? record;
         lock (_lock)
+        {
             _regions.Add(token, region);
+            record = region.Persistent ? region.ToRecord() : null;
+        }
+        if (record is not null)
+            _records!.TryWrite(token, record);
         return region;
     }
 
@@ -312,6 +350,7 @@ public sealed class IsmHost : IDisposable
     internal string? TryAttach(IsmDevice device, int slot, ulong token, out Region? region, out bool writable)
     {
         writable = false;
+        RegionRecord? record;
         lock (_lock)
         {
             if (!_regions.TryGetValue(token, out region))
@@ -330,15 +369,20 @@ public sealed class IsmHost : IDisposable
             writable = (perms & IsmPermissions.Write) != 0;
             region.AddPeer(device.DevId);
             if (region.Recovered && region.OwnerDevId == 0)
-                region.SetOwner(device.DevId, perms | IsmPermissions.Manage); // its first attacher manages a recovered region
+                region.SetOwner(device.DevId, perms | IsmPermissions.Manage); // no records kept (no state directory): its first attacher manages it
             region.Refs = [.. region.Refs, new RegionRef(device, slot)];
-            return null;
+            record = region.Persistent ? region.ToRecord() : null;
         }
+        if (record is not null)
+            _records!.TryWrite(token, record); // the pair may have changed
+        return null;
     }
 
     /// <summary>Drops the reference of <paramref name="device"/> at <paramref name="slot"/>; frees
-    /// the region (on its home device's loop) when it was the last one.</summary>
-    internal void Release(Region region, IsmDevice device, int slot)
+    /// the region (on its home device's loop) when it was the last one, except that a persistent
+    /// region is freed only by its owner's DETACH (<paramref name="detach"/>): a non-owner's DETACH,
+    /// a reset or a dead VMM leaves it registered, unreferenced, for its owner to attach again.</summary>
+    internal void Release(Region region, IsmDevice device, int slot, bool detach)
     {
         bool free;
         lock (_lock)
@@ -348,15 +392,19 @@ public sealed class IsmHost : IDisposable
             if (at < 0)
                 return;
             region.Refs = refs.Length == 1 ? [] : [.. refs[..at], .. refs[(at + 1)..]];
-            free = region.Refs.Length == 0 && !region.Freed;
+            free = region.Refs.Length == 0 && !region.Freed
+                && (!region.Persistent || (detach && device.DevId == region.OwnerDevId && !_shuttingDown));
             if (free)
             {
                 region.Freed = true;
                 _regions.Remove(region.Token);
             }
         }
-        if (free)
-            region.Home.FreeBlock(region.Block);
+        if (!free)
+            return;
+        if (region.Persistent)
+            _records!.Delete(region.Token);
+        region.Home.FreeBlock(region.Block);
     }
 
     /// <summary>GRANT: sets the default entry (<paramref name="peer"/> 0) or a per-device entry,
@@ -366,6 +414,7 @@ public sealed class IsmHost : IDisposable
     internal string? TryGrant(Region region, IsmDevice device, ulong peer, IsmPermissions permissions)
     {
         RegionRef[] refs;
+        RegionRecord? record = null;
         lock (_lock)
         {
             if ((region.EffectiveFor(device.DevId) & IsmPermissions.Manage) == 0)
@@ -375,7 +424,11 @@ public sealed class IsmHost : IDisposable
             else
                 region.SetEntry(peer, permissions);
             refs = region.Refs;
+            if (region.Persistent)
+                record = region.ToRecord();
         }
+        if (record is not null)
+            _records!.TryWrite(region.Token, record);
         foreach (RegionRef r in refs)
             r.Device.PermissionsChanged(region);
         return null;

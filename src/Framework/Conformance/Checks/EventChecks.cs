@@ -54,6 +54,11 @@ internal static class EventChecks
             "with an event feature, the NOTIFY window holds a notify_size slot for every region, the last one included",
             Statement.V1("Device Initialization, device normative", "If VIRTIO_ISM_F_EVENT_VQ or VIRTIO_ISM_F_EVENT_IRQ is negotiated, the device MUST also provides a shared memory with VIRTIO_ISM_SHM_ID_NOTIFY to the driver. This memory area is used for notify, and each ism region MUST have a corresponding notify address inside this area, and the size of the notify address is notify_size;"),
             NotifyWindow),
+        new("notify.any-write",
+            "with notify_size 16, a write of 0 or of a non-zero value at any byte of a region's notify slot reaches the peer (vhost-user: fails until issue 14 point 3 is fixed)",
+            new Statement("vism issue 14, point 3",
+                "Any write of any value anywhere in a region's notify slot signals an update, on every transport."),
+            NotifyAnyWrite),
     ];
 
     /// <summary>A, B (and C) sharing one region allocated by A; each peer watches it.</summary>
@@ -262,5 +267,26 @@ internal static class EventChecks
         rig.B.Updates.Expect(b, $"device a notified its last region slot (0x{last:x}) at notify address {last / a.RegionSize * a.NotifySize}");
         rig.B.Client.Notify(b);
         rig.A.Updates.Expect(last, $"device b notified the region at its offset 0x{b:x}");
+    }
+
+    private static void NotifyAnyWrite(CheckContext ctx)
+    {
+        const ulong SlotSize = 16;
+        Rig rig = ctx.Compose(new HostSpec { NotifySize = SlotSize });
+        ctx.RequireAnyEventFeature(rig.A);
+        ctx.Expect(rig.A.Client.NotifySize == SlotSize, $"notify_size is {rig.A.Client.NotifySize}, the device was configured with {SlotSize}");
+        ulong[] at = Share(rig, out _);
+        ulong slot = at[0] / rig.A.Client.RegionSize * SlotSize;
+        var missed = new List<string>();
+        foreach (byte value in new byte[] { 0, 0x5a })
+            for (ulong i = 0; i < SlotSize; i++)
+            {
+                rig.A.Client.Transport.WriteNotify(slot + i, value);
+                if (!rig.B.Updates.WaitFor(at[1], ctx.Options.EventTimeout / 10))
+                    missed.Add($"value 0x{value:x2} at byte {i}");
+            }
+        ctx.Expect(missed.Count == 0,
+            $"device b got no update event after device a wrote its notify slot with {string.Join(", ", missed)} " +
+            $"(of {2 * SlotSize} writes; transport '{ctx.Combination.Transport}'; on vhost-user this is issue 14 point 3, the event-path engineer's fix)");
     }
 }

@@ -26,6 +26,10 @@ internal static class FeatureChecks
             "a driver accepting EVENT_IRQ alone negotiates it, binds vectors, and receives updates on them",
             Statement.V1("Device Initialization, driver normative", "If VIRTIO_ISM_F_EVENT_IRQ is negotiated, the driver MUST initiate interrupts to obtain update events for the ism region. And the driver MUST inform the device the interrupt vectors for one ism region."),
             ctx => Variant(ctx, eventVq: false, eventIrq: true)),
+        new("features.event-irq-usable",
+            "with the plugins' defaults, a device offering EVENT_IRQ has vectors: EVENT_VECTOR binds an attached region to vector 0 and an update fires it",
+            new Statement("vism issue 14, point 1", "EVENT_IRQ offered but unusable on vhost-user by default. [...] a device with events = irq on vhost-user offers VIRTIO_ISM_F_EVENT_IRQ and then refuses every EVENT_VECTOR."),
+            EventIrqUsable),
         new("features.neither",
             "a driver accepting no event feature drives every region operation and is never signalled",
             new Statement("vism issue 6 (Events), point 4", "Feature negotiation: each plugin offers its feature bit; a driver that does not accept it gets no events and EVENT_VECTOR is ERR"),
@@ -53,6 +57,21 @@ internal static class FeatureChecks
             ctx.Expect((offered & EventBits) == 0, $"the device has no events plugin but offers event features 0x{offered & EventBits:x}");
         ulong negotiated = rig.A.Client.Driver.Features;
         ctx.Expect((negotiated & ~offered) == 0, $"the negotiated features 0x{negotiated:x} are not a subset of the offered 0x{offered:x}");
+    }
+
+    private static void EventIrqUsable(CheckContext ctx)
+    {
+        Rig rig = ctx.Compose(driver: ctx.DefaultDriver with { EventVq = false, EventIrq = true });
+        ctx.RequireOffered(rig.A, Features.IsmEventIrq, "VIRTIO_ISM_F_EVENT_IRQ");
+        (ulong token, ulong mine) = rig.A.Alloc();
+        ulong at = rig.B.Attach(token);
+        int vectors = rig.B.Client.Transport.VectorCount;
+        byte ack = rig.B.Client.EventVector(at, 0);
+        ctx.Expect(ack == IsmControl.AckOk,
+            $"device b offers VIRTIO_ISM_F_EVENT_IRQ but EVENT_VECTOR(region, vector 0) answered ack {ack} ({rig.B.Errors()}); " +
+            $"the transport offers {vectors} vector(s) with its default options, so the feature is unusable");
+        rig.A.Client.Notify(mine);
+        ctx.Expect(rig.B.Client.WaitVector(0, ctx.Options.EventTimeout), $"vector 0 did not fire within {ctx.Options.EventTimeout.TotalSeconds:0.#} s after device a notified the region bound to it");
     }
 
     private static void Variant(CheckContext ctx, bool eventVq, bool eventIrq)

@@ -90,9 +90,10 @@ public sealed class DirectComposer : IComposer
             ?? throw new CompositionUnavailableException($"transport kind '{combination.Transport}' has no driver connector",
                 "ship a public IDriverConnector (Vism.Driver) in the transport's plugin assembly");
 
-        var ism = new IsmHost(new IsmHostOptions { Sharing = spec.Sharing }, _logs);
         DirectoryInfo scratch = Directory.CreateTempSubdirectory("vism-c-");
-        var host = new HostDescription { Gid = ism.Gid, StateDirectory = Path.Combine(scratch.FullName, "state"), SocketDirectory = scratch.FullName };
+        string state = spec.StateDirectory ?? Path.Combine(scratch.FullName, "state");
+        var ism = new IsmHost(new IsmHostOptions { Sharing = spec.Sharing, StateDirectory = state }, _logs);
+        var host = new HostDescription { Gid = ism.Gid, StateDirectory = state, SocketDirectory = scratch.FullName };
         Directory.CreateDirectory(host.StateDirectory);
         var loops = new LoopPool(Math.Min(spec.Devices, Environment.ProcessorCount), _logs);
         var composition = new Composition(ism, loops, scratch.FullName, _logs.CreateLogger<DirectComposer>());
@@ -101,11 +102,11 @@ public sealed class DirectComposer : IComposer
             for (int i = 0; i < spec.Devices; i++)
             {
                 cancellation.ThrowIfCancellationRequested();
-                DeviceDescription description = DeviceLayout.Compute(((char)('a' + i)).ToString(), Virtio.IsmDeviceId,
+                DeviceDescription description = DeviceLayout.Compute(spec.DeviceName(i), Virtio.IsmDeviceId,
                     spec.WindowSize, spec.RegionSize, spec.NotifySize);
                 var part = new Part(description, loops.Next(), new DeviceCounters());
                 composition.Parts.Add(part);
-                object memoryOptions = Options(memoryKind, description, host, spec.MemoryCapacity);
+                object memoryOptions = Options(memoryKind, description, host, spec.MemoryCapacity, spec.Persist);
                 object? eventsOptions = eventsKind is null ? null : Options(eventsKind, description, host, null);
                 object? transportOptions = transportKind is null ? null : Options(transportKind, description, host, null);
                 part.Services = Services(part, host, [memoryOptions, eventsOptions, transportOptions]);
@@ -153,7 +154,7 @@ public sealed class DirectComposer : IComposer
     }
 
     /// <summary>A new options object: defaults, then the configured adjustments, then the capacity, then validation.</summary>
-    private object Options(Registration kind, DeviceDescription device, HostDescription host, ulong? capacity)
+    private object Options(Registration kind, DeviceDescription device, HostDescription host, ulong? capacity, bool persist = false)
     {
         object options = Activator.CreateInstance(kind.Options)
             ?? throw new InvalidOperationException($"{kind.Options.FullName} cannot be created");
@@ -162,6 +163,8 @@ public sealed class DirectComposer : IComposer
                 apply(options);
         if (capacity is ulong bytes)
             SetCapacity(kind, options, bytes);
+        if (persist && kind.Kind == PluginKind.Memory)
+            SetPersist(kind, options);
         if (options is IValidatableOptions validatable)
         {
             var context = new ValidationContext(device, host);
@@ -172,6 +175,22 @@ public sealed class DirectComposer : IComposer
                     "make the machine meet the plugin's requirements (see its README), or configure its options");
         }
         return options;
+    }
+
+    /// <summary>Where <see cref="HostSpec.Persist"/> puts a memory plugin's region files: relative, so inside the state directory.</summary>
+    public const string PersistedDirectory = "persisted";
+
+    /// <summary>Sets the memory plugin's <c>persist</c> option (a bool property named Persist) and
+    /// its <c>directory</c> (a string property named Directory, when it has one) to <see cref="PersistedDirectory"/>.</summary>
+    internal static void SetPersist(Registration kind, object options)
+    {
+        System.Reflection.PropertyInfo? persist = options.GetType().GetProperty("Persist");
+        if (persist is null || persist.PropertyType != typeof(bool) || !persist.CanWrite)
+            throw new CompositionUnavailableException($"memory kind '{kind.Name}' has no persist option",
+                "give the memory plugin's options a `persist` (bool) setting to run the persistence checks") { NotApplicable = true };
+        persist.SetValue(options, true);
+        if (options.GetType().GetProperty("Directory") is { } directory && directory.PropertyType == typeof(string) && directory.CanWrite)
+            directory.SetValue(options, PersistedDirectory);
     }
 
     /// <summary>Sets the memory plugin's <c>capacity</c> option (a <see cref="ulong"/> property named Capacity).</summary>

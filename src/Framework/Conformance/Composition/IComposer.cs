@@ -57,6 +57,25 @@ public sealed record HostSpec
     /// <summary>Bytes each device's memory may hold (the memory plugin's <c>capacity</c> option);
     /// null keeps the plugin's default. A memory kind without that option cannot honour it.</summary>
     public ulong? MemoryCapacity { get; init; }
+
+    /// <summary>Whether regions must outlive the host: the memory plugin's <c>persist</c> option is set
+    /// and its <c>directory</c> (when it has one) is put inside the state directory. A memory kind
+    /// without a <c>persist</c> option cannot honour it (the check is then not applicable).</summary>
+    public bool Persist { get; init; }
+
+    /// <summary>Device names in order; null names them <c>a</c>, <c>b</c>, <c>c</c>, ... Must hold
+    /// <see cref="Devices"/> names when given (a check restarting a host with its devices in another order).</summary>
+    public IReadOnlyList<string>? Names { get; init; }
+
+    /// <summary>The name of device <paramref name="index"/>.</summary>
+    /// <param name="index">0-based.</param>
+    /// <returns><see cref="Names"/>[index], or <c>a</c>, <c>b</c>, ...</returns>
+    public string DeviceName(int index) => Names is { } names ? names[index] : ((char)('a' + index)).ToString();
+
+    /// <summary>The host's state directory; null gives the composition a fresh one of its own. A
+    /// check that restarts "the same host" composes again with the directory it used before (the
+    /// check creates it and removes it; the composer never deletes a directory it was given).</summary>
+    public string? StateDirectory { get; init; }
 }
 
 /// <summary>The seam between the conformance suite and whatever creates plugin instances: the host
@@ -111,6 +130,10 @@ public sealed record ComposedDevice(IsmDevice Device, IDriverConnector Connector
 /// <param name="fix">How to make it possible.</param>
 public sealed class CompositionUnavailableException(string reason, string fix) : Exception(reason)
 {
+    /// <summary>True when the combination lacks what was asked for (a check about it is not
+    /// applicable) rather than this machine being unable to run it (a skip).</summary>
+    public bool NotApplicable { get; init; }
+
     /// <summary>How to make the combination possible.</summary>
     public string Fix { get; } = fix;
 }

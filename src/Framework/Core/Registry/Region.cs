@@ -63,6 +63,28 @@ internal sealed class Region(ulong token, IMemoryBlock block, ulong size, IsmDev
     /// <summary>Set once the region left the registry.</summary>
     public bool Freed;
 
+    /// <summary>Whether its backing outlives the host (<see cref="IMemoryBackend.PersistsRegions"/>):
+    /// its owner and table are recorded, and only its owner's DETACH frees it.</summary>
+    public bool Persistent { get; init; }
+
+    /// <summary>The trust record to persist (call under the host's lock). Entries keep their
+    /// DENY_OTHER bit; <see cref="RegionRecord.DenyOther"/> is the default entry's.</summary>
+    public RegionRecord ToRecord() =>
+        new(OwnerDevId, _owner, Default, (_default & IsmPermissions.DenyOther) != 0,
+            _entries is null ? new Dictionary<ulong, IsmPermissions>() : new Dictionary<ulong, IsmPermissions>(_entries), _peerA, _peerB);
+
+    /// <summary>Takes owner, table and pair from a persisted record (before the region is registered).</summary>
+    /// <param name="record">The record.</param>
+    public void Restore(RegionRecord record)
+    {
+        SetOwner(record.Owner, record.OwnerEntry);
+        SetDefault(record.Default | (record.DenyOther ? IsmPermissions.DenyOther : IsmPermissions.None));
+        foreach ((ulong devId, IsmPermissions p) in record.Entries)
+            if (devId != record.Owner)
+                SetEntry(devId, p);
+        (_peerA, _peerB) = (record.PeerA, record.PeerB);
+    }
+
     /// <summary>Makes <paramref name="devId"/> the owner with <paramref name="permissions"/> as its
     /// entry; the owner's entry always holds MANAGE.</summary>
     /// <param name="devId">The owner.</param>

@@ -126,6 +126,8 @@ public static class Cli
         {
             var result = ConfigLoader.Load(file, extraPlugins, collect);
             PrintFailures(result.Plugins, error);
+            foreach (ConfigError w in result.Config.Warnings)
+                error.WriteLine($"vism: warning: {w}");
             return result;
         }
         catch (ConfigException ex)

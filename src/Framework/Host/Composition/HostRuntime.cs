@@ -106,6 +106,7 @@ public sealed class HostRuntime : IAsyncDisposable
         {
             Gid = config.Host.Gid,
             Sharing = config.Host.Sharing == Sharing.Multi ? SharingMode.Multi : SharingMode.Pair,
+            StateDirectory = config.Host.StateDirectory,
         }, logs);
         HostDescription host = config.Host.Describe(ism.Gid);
         var loops = new LoopPool(Math.Min(config.Host.Loops, Math.Max(1, config.Devices.Count)), logs);

@@ -16,10 +16,6 @@ namespace Vism.Host.Composition;
 /// <param name="Value">The value as a TOML literal, e.g. <c>4</c> or <c>"/dev/shm/x"</c>.</param>
 public sealed record KindOption(string Kind, string Key, string Value)
 {
-    /// <summary>What <c>vism matrix</c> sets unless told otherwise: the vhost-user transport offers
-    /// no per-region vectors by default, and EVENT_IRQ needs some.</summary>
-    public static IReadOnlyList<KindOption> Defaults { get; } = [new("vhost-user", "vectors", "4")];
-
     /// <summary>Parses <c>KIND.KEY=VALUE</c> (the value a TOML literal; a bare word is taken as a string).</summary>
     /// <param name="text">The text.</param>
     /// <param name="option">The option.</param>
@@ -69,6 +65,9 @@ public sealed partial class MatrixComposer(PluginCatalog catalog, ILoggerFactory
         IDriverConnector connector = DriverConnectors.Find(transport.Name, transport.Implementation.Assembly)
             ?? throw new CompositionUnavailableException($"transport kind '{transport.Name}' (plugin {transport.Plugin.Name}) has no driver connector",
                 "ship a public Vism.Driver.IDriverConnector for it in the plugin assembly (see README, \"Testing a plugin\")");
+        if (spec.Persist && !memory.Options.TryGet("persist", out _))
+            throw new CompositionUnavailableException($"memory kind '{memory.Name}' has no persist option", "give the memory plugin a `persist` (bool) option to run the persistence checks")
+            { NotApplicable = true };
         if (spec.MemoryCapacity is not null && !memory.Options.TryGet("capacity", out _))
             throw new CompositionUnavailableException($"memory kind '{memory.Name}' has no capacity option",
                 "give the memory plugin's options a `capacity` (bytes) setting to run the capacity checks");
@@ -111,7 +110,7 @@ public sealed partial class MatrixComposer(PluginCatalog catalog, ILoggerFactory
         var toml = new StringBuilder();
         toml.AppendLine("# written by vism matrix for " + combination);
         toml.AppendLine("[host]");
-        toml.AppendLine($"state-dir = {Quote(Path.Combine(scratch, "state"))}");
+        toml.AppendLine($"state-dir = {Quote(spec.StateDirectory ?? Path.Combine(scratch, "state"))}");
         toml.AppendLine($"socket-dir = {Quote(scratch)}");
         toml.AppendLine($"sharing = {Quote(spec.Sharing == SharingMode.Multi ? "multi" : "pair")}");
         toml.AppendLine(CultureInfo.InvariantCulture, $"loops = {Math.Min(spec.Devices, Environment.ProcessorCount)}");
@@ -119,17 +118,30 @@ public sealed partial class MatrixComposer(PluginCatalog catalog, ILoggerFactory
         {
             toml.AppendLine();
             toml.AppendLine("[[device]]");
-            toml.AppendLine($"name = {Quote(((char)('a' + i)).ToString())}");
+            toml.AppendLine($"name = {Quote(spec.DeviceName(i))}");
             toml.AppendLine(CultureInfo.InvariantCulture, $"region-size = {spec.RegionSize}");
             toml.AppendLine(CultureInfo.InvariantCulture, $"window-size = {spec.WindowSize}");
             toml.AppendLine(CultureInfo.InvariantCulture, $"notify-size = {spec.NotifySize}");
             Section(toml, "transport", combination.Transport, []);
-            Section(toml, "memory", combination.Memory,
-                spec.MemoryCapacity is ulong capacity ? [new KindOption(combination.Memory, "capacity", capacity.ToString(CultureInfo.InvariantCulture))] : []);
+            Section(toml, "memory", combination.Memory, MemoryOverrides(combination.Memory, spec));
             if (combination.HasEvents)
                 Section(toml, "events", combination.Events, []);
         }
         return toml.ToString();
+    }
+
+    private List<KindOption> MemoryOverrides(string kind, HostSpec spec)
+    {
+        var overrides = new List<KindOption>();
+        if (spec.MemoryCapacity is ulong capacity)
+            overrides.Add(new KindOption(kind, "capacity", capacity.ToString(CultureInfo.InvariantCulture)));
+        if (spec.Persist)
+        {
+            overrides.Add(new KindOption(kind, "persist", "true"));
+            if (catalog.TryGet(PluginKind.Memory, kind, out PluginRegistration? memory) && memory.Options.TryGet("directory", out _))
+                overrides.Add(new KindOption(kind, "directory", Quote(DirectComposer.PersistedDirectory))); // relative: inside the state directory
+        }
+        return overrides;
     }
 
     private void Section(StringBuilder toml, string section, string kind, IReadOnlyList<KindOption> overrides)

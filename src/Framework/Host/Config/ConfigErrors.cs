@@ -14,6 +14,7 @@ public sealed record ConfigError(string File, TextPos Pos, string Key, string Me
 public sealed class ConfigErrors(string file)
 {
     private readonly List<ConfigError> _errors = [];
+    private readonly List<ConfigError> _warnings = [];
 
     /// <summary>The config file the errors are about.</summary>
     public string File { get; } = file;
@@ -23,6 +24,12 @@ public sealed class ConfigErrors(string file)
     public bool Any => _errors.Count > 0;
 
     public void Add(TextPos pos, string key, string message) => _errors.Add(new ConfigError(File, pos, key, message));
+
+    /// <summary>Warnings: the config is valid, but something will not work as a user probably expects.</summary>
+    public IReadOnlyList<ConfigError> Warnings => _warnings;
+
+    /// <summary>Adds a warning.</summary>
+    public void Warn(TextPos pos, string key, string message) => _warnings.Add(new ConfigError(File, pos, key, message));
 
     /// <summary>The errors in file order.</summary>
     public IEnumerable<ConfigError> Sorted() =>

@@ -123,7 +123,11 @@ public sealed partial class ConfigLoader
         var positions = new Dictionary<string, TextPos>(StringComparer.Ordinal);
         if (Root.TryGet("host", out TomlEntry? host) && host.Value is TomlTable hostTable)
             foreach (TomlEntry e in hostTable.Entries) positions[$"host.{e.Key}"] = e.Value.Pos;
-        return Errors.Any ? null : new VismConfig(File, Host, devices) { Positions = positions };
+        return Errors.Any ? null : new VismConfig(File, Host, devices) 
+        {
+            Positions = positions,
+            Warnings = [.. Errors.Warnings.OrderBy(w => w.Pos.Line).ThenBy(w => w.Pos.Column)],
+        };
     }
 
     private HostSettings BindHost(TomlTable root)
@@ -174,6 +178,7 @@ public sealed partial class ConfigLoader
 
         HostDescription hostDescription = Host.Describe(Host.Gid ?? 0);
         var claimed = new List<string>();
+        PluginChoice? transport = null;
         PluginChoice? Choose(PluginKind kind, bool required)
         {
             string sectionPath = $"{path}.{PluginCatalog.Describe(kind)}";
@@ -202,7 +207,10 @@ public sealed partial class ConfigLoader
             object options = registration.Options.Bind(section, sectionPath, PluginCatalog.ReservedKeys, Errors);
             if (description is not null && options is IValidatableOptions validatable)
             {
-                var context = new ValidationContext(this, description, hostDescription, table, path, section, sectionPath, endpoints, claimed, name!);
+                var context = new ValidationContext(this, description, hostDescription, table, path, section, sectionPath, endpoints, claimed, name!)
+                {
+                    Transport = kind == PluginKind.Events ? transport?.Options : null,
+                };
                 try
                 {
                     validatable.Validate(context);
@@ -215,7 +223,7 @@ public sealed partial class ConfigLoader
             return new PluginChoice(registration, options, sectionPath);
         }
 
-        PluginChoice? transport = Choose(PluginKind.Transport, required: true);
+        transport = Choose(PluginKind.Transport, required: true);
         PluginChoice? memory = Choose(PluginKind.Memory, required: true);
         PluginChoice? events = Choose(PluginKind.Events, required: false);
         if (Errors.Errors.Count != errorsBefore) return null;
@@ -249,9 +257,10 @@ public sealed partial class ConfigLoader
             return null;
         }
         ulong size = windowSize ?? DefaultWindowSize;
-        if (size <= regionSize)
+        ulong least = 2 * Math.Max(regionSize, Vism.Core.DeviceLayout.WindowAlignment);
+        if (size < least)
         {
-            error = $"a {Sizes.Format(size)} window has no room for one {Sizes.Format(regionSize)} region plus its notify page: use a window of at least {Sizes.Format(regionSize * 2)}";
+            error = $"a {Sizes.Format(size)} window has no room for a REGIONS and a NOTIFY window of {Sizes.Format(least / 2)} each (both start and end on 2MiB boundaries): use a window of at least {Sizes.Format(least)}";
             return null;
         }
         return TryCompute(name, deviceId, size, regionSize, notifySize, out error);
@@ -294,8 +303,15 @@ public sealed partial class ConfigLoader
 
         public override HostDescription Host => host;
 
+        public object? Transport { get; init; }
+
+        public override object? TransportOptions => Transport;
+
         public override void Error(string key, string message) =>
             loader.Errors.Add(section.TryGet(key, out TomlEntry? e) ? e.KeyPos : section.Pos, $"{sectionPath}.{key}", message);
+
+        public override void Warning(string key, string message) =>
+            loader.Errors.Warn(section.TryGet(key, out TomlEntry? e) ? e.KeyPos : section.Pos, $"{sectionPath}.{key}", message);
 
         public override void DeviceError(string key, string message) =>
             loader.Errors.Add(deviceTable.TryGet(key, out TomlEntry? e) ? e.KeyPos : deviceTable.Pos, $"{devicePath}.{key}", message);

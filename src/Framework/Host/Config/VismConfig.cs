@@ -60,4 +60,7 @@ public sealed record VismConfig(string File, HostSettings Host, IReadOnlyList<De
     /// <summary><c>file:line:column: key</c> when the key is written in the file, else <c>key (not set in file: the default)</c>.</summary>
     public string Where(string key) =>
         Positions.TryGetValue(key, out TextPos pos) ? $"{File}:{pos.Line}:{pos.Column}: {key}" : $"{File}: {key} (not set in the file: the default)";
+
+    /// <summary>What validation warned about (the config is valid; <c>vism validate</c> and <c>vism run</c> print them).</summary>
+    public IReadOnlyList<ConfigError> Warnings { get; init; } = [];
 }
