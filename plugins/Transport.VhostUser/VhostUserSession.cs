@@ -659,6 +659,9 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
     /// flushed by the device itself, see <see cref="FlushNotifyWrites"/>).</summary>
     private void Kicked(int index)
     {
+        // A kick is also the doorbell vism's own frontend rings after a notify store (any kick
+        // will do; QEMU never sends a spurious one): the window is scanned now, not at the next poll.
+        FlushNotifyWrites();
         _poller?.Activity();
         _device.NotifyQueue(index);
     }

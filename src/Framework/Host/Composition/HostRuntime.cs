@@ -99,7 +99,7 @@ public sealed class HostRuntime : IAsyncDisposable
             StateDirectory = config.Host.StateDirectory,
             SocketDirectory = config.Host.SocketDirectory,
         };
-        var loops = new LoopPool(Math.Min(config.Host.Loops, Math.Max(1, config.Devices.Count)), logs);
+        var loops = new LoopPool(Math.Min(config.Host.Loops, Math.Max(1, config.Devices.Count)), logs, config.Host.BusyPoll);
         var runtime = new HostRuntime(config, ism, loops, BuildServices(config, host, logs), host, logs);
         string? starting = null;
         try

@@ -178,6 +178,13 @@ public sealed partial class ConfigLoader
                         else host = host with { Loops = loops };
                     }
                     break;
+                case "busy-poll":
+                    if (Convert(e, key, typeof(TimeSpan)) is TimeSpan busy)
+                    {
+                        if (busy < TimeSpan.Zero || busy > TimeSpan.FromMilliseconds(10)) Errors.Add(e.Value.Pos, key, $"{TomlValues.FormatDuration(busy)}: choose 0s..10ms (default 0s: loops sleep as soon as they are idle)");
+                        else host = host with { BusyPoll = busy };
+                    }
+                    break;
                 default:
                     Errors.Add(e.KeyPos, key, OptionsSchema.UnknownKey(e.Key, HostKeys));
                     break;
@@ -187,7 +194,7 @@ public sealed partial class ConfigLoader
     }
 
     /// <summary>The keys of <c>[host]</c>.</summary>
-    public static readonly string[] HostKeys = ["gid", "sharing", "state-dir", "socket-dir", "plugin-paths", "log-level", "loops"];
+    public static readonly string[] HostKeys = ["gid", "sharing", "state-dir", "socket-dir", "plugin-paths", "log-level", "loops", "busy-poll"];
 
     /// <summary>The keys of <c>[[device]]</c>.</summary>
     public static readonly string[] DeviceKeys = ["name", "device-id", "region-size", "window-size", "max-regions", "notify-size", "transport", "memory", "events"];

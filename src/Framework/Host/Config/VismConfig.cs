@@ -43,6 +43,10 @@ public sealed record HostSettings
 
     /// <summary><c>loops</c>: number of device loop threads.</summary>
     public int Loops { get; init; } = Environment.ProcessorCount;
+
+    /// <summary><c>busy-poll</c>: how long a device loop keeps polling after its last event before it
+    /// sleeps (<see cref="Vism.Native.EventLoop.BusyPoll"/>); zero sleeps at once.</summary>
+    public TimeSpan BusyPoll { get; init; }
 }
 
 /// <summary>One plugin chosen for a device: its registration and its bound, validated options.</summary>
