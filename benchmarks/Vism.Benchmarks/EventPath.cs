@@ -649,20 +649,5 @@ public static class EventPath
     [DllImport("libc", SetLastError = true)]
     private static extern int eventfd(uint initval, int flags);
 
-    [StructLayout(LayoutKind.Sequential)]
-    private unsafe struct Rusage
-    {
-        public long UserSeconds, UserMicroseconds, SystemSeconds, SystemMicroseconds;
-        public unsafe fixed long Rest[14];
-    }
-
-    [DllImport("libc", SetLastError = true)]
-    private static extern int getrusage(int who, out Rusage usage);
-
-    /// <summary>User + system CPU of this process (RUSAGE_SELF).</summary>
-    private static long ProcessCpuMicroseconds()
-    {
-        if (getrusage(0, out Rusage u) != 0) throw new InvalidOperationException("getrusage failed");
-        return (u.UserSeconds + u.SystemSeconds) * 1_000_000 + u.UserMicroseconds + u.SystemMicroseconds;
-    }
+    private static long ProcessCpuMicroseconds() => CpuTime.ProcessMicroseconds();
 }

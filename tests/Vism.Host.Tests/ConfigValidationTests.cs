@@ -367,6 +367,17 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
+    public void Busy_poll_is_a_duration_up_to_ten_milliseconds_and_defaults_to_zero()
+    {
+        (VismConfig? config, _) = Load(Good);
+        Assert.Equal(TimeSpan.Zero, config!.Host.BusyPoll);
+        (config, _) = Load(Good.Replace("gid = 7", "gid = 7\nbusy-poll = \"200us\""));
+        Assert.Equal(TimeSpan.FromMicroseconds(200), config!.Host.BusyPoll);
+        Assert.Equal(["F:2:13: host.busy-poll: 20ms: choose 0s..10ms (default 0s: loops sleep as soon as they are idle)"],
+            Errors("[host]\nbusy-poll = \"20ms\"\n" + Good[(Good.IndexOf("[[device]]", StringComparison.Ordinal))..]));
+    }
+
+    [Fact]
     public void A_file_without_devices_is_an_error()
     {
         Assert.Equal(["F:1:1: device: no [[device]] is configured: add at least one (see config/default.toml)"], Errors("[host]\nloops = 1\n"));
