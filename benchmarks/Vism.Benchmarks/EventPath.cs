@@ -81,10 +81,11 @@ public static class EventPath
             new("ism spin (sequence number, no events)", "vhost-user", "vq", 2, 0, false, Mode: "spin"),
             new("vq, defaults", "vhost-user", "vq", 2, 50, true),
             new("irq, defaults", "vhost-user", "irq", 2, 50, true),
-            new("vq, low-latency (busy-poll 200us, spin-before-block 1ms)", "vhost-user", "vq", 2, 1000, true, BusyPollUs: 200),
-            new("irq, low-latency (busy-poll 200us, spin-before-block 1ms)", "vhost-user", "irq", 2, 1000, true, BusyPollUs: 200),
-            new("vq, low-latency with loops = 1", "vhost-user", "vq", 1, 1000, true, BusyPollUs: 200),
-            new("vq, defaults with loops = 1 (both devices on one loop: routed inline)", "vhost-user", "vq", 1, 50, true),
+            new("vq, low-latency (loops = 1, spin-before-block 1ms)", "vhost-user", "vq", 1, 1000, true),
+            new("irq, low-latency (loops = 1, spin-before-block 1ms)", "vhost-user", "irq", 1, 1000, true),
+            new("vq, low-latency + busy-poll 200us", "vhost-user", "vq", 1, 1000, true, BusyPollUs: 200),
+            new("vq, two loops, busy-poll 200us, spin 1ms", "vhost-user", "vq", 2, 1000, true, BusyPollUs: 200),
+            new("vq, loops = 1, defaults otherwise (routed inline)", "vhost-user", "vq", 1, 50, true),
             new("vq, lever off: no spin (doorbell on)", "vhost-user", "vq", 2, 0, true),
             new("vq, lever off: no doorbell (polled window, defaults)", "vhost-user", "vq", 2, 50, false),
             new("vq, QEMU-guest path: no doorbell, no spin", "vhost-user", "vq", 2, 0, false),
@@ -92,7 +93,8 @@ public static class EventPath
             new("mmio vq, defaults", "mmio", "vq", 2, 50, true),
             new("mmio irq, defaults", "mmio", "irq", 2, 50, true),
         ];
-        double tcpMedian = 0;
+        double tcpMedian = 0, eventfdMedian = 0;
+        var results = new Dictionary<string, Result>();
         if (Wanted(o, "tcp"))
         {
             Result tcp = RunPair(o, "tcp", null);
@@ -102,11 +104,16 @@ public static class EventPath
         if (Wanted(o, "eventfd"))
         {
             Result efd = RunPair(o, "eventfd", null);
+            eventfdMedian = efd.Get("rtt-median");
             Row("raw eventfd between the two processes", efd, tcpMedian);
         }
         foreach (Setting s in settings)
             if (Wanted(o, s.Name))
-                Row(s.Name, RunPair(o, "ism", s), tcpMedian);
+                Row(s.Name, results[s.Name] = RunPair(o, "ism", s), tcpMedian);
+        Console.WriteLine();
+        foreach (string name in new[] { "mmio vq, defaults", "mmio irq, defaults" })
+            if (results.TryGetValue(name, out Result? m) && eventfdMedian > 0)
+                Console.WriteLine($"  {name}: notify -> event one-way median {m.Get("oneway-median"):F1} us = {m.Get("oneway-median") / (eventfdMedian / 2):F2}x half an eventfd round trip ({eventfdMedian / 2:F1} us)");
 
         if (Wanted(o, "stream"))
         {
