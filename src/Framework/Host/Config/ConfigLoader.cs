@@ -174,7 +174,7 @@ public sealed partial class ConfigLoader
                 case "loops":
                     if (Convert(e, key, typeof(int)) is int loops)
                     {
-                        if (loops is < 1 or > 256) Errors.Add(e.Value.Pos, key, $"{loops} loops: choose 1..256 (default: one per core, {Environment.ProcessorCount} here)");
+                        if (loops is < 1 or > 256) Errors.Add(e.Value.Pos, key, $"{loops} loops: choose 1..256 (default 1: devices on one loop route notifies to each other inline)");
                         else host = host with { Loops = loops };
                     }
                     break;
