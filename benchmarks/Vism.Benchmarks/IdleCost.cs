@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging.Abstractions;
 using Vism.Abstractions;
 using Vism.Core;
@@ -21,25 +20,36 @@ namespace Vism.Benchmarks;
 /// Command: <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- idle-cost [seconds] [device counts...]</c>
 /// (default 10 s, 1 and 100 devices); see docs/benchmarks.md.
 /// </summary>
-public static partial class IdleCost
+public static class IdleCost
 {
     public static int Run(string[] args)
     {
-        int seconds = args.Length > 0 ? int.Parse(args[0]) : 10;
-        int[] counts = args.Length > 1 ? args[1..].Select(int.Parse).ToArray() : [1, 100];
+        int active = 1;
+        bool doorbell = false;
+        var positional = new List<string>();
+        for (int i = 0; i < args.Length; i++)
+        {
+            if (args[i] == "--active") active = int.Parse(args[++i]);
+            else if (args[i] == "--doorbell") doorbell = true;
+            else positional.Add(args[i]);
+        }
+        int seconds = positional.Count > 0 ? int.Parse(positional[0]) : 10;
+        int[] counts = positional.Count > 1 ? positional.Skip(1).Select(int.Parse).ToArray() : [1, 100];
         var defaults = new VhostUserOptions();
-        Console.WriteLine($"idle-cost: notify-poll-fast {defaults.NotifyPollFast.TotalMicroseconds} us, notify-poll-slow {defaults.NotifyPollSlow.TotalMilliseconds} ms, {seconds} s per measurement, {Environment.ProcessorCount} CPUs, load average {File.ReadAllText("/proc/loadavg").Trim()}");
+        Console.WriteLine($"idle-cost: notify-poll-fast {defaults.NotifyPollFast.TotalMicroseconds} us, notify-poll-slow {defaults.NotifyPollSlow.TotalMilliseconds} ms, {seconds} s per measurement, "
+            + $"{active} device(s) notified every ms while active, notifies {(doorbell ? "ring the doorbell (vism's frontend default)" : "are plain stores (a QEMU guest: polled only)")}, {Environment.ProcessorCount} CPUs, load average {File.ReadAllText("/proc/loadavg").Trim()}");
         foreach (int n in counts)
-            Measure(n, TimeSpan.FromSeconds(seconds));
+            Measure(n, TimeSpan.FromSeconds(seconds), Math.Min(active, n), doorbell);
         return 0;
     }
 
-    private static void Measure(int devices, TimeSpan period)
+    private static void Measure(int devices, TimeSpan period, int activeDevices, bool doorbell)
     {
         string dir = Path.Combine("/tmp", $"vism-idle-{Environment.ProcessId}-{devices}");
         Directory.CreateDirectory(dir);
         Fd.RaiseOpenFileLimit();
         using var loop = new EventLoop("idle-cost");
+        using var frontendLoop = new EventLoop("idle-cost-frontends");
         using var host = new IsmHost(new IsmHostOptions { Gid = 1 }, NullLoggerFactory.Instance);
         var transports = new List<VhostUserTransport>();
         var clients = new List<(IsmClient Client, GuestRam Ram, ulong Region)>();
@@ -55,8 +65,9 @@ public static partial class IdleCost
                     NullLogger<VhostUserTransport>.Instance);
                 loop.InvokeAsync(() => transport.Start(device)).GetAwaiter().GetResult();
                 transports.Add(transport);
-                var ram = new GuestRam();
-                IsmClient client = IsmClient.Start(VhostUserFrontend.Connect(transport.Endpoint, ram, new VhostUserFrontendOptions { VectorCount = 1 }));
+                var ram = new GuestRam(1 << 20);
+                IsmClient client = IsmClient.Start(VhostUserFrontend.Connect(transport.Endpoint, ram,
+                    new VhostUserFrontendOptions { VectorCount = 1, NotifyDoorbell = doorbell }, frontendLoop), new IsmClientOptions { EventBuffers = 2 });
                 AllocReply region = client.Alloc(4096);
                 if (!region.Ok) throw new InvalidOperationException($"ALLOC on device {i} failed");
                 clients.Add((client, ram, region.Offset));
@@ -66,14 +77,15 @@ public static partial class IdleCost
             Thread.Sleep(TimeSpan.FromSeconds(1));
             (double withRegions, long scans) = LoopCpu(loop, transports, period);
 
-            // One device notified every millisecond (its own slot: nothing is routed, so this is the
-            // poller's cost while active), the others idle.
+            // activeDevices devices notified every millisecond (each its own slot: nothing is routed, so
+            // this is the pollers' cost while active), the others idle.
             using var stop = new CancellationTokenSource();
             var writer = new Thread(() =>
             {
                 while (!stop.IsCancellationRequested)
                 {
-                    clients[0].Client.Notify(clients[0].Region);
+                    for (int k = 0; k < activeDevices; k++)
+                        clients[k].Client.Notify(clients[k].Region);
                     Thread.Sleep(1);
                 }
             }) { Name = "idle-cost-writer" };
@@ -89,7 +101,7 @@ public static partial class IdleCost
             (double withoutRegions, long idleScans) = LoopCpu(loop, transports, period);
 
             Console.WriteLine($"{devices,5} devices, {polling} polling: loop thread {withRegions:F4} % of a core with a region each, idle ({scans / period.TotalSeconds:F0} scans/s; "
-                + $"{withRegions / devices:F4} % per device); {active:F4} % with one of them notified every ms ({activeScans / period.TotalSeconds:F0} scans/s); "
+                + $"{withRegions / devices:F4} % per device); {active:F4} % with {activeDevices} of them notified every ms ({activeScans / period.TotalSeconds:F0} scans/s); "
                 + $"{withoutRegions:F4} % with no region ({idleScans} scans)");
         }
         finally
@@ -117,22 +129,5 @@ public static partial class IdleCost
 
     private static long Scans(List<VhostUserTransport> transports) => transports.Sum(t => t.Session?.Poller?.Scans ?? 0);
 
-    private const int RusageThread = 1;
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct Rusage
-    {
-        public long UserSeconds, UserMicroseconds, SystemSeconds, SystemMicroseconds;
-        public unsafe fixed long Rest[14];
-    }
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int getrusage(int who, out Rusage usage);
-
-    /// <summary>User + system CPU time of the calling thread.</summary>
-    private static long ThreadCpuMicroseconds()
-    {
-        if (getrusage(RusageThread, out Rusage u) != 0) throw new InvalidOperationException($"getrusage failed: errno {Marshal.GetLastPInvokeError()}");
-        return (u.UserSeconds + u.SystemSeconds) * 1_000_000 + u.UserMicroseconds + u.SystemMicroseconds;
-    }
+    private static long ThreadCpuMicroseconds() => CpuTime.ThreadMicroseconds();
 }

@@ -1,5 +1,9 @@
 using BenchmarkDotNet.Running;
 
+if (args is ["event-path", .. var eventPathArgs])
+    return Vism.Benchmarks.EventPath.Run(eventPathArgs);
+if (args is ["event-path-peer", .. var peerArgs])
+    return Vism.Benchmarks.EventPath.Peer(peerArgs);
 if (args is ["idle-cost", .. var rest])
     return Vism.Benchmarks.IdleCost.Run(rest);
 if (args is ["fairness", .. var fairnessArgs])

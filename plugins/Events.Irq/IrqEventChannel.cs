@@ -12,7 +12,7 @@ namespace Vism.Events.Irq;
 /// Vectors are the transport's per-region vectors, numbered from 0 (<see cref="IEventContext.VectorCount"/>;
 /// MMIO: one eventfd per vector; vhost-user: the call fd of an extra queue per vector). Binding a
 /// vector at or above that count is refused (ERR). An update marks its region <em>raised</em>; at
-/// the end of the loop turn (or after <see cref="IrqEventOptions.BatchDelay"/>) every vector with a
+/// once (in the loop turn that routed the update, or after <see cref="IrqEventOptions.BatchDelay"/>) every vector with a
 /// raised region fires once. A region raised again before that, or a vector already firing for
 /// another region, folds into the same interrupt (<c>events.folded</c>), so a vector never fires
 /// more often than its regions were updated. A detach clears the region's binding and its raised

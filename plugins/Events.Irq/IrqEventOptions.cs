@@ -19,9 +19,9 @@ public enum UnboundUpdates
 public sealed class IrqEventOptions : IValidatableOptions
 {
     /// <summary>How long the first update waits for others before vectors fire; updates of regions
-    /// sharing a vector within that time fire it once. Zero fires at the end of the device loop's
-    /// current turn.</summary>
-    [Description("How long the first update waits for more before vectors fire (interrupt moderation); regions sharing a vector then fire it once. 0 = at the end of the device loop's current turn. At most 1s; sub-millisecond delays such as \"200us\" are honoured.")]
+    /// sharing a vector within that time fire it once. Zero fires at once, in the loop turn that routed
+    /// the update.</summary>
+    [Description("How long the first update waits for more before vectors fire (interrupt moderation); regions sharing a vector then fire it once. 0 = at once, in the loop turn that routed the update. At most 1s; sub-millisecond delays such as \"200us\" are honoured.")]
     public TimeSpan BatchDelay { get; set; } = TimeSpan.Zero;
 
     /// <summary>What happens to an update of a region not yet bound with EVENT_VECTOR.</summary>

@@ -3,9 +3,11 @@ using Vism.Abstractions;
 namespace Vism.Events.Shared;
 
 /// <summary>
-/// Runs a flush once per batch on the device's loop: the first <see cref="Request"/> of a batch
-/// schedules it (at the next turn of the loop, or after a batch delay); later requests before it
-/// runs join that batch. <see cref="Cancel"/> forgets a scheduled flush (device reset).
+/// Runs a flush once per batch on the device's loop: with a batch delay the first
+/// <see cref="Request"/> of a batch schedules it after that delay and later requests before it runs
+/// join that batch; with no delay the flush runs inline, inside the request (the update reaches the
+/// driver in the loop turn that routed it, with no extra self-Post). <see cref="Cancel"/> forgets a
+/// scheduled flush (device reset).
 /// Loop thread only.
 /// </summary>
 internal sealed class DeferredFlush(IDeviceLoop loop, TimeSpan delay, Action flush)
@@ -22,12 +24,14 @@ internal sealed class DeferredFlush(IDeviceLoop loop, TimeSpan delay, Action flu
     {
         if (_scheduled)
             return;
+        if (delay <= TimeSpan.Zero)
+        {
+            flush();
+            return;
+        }
         _scheduled = true;
         int generation = _generation;
-        if (delay <= TimeSpan.Zero)
-            loop.Post(() => Run(generation));
-        else
-            _timer = loop.Schedule(delay, () => Run(generation));
+        _timer = loop.Schedule(delay, () => Run(generation));
     }
 
     /// <summary>Forgets the scheduled flush, if any.</summary>

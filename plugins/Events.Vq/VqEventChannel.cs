@@ -14,7 +14,7 @@ namespace Vism.Events.Vq;
 /// again (the update is folded into it and counted as <c>events.folded</c>), so the pending set
 /// never holds more than one entry per region slot: it is bounded by the device's max regions and
 /// no update is ever dropped for lack of room. Pending regions are written into eventq buffers at
-/// the end of the loop turn (or after <see cref="VqEventOptions.BatchDelay"/>), oldest first, as
+/// once (in the loop turn that routed the update, or after <see cref="VqEventOptions.BatchDelay"/>), oldest first, as
 /// many offsets per buffer as fit; when the driver has posted no buffer they wait, and the
 /// driver's next kick (<see cref="OnQueueNotified"/>) delivers them. An offset leaves the pending
 /// set exactly when it is written into a buffer, so one update is delivered once, and a detach

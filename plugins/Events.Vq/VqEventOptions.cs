@@ -8,9 +8,8 @@ namespace Vism.Events.Vq;
 public sealed class VqEventOptions : IValidatableOptions
 {
     /// <summary>How long the first pending update waits for others to share its eventq buffer.
-    /// Zero fills a buffer at the end of the device loop's current turn, so updates that arrive
-    /// together share one buffer without adding a timer's delay.</summary>
-    [Description("How long the first pending update waits for more to share one eventq buffer (interrupt moderation); 0 = at the end of the device loop's current turn. At most 1s; sub-millisecond delays such as \"200us\" are honoured.")]
+    /// Zero fills a buffer at once, in the loop turn that routed the update.</summary>
+    [Description("How long the first pending update waits for more to share one eventq buffer (interrupt moderation); 0 = at once, in the loop turn that routed the update. At most 1s; sub-millisecond delays such as \"200us\" are honoured.")]
     public TimeSpan BatchDelay { get; set; } = TimeSpan.Zero;
 
     /// <inheritdoc />

@@ -7,8 +7,12 @@ namespace Vism.Transport.VhostUser;
 /// Detects driver writes into the NOTIFY window, which for vhost-user is plain shared memory (a memfd
 /// the backend SHMEM_MAPs into shmid 2), by polling it from a loop timer:
 /// <list type="bullet">
-/// <item>only slots below <see cref="IVirtioDevice.SlotsInUse"/> are scanned; a slot is read with one
-/// aligned load and cleared with an atomic exchange only when non-zero;</item>
+/// <item>only slots below <see cref="IVirtioDevice.SlotsInUse"/> are scanned; each whole slot
+/// (<c>notify_size</c> bytes) is compared with the poller's snapshot of it, so a write of any value at
+/// any byte of the slot that changes it is seen; a changed slot is copied into the snapshot and
+/// reported once. The device never writes the window. A store of the value a byte already holds
+/// changes nothing in memory and cannot be seen: a driver must change the slot (vism's own frontend
+/// adds 1 to the slot's first byte) or, where it can, ring the doorbell (any kick scans at once);</item>
 /// <item>after a hit, a kick or a new mapping the interval is the fast one, and stays so for the
 /// hold time (counted in fast scans); after that each empty scan doubles it up to the slow one. So a
 /// device notified every millisecond or more often is polled at the fast interval, latency is
@@ -28,7 +32,8 @@ internal sealed class NotifyPoller : IDisposable
     private readonly IVirtioDevice _device;
     private readonly Mapping _window;
     private readonly ulong _slotSize;
-    private readonly int _width;
+    private readonly ulong _windowSlots;
+    private byte[] _snapshot = [];
     private readonly IDeviceLoop _loop;
     private readonly IDeviceCounters _counters;
     private readonly TimeSpan _fast;
@@ -44,8 +49,8 @@ internal sealed class NotifyPoller : IDisposable
     {
         _device = device;
         _window = window;
-        _slotSize = device.Description.NotifySize;
-        _width = SlotWidth(_slotSize);
+        _slotSize = Math.Max(1, device.Description.NotifySize);
+        _windowSlots = window.Length / _slotSize;
         _loop = loop;
         _counters = counters;
         _fast = policy.Fast;
@@ -87,35 +92,59 @@ internal sealed class NotifyPoller : IDisposable
         _timer = null;
     }
 
-    /// <summary>Scans the slots in use once and reports every non-zero slot to the device.</summary>
+    /// <summary>Forgets the snapshot (every slot taken as all zeroes): the window was cleared for a new start.</summary>
+    public void ResetSnapshot() => Array.Clear(_snapshot);
+
+    /// <summary>Scans the slots in use once and reports every slot that changed since the last scan.</summary>
     /// <returns>Slots found written.</returns>
     public int Scan()
     {
         Scans++;
-        int hits = ScanSlots(_window.Address, _window.Length, _slotSize, _width, _device.SlotsInUse, _device);
+        int slots = _device.SlotsInUse;
+        if ((ulong)slots * _slotSize > (ulong)_snapshot.Length)
+        {
+            // Sized for the slots in use, not the whole window (which may be megabytes): grown as
+            // slots come into use. A grown part starts as zeroes, what the window held at the start.
+            ulong wanted = Math.Min((ulong)slots, _windowSlots) * _slotSize;
+            if (wanted > (ulong)_snapshot.Length)
+                Array.Resize(ref _snapshot, checked((int)wanted));
+        }
+        int hits = ScanSlots(_window.Address, _window.Length, _slotSize, _snapshot, slots, _device);
         if (hits > 0) _counters.Increment("vhost-user.notify-writes", hits);
         return hits;
     }
 
     /// <summary>One pass over <paramref name="slots"/> notify slots of <paramref name="slotSize"/>
-    /// bytes at <paramref name="window"/>: each is one aligned load of <paramref name="width"/> bytes
-    /// and, only when non-zero, an atomic exchange with 0 and a report to <paramref name="device"/>.</summary>
+    /// bytes at <paramref name="window"/>: each is compared with its copy in <paramref name="snapshot"/>
+    /// and, only when it differs, copied there and reported to <paramref name="device"/> (with the
+    /// slot's offset). Slots beyond the window or the snapshot are not scanned.</summary>
     /// <returns>Slots found written.</returns>
-    internal static int ScanSlots(nint window, ulong windowLength, ulong slotSize, int width, int slots, IVirtioDevice? device)
+    internal static unsafe int ScanSlots(nint window, ulong windowLength, ulong slotSize, byte[] snapshot, int slots, IVirtioDevice? device)
     {
         int hits = 0;
+        int size = (int)Math.Min(slotSize, int.MaxValue);
         for (int i = 0; i < slots; i++)
         {
             ulong offset = (ulong)i * slotSize;
-            if (offset > windowLength || (ulong)width > windowLength - offset) break;
-            if (TakeSlot(window + (nint)offset, width))
+            if (offset > windowLength || slotSize > windowLength - offset || offset + slotSize > (ulong)snapshot.Length) break;
+            var live = new ReadOnlySpan<byte>((void*)(window + (nint)offset), size);
+            Span<byte> seen = snapshot.AsSpan((int)offset, size);
+            bool same = size switch
             {
-                hits++;
-                device?.NotifyWrite(offset);
-            }
+                1 => live[0] == seen[0],
+                8 => Read64(live) == Read64(seen),
+                _ => live.SequenceEqual(seen),
+            };
+            if (same)
+                continue;
+            live.CopyTo(seen); // a write racing with this copy is either in it or seen at the next scan
+            hits++;
+            device?.NotifyWrite(offset);
         }
         return hits;
     }
+
+    private static ulong Read64(ReadOnlySpan<byte> eight) => System.Runtime.InteropServices.MemoryMarshal.Read<ulong>(eight);
 
     private void Tick()
     {
@@ -132,34 +161,6 @@ internal sealed class NotifyPoller : IDisposable
         else
             _interval = _interval >= _slow / 2 ? _slow : _interval * 2;
         Arm();
-    }
-
-    private static unsafe bool TakeSlot(nint address, int width)
-    {
-        switch (width)
-        {
-            case 8:
-                if (Volatile.Read(ref *(ulong*)address) == 0) return false;
-                return Interlocked.Exchange(ref *(ulong*)address, 0) != 0;
-            case 4:
-                if (Volatile.Read(ref *(uint*)address) == 0) return false;
-                return Interlocked.Exchange(ref *(uint*)address, 0) != 0;
-            case 2:
-                if (Volatile.Read(ref *(ushort*)address) == 0) return false;
-                return Interlocked.Exchange(ref *(ushort*)address, 0) != 0;
-            default:
-                if (Volatile.Read(ref *(byte*)address) == 0) return false;
-                return Interlocked.Exchange(ref *(byte*)address, 0) != 0;
-        }
-    }
-
-    /// <summary>The widest aligned load (1, 2, 4 or 8 bytes) that stays inside one slot.</summary>
-    internal static int SlotWidth(ulong slotSize)
-    {
-        if (slotSize == 0) return 1;
-        int w = 8;
-        while (w > 1 && slotSize % (ulong)w != 0) w >>= 1;
-        return w;
     }
 
     public void Dispose()

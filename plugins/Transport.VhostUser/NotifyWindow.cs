@@ -42,6 +42,7 @@ internal sealed class NotifyWindow : IDisposable
     {
         for (ulong at = 0; at < Map.Length; at += 1 << 20)
             Map.Span(at, (int)Math.Min(1UL << 20, Map.Length - at)).Clear();
+        Poller.ResetSnapshot();
     }
 
     /// <summary>Stops the poller (the mapping and fd stay until <see cref="Dispose"/>).</summary>

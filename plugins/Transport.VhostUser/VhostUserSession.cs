@@ -619,7 +619,17 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
 
     void IVringOwner.OnRunning() => Started();
 
-    void IVringOwner.OnKick() => _notify?.Poller.Activity();
+    /// <summary>A kick is also the doorbell vism's own frontend rings after a notify store (any kick
+    /// will do; QEMU sends none of its own): the window is scanned now, not at the next poll. A kick
+    /// whose scan found a written slot was such a doorbell: the write is routed, and the poller keeps
+    /// its pace (a driver that rings the doorbell needs no fast polling). Any other kick (a request)
+    /// makes the poller fast again, for notifies that may follow it.</summary>
+    void IVringOwner.OnKick()
+    {
+        if (_notify is null) return;
+        int hits = _device.SlotsInUse > 0 ? _notify.Poller.Scan() : 0;
+        if (hits == 0) _notify.Poller.Activity();
+    }
 
     private string? ReadConfig(uint offset, Span<byte> data)
     {

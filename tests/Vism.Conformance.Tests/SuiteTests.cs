@@ -26,10 +26,8 @@ public sealed class SuiteTests(ITestOutputHelper output)
         var text = new StringWriter();
         Reports.TableReport.Write(report, text);
         output.WriteLine(text.ToString());
-        // KNOWN FAILURE, issue 14 point 3 (the event-path engineer's fix): vhost-user's polled NOTIFY
-        // window misses writes past byte 8 and writes of 0. Remove this exclusion when that fix lands.
         string[] failed = [.. report.Combinations.SelectMany(c => c.Results)
-            .Where(r => r.Outcome == Outcome.Failed && !(transport == "vhost-user" && r.CheckId == "notify.any-write"))
+            .Where(r => r.Outcome == Outcome.Failed)
             .Select(r => $"{r.CheckId}: {r.Reason}")];
         Assert.True(failed.Length == 0, string.Join(Environment.NewLine, failed));
         Assert.False(report.AnySkipped, text.ToString());

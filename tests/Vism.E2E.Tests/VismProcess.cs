@@ -52,7 +52,7 @@ internal sealed partial class VismProcess : IAsyncDisposable
     /// regions, eventq) and starts <c>vism run</c>; returns once every socket listens.</summary>
     /// <param name="devices">Device names.</param>
     /// <param name="log">Receives vism's output lines.</param>
-    /// <param name="loops">The host's <c>loops</c> (default: one per core).</param>
+    /// <param name="loops">The host's <c>loops</c> (default: the host default, 1).</param>
     /// <param name="transport">The transport <c>kind</c> of every device (<c>vhost-user</c> or <c>mmio</c>).</param>
     /// <param name="persist">Whether the file memory plugin persists regions.</param>
     public static async Task<VismProcess> StartAsync(IReadOnlyList<string> devices, Action<string> log, int? loops = null,

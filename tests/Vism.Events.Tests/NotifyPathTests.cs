@@ -39,6 +39,30 @@ public sealed class NotifyPathTests
         Assert.True(worst < TimeSpan.FromSeconds(2), $"the slowest of 20 notify -> event round trips took {worst.TotalMilliseconds:F1} ms");
     }
 
+    [Fact]
+    public void WaitEvent_into_a_span_copies_the_offsets_and_allocates_nothing_per_call()
+    {
+        using var rig = new EventRig("vhost-user");
+        (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq);
+        Span<ulong> offsets = stackalloc ulong[8];
+        for (int i = 0; i < 50; i++) // warm-up: every path taken once, and compiled
+        {
+            a.C.Notify(atA);
+            Assert.Equal(1, b.C.WaitEvent(offsets, EventRig.Wait));
+            Assert.Equal(at, offsets[0]);
+        }
+        a.C.Notify(atA);
+        a.AwaitNotifies();
+        b.Settle();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        int n = b.C.WaitEvent(offsets, EventRig.Wait);
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(1, n);
+        Assert.Equal(at, offsets[0]);
+        Assert.Equal(0, allocated);
+        Assert.Equal(-1, b.C.WaitEvent(offsets, TimeSpan.FromMilliseconds(20)));
+    }
+
     [Theory]
     [MemberData(nameof(Transports))]
     public void Ten_thousand_notifies_give_eventq_records_at_most_once_per_notify_and_none_after_detach(string transport)

@@ -107,27 +107,16 @@ internal sealed class VhostUserKind : ITransportKind
         }
     }
 
-    /// <summary>The transport clears a slot when its scan takes the write and reports it to the
-    /// device in the same loop turn: wait for every slot in use to read 0, then for that turn.</summary>
+    /// <summary>Every write made so far is reported once the transport has scanned the window on the
+    /// device's loop; any kick makes it scan (the doorbell). The kick fd is readable when Kick
+    /// returns, so the loop's next wait sees it, and a loop runs fd callbacks before posted work:
+    /// after two loop turns the scan has run, and so has the turn that reported its writes.</summary>
     private static void AwaitScanned(VhostUserFrontend frontend, IsmDevice device)
     {
-        nint notify = frontend.ShmAddress(ShmId.Notify);
-        ulong size = device.Description.NotifySize;
-        int slots = device.Loop.InvokeAsync(() => device.SlotsInUse).WaitAsync(EventRig.Wait).GetAwaiter().GetResult();
-        long deadline = Environment.TickCount64 + (long)EventRig.Wait.TotalMilliseconds;
-        for (int i = 0; i < slots; i++)
-        {
-            while (Volatile.Read(ref Unsafe(notify, (ulong)i * size)) != 0)
-            {
-                if (Environment.TickCount64 > deadline)
-                    throw new TimeoutException($"the vhost-user transport did not scan NOTIFY slot {i}");
-                Thread.Sleep(1);
-            }
-        }
+        frontend.Kick(Virtio.ControlQueue);
+        TransportKinds.Settle(device);
         TransportKinds.Settle(device);
     }
-
-    private static unsafe ref byte Unsafe(nint window, ulong offset) => ref *(byte*)(window + (nint)offset);
 }
 
 /// <summary>Every transport the end-to-end theories run over. A transport that lands on main is

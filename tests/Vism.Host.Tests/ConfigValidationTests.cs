@@ -113,7 +113,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
         Assert.Null(config.Host.Gid);
         Assert.Equal(Sharing.Pair, config.Host.Sharing);
         Assert.Equal(HostSettings.DefaultStateDirectory, config.Host.StateDirectory);
-        Assert.Equal(Environment.ProcessorCount, config.Host.Loops);
+        Assert.Equal(1, config.Host.Loops); // devices on one loop route notifies inline (docs/benchmarks.md, Event path)
         DeviceSettings d = config.Devices[0];
         Assert.Equal(44u, d.Description.VirtioId);
         Assert.Equal(ConfigLoader.DefaultRegionSize, d.Description.RegionSize);
@@ -375,6 +375,17 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
             plugin-paths = ["/nonexistent/vism-plugins"]
             """);
         Assert.StartsWith("F:2:17: host.plugin-paths[0]: plugin directory /nonexistent/vism-plugins does not exist", errors[0]);
+    }
+
+    [Fact]
+    public void Busy_poll_is_a_duration_up_to_ten_milliseconds_and_defaults_to_zero()
+    {
+        (VismConfig? config, _) = Load(Good);
+        Assert.Equal(TimeSpan.Zero, config!.Host.BusyPoll);
+        (config, _) = Load(Good.Replace("gid = 7", "gid = 7\nbusy-poll = \"200us\""));
+        Assert.Equal(TimeSpan.FromMicroseconds(200), config!.Host.BusyPoll);
+        Assert.Equal(["F:2:13: host.busy-poll: 20ms: choose 0s..10ms (default 0s: loops sleep as soon as they are idle)"],
+            Errors("[host]\nbusy-poll = \"20ms\"\n" + Good[(Good.IndexOf("[[device]]", StringComparison.Ordinal))..]));
     }
 
     [Fact]

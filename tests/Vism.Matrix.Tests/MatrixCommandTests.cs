@@ -58,14 +58,10 @@ public sealed class MatrixCommandTests : IDisposable
         JsonElement[] combinations = Combinations(json);
         var expected = (from t in new[] { "mmio", "vhost-user" } from m in new[] { "file", "hugetlb" } from e in new[] { "irq", "vq" } select $"{t}/{m}/{e}").ToList();
         var results = Results(combinations).ToList();
-        // KNOWN FAILURE, issue 14 point 3 (the event-path engineer's fix): vhost-user misses notify
-        // writes past byte 8 and writes of 0. Remove this exclusion (and expect exit code 0) when it lands.
-        static bool Known((string Combination, string Check, string Outcome, string? Reason) r) =>
-            r.Combination.StartsWith("vhost-user/", StringComparison.Ordinal) && r.Check == "notify.any-write";
-        Assert.True(code == 0 || (code == 1 && results.Where(r => r.Outcome == "failed").All(Known)), $"vism matrix exited {code}:\n{output}\n{error}");
+        Assert.True(code == 0, $"vism matrix exited {code}:\n{output}\n{error}");
         Assert.Equal(expected, results.Select(r => r.Combination).Distinct().Order(StringComparer.Ordinal));
         Assert.Equal(8, expected.Count);
-        Assert.DoesNotContain(results, r => (r.Outcome == "failed" && !Known(r)) || r.Outcome == "skipped");
+        Assert.DoesNotContain(results, r => r.Outcome is "failed" or "skipped");
         Assert.True(results.Count(r => r.Outcome == "passed") >= expected.Count * 30, output);
 
         XElement suites = XDocument.Load(junit).Root!;
@@ -81,9 +77,7 @@ public sealed class MatrixCommandTests : IDisposable
         string json = _dir["sample.json"];
         (int code, string output, string error) = Matrix("--plugins", SamplePlugin, "--memory", "sample-shm", "--json", json);
         var results = Results(Combinations(json)).ToList();
-        // KNOWN FAILURE, issue 14 point 3: see The_full_matrix_passes_every_check_on_every_in_repo_combination.
-        results.RemoveAll(r => r.Outcome == "failed" && r.Combination.StartsWith("vhost-user/", StringComparison.Ordinal) && r.Check == "notify.any-write");
-        Assert.True(code == 0 || !results.Any(r => r.Outcome == "failed"), $"vism matrix exited {code}:\n{output}\n{error}");
+        Assert.True(code == 0, $"vism matrix exited {code}:\n{output}\n{error}");
         Assert.All(results, r => Assert.Contains("/sample-shm/", r.Combination));
         Assert.Contains(results, r => r.Combination.StartsWith("vhost-user/", StringComparison.Ordinal));
         Assert.Contains(results, r => r.Combination.StartsWith("mmio/", StringComparison.Ordinal));

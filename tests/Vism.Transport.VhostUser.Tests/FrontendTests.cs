@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Buffers.Binary;
 using Vism.Abstractions;
 using Vism.Driver;
@@ -120,6 +121,28 @@ public sealed class FrontendTests
         Thread.Sleep(100);
         Assert.Equal([16UL], b.Device.NotifyWrites.ToArray());
         Assert.Equal(1, b.Counters.Get("vhost-user.notify-writes"));
+    }
+
+    [Fact]
+    public async Task Notify_changes_the_slot_and_rings_the_doorbell_so_the_device_scans_at_once()
+    {
+        // Polls 1 s, 2 s, 4 s ... apart: without the doorbell the write below waits for the next poll.
+        var options = new VhostUserOptions { NotifyPollFast = TimeSpan.FromSeconds(1), NotifyPollHold = TimeSpan.Zero, NotifyPollSlow = TimeSpan.FromSeconds(10) };
+        await using var c = Connected.Open(options, start: true);
+        (Backend b, VhostUserFrontend f) = (c.B, c.F);
+        b.WaitFor(() => f.MappingCount(ShmId.Notify) == 1, "the NOTIFY window mapped at start");
+        b.On(() => b.Device.SlotsInUse = 4);
+        nint window = f.ShmAddress(ShmId.Notify);
+        for (int i = 1; i <= 3; i++)
+        {
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
+            f.Notify(2 * 8); // twice the same call: each store changes the slot, so each is seen
+            b.WaitFor(() => b.Device.NotifyWrites.Count == i, $"notify {i} to be reported");
+            TimeSpan took = System.Diagnostics.Stopwatch.GetElapsedTime(start);
+            Assert.True(took < TimeSpan.FromMilliseconds(900), $"notify {i} took {took.TotalMilliseconds:F0} ms: it waited for a poll");
+            Assert.Equal((byte)i, Marshal.ReadByte(window, 16));
+        }
+        Assert.Equal([16UL, 16UL, 16UL], b.Device.NotifyWrites.ToArray());
     }
 
     [Fact]

@@ -54,8 +54,54 @@ public sealed class NotifyPollerTests : IDisposable
         Assert.Equal(Slow, _loop.FireNext()); // that scan was due after the slow interval ...
         Assert.Equal([24UL], _device.NotifyWrites.ToArray());
         Assert.Equal(Fast, _loop.PendingDelay); // ... and the next one comes after the fast one
-        Assert.Equal(0, _window.Span(3 * 8, 8)[0]);
+        Assert.Equal(1, _window.Span(3 * 8, 8)[0]); // the device never writes the window
         Assert.Equal(1, _counters.Get("vhost-user.notify-writes"));
+        _loop.FireNext();
+        Assert.Single(_device.NotifyWrites); // an unchanged slot is not reported again
+    }
+
+    [Fact]
+    public void Any_value_written_at_any_byte_of_a_slot_is_one_update_zero_included()
+    {
+        // notify_size 16: the bytes after the first eight count too (issue 14, point 3).
+        var device = new FakeDevice(_loop, notifySize: 16) { SlotsInUse = 2 };
+        using var poller = new NotifyPoller(device, _window, _loop, _counters, new NotifyPollPolicy(Fast, Slow, TimeSpan.Zero));
+        var expected = new List<ulong>();
+        for (int at = 0; at < 16; at++)
+        {
+            _window.Span((ulong)(16 + at), 1)[0] = 0x5a; // slot 1, byte `at`
+            Assert.Equal(1, poller.Scan());
+            _window.Span((ulong)(16 + at), 1)[0] = 0; // back to zero: a change, so another update
+            Assert.Equal(1, poller.Scan());
+            expected.Add(16);
+            expected.Add(16);
+        }
+        Assert.Equal(0, poller.Scan());
+        Assert.Equal(expected, device.NotifyWrites.ToArray());
+    }
+
+    [Fact]
+    public void Rewriting_the_value_a_slot_already_holds_is_not_seen_so_a_driver_must_change_it()
+    {
+        _window.Span(0, 8)[0] = 7;
+        Assert.Equal(1, _poller.Scan());
+        _window.Span(0, 8)[0] = 7; // the same store again: memory does not change
+        Assert.Equal(0, _poller.Scan());
+        _window.Span(0, 8)[0] = 8; // what vism's frontend does: add one
+        Assert.Equal(1, _poller.Scan());
+        Assert.Equal([0UL, 0UL], _device.NotifyWrites.ToArray());
+    }
+
+    [Fact]
+    public void A_cleared_window_starts_a_new_snapshot()
+    {
+        _window.Span(8, 8)[0] = 3;
+        Assert.Equal(1, _poller.Scan());
+        _window.Span(8, 8).Clear(); // the window is cleared for a new start ...
+        _poller.ResetSnapshot(); // ... and so is the snapshot: the clearing is no update
+        Assert.Equal(0, _poller.Scan());
+        _window.Span(8, 8)[0] = 3;
+        Assert.Equal(1, _poller.Scan());
     }
 
     [Fact]

@@ -33,7 +33,12 @@ public sealed partial class IsmDevice
                 continue;
             IsmDevice target = peer.Device;
             int targetSlot = peer.Slot;
-            target.Loop.Post(() => target.DeliverUpdate(region, targetSlot));
+            // A peer on this loop gets the update now, in the turn that saw the write (its event
+            // channel signals its driver before this returns); a peer on another loop gets one Post.
+            if (ReferenceEquals(target.Loop, Loop))
+                target.DeliverUpdate(region, targetSlot);
+            else
+                target.Loop.Post(() => target.DeliverUpdate(region, targetSlot));
             Counters.Increment("notify.routed");
         }
     }

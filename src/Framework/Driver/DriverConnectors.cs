@@ -159,6 +159,9 @@ public static class DriverConnectors
         public nint ShmAddress(ShmId id) => inner.ShmAddress(id);
         public void WriteNotify(ulong offset, byte value = 1) => inner.WriteNotify(offset, value);
         public bool WaitVector(int vector, TimeSpan timeout) => inner.WaitVector(vector, timeout);
+        public void Notify(ulong offset) => inner.Notify(offset);
+        public bool WaitQueue(int index, TimeSpan timeout, TimeSpan spin) => inner.WaitQueue(index, timeout, spin);
+        public bool WaitVector(int vector, TimeSpan timeout, TimeSpan spin) => inner.WaitVector(vector, timeout, spin);
 
         public void Dispose()
         {

@@ -59,6 +59,21 @@ public interface IDriverTransport : IDisposable
     /// (for MMIO a trapped write forwarded to the device; for vhost-user a store into shared memory).</summary>
     void WriteNotify(ulong offset, byte value = 1);
 
+    /// <summary>Signals an update on the notify slot at <paramref name="offset"/> the way this
+    /// transport needs it seen: where the NOTIFY window is trapped (MMIO, in-memory) any write does;
+    /// where it is polled memory (vhost-user) the store must change the slot's value, and vism's
+    /// frontend then also rings its doorbell.</summary>
+    /// <param name="offset">Offset in the NOTIFY window.</param>
+    void Notify(ulong offset) => WriteNotify(offset);
+
+    /// <summary><see cref="WaitQueue(int, TimeSpan)"/>, spinning up to <paramref name="spin"/> first
+    /// where the transport can (the default blocks at once).</summary>
+    bool WaitQueue(int index, TimeSpan timeout, TimeSpan spin) => WaitQueue(index, timeout);
+
+    /// <summary><see cref="WaitVector(int, TimeSpan)"/>, spinning up to <paramref name="spin"/> first
+    /// where the transport can (the default blocks at once).</summary>
+    bool WaitVector(int vector, TimeSpan timeout, TimeSpan spin) => WaitVector(vector, timeout);
+
     /// <summary>Number of per-region interrupt vectors the transport offers.</summary>
     int VectorCount { get; }
 

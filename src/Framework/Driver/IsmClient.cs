@@ -34,6 +34,12 @@ public sealed record IsmClientOptions
     /// <summary>Bytes per eventq buffer (<c>le64 num</c> + 8 bytes per offset).</summary>
     public uint EventBufferSize { get; init; } = 8 + 8 * 63;
 
+    /// <summary>How long <see cref="IsmClient.WaitEvent(Span{ulong}, TimeSpan)"/> and
+    /// <see cref="IsmClient.WaitVector"/> poll (the used ring, the vector's eventfd) before they sleep
+    /// on the interrupt: an event that comes within this time costs no wake-up. Spinning yields the
+    /// core now and then, so a thread sharing it still runs. Zero blocks at once.</summary>
+    public TimeSpan SpinBeforeBlock { get; init; } = TimeSpan.FromMicroseconds(50);
+
     /// <summary>How long a control request may take.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(30);
 }
@@ -71,7 +77,7 @@ public readonly record struct AttachReply(byte Ack, ulong Offset)
 /// An ISM driver in user space over any <see cref="IDriverTransport"/>: starts the device, reads its
 /// config, sends typed control requests, reads and writes regions through the driver-side REGIONS
 /// window, notifies through the NOTIFY window and receives update events (eventq or per-region
-/// vectors). Control requests are serialised; <see cref="WaitEvent"/> may run on another thread.
+/// vectors). Control requests are serialised; <see cref="WaitEvent(TimeSpan)"/> may run on another thread.
 /// </summary>
 public sealed class IsmClient : IDisposable
 {
@@ -292,7 +298,10 @@ public sealed class IsmClient : IDisposable
     /// <summary>Writes the notify slot of the region at <paramref name="offset"/>: every other
     /// device referencing it gets an update event.</summary>
     /// <param name="offset">The region's offset.</param>
-    public void Notify(ulong offset) => Transport.WriteNotify(offset / RegionSize * NotifySize);
+    /// <remarks>Goes through <see cref="IDriverTransport.Notify"/>: on vhost-user the store changes the
+    /// slot's value (the device compares the polled window against its last snapshot, so rewriting the
+    /// value already there would go unseen) and vism's frontend rings its doorbell.</remarks>
+    public void Notify(ulong offset) => Transport.Notify(offset / RegionSize * NotifySize);
 
     /// <summary>Waits for the next eventq buffer and returns the region offsets it reports
     /// (<c>struct virtio_ism_event</c>), re-posting the buffer.</summary>
@@ -304,9 +313,28 @@ public sealed class IsmClient : IDisposable
         RequireEventq();
         lock (_eventLock)
         {
-            if (!Driver.WaitUsed(Virtio.EventQueue, timeout, out UsedElement used))
+            if (!Driver.WaitUsed(Virtio.EventQueue, timeout, _options.SpinBeforeBlock, out UsedElement used))
                 return null;
             return TakeEvent(used);
+        }
+    }
+
+    /// <summary>Waits for the next eventq buffer (polling for <see cref="IsmClientOptions.SpinBeforeBlock"/>
+    /// first), copies the region offsets it reports into <paramref name="offsets"/> and re-posts the
+    /// buffer. Allocates nothing: the call a driver makes in its event loop.</summary>
+    /// <param name="offsets">Where the offsets go; offsets beyond its length are dropped (size it for
+    /// <see cref="IsmClientOptions.EventBufferSize"/>: (size - 8) / 8 offsets).</param>
+    /// <param name="timeout">How long to wait.</param>
+    /// <returns>The number of offsets the event reported (may exceed the span's length), or -1 on timeout.</returns>
+    /// <exception cref="InvalidOperationException">When VIRTIO_ISM_F_EVENT_VQ was not negotiated.</exception>
+    public int WaitEvent(Span<ulong> offsets, TimeSpan timeout)
+    {
+        RequireEventq();
+        lock (_eventLock)
+        {
+            if (!Driver.WaitUsed(Virtio.EventQueue, timeout, _options.SpinBeforeBlock, out UsedElement used))
+                return -1;
+            return TakeEvent(used, offsets);
         }
     }
 
@@ -352,7 +380,7 @@ public sealed class IsmClient : IDisposable
     /// <param name="vector">The vector.</param>
     /// <param name="timeout">How long to wait.</param>
     /// <returns>Whether it fired.</returns>
-    public bool WaitVector(int vector, TimeSpan timeout) => Transport.WaitVector(vector, timeout);
+    public bool WaitVector(int vector, TimeSpan timeout) => Transport.WaitVector(vector, timeout, _options.SpinBeforeBlock);
 
     /// <summary>Waits for <paramref name="vector"/> to fire and returns the regions bound to it,
     /// which a driver must then check (several regions may share a vector).</summary>
@@ -360,7 +388,7 @@ public sealed class IsmClient : IDisposable
     /// <param name="timeout">How long to wait.</param>
     /// <returns>The offsets bound to the vector (see <see cref="RegionsOnVector"/>), or null on timeout.</returns>
     public IReadOnlyList<ulong>? WaitVectorEvent(int vector, TimeSpan timeout) =>
-        Transport.WaitVector(vector, timeout) ? RegionsOnVector(vector) : null;
+        Transport.WaitVector(vector, timeout, _options.SpinBeforeBlock) ? RegionsOnVector(vector) : null;
 
     private void RequireEventq()
     {
@@ -371,31 +399,38 @@ public sealed class IsmClient : IDisposable
     /// <summary>Parses a returned event buffer and re-posts it (also when it was malformed).</summary>
     private ulong[] TakeEvent(UsedElement used)
     {
+        int capacity = (int)((_options.EventBufferSize - 8) / 8);
+        Span<ulong> offsets = capacity <= 128 ? stackalloc ulong[capacity] : new ulong[capacity];
+        int n = TakeEvent(used, offsets);
+        return offsets[..n].ToArray();
+    }
+
+    /// <summary>Parses a returned event buffer into <paramref name="offsets"/> (as many as fit) and
+    /// re-posts it (also when it was malformed).</summary>
+    /// <returns>The event's <c>num</c>.</returns>
+    private int TakeEvent(UsedElement used, Span<ulong> offsets)
+    {
         if (!_eventByHead.Remove(used.Head, out int buffer))
             throw new DriverTransportException($"eventq: the device returned head {used.Head}, which is not an event buffer");
         try
         {
-            return ParseEvent(Transport.Ram.Span(_eventBuffers[buffer], (int)_options.EventBufferSize), used.Written);
+            ReadOnlySpan<byte> record = Transport.Ram.Span(_eventBuffers[buffer], (int)_options.EventBufferSize);
+            if (used.Written < 8)
+                throw new DriverTransportException($"eventq: the device wrote {used.Written} bytes, less than the 8-byte num");
+            ulong num = BinaryPrimitives.ReadUInt64LittleEndian(record);
+            ulong fits = (Math.Min(used.Written, (uint)record.Length) - 8) / 8;
+            if (num > fits)
+                throw new DriverTransportException($"eventq: num {num} but only {fits} offsets were written");
+            int copy = (int)Math.Min(num, (ulong)offsets.Length);
+            for (int i = 0; i < copy; i++)
+                offsets[i] = BinaryPrimitives.ReadUInt64LittleEndian(record[(8 + 8 * i)..]);
+            return (int)num;
         }
         finally
         {
             PostEventBuffer(buffer);
             Driver.KickIfNeeded(Virtio.EventQueue);
         }
-    }
-
-    private static ulong[] ParseEvent(ReadOnlySpan<byte> buffer, uint written)
-    {
-        if (written < 8)
-            throw new DriverTransportException($"eventq: the device wrote {written} bytes, less than the 8-byte num");
-        ulong num = BinaryPrimitives.ReadUInt64LittleEndian(buffer);
-        ulong fits = (Math.Min(written, (uint)buffer.Length) - 8) / 8;
-        if (num > fits)
-            throw new DriverTransportException($"eventq: num {num} but only {fits} offsets were written");
-        var offsets = new ulong[num];
-        for (int i = 0; i < (int)num; i++)
-            offsets[i] = BinaryPrimitives.ReadUInt64LittleEndian(buffer[(8 + 8 * i)..]);
-        return offsets;
     }
 
     private void PostEventBuffer(int i)

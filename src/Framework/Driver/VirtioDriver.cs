@@ -125,9 +125,33 @@ public sealed class VirtioDriver
     /// <param name="timeout">How long to wait.</param>
     /// <param name="used">The entry.</param>
     /// <returns>False on timeout.</returns>
-    public bool WaitUsed(int index, TimeSpan timeout, out UsedElement used)
+    public bool WaitUsed(int index, TimeSpan timeout, out UsedElement used) => WaitUsed(index, timeout, TimeSpan.Zero, out used);
+
+    /// <summary>Waits for the next used entry of queue <paramref name="index"/>, first polling the used
+    /// ring for up to <paramref name="spin"/> (yielding the core between looks) and then sleeping on
+    /// the transport's interrupt. Allocates nothing.</summary>
+    /// <param name="index">Queue index.</param>
+    /// <param name="timeout">How long to wait in all.</param>
+    /// <param name="spin">How long to poll before sleeping (zero: sleep at once).</param>
+    /// <param name="used">The entry.</param>
+    /// <returns>False on timeout.</returns>
+    public bool WaitUsed(int index, TimeSpan timeout, TimeSpan spin, out UsedElement used)
     {
         DriverQueue q = _queues[index];
+        if (q.TryTakeUsed(out used))
+            return true;
+        if (spin > TimeSpan.Zero)
+        {
+            long spinUntil = System.Diagnostics.Stopwatch.GetTimestamp() + (long)(spin.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+            int turns = 0;
+            while (System.Diagnostics.Stopwatch.GetTimestamp() < spinUntil)
+            {
+                if (q.TryTakeUsed(out used))
+                    return true;
+                if ((++turns & 63) == 0) Thread.Yield(); // let a thread that shares this core run (the device's, on a small host)
+                else Thread.SpinWait(8);
+            }
+        }
         long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
         while (true)
         {

@@ -39,23 +39,44 @@ public sealed class EventFd : IDisposable
         return rc == 8 ? value : 0;
     }
 
-    /// <summary>Waits until the counter is non-zero or the timeout passes, then drains it.</summary>
+    /// <summary>Waits until the counter is non-zero or the timeout passes, then drains it. Allocates nothing.</summary>
     /// <returns>The counter value, or 0 on timeout.</returns>
-    public ulong Wait(TimeSpan timeout)
+    public ulong Wait(TimeSpan timeout) => Wait(timeout, TimeSpan.Zero);
+
+    /// <summary>Like <see cref="Wait(TimeSpan)"/>, but first reads the (non-blocking) counter in a
+    /// loop for up to <paramref name="spin"/> before it sleeps in poll(2): a waiter that expects a
+    /// signal within microseconds trades that much CPU for the wake-up it saves. Allocates nothing.</summary>
+    /// <param name="timeout">How long to wait in all.</param>
+    /// <param name="spin">How long to spin first (zero: block at once).</param>
+    /// <returns>The counter value, or 0 on timeout.</returns>
+    public unsafe ulong Wait(TimeSpan timeout, TimeSpan spin)
     {
-        var fds = new[] { new Pollfd { fd = Fd.Raw(Handle), events = PollEvents.POLLIN } };
+        if (spin > TimeSpan.Zero)
+        {
+            long spinUntil = System.Diagnostics.Stopwatch.GetTimestamp() + (long)(spin.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+            do
+            {
+                ulong v = Drain();
+                if (v != 0) return v;
+                Thread.SpinWait(20);
+            }
+            while (System.Diagnostics.Stopwatch.GetTimestamp() < spinUntil);
+        }
+        int fd = Fd.Raw(Handle);
+        long* pfd = stackalloc long[1];
         long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
         while (true)
         {
             int remaining = (int)Math.Max(0, deadline - Environment.TickCount64);
-            int rc = Syscall.poll(fds, 1, remaining);
+            *pfd = (uint)fd | ((long)LibC.POLLIN << 32); // struct pollfd { int fd; short events; short revents; }
+            int rc = LibC.poll(pfd, 1, remaining);
             if (rc > 0)
             {
                 ulong v = Drain();
                 if (v != 0) return v;
             }
-            else if (rc < 0 && Stdlib.GetLastError() != Errno.EINTR)
-                throw PosixException.FromLastError("poll(eventfd)");
+            else if (rc < 0 && NativeConvert.ToErrno(System.Runtime.InteropServices.Marshal.GetLastPInvokeError()) != Errno.EINTR)
+                throw PosixException.FromPInvoke("poll(eventfd)");
             if (Environment.TickCount64 >= deadline) return 0;
         }
     }

@@ -63,6 +63,8 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
     private ulong _nextId = 1;
     private int _wakePending;
     private volatile bool _stopping;
+    private long _busyPollNs; // read on the loop thread
+    private long _lastWorkNs; // loop thread only
 
     /// <summary>Creates the loop and starts its thread.</summary>
     /// <param name="name">The thread's name.</param>
@@ -103,6 +105,21 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
 
     /// <inheritdoc />
     public bool IsOnLoop => Thread.CurrentThread == _thread;
+
+    /// <summary>Busy polling: after an fd event or posted work, the loop keeps checking for more
+    /// (epoll with a zero timeout, yielding the core between checks) for this long before it sleeps,
+    /// so work that follows within that time costs no wake-up. Zero (the default) sleeps at once.
+    /// The cost is up to this much CPU after every burst of work; timers alone do not extend it, so an
+    /// idle loop does not spin. Any thread may set it; it applies from the loop's next wait.</summary>
+    public TimeSpan BusyPoll
+    {
+        get => TimeSpan.FromTicks(Interlocked.Read(ref _busyPollNs) / 100);
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value.Ticks);
+            Interlocked.Exchange(ref _busyPollNs, value.Ticks * 100);
+        }
+    }
 
     /// <summary>Number of live fd watches (diagnostics and leak tests).</summary>
     public int WatchCount
@@ -223,6 +240,7 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
             while (!_stopping)
             {
                 int n = Wait(epfd, events);
+                if (n > 0 || !_posted.IsEmpty) _lastWorkNs = NowNs;
                 if (n < 0)
                 {
                     Errno e = NativeConvert.ToErrno(Marshal.GetLastPInvokeError());
@@ -264,6 +282,12 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
     {
         long due = EarliestDue();
         bool immediate = !_posted.IsEmpty;
+        long busy = Volatile.Read(ref _busyPollNs);
+        if (!immediate && busy > 0 && NowNs - _lastWorkNs < busy)
+        {
+            Thread.Yield(); // a thread that shares this core runs first (a driver, on a small host)
+            immediate = true;
+        }
         if (TimerMode == LoopTimerMode.EpollPwait2)
         {
             if (!immediate && due == long.MaxValue)
@@ -410,12 +434,16 @@ public sealed class LoopPool : IDisposable
     private readonly EventLoop[] _loops;
     private int _next;
 
-    public LoopPool(int count, ILoggerFactory? logs = null)
+    /// <summary>Starts <paramref name="count"/> loops.</summary>
+    /// <param name="count">Loops (threads).</param>
+    /// <param name="logs">Where the loops log.</param>
+    /// <param name="busyPoll">Each loop's <see cref="EventLoop.BusyPoll"/>.</param>
+    public LoopPool(int count, ILoggerFactory? logs = null, TimeSpan busyPoll = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
         _loops = new EventLoop[count];
         for (int i = 0; i < count; i++)
-            _loops[i] = new EventLoop($"vism-loop-{i}", logs?.CreateLogger("Vism.Loop"));
+            _loops[i] = new EventLoop($"vism-loop-{i}", logs?.CreateLogger("Vism.Loop")) { BusyPoll = busyPoll };
     }
 
     public IReadOnlyList<EventLoop> Loops => _loops;

@@ -31,6 +31,13 @@ internal static partial class LibC
     [LibraryImport("libc", EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int memfd_create(string name, uint flags);
 
+    /// <summary>poll(2) on raw <c>struct pollfd</c>s (8 bytes each: int fd, short events, short revents).</summary>
+    [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
+    public static unsafe partial int poll(void* fds, nuint nfds, int timeout);
+
+    /// <summary>POLLIN.</summary>
+    public const short POLLIN = 1;
+
     [LibraryImport("libc", EntryPoint = "eventfd", SetLastError = true)]
     public static partial int eventfd(uint initval, int flags);
 

@@ -60,6 +60,21 @@ internal sealed class SharedMemoryWindows : IDisposable
         }
     }
 
+    /// <summary>Adds 1 (wrapping) to the byte at <paramref name="offset"/> of window <paramref name="shmId"/>:
+    /// a store whose value always differs from the one there, so a device that polls the window
+    /// against its last snapshot cannot miss it.</summary>
+    /// <returns>False when that byte is not mapped.</returns>
+    public unsafe bool TryIncrementByte(byte shmId, ulong offset)
+    {
+        lock (_lock)
+        {
+            if (!IsMapped(shmId, offset, 1)) return false;
+            byte* b = (byte*)(_windows[shmId].Reservation.Address + (nint)offset);
+            Volatile.Write(ref *b, unchecked((byte)(Volatile.Read(ref *b) + 1)));
+            return true;
+        }
+    }
+
     /// <summary>SHMEM_MAP.</summary>
     /// <returns>Null, or why it was refused.</returns>
     public string? Map(in ShmemMapPayload m, SafeHandle? fd)

@@ -267,6 +267,29 @@ public sealed class VhostUserFrontend : IDriverTransport
     }
 
     /// <inheritdoc />
+    /// <remarks>The NOTIFY window is polled memory here: the backend sees a write only as a slot that
+    /// differs from its last snapshot. So this adds 1 to the slot's first byte (a value that always
+    /// differs from the one there) and then, with <see cref="VhostUserFrontendOptions.NotifyDoorbell"/>,
+    /// kicks the controlq so the backend scans now.</remarks>
+    public void Notify(ulong offset)
+    {
+        if (!_windows.TryIncrementByte((byte)ShmId.Notify, offset))
+            throw new DriverTransportException($"NOTIFY offset 0x{offset:x} is not mapped (is the device started?)");
+        if (_options.NotifyDoorbell && _kicks.Length > 0)
+            _kicks[Virtio.ControlQueue].Signal();
+    }
+
+    /// <inheritdoc />
+    public bool WaitVector(int vector, TimeSpan timeout, TimeSpan spin)
+    {
+        if ((uint)vector >= (uint)VectorCount) throw new ArgumentOutOfRangeException(nameof(vector));
+        return _calls[QueueCount - VectorCount + vector].Wait(timeout, spin) != 0;
+    }
+
+    /// <inheritdoc />
+    public bool WaitQueue(int index, TimeSpan timeout, TimeSpan spin) => _calls[index].Wait(timeout, spin) != 0;
+
+    /// <inheritdoc />
     public bool WaitVector(int vector, TimeSpan timeout)
     {
         if ((uint)vector >= (uint)VectorCount) throw new ArgumentOutOfRangeException(nameof(vector));

@@ -36,6 +36,13 @@ public sealed record VhostUserFrontendOptions
     /// GET_VRING_BASE alone, the same as a VM pause.</summary>
     public bool SendStartStopStatus { get; init; }
 
+    /// <summary>Whether <see cref="VhostUserFrontend.Notify"/> rings the doorbell after its store into
+    /// the NOTIFY window: a kick on the controlq's kick eventfd, which makes the backend scan the
+    /// window at once instead of at its next poll. A spurious kick is legal virtio and QEMU never
+    /// sends one, so nothing a guest sees changes. Raw <see cref="VhostUserFrontend.WriteNotify"/>
+    /// (a guest's plain store) never rings it.</summary>
+    public bool NotifyDoorbell { get; init; } = true;
+
     /// <summary>How long a reply on the main socket may take.</summary>
     public TimeSpan ReplyTimeout { get; init; } = TimeSpan.FromSeconds(10);
 

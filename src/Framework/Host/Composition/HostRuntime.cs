@@ -109,7 +109,7 @@ public sealed class HostRuntime : IAsyncDisposable
             StateDirectory = config.Host.StateDirectory,
         }, logs);
         HostDescription host = config.Host.Describe(ism.Gid);
-        var loops = new LoopPool(Math.Min(config.Host.Loops, Math.Max(1, config.Devices.Count)), logs);
+        var loops = new LoopPool(Math.Min(config.Host.Loops, Math.Max(1, config.Devices.Count)), logs, config.Host.BusyPoll);
         var runtime = new HostRuntime(config, ism, loops, BuildServices(config, optionTypes ?? [], host, logs), host, logs, inherited ?? []);
         string? starting = null;
         try

@@ -1,0 +1,661 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Win32.SafeHandles;
+using Vism.Abstractions;
+using Vism.Core;
+using Vism.Core.InMemory;
+using Vism.Driver;
+using Vism.Driver.Mmio;
+using Vism.Driver.VhostUser;
+using Vism.Events.Irq;
+using Vism.Events.Vq;
+using Vism.Native;
+using Vism.Transport.Mmio;
+using Vism.Transport.VhostUser;
+
+namespace Vism.Benchmarks;
+
+/// <summary>
+/// The event path, side by side in one run (issue 15): 64-byte ping-pong between two processes
+/// pinned to different cores (taskset) over TCP loopback (TCP_NODELAY), a raw eventfd pair, and ISM
+/// regions, where each process is VMM and driver of one vism device through the Driver library
+/// (<see cref="VhostUserFrontend"/> or <see cref="MmioVmmClient"/> + <see cref="IsmClient"/>) and this
+/// process is the vism host serving both devices. ISM settings: both peers spinning on a sequence
+/// number in the region (no events), and write + notify + wait for the event (eventq or per-region
+/// vector) with the defaults, the documented low-latency setting and with single levers switched
+/// off. For each: round-trip median / p99, the one-way notify -> event median (the ping carries the
+/// CLOCK_MONOTONIC time it was written), the CPU of host and peers while active and while idle, and
+/// the first event after an idle period. Then event-driven streaming through a 16 MiB region vs a
+/// single-thread memcpy, per round.
+/// Not a BenchmarkDotNet benchmark: two processes, distributions and rates.
+/// Command: <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- event-path [options]</c>,
+/// see docs/benchmarks.md.
+/// </summary>
+public static class EventPath
+{
+    private const int PingAt = 0;
+    private const int PongAt = 128;
+    private const int Payload = 64;
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
+
+    private sealed record Options(int RoundTrips, int IdleSeconds, int StreamMiB, int Rounds, string CpuA, string CpuB, string[] Only);
+
+    /// <summary>One ISM setting measured: where the devices live and how the peers drive them.</summary>
+    private sealed record Setting(string Name, string Transport, string Events, int Loops, int SpinUs, bool Doorbell, string Mode = "events",
+        TimeSpan? PollFast = null, int BusyPollUs = 0);
+
+    public static int Run(string[] args)
+    {
+        var o = new Options(20_000, 5, 512, 10, "0", "1", []);
+        for (int i = 0; i < args.Length; i++)
+        {
+            string v = i + 1 < args.Length ? args[i + 1] : "";
+            switch (args[i])
+            {
+                case "--round-trips": o = o with { RoundTrips = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
+                case "--idle": o = o with { IdleSeconds = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
+                case "--stream-mib": o = o with { StreamMiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
+                case "--rounds": o = o with { Rounds = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
+                case "--cpus": o = o with { CpuA = v.Split(',')[0], CpuB = v.Split(',')[1] }; i++; break;
+                case "--only": o = o with { Only = v.Split(',') }; i++; break;
+                default:
+                    Console.Error.WriteLine($"event-path: unknown argument {args[i]}; options: --round-trips N (20000) --idle SECONDS (5; 60 for the minute-idle figure) --stream-mib MIB-PER-ROUND (512) --rounds N (10) --cpus A,B (0,1) --only NAME,...");
+                    return 2;
+            }
+        }
+        Fd.RaiseOpenFileLimit();
+        var started = Stopwatch.StartNew();
+        Console.WriteLine($"event-path: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} CPUs, .NET {Environment.Version}, peers on CPUs {o.CpuA} and {o.CpuB} (taskset), host unpinned");
+        Console.WriteLine($"  load average at start: {LoadAverage()}");
+        Console.WriteLine($"  {o.RoundTrips} round trips of {Payload} bytes per setting (after {Warmup(o)} warm-up), idle period {o.IdleSeconds} s, streaming {o.Rounds} rounds of {o.StreamMiB} MiB");
+        Console.WriteLine();
+        Console.WriteLine("| setting | RTT median | RTT p99 | one-way median | ratio to TCP (median) | CPU active: host / A / B (% of a core) | CPU idle: host / A / B | first event after idle (one-way) |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|");
+
+        Setting[] settings =
+        [
+            new("ism spin (sequence number, no events)", "vhost-user", "vq", 2, 0, false, Mode: "spin"),
+            new("vq, defaults (loops = 1, spin-before-block 50us, doorbell)", "vhost-user", "vq", 1, 50, true),
+            new("irq, defaults", "vhost-user", "irq", 1, 50, true),
+            new("vq, low-latency (defaults + spin-before-block 1ms)", "vhost-user", "vq", 1, 1000, true),
+            new("irq, low-latency (defaults + spin-before-block 1ms)", "vhost-user", "irq", 1, 1000, true),
+            new("vq, lever off: loops = 2 (devices on two loops: one Post per hop)", "vhost-user", "vq", 2, 50, true),
+            new("irq, lever off: loops = 2", "vhost-user", "irq", 2, 50, true),
+            new("vq, lever off: no spin", "vhost-user", "vq", 1, 0, true),
+            new("vq, lever off: no doorbell (polled window)", "vhost-user", "vq", 1, 50, false),
+            new("vq, + busy-poll 200us", "vhost-user", "vq", 1, 50, true, BusyPollUs: 200),
+            new("vq, QEMU-guest path: no doorbell, no spin", "vhost-user", "vq", 1, 0, false),
+            new("vq, QEMU-guest path, notify-poll-fast 10us", "vhost-user", "vq", 1, 0, false, PollFast: TimeSpan.FromMicroseconds(10)),
+            new("mmio vq, defaults", "mmio", "vq", 1, 50, true),
+            new("mmio irq, defaults", "mmio", "irq", 1, 50, true),
+            new("mmio irq, loops = 2", "mmio", "irq", 2, 50, true),
+        ];
+        double tcpMedian = 0, eventfdMedian = 0;
+        var results = new Dictionary<string, Result>();
+        if (Wanted(o, "tcp"))
+        {
+            Result tcp = RunPair(o, "tcp", null);
+            tcpMedian = tcp.Get("rtt-median");
+            Row("TCP loopback (TCP_NODELAY)", tcp, tcpMedian);
+        }
+        if (Wanted(o, "eventfd"))
+        {
+            Result efd = RunPair(o, "eventfd", null);
+            eventfdMedian = efd.Get("rtt-median");
+            Row("raw eventfd between the two processes", efd, tcpMedian);
+        }
+        foreach (Setting s in settings)
+            if (Wanted(o, s.Name))
+                Row(s.Name, results[s.Name] = RunPair(o, "ism", s), tcpMedian);
+        Console.WriteLine();
+        foreach (string name in new[] { "mmio vq, defaults", "mmio irq, defaults" })
+            if (results.TryGetValue(name, out Result? m) && eventfdMedian > 0)
+                Console.WriteLine($"  {name}: notify -> event one-way median {m.Get("oneway-median"):F1} us = {m.Get("oneway-median") / (eventfdMedian / 2):F2}x half an eventfd round trip ({eventfdMedian / 2:F1} us)");
+
+        if (Wanted(o, "stream"))
+        {
+            Console.WriteLine();
+            Console.WriteLine($"  load average before streaming: {LoadAverage()}");
+            Result copy = RunSingle(o, ["memcpy", $"mib={o.StreamMiB}", $"rounds={o.Rounds}"]);
+            Result stream = RunPair(o, "stream", new Setting("stream", "vhost-user", "vq", 1, 50, true, Mode: "stream"));
+            double[] c = copy.List("rounds"), st = stream.List("rounds");
+            double cm = Median(c), sm = Median(st);
+            Console.WriteLine();
+            Console.WriteLine("| streaming, 64 KiB chunks | median GB/s | rounds (GB/s) | spread vs median |");
+            Console.WriteLine("|---|---|---|---|");
+            Console.WriteLine($"| single-thread memcpy (one process) | {cm:F2} | {string.Join(" ", c.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(c)} |");
+            Console.WriteLine($"| ISM, event-driven (vq, defaults), producer -> consumer through a 16 MiB region | {sm:F2} ({sm / cm:F2}x memcpy) | {string.Join(" ", st.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(st)} |");
+        }
+        Console.WriteLine();
+        Console.WriteLine($"  load average at end: {LoadAverage()}; whole run {started.Elapsed.TotalSeconds:F0} s");
+        return 0;
+    }
+
+    private static bool Wanted(Options o, string name) => o.Only.Length == 0 || o.Only.Any(w => name.Contains(w, StringComparison.OrdinalIgnoreCase));
+
+    private static int Warmup(Options o) => Math.Max(100, o.RoundTrips / 10);
+
+    private static string LoadAverage() => File.ReadAllText("/proc/loadavg").Trim();
+
+    private static void Row(string name, Result r, double tcpMedian)
+    {
+        double m = r.Get("rtt-median");
+        string ratio = tcpMedian > 0 ? $"{m / tcpMedian:F2}x" : "-";
+        string oneWay = r.Has("oneway-median") ? $"{r.Get("oneway-median"):F1} us" : "-";
+        string active = $"{r.Get("host-active", 0):F0} / {r.Get("a-active"):F0} / {r.Get("b-active"):F0}";
+        string idle = r.Has("a-idle") ? $"{r.Get("host-idle", 0):F2} / {r.Get("a-idle"):F2} / {r.Get("b-idle"):F2}" : "-";
+        string first = r.Has("first-oneway") ? $"{r.Get("first-oneway"):F0} us" : "-";
+        Console.WriteLine($"| {name} | {m:F1} us | {r.Get("rtt-p99"):F1} us | {oneWay} | {ratio} | {active} | {idle} | {first} |");
+    }
+
+    private static string Spread(double[] rounds)
+    {
+        double m = Median(rounds);
+        return $"{(rounds.Min() / m - 1) * 100:+0;-0} % .. {(rounds.Max() / m - 1) * 100:+0;-0} %";
+    }
+
+    // ---- parent: processes -------------------------------------------------------------------
+
+    /// <summary>What a peer printed: <c>key=value</c> pairs.</summary>
+    private sealed class Result
+    {
+        public readonly Dictionary<string, string> Values = new();
+        public bool Has(string k) => Values.ContainsKey(k);
+        public double Get(string k, double fallback = double.NaN) => Values.TryGetValue(k, out string? v) ? double.Parse(v, CultureInfo.InvariantCulture) : fallback;
+        public double[] List(string k) => Values[k].Split(',').Select(x => double.Parse(x, CultureInfo.InvariantCulture)).ToArray();
+        public void Add(string line)
+        {
+            foreach (string kv in line.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+                if (kv.IndexOf('=') is > 0 and var eq) Values[kv[..eq]] = kv[(eq + 1)..];
+        }
+    }
+
+    private sealed class Child : IDisposable
+    {
+        private readonly Process _p;
+        public Child(string cpu, IEnumerable<string> args)
+        {
+            var psi = new ProcessStartInfo("taskset") { RedirectStandardInput = true, RedirectStandardOutput = true, UseShellExecute = false };
+            psi.ArgumentList.Add("-c");
+            psi.ArgumentList.Add(cpu);
+            string self = Environment.ProcessPath!;
+            psi.ArgumentList.Add(self);
+            if (Path.GetFileNameWithoutExtension(self) == "dotnet") psi.ArgumentList.Add(typeof(EventPath).Assembly.Location);
+            psi.ArgumentList.Add("event-path-peer");
+            foreach (string a in args) psi.ArgumentList.Add(a);
+            _p = Process.Start(psi)!;
+        }
+
+        /// <summary>The next line that starts with <paramref name="prefix"/> (others are echoed).</summary>
+        public string Expect(string prefix)
+        {
+            while (true)
+            {
+                string? line = _p.StandardOutput.ReadLine() ?? throw new InvalidOperationException($"a peer exited (code {(_p.WaitForExit(5000) ? _p.ExitCode : -1)}) before saying '{prefix}'");
+                if (line.StartsWith(prefix, StringComparison.Ordinal)) return line[prefix.Length..].Trim();
+                Console.Error.WriteLine($"  peer: {line}");
+            }
+        }
+
+        public void Say(string line)
+        {
+            _p.StandardInput.WriteLine(line);
+            _p.StandardInput.Flush();
+        }
+
+        public void Dispose()
+        {
+            if (!_p.WaitForExit(30_000)) _p.Kill();
+            _p.Dispose();
+        }
+    }
+
+    private static Result RunSingle(Options o, string[] args)
+    {
+        using var c = new Child(o.CpuB, args);
+        var r = new Result();
+        r.Add(c.Expect("result"));
+        return r;
+    }
+
+    private static Result RunPair(Options o, string kind, Setting? s)
+    {
+        var r = new Result();
+        string n = $"n={o.RoundTrips}", warm = $"warm={Warmup(o)}", idle = $"idle={o.IdleSeconds}";
+        switch (kind)
+        {
+            case "tcp":
+            {
+                using var b = new Child(o.CpuB, ["tcp", "role=b", n, warm]);
+                string port = b.Expect("port");
+                using var a = new Child(o.CpuA, ["tcp", "role=a", n, warm, $"port={port}"]);
+                r.Add(a.Expect("result"));
+                r.Add(b.Expect("result"));
+                return r;
+            }
+            case "eventfd":
+            {
+                int ping = eventfd(0, 0x800), pong = eventfd(0, 0x800); // EFD_NONBLOCK without EFD_CLOEXEC: inherited by the peers
+                try
+                {
+                    using var b = new Child(o.CpuB, ["eventfd", "role=b", n, warm, $"ping={ping}", $"pong={pong}"]);
+                    using var a = new Child(o.CpuA, ["eventfd", "role=a", n, warm, $"ping={ping}", $"pong={pong}"]);
+                    r.Add(a.Expect("result"));
+                    r.Add(b.Expect("result"));
+                }
+                finally
+                {
+                    Fd.Own(ping).Dispose();
+                    Fd.Own(pong).Dispose();
+                }
+                return r;
+            }
+        }
+        using var host = new BenchHost(s!, kind == "stream" ? 16UL << 20 : 4096);
+        string[] common = [$"transport={s!.Transport}", $"events={s.Events}", $"spin={s.SpinUs}", $"doorbell={(s.Doorbell ? 1 : 0)}", $"mode={s.Mode}", n, warm, idle,
+            $"mib={o.StreamMiB}", $"rounds={o.Rounds}", $"size={host.RegionBytes}"];
+        using var pa = new Child(o.CpuA, ["ism", "role=a", $"endpoint={host.Endpoints[0]}", .. common]);
+        string token = pa.Expect("token");
+        using var pb = new Child(o.CpuB, ["ism", "role=b", $"endpoint={host.Endpoints[1]}", $"token={token}", .. common]);
+        pb.Expect("ready");
+        long cpu0 = ProcessCpuMicroseconds();
+        var wall = Stopwatch.StartNew();
+        pa.Say("go");
+        r.Add(pa.Expect("active"));
+        if (s.Mode != "stream") r.Add(pb.Expect("active"));
+        double activeWall = wall.Elapsed.TotalMicroseconds;
+        r.Values["host-active"] = (100.0 * (ProcessCpuMicroseconds() - cpu0) / activeWall).ToString(CultureInfo.InvariantCulture);
+        if (s.Mode != "stream" && s.Mode != "spin")
+        {
+            // The peers now sit in their waits for o.IdleSeconds; the host is idle with them.
+            cpu0 = ProcessCpuMicroseconds();
+            wall.Restart();
+            r.Add(pa.Expect("idle"));
+            r.Values["host-idle"] = (100.0 * (ProcessCpuMicroseconds() - cpu0) / wall.Elapsed.TotalMicroseconds).ToString(CultureInfo.InvariantCulture);
+        }
+        r.Add(pa.Expect("result"));
+        r.Add(pb.Expect("result"));
+        return r;
+    }
+
+    /// <summary>The vism host of one setting: two devices (ALLOC on one, ATTACH on the other) on
+    /// <see cref="Setting.Loops"/> loops, served by the setting's transport.</summary>
+    private sealed class BenchHost : IDisposable
+    {
+        private readonly string _dir = Path.Combine("/tmp", $"vism-event-path-{Environment.ProcessId}");
+        private readonly EventLoop[] _loops;
+        private readonly IsmHost _host = new(new IsmHostOptions { Gid = 1 }, NullLoggerFactory.Instance);
+        private readonly List<IDisposable> _cleanup = [];
+        private readonly List<Func<Task>> _stops = [];
+
+        public BenchHost(Setting s, ulong regionBytes)
+        {
+            Directory.CreateDirectory(_dir);
+            RegionBytes = regionBytes;
+            ulong regionSize = Math.Max(1UL << 20, regionBytes);
+            _loops = Enumerable.Range(0, s.Loops).Select(i => new EventLoop($"vism-loop-{i}") { BusyPoll = TimeSpan.FromMicroseconds(s.BusyPollUs) }).ToArray();
+            var endpoints = new List<string>();
+            for (int i = 0; i < 2; i++)
+            {
+                EventLoop loop = _loops[i % _loops.Length];
+                DeviceDescription d = DeviceLayout.Compute($"ism{i}", Virtio.IsmDeviceId, 4 * regionSize, regionSize, 1);
+                IEventChannel events = s.Events == "vq"
+                    ? new VqEventChannel(new VqEventOptions(), d, loop, NullLogger<VqEventChannel>.Instance)
+                    : new IrqEventChannel(new IrqEventOptions(), d, loop, NullLogger<IrqEventChannel>.Instance);
+                var memory = new InMemoryBackend(64UL << 20);
+                _cleanup.Add(memory);
+                var counters = new DeviceCounters();
+                IsmDevice device = _host.AddDevice(d, loop, memory, events, counters);
+                var host = new HostDescription { Gid = 1, StateDirectory = _dir, SocketDirectory = _dir };
+                if (s.Transport == "mmio")
+                {
+                    var t = new MmioTransport(new MmioOptions { Vectors = 1 }, d, host, loop, counters, NullLogger<MmioTransport>.Instance);
+                    loop.InvokeAsync(() => t.Start(device)).GetAwaiter().GetResult();
+                    _stops.Add(() => loop.InvokeAsync(async () => { await t.DisposeAsync(); return true; }));
+                    endpoints.Add(t.Endpoint);
+                }
+                else
+                {
+                    var options = new VhostUserOptions { Vectors = 1 };
+                    if (s.PollFast is { } fast) options.NotifyPollFast = fast;
+                    var t = new VhostUserTransport(options, d, host, loop, counters, NullLogger<VhostUserTransport>.Instance);
+                    loop.InvokeAsync(() => t.Start(device)).GetAwaiter().GetResult();
+                    _stops.Add(() => loop.InvokeAsync(async () => { await t.DisposeAsync(); return true; }));
+                    endpoints.Add(t.Endpoint);
+                }
+            }
+            Endpoints = endpoints;
+        }
+
+        public ulong RegionBytes { get; }
+
+        public IReadOnlyList<string> Endpoints { get; }
+
+        public void Dispose()
+        {
+            foreach (Func<Task> stop in _stops) stop().GetAwaiter().GetResult();
+            _host.Dispose();
+            foreach (IDisposable d in _cleanup) d.Dispose();
+            foreach (EventLoop l in _loops) l.Dispose();
+            Directory.Delete(_dir, recursive: true);
+        }
+    }
+
+    // ---- peers -------------------------------------------------------------------------------
+
+    public static int Peer(string[] args)
+    {
+        var a = new Dictionary<string, string>();
+        foreach (string kv in args[1..])
+            if (kv.IndexOf('=') is > 0 and var eq) a[kv[..eq]] = kv[(eq + 1)..];
+        int Int(string k) => int.Parse(a[k], CultureInfo.InvariantCulture);
+        bool isA = a.GetValueOrDefault("role") == "a";
+        switch (args[0])
+        {
+            case "memcpy": Memcpy(Int("mib"), Int("rounds")); return 0;
+            case "tcp": Tcp(isA, Int("n"), Int("warm"), a.GetValueOrDefault("port")); return 0;
+            case "eventfd": EventFdPeer(isA, Int("n"), Int("warm"), Int("ping"), Int("pong")); return 0;
+            case "ism": Ism(isA, a); return 0;
+            default: Console.Error.WriteLine($"unknown peer {args[0]}"); return 2;
+        }
+    }
+
+    private static long Now() => Stopwatch.GetTimestamp();
+
+    private static double Us(long ticks) => ticks * 1_000_000.0 / Stopwatch.Frequency;
+
+    private static void Report(string tag, params (string Key, double Value)[] values) =>
+        Console.WriteLine($"{tag} " + string.Join(' ', values.Select(v => $"{v.Key}={v.Value.ToString("R", CultureInfo.InvariantCulture)}")));
+
+    private static (string, double)[] Stats(string prefix, List<double> samples)
+    {
+        samples.Sort();
+        return [($"{prefix}-median", Pct(samples, 50)), ($"{prefix}-p99", Pct(samples, 99))];
+    }
+
+    private static double Pct(List<double> sorted, double p) => sorted.Count == 0 ? double.NaN : sorted[Math.Min(sorted.Count - 1, (int)(sorted.Count * p / 100))];
+
+    private static double Median(double[] v)
+    {
+        double[] s = [.. v.Order()];
+        return s[s.Length / 2];
+    }
+
+    private static void Tcp(bool isA, int n, int warm, string? port)
+    {
+        var buf = new byte[Payload];
+        long cpu0;
+        if (!isA)
+        {
+            using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            listener.Listen(1);
+            Console.WriteLine($"port {((IPEndPoint)listener.LocalEndPoint!).Port}");
+            using Socket s = listener.Accept();
+            s.NoDelay = true;
+            cpu0 = ProcessCpuMicroseconds();
+            long t0 = Now();
+            for (int i = 0; i < n + warm; i++)
+            {
+                ReadFully(s, buf);
+                s.Send(buf);
+            }
+            Report("result", ("b-active", CpuPercent(cpu0, t0)));
+            return;
+        }
+        using var c = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        c.Connect(IPAddress.Loopback, int.Parse(port!, CultureInfo.InvariantCulture));
+        var rtt = new List<double>(n);
+        cpu0 = ProcessCpuMicroseconds();
+        long start = Now();
+        for (int i = 0; i < n + warm; i++)
+        {
+            long t = Now();
+            c.Send(buf);
+            ReadFully(c, buf);
+            if (i >= warm) rtt.Add(Us(Now() - t));
+        }
+        Report("result", [.. Stats("rtt", rtt), ("a-active", CpuPercent(cpu0, start))]);
+    }
+
+    private static void ReadFully(Socket s, byte[] buf)
+    {
+        for (int got = 0; got < buf.Length;)
+        {
+            int r = s.Receive(buf, got, buf.Length - got, SocketFlags.None);
+            if (r <= 0) throw new IOException("TCP peer closed");
+            got += r;
+        }
+    }
+
+    private static void EventFdPeer(bool isA, int n, int warm, int pingFd, int pongFd)
+    {
+        using var ping = EventFd.Adopt(new SafeFileHandle(pingFd, ownsHandle: true));
+        using var pong = EventFd.Adopt(new SafeFileHandle(pongFd, ownsHandle: true));
+        var rtt = new List<double>(n);
+        long cpu0 = ProcessCpuMicroseconds(), start = Now();
+        for (int i = 0; i < n + warm; i++)
+        {
+            if (isA)
+            {
+                long t = Now();
+                ping.Signal();
+                if (pong.Wait(Patience) == 0) throw new TimeoutException("eventfd pong");
+                if (i >= warm) rtt.Add(Us(Now() - t));
+            }
+            else
+            {
+                if (ping.Wait(Patience) == 0) throw new TimeoutException("eventfd ping");
+                pong.Signal();
+            }
+        }
+        if (isA) Report("result", [.. Stats("rtt", rtt), ("a-active", CpuPercent(cpu0, start))]);
+        else Report("result", ("b-active", CpuPercent(cpu0, start)));
+    }
+
+    private static unsafe void Memcpy(int mib, int rounds)
+    {
+        const int Chunk = 64 << 10;
+        byte[] src = new byte[Chunk];
+        new Random(1).NextBytes(src);
+        nint dst = (nint)NativeMemoryAlloc(16 << 20);
+        int slots = ((16 << 20) - 4096) / Chunk;
+        long chunks = (long)mib * (1 << 20) / Chunk;
+        var perRound = new List<double>();
+        for (int r = 0; r <= rounds; r++)
+        {
+            long t = Now();
+            for (long c = 0; c < chunks; c++)
+                src.AsSpan().CopyTo(Span(dst + 4096 + (nint)(c % slots) * Chunk, Chunk));
+            if (r > 0) perRound.Add(chunks * Chunk / (Us(Now() - t) * 1000)); // round 0 warms up
+        }
+        Console.WriteLine("result rounds=" + string.Join(',', perRound.Select(x => x.ToString("F3", CultureInfo.InvariantCulture))));
+    }
+
+    private static unsafe void* NativeMemoryAlloc(int bytes)
+    {
+        void* p = NativeMemory.AlignedAlloc((nuint)bytes, 4096);
+        new Span<byte>(p, bytes).Clear();
+        return p;
+    }
+
+    private static unsafe Span<byte> Span(nint at, int length) => new((void*)at, length);
+
+    private static unsafe ref long Cell(nint at) => ref *(long*)at;
+
+    /// <summary>One ISM peer: VMM and driver of its device through the Driver library.</summary>
+    private static void Ism(bool isA, Dictionary<string, string> a)
+    {
+        int n = int.Parse(a["n"], CultureInfo.InvariantCulture), warm = int.Parse(a["warm"], CultureInfo.InvariantCulture);
+        int idle = int.Parse(a["idle"], CultureInfo.InvariantCulture);
+        string mode = a["mode"];
+        bool vq = a["events"] == "vq";
+        var clientOptions = new IsmClientOptions { SpinBeforeBlock = TimeSpan.FromMicroseconds(int.Parse(a["spin"], CultureInfo.InvariantCulture)) };
+        using var ram = new GuestRam(16 << 20);
+        IDriverTransport transport = a["transport"] == "mmio"
+            ? MmioVmmClient.Connect(a["endpoint"], ram)
+            : VhostUserFrontend.Connect(a["endpoint"], ram, new VhostUserFrontendOptions { VectorCount = 1, NotifyDoorbell = a["doorbell"] == "1" });
+        using IsmClient client = IsmClient.Start(transport, clientOptions);
+        ulong size = ulong.Parse(a["size"], CultureInfo.InvariantCulture);
+        ulong offset;
+        if (isA)
+        {
+            AllocReply r = client.Alloc(size);
+            if (!r.Ok) throw new InvalidOperationException("ALLOC failed");
+            offset = r.Offset;
+            Console.WriteLine($"token {r.Token:x}");
+        }
+        else
+        {
+            AttachReply r = client.Attach(ulong.Parse(a["token"], NumberStyles.HexNumber, CultureInfo.InvariantCulture));
+            if (!r.Ok) throw new InvalidOperationException("ATTACH failed");
+            offset = r.Offset;
+        }
+        if (!vq && client.EventVector(offset, 0) != IsmControl.AckOk) throw new InvalidOperationException("EVENT_VECTOR failed");
+        nint region = RegionAddress(client, offset, (int)size);
+        Span<ulong> offsets = stackalloc ulong[64];
+        Console.WriteLine("ready");
+        if (isA && Console.ReadLine() != "go") throw new InvalidOperationException("expected go");
+
+        // Wait until the 8-byte cell at `at` holds `value`: spinning (mode spin) or on events.
+        void Await(int at, long value, TimeSpan timeout, Span<ulong> buffer)
+        {
+            long deadline = Now() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
+            while (Volatile.Read(ref Cell(region + at)) != value)
+            {
+                if (Now() > deadline) throw new TimeoutException($"peer {(isA ? 'A' : 'B')}: no update within {timeout} (mode {mode})");
+                if (mode == "spin") { Thread.SpinWait(1); continue; }
+                if (vq) client.WaitEvent(buffer, TimeSpan.FromMilliseconds(100));
+                else client.WaitVector(0, TimeSpan.FromMilliseconds(100));
+            }
+        }
+
+        void Send(int at, long seq)
+        {
+            Cell(region + at + 8) = Stopwatch.GetTimestamp();
+            Span(region + at + 16, Payload - 16).Fill((byte)seq);
+            Volatile.Write(ref Cell(region + at), seq);
+            if (mode != "spin") client.Notify(offset);
+        }
+
+        if (mode == "stream")
+        {
+            Stream(isA, client, offset, region, size, a, offsets);
+            return;
+        }
+        var rtt = new List<double>(n);
+        var oneWay = new List<double>(n);
+        long cpu0 = ProcessCpuMicroseconds(), start = Now();
+        for (long i = 1; i <= n + warm; i++)
+        {
+            if (isA)
+            {
+                long t = Now();
+                Send(PingAt, i);
+                Await(PongAt, i, Patience, offsets);
+                if (i > warm) rtt.Add(Us(Now() - t));
+            }
+            else
+            {
+                Await(PingAt, i, Patience, offsets);
+                if (i > warm) oneWay.Add(Us(Now() - Volatile.Read(ref Cell(region + PingAt + 8))));
+                Send(PongAt, i);
+            }
+        }
+        if (isA) Report("active", [.. Stats("rtt", rtt), ("a-active", CpuPercent(cpu0, start))]);
+        else Report("active", [.. Stats("oneway", oneWay), ("b-active", CpuPercent(cpu0, start))]);
+        if (mode == "spin")
+        {
+            Report("result");
+            return;
+        }
+        // Idle: both sit in their waits; then A sends one ping and B reports its one-way latency.
+        long last = n + warm + 1;
+        cpu0 = ProcessCpuMicroseconds();
+        start = Now();
+        if (isA)
+        {
+            long until = Now() + idle * Stopwatch.Frequency;
+            while (Now() < until)
+                if (vq) client.WaitEvent(offsets, TimeSpan.FromMilliseconds(Math.Max(1, Us(until - Now()) / 1000)));
+                else client.WaitVector(0, TimeSpan.FromMilliseconds(Math.Max(1, Us(until - Now()) / 1000)));
+            Report("idle", ("a-idle", CpuPercent(cpu0, start)));
+            long t = Now();
+            Send(PingAt, last);
+            Await(PongAt, last, Patience, offsets);
+            Report("result", ("first-rtt", Us(Now() - t)));
+        }
+        else
+        {
+            Await(PingAt, last, TimeSpan.FromSeconds(idle + 20), offsets);
+            double first = Us(Now() - Volatile.Read(ref Cell(region + PingAt + 8)));
+            double idleCpu = CpuPercent(cpu0, start);
+            Send(PongAt, last);
+            Report("result", ("first-oneway", first), ("b-idle", idleCpu));
+        }
+    }
+
+    private static unsafe nint RegionAddress(IsmClient client, ulong offset, int size)
+    {
+        fixed (byte* p = client.Region(offset, size)) return (nint)p;
+    }
+
+    /// <summary>Streaming: A produces 64 KiB chunks into a ring in the region, B consumes them;
+    /// each side notifies every 16 chunks (and at the end), and waits on events when the ring is full
+    /// (A) or empty (B). Counters: produced at +0, consumed at +64; data from +4096.</summary>
+    private static void Stream(bool isA, IsmClient client, ulong offset, nint region, ulong size, Dictionary<string, string> a, Span<ulong> buffer)
+    {
+        const int Chunk = 64 << 10, Batch = 16;
+        int mib = int.Parse(a["mib"], CultureInfo.InvariantCulture), rounds = int.Parse(a["rounds"], CultureInfo.InvariantCulture);
+        long slots = ((long)size - 4096) / Chunk;
+        long perRound = (long)mib * (1 << 20) / Chunk, total = perRound * (rounds + 1); // round 0 warms up
+        byte[] local = new byte[Chunk];
+        new Random(isA ? 1 : 2).NextBytes(local);
+        ref long produced = ref Cell(region), consumed = ref Cell(region + 64);
+        var roundRates = new List<double>();
+        long cpu0 = ProcessCpuMicroseconds(), start = Now(), roundStart = Now();
+        for (long c = 0; c < total; c++)
+        {
+            if (isA)
+            {
+                while (c - Volatile.Read(ref consumed) >= slots)
+                    client.WaitEvent(buffer, TimeSpan.FromMilliseconds(100));
+                local.AsSpan().CopyTo(Span(region + 4096 + (nint)(c % slots) * Chunk, Chunk));
+                Volatile.Write(ref produced, c + 1);
+                if ((c + 1) % Batch == 0 || c + 1 == total) client.Notify(offset);
+            }
+            else
+            {
+                while (Volatile.Read(ref produced) <= c)
+                    client.WaitEvent(buffer, TimeSpan.FromMilliseconds(100));
+                Span(region + 4096 + (nint)(c % slots) * Chunk, Chunk).CopyTo(local);
+                Volatile.Write(ref consumed, c + 1);
+                if ((c + 1) % Batch == 0) client.Notify(offset);
+                if ((c + 1) % perRound == 0)
+                {
+                    long now = Now();
+                    if (c + 1 > perRound) roundRates.Add(perRound * Chunk / (Us(now - roundStart) * 1000));
+                    roundStart = now;
+                }
+            }
+        }
+        if (isA)
+        {
+            Report("active", ("a-active", CpuPercent(cpu0, start)));
+            Report("result");
+        }
+        else
+            Console.WriteLine($"result b-active={CpuPercent(cpu0, start).ToString("R", CultureInfo.InvariantCulture)} rtt-median=0 rounds=" + string.Join(',', roundRates.Select(x => x.ToString("F3", CultureInfo.InvariantCulture))));
+    }
+
+    private static double CpuPercent(long cpu0, long start) => 100.0 * (ProcessCpuMicroseconds() - cpu0) / Us(Now() - start);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int eventfd(uint initval, int flags);
+
+    private static long ProcessCpuMicroseconds() => CpuTime.ProcessMicroseconds();
+}
