@@ -132,6 +132,7 @@ public sealed class DirectComposer : IComposer
                     Description = description,
                     VectorCount = part.Transport?.VectorCount ?? InMemoryVectors,
                     Device = part.Device,
+                    Transport = part.Transport,
                 }));
             }
             return composition;
