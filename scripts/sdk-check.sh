@@ -164,8 +164,8 @@ for kind in "${kinds[@]}"; do
   plugins="$WORK/plugins-$kind"
   run "[$kind] published $name" \
     dotnet publish "$WORK/generated/$kind/$name/$name.csproj" -c Release --no-build -nologo -v q -o "$plugins/$name"
-  for host in Vism.Abstractions Vism.Driver Vism.PluginKit; do
-    [ -e "$plugins/$name/$host.dll" ] && fail "[$kind] the published plugin ships $host.dll, which the host provides"
+  for host in Vism.Abstractions Vism.Driver Vism.PluginKit runtimes; do
+    { [ -e "$plugins/$name/$host.dll" ] || [ -e "$plugins/$name/$host" ]; } && fail "[$kind] the published plugin ships $host(.dll), which the host provides"
   done
   case "$kind" in
     memory) select=(--memory "$kindName" --transport vhost-user --transport mmio --events vq) ;;
