@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.RegularExpressions;
 using Vism.Testing;
 
 namespace Vism.Sdk.Tests;
@@ -41,10 +42,13 @@ public sealed class SdkCheckTests
 
         Assert.True(process.ExitCode == 0, $"sdk-check.sh exited {process.ExitCode}:\n{output}");
         Assert.Contains("sdk-check: all 3 kind(s) passed", output);
+        Assert.Contains("sdk-check: built the generated plugins and their tests against the packages", output);
+        Assert.Contains("sdk-check: restores: Vism.* ", output);
         foreach (string kind in new[] { "memory", "events", "transport" })
         {
-            Assert.Contains($"[{kind}] built Acme.", output);
-            Assert.Contains($"[{kind}] dotnet test Acme.", output);
+            string name = $"Acme.{char.ToUpperInvariant(kind[0])}{kind[1..]}Check";
+            Assert.Matches($@"Passed! +- Failed: +0, Passed: +1, .* - {Regex.Escape(name)}\.Tests\.dll", output);
+            Assert.Contains($"[{kind}] published {name}", output);
             Assert.Matches($@"\[{kind}\]   \d+ combination\(s\) x \d+ check\(s\): [1-9]\d* passed, 0 failed, 0 skipped", output);
         }
     }
