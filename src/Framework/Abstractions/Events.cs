@@ -11,8 +11,9 @@ public interface IEventChannel : IDisposable
     /// <summary>Feature bits (a mask) this channel offers, e.g. 1 &lt;&lt; <see cref="Features.IsmEventVq"/>.</summary>
     ulong Features { get; }
 
-    /// <summary>Virtqueues this channel uses after the controlq (1 for the eventq, otherwise 0).</summary>
-    int QueueCount { get; }
+    /// <summary>Virtqueues this channel uses after the controlq (1 for the eventq, otherwise 0).
+    /// Default 0: a channel without a queue of its own (per-region interrupts).</summary>
+    int QueueCount => 0;
 
     /// <summary>The driver set DRIVER_OK. <paramref name="context"/> is valid until <see cref="Deactivate"/>.
     /// Not called when the driver accepted none of <see cref="Features"/>.</summary>
@@ -27,9 +28,12 @@ public interface IEventChannel : IDisposable
     void OnRegionUpdated(ulong offset);
 
     /// <summary>This device no longer references the region at <paramref name="offset"/>:
-    /// drop its pending events and its vector binding.</summary>
+    /// drop its pending events and its vector binding. Default: nothing (a channel that keeps no
+    /// per-region state has nothing to drop).</summary>
     /// <param name="offset">The region's offset in this device's REGIONS window.</param>
-    void OnRegionDetached(ulong offset);
+    void OnRegionDetached(ulong offset)
+    {
+    }
 
     /// <summary>EVENT_VECTOR: bind the region at <paramref name="offset"/> (already checked to be
     /// attached to this device) to <paramref name="vector"/>.</summary>
@@ -37,11 +41,20 @@ public interface IEventChannel : IDisposable
     /// <param name="vector">The vector the driver chose.</param>
     /// <param name="failure">The reason, when it returns false (the ack is then ERR).</param>
     /// <returns>Whether the binding was recorded.</returns>
-    bool TryBindVector(ulong offset, ulong vector, out string? failure);
+    /// <remarks>Default: refuses (ERR ack) with "this event channel binds no vectors", the answer of
+    /// a channel that does not offer VIRTIO_ISM_F_EVENT_IRQ.</remarks>
+    bool TryBindVector(ulong offset, ulong vector, out string? failure)
+    {
+        failure = "this event channel binds no vectors";
+        return false;
+    }
 
-    /// <summary>The driver kicked one of this channel's queues (it posted buffers).</summary>
+    /// <summary>The driver kicked one of this channel's queues (it posted buffers). Default:
+    /// nothing (a channel with no queue of its own is never kicked).</summary>
     /// <param name="queueIndex">The queue index.</param>
-    void OnQueueNotified(int queueIndex);
+    void OnQueueNotified(int queueIndex)
+    {
+    }
 }
 
 /// <summary>What an active event channel may use.</summary>

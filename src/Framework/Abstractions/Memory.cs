@@ -88,7 +88,8 @@ public interface IMemoryBackend : IDisposable
     IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure);
 
     /// <summary>Regions persisted by an earlier run (empty unless the backend persists regions).
-    /// Called once, at start-up, before any allocation.</summary>
+    /// Called once, at start-up, before any allocation. Default: none (a backend that does not
+    /// persist regions).</summary>
     /// <returns>The recovered blocks; the caller owns them.</returns>
-    IReadOnlyList<RecoveredBlock> Recover();
+    IReadOnlyList<RecoveredBlock> Recover() => [];
 }

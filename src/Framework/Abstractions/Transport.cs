@@ -12,8 +12,8 @@ public interface ITransport : IAsyncDisposable
     string Endpoint { get; }
 
     /// <summary>Number of extra interrupt vectors the transport offers for per-region IRQ
-    /// (VIRTIO_ISM_F_EVENT_IRQ). Zero when it offers none.</summary>
-    int VectorCount { get; }
+    /// (VIRTIO_ISM_F_EVENT_IRQ). Default zero: it offers none.</summary>
+    int VectorCount => 0;
 
     /// <summary>Starts serving <paramref name="device"/>: binds the endpoint and accepts drivers.
     /// Called on the device's loop. Throws when the endpoint cannot be served (the host then

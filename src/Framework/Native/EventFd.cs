@@ -1,43 +1,30 @@
-using Microsoft.Win32.SafeHandles;
 using Mono.Unix.Native;
+using Microsoft.Win32.SafeHandles;
 
 namespace Vism.Native;
 
-/// <summary>An eventfd: the interrupt and kick primitive shared by transports and drivers.</summary>
+/// <summary>An eventfd: the interrupt and kick primitive shared by transports and drivers
+/// (Vism.PluginKit's, with failures as <see cref="PosixException"/>).</summary>
 public sealed class EventFd : IDisposable
 {
-    private EventFd(SafeFileHandle handle) => Handle = handle;
+    private readonly PluginKit.EventFd _fd;
+
+    private EventFd(PluginKit.EventFd fd) => _fd = fd;
 
     /// <summary>The descriptor (owned).</summary>
-    public SafeFileHandle Handle { get; }
+    public SafeFileHandle Handle => _fd.Handle;
 
     /// <summary>Creates a non-blocking, close-on-exec eventfd.</summary>
-    public static EventFd Create(bool nonBlocking = true)
-    {
-        int fd = LibC.eventfd(0, LibC.EFD_CLOEXEC | (nonBlocking ? LibC.EFD_NONBLOCK : 0));
-        if (fd < 0) throw PosixException.FromPInvoke("eventfd");
-        return new EventFd(Fd.Own(fd));
-    }
+    public static EventFd Create(bool nonBlocking = true) => new(MemFd.Posix(() => PluginKit.EventFd.Create(nonBlocking)));
 
     /// <summary>Wraps a received eventfd (ownership moves to the result).</summary>
-    public static EventFd Adopt(SafeFileHandle handle) => new(handle);
+    public static EventFd Adopt(SafeFileHandle handle) => new(PluginKit.EventFd.Adopt(handle));
 
     /// <summary>Adds 1 to the counter, waking a reader. Returns false if the fd is gone.</summary>
-    public unsafe bool Signal(ulong value = 1)
-    {
-        if (Handle.IsClosed) return false;
-        long rc = Syscall.write(Fd.Raw(Handle), &value, 8);
-        return rc == 8 || Stdlib.GetLastError() == Errno.EAGAIN; // EAGAIN: counter saturated, reader is awake anyway
-    }
+    public bool Signal(ulong value = 1) => _fd.Signal(value);
 
     /// <summary>Reads and clears the counter. Returns 0 when it was 0 (non-blocking) or on error.</summary>
-    public unsafe ulong Drain()
-    {
-        if (Handle.IsClosed) return 0;
-        ulong value = 0;
-        long rc = Syscall.read(Fd.Raw(Handle), &value, 8);
-        return rc == 8 ? value : 0;
-    }
+    public ulong Drain() => _fd.Drain();
 
     /// <summary>Waits until the counter is non-zero or the timeout passes, then drains it. Allocates nothing.</summary>
     /// <returns>The counter value, or 0 on timeout.</returns>
@@ -81,5 +68,5 @@ public sealed class EventFd : IDisposable
         }
     }
 
-    public void Dispose() => Handle.Dispose();
+    public void Dispose() => _fd.Dispose();
 }

@@ -5,24 +5,14 @@ namespace Vism.Native;
 /// <summary>The system calls Mono.Posix does not offer.</summary>
 internal static partial class LibC
 {
-    public const uint MFD_CLOEXEC = 0x1;
-    public const uint MFD_ALLOW_SEALING = 0x2;
-    public const uint MFD_HUGETLB = 0x4;
-    public const int MFD_HUGE_SHIFT = 26;
-
-    public const int EFD_CLOEXEC = 0x80000;
-    public const int EFD_NONBLOCK = 0x800;
-    public const int EFD_SEMAPHORE = 0x1;
-
+    // memfd_create, eventfd and fallocate live in Vism.PluginKit (shared with plugins).
     public const int FALLOC_FL_KEEP_SIZE = 0x01;
-    public const int FALLOC_FL_PUNCH_HOLE = 0x02;
 
     public const int MAP_SHARED = 0x01;
     public const int MAP_PRIVATE = 0x02;
     public const int MAP_FIXED = 0x10;
     public const int MAP_ANONYMOUS = 0x20;
     public const int MAP_NORESERVE = 0x4000;
-    public const int MAP_POPULATE = 0x8000;
     public const int MAP_HUGETLB = 0x40000;
     public const int PROT_NONE = 0;
     public const int PROT_READ = 1;

@@ -20,16 +20,8 @@ public sealed unsafe class Mapping : IDisposable
     public ulong Length { get; }
 
     /// <summary>Maps <paramref name="length"/> bytes of <paramref name="fd"/> at <paramref name="offset"/>, MAP_SHARED.</summary>
-    public static Mapping Map(SafeHandle fd, ulong offset, ulong length, bool writable = true, bool populate = false)
-    {
-        if (length == 0 || length > (ulong)nint.MaxValue || offset > long.MaxValue)
-            throw new ArgumentOutOfRangeException(nameof(length), $"cannot map {length} bytes at offset {offset}");
-        int prot = LibC.PROT_READ | (writable ? LibC.PROT_WRITE : 0);
-        int flags = LibC.MAP_SHARED | (populate ? LibC.MAP_POPULATE : 0);
-        nint p = LibC.mmap(0, (nuint)length, prot, flags, Fd.Raw(fd), (long)offset);
-        if (p == -1) throw PosixException.FromPInvoke($"mmap({length} bytes at {offset})");
-        return new Mapping(p, length);
-    }
+    public static Mapping Map(SafeHandle fd, ulong offset, ulong length, bool writable = true, bool populate = false) =>
+        new(MemFd.Posix(() => PluginKit.SharedMapping.MapShared(fd, offset, length, writable, populate)), length);
 
     /// <summary>Reserves <paramref name="length"/> bytes of address space with no access (PROT_NONE),
     /// to place fixed mappings into later (a driver-side shared-memory window). The start is

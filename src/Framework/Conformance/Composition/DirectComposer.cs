@@ -133,6 +133,7 @@ public sealed class DirectComposer : IComposer
                     Description = description,
                     VectorCount = part.Transport?.VectorCount ?? InMemoryVectors,
                     Device = part.Device,
+                    Transport = part.Transport,
                 }));
             }
             return composition;

@@ -1,0 +1,82 @@
+using Microsoft.Extensions.Logging;
+using Vism.Abstractions;
+
+namespace Vism.MyPlugin;
+
+/// <summary>
+/// Per-region interrupts (VIRTIO_ISM_F_EVENT_IRQ): the driver binds a region to a vector with
+/// EVENT_VECTOR, and every update of that region by a peer fires the vector. One instance per
+/// device, created by the host through dependency injection.
+/// </summary>
+/// <remarks>Threading: every member is called on the device's loop, so no locking is needed; never
+/// block in one.</remarks>
+/// <param name="options">This device's options (bound and validated).</param>
+/// <param name="log">Logger.</param>
+public sealed class MyEventChannel(MyOptions options, ILogger<MyEventChannel> log) : IEventChannel
+{
+    private readonly Dictionary<ulong, int> _vectorOf = [];
+    private readonly HashSet<ulong> _held = [];
+    private IEventContext? _context;
+
+    /// <inheritdoc />
+    public ulong Features => Vism.Abstractions.Features.Mask(Vism.Abstractions.Features.IsmEventIrq);
+
+    /// <inheritdoc />
+    public void Activate(IEventContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        Deactivate();
+        _context = context;
+    }
+
+    /// <inheritdoc />
+    public void Deactivate()
+    {
+        _vectorOf.Clear();
+        _held.Clear();
+        _context = null;
+    }
+
+    /// <inheritdoc />
+    public void OnRegionUpdated(ulong offset)
+    {
+        if (_context is not { } context) return;
+        if (_vectorOf.TryGetValue(offset, out int vector))
+            context.SignalVector(vector);
+        else if (options.HoldUnbound)
+            _held.Add(offset);
+    }
+
+    /// <inheritdoc />
+    public void OnRegionDetached(ulong offset)
+    {
+        _vectorOf.Remove(offset);
+        _held.Remove(offset);
+    }
+
+    /// <inheritdoc />
+    public bool TryBindVector(ulong offset, ulong vector, out string? failure)
+    {
+        if (_context is not { } context)
+        {
+            failure = $"{MyPlugin.Kind} is not active (VIRTIO_ISM_F_EVENT_IRQ not negotiated)";
+            return false;
+        }
+        if (vector >= (ulong)context.VectorCount)
+        {
+            failure = $"vector {vector} is not below the {context.VectorCount} per-region vectors the transport offers";
+            return false;
+        }
+        failure = null;
+        _vectorOf[offset] = (int)vector;
+        log.LogDebug("{Kind}: region at 0x{Offset:x} bound to vector {Vector}", MyPlugin.Kind, offset, vector);
+        if (_held.Remove(offset))
+            context.SignalVector((int)vector);
+        return true;
+    }
+
+    /// <summary>Nothing to free.</summary>
+    public void Dispose()
+    {
+    }
+}
