@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs vism's fuzz targets (fuzz/Vism.Fuzz, docs/fuzzing.md) under AFL++ with SharpFuzz.
 #   scripts/fuzz.sh TARGET|all SECONDS
-# Targets: vhost-user, mmio, control, splitqueue, config. For each target it prints one line
+# Targets: vhost-user, vhost-user-session, mmio, control, splitqueue, config. For each target it prints one line
 #   fuzz: TARGET: Ns, N execs (N/s), N edges, N paths, N crashes, N hangs
 # and copies any crash or hang input to artifacts/fuzz/findings/TARGET/ (replay one with
 # `dotnet <bin>/Vism.Fuzz.dll TARGET FILE`). Exits 1 when a target crashed or hung, 2 on a setup error.
@@ -13,13 +13,14 @@
 # Environment: VISM_FUZZ_WORK (work folder, default a new one under artifacts/fuzz/), VISM_FUZZ_KEEP=1
 # (keep the work folder: AFL's queues and stats), VISM_FUZZ_TIMEOUT_MS (one input, default 10000),
 # VISM_FUZZ_CONFIGURATION (the build used with VISM_FUZZ_NO_BUILD=1, default Release).
+main() {
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-TARGETS=(vhost-user mmio control splitqueue config)
+TARGETS=(vhost-user vhost-user-session mmio control splitqueue config)
 # The assemblies whose code the targets exercise (vism: the host with its config loader; Tomlyn:
 # the TOML parser under it).
-INSTRUMENT=(Vism.VhostUser Vism.Mmio Vism.Core Vism.Transport.Mmio vism Tomlyn)
+INSTRUMENT=(Vism.VhostUser Vism.Mmio Vism.Core Vism.Transport.Mmio Vism.Transport.VhostUser vism Tomlyn)
 SHARPFUZZ_VERSION=2.3.0
 
 say() { echo "fuzz.sh: $*" >&2; }
@@ -115,3 +116,7 @@ for t in "${run[@]}"; do
   fi
 done
 exit $bad
+}
+
+# The whole script is read before it runs (a long run is not disturbed by edits to this file).
+main "$@"

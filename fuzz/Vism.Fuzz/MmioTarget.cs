@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging.Abstractions;
-using Mono.Unix.Native;
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
 using Vism.Abstractions;
 using Vism.Core;
 using Vism.Mmio;
@@ -17,95 +18,59 @@ namespace Vism.Fuzz;
 /// nothing escapes to the loop, no internal failure, every reply is a well-formed frame, and
 /// the decoders of src/Framework/Mmio keep their contract on every message of the stream.
 /// </summary>
-internal sealed class MmioTarget : IFuzzTarget
+internal sealed class MmioTarget : DeviceSocketTarget
 {
-    private readonly Rig _rig = new();
-    private readonly string _dir = Directory.CreateTempSubdirectory("vism-fuzz-mmio").FullName;
     private readonly MmioTransport _transport;
     private readonly EventFd _eventFd = EventFd.Create();
 
     public MmioTarget()
+        : base("fuzz-mmio")
     {
-        IsmDevice device = _rig.AddDevice("fuzz-mmio");
-        var host = new HostDescription { Gid = _rig.Host.Gid, StateDirectory = _dir, SocketDirectory = _dir };
-        _transport = new MmioTransport(new MmioOptions { Vectors = 4 }, device.Description, host, device.Loop,
+        _transport = new MmioTransport(new MmioOptions { Vectors = 4 }, Device.Description, Host, Device.Loop,
             new DeviceCounters(), NullLogger<MmioTransport>.Instance);
-        device.Loop.InvokeAsync(() => _transport.Start(device)).GetAwaiter().GetResult();
+        Start(_transport);
     }
 
-    public void Run(ReadOnlySpan<byte> input)
+    protected override string Endpoint => _transport.Endpoint;
+
+    protected override bool Connected => _transport.HasVmm;
+
+    protected override SafeHandle Descriptor(int piece) => _eventFd.Handle;
+
+    protected override void Greet(UnixSocket vmm)
     {
-        if (input.Length < 2) return;
-        DecodeStream(input[2..]);
-        using (UnixSocket vmm = UnixSocket.Connect(_transport.Endpoint))
-        {
-            vmm.Send(MmioFrame.Build(MmioMessageType.Hello, MmioMessageFlags.None, 0, new HelloRequest(MmioProtocol.Magic, MmioProtocol.Version).Encode()));
-            (MmioHeader Header, byte[] Payload)? hello = MmioFrame.Receive(vmm, null)
-                ?? throw new FuzzFinding("the device closed the connection before answering HELLO");
-            if (hello.Value.Header.Status != MmioStatus.Ok) throw new FuzzFinding($"HELLO answered {hello.Value.Header.Status}");
-            Play(vmm, input);
-            // Every reply up to the device's close must be a well-formed frame.
-            var fds = new List<Microsoft.Win32.SafeHandles.SafeFileHandle>();
-            try
-            {
-                while (MmioFrame.Receive(vmm, fds) is { } frame)
-                {
-                    MmioHeader h = frame.Header;
-                    if (h.Type is not (MmioMessageType.Reject or MmioMessageType.Map or MmioMessageType.Unmap) && !h.IsReply)
-                        throw new FuzzFinding($"the device sent a {h.Type} request");
-                    if (h.Type == MmioMessageType.Reject && !RejectMessage.TryDecode(frame.Payload, out _))
-                        throw new FuzzFinding("the device sent a malformed REJECT");
-                }
-            }
-            catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
-            {
-                throw new FuzzFinding($"the device broke its own framing: {ex.Message}", ex);
-            }
-            catch (PosixException ex) when (ex.Errno == Errno.ECONNRESET)
-            {
-                // The device closed the connection with some of the stream unread (it refused the VMM).
-            }
-            finally
-            {
-                foreach (var fd in fds) fd.Dispose();
-            }
-        }
-        // The next VMM must be served: wait until this connection is gone on the device's side.
-        long deadline = Environment.TickCount64 + 30_000;
-        while (_transport.HasVmm)
-        {
-            if (Environment.TickCount64 > deadline) throw new FuzzFinding("the device kept a closed VMM connection");
-            Thread.Sleep(0);
-        }
-        _rig.Settle();
-        _rig.Check();
+        vmm.Send(MmioFrame.Build(MmioMessageType.Hello, MmioMessageFlags.None, 0, new HelloRequest(MmioProtocol.Magic, MmioProtocol.Version).Encode()));
+        (MmioHeader Header, byte[] Payload)? hello = MmioFrame.Receive(vmm, null)
+            ?? throw new FuzzFinding("the device closed the connection before answering HELLO");
+        if (hello.Value.Header.Status != MmioStatus.Ok) throw new FuzzFinding($"HELLO answered {hello.Value.Header.Status}");
     }
 
-    /// <summary>Sends the input's stream in its chunks (eventfds on the chunks fdMask names), then
-    /// shuts the sending side: the device reads to the end and closes.</summary>
-    private void Play(UnixSocket vmm, ReadOnlySpan<byte> input)
+    /// <summary>Every reply up to the device's close must be a well-formed frame.</summary>
+    protected override void Drain(UnixSocket vmm)
     {
-        int chunk = input[0] == 0 ? SocketFeed.MaxStream : input[0];
-        byte fdMask = input[1];
-        ReadOnlySpan<byte> stream = input[2..];
-        if (stream.Length > SocketFeed.MaxStream) stream = stream[..SocketFeed.MaxStream];
+        var fds = new List<SafeFileHandle>();
         try
         {
-            for (int i = 0, at = 0; at < stream.Length; i++)
+            while (MmioFrame.Receive(vmm, fds) is { } frame)
             {
-                int length = SocketFeed.Length(i, chunk, stream.Length - at);
-                ReadOnlySpan<byte> piece = stream.Slice(at, length);
-                at += length;
-                if (i < 8 && (fdMask & (1 << i)) != 0) vmm.Send(piece, [_eventFd.Handle]);
-                else vmm.Send(piece);
+                MmioHeader h = frame.Header;
+                if (h.Type is not (MmioMessageType.Reject or MmioMessageType.Map or MmioMessageType.Unmap) && !h.IsReply)
+                    throw new FuzzFinding($"the device sent a {h.Type} request");
+                if (h.Type == MmioMessageType.Reject && !h.IsReply && !RejectMessage.TryDecode(frame.Payload, out _))
+                    throw new FuzzFinding($"the device sent a malformed REJECT: {h}, payload {Convert.ToHexString(frame.Payload)}");
             }
         }
-        catch (PosixException)
+        catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
         {
-            // The device refused the VMM and closed the connection: allowed.
+            throw new FuzzFinding($"the device broke its own framing: {ex.Message}", ex);
         }
-        Syscall.shutdown(Fd.Raw(vmm.Handle), ShutdownOption.SHUT_WR);
+        finally
+        {
+            foreach (SafeFileHandle fd in fds) fd.Dispose();
+        }
     }
+
+    protected override void Inspect(ReadOnlySpan<byte> stream) => DecodeStream(stream);
 
     /// <summary>Walks the frames of the stream and runs every decoder on each payload.</summary>
     private static void DecodeStream(ReadOnlySpan<byte> s)
@@ -158,11 +123,9 @@ internal sealed class MmioTarget : IFuzzTarget
             throw new FuzzFinding($"{typeof(T).Name} does not survive a round trip");
     }
 
-    public void Dispose()
+    protected override void DisposeTransport()
     {
         _transport.DisposeAsync().AsTask().GetAwaiter().GetResult();
         _eventFd.Dispose();
-        _rig.Dispose();
-        Directory.Delete(_dir, recursive: true);
     }
 }

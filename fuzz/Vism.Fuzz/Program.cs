@@ -45,7 +45,8 @@ internal static class Program
             catch (Exception ex)
             {
                 failed++;
-                Console.Error.WriteLine($"{file}: {ex.GetType().Name}: {ex.Message}");
+                // A broken rule says what broke; anything else is a bug whose stack matters.
+                Console.Error.WriteLine(ex is FuzzFinding ? $"{file}: {ex.GetType().Name}: {ex.Message}" : $"{file}: {ex}");
             }
         }
         Console.WriteLine($"{args[0]}: replayed {ran} inputs, {failed} failed");
@@ -80,6 +81,7 @@ internal static class Targets
     public static readonly IReadOnlyDictionary<string, Func<IFuzzTarget>> All = new Dictionary<string, Func<IFuzzTarget>>(StringComparer.Ordinal)
     {
         ["vhost-user"] = () => new VhostUserTarget(),
+        ["vhost-user-session"] = () => new VhostUserSessionTarget(),
         ["mmio"] = () => new MmioTarget(),
         ["control"] = () => new ControlTarget(),
         ["splitqueue"] = () => new SplitQueueTarget(),

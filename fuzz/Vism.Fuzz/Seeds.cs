@@ -16,6 +16,7 @@ internal static class Seeds
     public static void Write(string root)
     {
         Put(root, "vhost-user", VhostUser());
+        Put(root, "vhost-user-session", VhostUserSession());
         Put(root, "mmio", Mmio());
         Put(root, "control", Control());
         Put(root, "splitqueue", SplitQueue());
@@ -61,6 +62,35 @@ internal static class Seeds
         yield return ("bad-version", Join(0, 0, Message.Build((uint)FrontendRequest.GetFeatures, 2, [])));
         yield return ("oversized", Join(0, 0, BitConverter.GetBytes(5u), BitConverter.GetBytes(1u), BitConverter.GetBytes(1u << 20)));
         yield return ("truncated", Join(3, 0, table.AsSpan(0, 20).ToArray()));
+    }
+
+    /// <summary>QEMU's start of a device: the memory table first (piece 0 carries the memfd), then
+    /// the rest in pieces of the same size without descriptors.</summary>
+    private static IEnumerable<(string, byte[])> VhostUserSession()
+    {
+        static byte[] M(FrontendRequest r, byte[] p, uint flags = VhostUserConstants.Version) => Message.Build((uint)r, flags, p);
+        byte[] table = M(FrontendRequest.SetMemTable, MemoryRegionDescriptor.EncodeTable([new(0, 1 << 20, 0x7f00_0000_0000, 0)]));
+        byte[][] start =
+        [
+            table, M(FrontendRequest.GetFeatures, []), M(FrontendRequest.SetOwner, []), M(FrontendRequest.GetProtocolFeatures, []),
+            M(FrontendRequest.SetProtocolFeatures, U64Payload.ToBytes((1UL << ProtocolFeature.ReplyAck) | (1UL << ProtocolFeature.Config) | (1UL << ProtocolFeature.Mq))),
+            M(FrontendRequest.SetFeatures, U64Payload.ToBytes((1UL << 32) | (1UL << VhostUserConstants.ProtocolFeaturesBit))),
+            M(FrontendRequest.GetQueueNum, []), M(FrontendRequest.SetVringNum, new VringState(0, 64).ToBytes()),
+            M(FrontendRequest.SetVringAddr, new VringAddress(0, 0, 0x7f00_0000_0000, 0x7f00_0000_1000, 0x7f00_0000_0400, 0).ToBytes()),
+            M(FrontendRequest.SetVringBase, new VringState(0, 0).ToBytes()),
+            M(FrontendRequest.SetVringCall, U64Payload.ToBytes(VhostUserConstants.VringNoFdFlag)),
+            M(FrontendRequest.SetVringKick, U64Payload.ToBytes(VhostUserConstants.VringNoFdFlag)),
+            M(FrontendRequest.SetVringEnable, new VringState(0, 1).ToBytes(), VhostUserConstants.Version | VhostUserConstants.NeedReplyFlag),
+            M(FrontendRequest.GetConfig, new ConfigHeader(0, 32, 0).Encode(new byte[32])),
+            M(FrontendRequest.GetVringBase, new VringState(0, 0).ToBytes()),
+        ];
+        yield return ("start", Join((byte)table.Length, 1, start));
+        yield return ("start-whole", Join(0, 0, start[1..]));
+        yield return ("config-and-status", Join(0, 0, M(FrontendRequest.GetFeatures, []), M(FrontendRequest.SetConfig, new ConfigHeader(0, 8, 0).Encode(new byte[8])),
+            M(FrontendRequest.SetStatus, U64Payload.ToBytes(0xf)), M(FrontendRequest.GetStatus, []), M(FrontendRequest.GetShmemConfig, []),
+            M(FrontendRequest.GetMaxMemSlots, []), M(FrontendRequest.ResetDevice, [])));
+        yield return ("kick-with-eventfd", Join(20, 0b10, M(FrontendRequest.SetVringNum, new VringState(0, 64).ToBytes()),
+            M(FrontendRequest.SetVringKick, U64Payload.ToBytes(0))));
     }
 
     // ---- MMIO: what a VMM forwards while Linux probes and starts the device --------------------------

@@ -22,7 +22,10 @@ public sealed class ConfigErrors(string file)
 
     public bool Any => _errors.Count > 0;
 
-    public void Add(TextPos pos, string key, string message) => _errors.Add(new ConfigError(File, pos, key, message));
+    // A blank key is legal TOML ("" = 1); it is shown quoted, so every error still names its key
+    // (found by fuzzing: "file:1:1: : unknown key ''").
+    public void Add(TextPos pos, string key, string message) =>
+        _errors.Add(new ConfigError(File, pos, string.IsNullOrWhiteSpace(key) ? $"\"{key}\"" : key, message));
 
     /// <summary>The errors in file order.</summary>
     public IEnumerable<ConfigError> Sorted() =>
