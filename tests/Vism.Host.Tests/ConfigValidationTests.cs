@@ -428,6 +428,22 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
         Assert.InRange(invalid, 500, 1500);
     }
 
+    // Found by fuzzing (fuzz/Vism.Fuzz config target, docs/fuzzing.md): Tomlyn's lexer threw
+    // ArgumentOutOfRangeException out of ConfigLoader.Parse on a string cut inside an escape.
+    [Fact]
+    public void Parse_StringEndingInsideAnEscape_IsASyntaxErrorAtTheEndOfTheFile()
+    {
+        string error = Assert.Single(Errors("[host]\ngid = \"\\"));
+        Assert.StartsWith("F:2:9: (toml): not valid TOML", error);
+    }
+
+    // Found by fuzzing: `"" = 1` (a legal empty TOML key) gave "F:1:1: : unknown key ''".
+    [Fact]
+    public void Parse_EmptyQuotedKey_ErrorNamesTheKeyQuoted()
+    {
+        Assert.Equal(["F:1:1: \"\": unknown key '' (known: device, host)"], Errors("\"\" = 1"));
+    }
+
     [Fact]
     public void An_unreadable_file_is_reported_not_thrown()
     {

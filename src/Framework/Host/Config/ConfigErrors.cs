@@ -23,7 +23,10 @@ public sealed class ConfigErrors(string file)
 
     public bool Any => _errors.Count > 0;
 
-    public void Add(TextPos pos, string key, string message) => _errors.Add(new ConfigError(File, pos, key, message));
+    // A blank key is legal TOML ("" = 1); it is shown quoted, so every error still names its key
+    // (found by fuzzing: "file:1:1: : unknown key ''").
+    public void Add(TextPos pos, string key, string message) =>
+        _errors.Add(new ConfigError(File, pos, string.IsNullOrWhiteSpace(key) ? $"\"{key}\"" : key, message));
 
     /// <summary>Warnings: the config is valid, but something will not work as a user probably expects.</summary>
     public IReadOnlyList<ConfigError> Warnings => _warnings;

@@ -84,6 +84,13 @@ public static class TomlTree
             errors.Add(new TextPos(Math.Max(1, ex.Line ?? 1), Math.Max(1, ex.Column ?? 1)), "(toml)", ex.Message);
             return null;
         }
+        catch (ArgumentException ex)
+        {
+            // Tomlyn 2.10.2's lexer throws instead of reporting some malformed input, for example a
+            // string whose escape is cut by the end of the file ('"\'; found by fuzzing, docs/fuzzing.md).
+            errors.Add(EndOf(text), "(toml)", $"not valid TOML (an unfinished string or escape sequence?); the TOML parser failed: {ex.Message}");
+            return null;
+        }
         if (doc.HasErrors)
         {
             // One syntax mistake (a missing quote) makes the parser report every line after it: only
@@ -125,6 +132,13 @@ public static class TomlTree
                 AddKeyValue(target, kv);
         }
         return root;
+    }
+
+    /// <summary>Line and column just after the last character of <paramref name="text"/>.</summary>
+    private static TextPos EndOf(string text)
+    {
+        int lastBreak = text.LastIndexOf('\n');
+        return new TextPos(1 + text.Count(c => c == '\n'), text.Length - lastBreak);
     }
 
     /// <summary>The dotted name of the innermost key whose line holds <paramref name="offset"/>, for syntax errors.</summary>
