@@ -26,7 +26,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private readonly int _txProducer, _txConsumer, _rxProducer, _rxConsumer;
     private readonly SemaphoreSlim[] _signals = [new(0, 1), new(0, 1)];
     private readonly long _spinTicks;
-    private readonly bool _poll;
+    private volatile bool _poll;
     private long _txTail, _rxHead;
     private uint _txNotified, _rxNotified, _myWaitSeqRead, _myWaitSeqWrite;
     private ulong _beats;
@@ -67,6 +67,20 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
 
     /// <summary>Whether this side created the channel (ALLOCated the region).</summary>
     public bool IsCreator { get; }
+
+    /// <summary>How this channel's reads and writes wait; starts as the device's
+    /// <see cref="ChannelOptions.WaitMode"/> (always <see cref="ChannelWaitMode.Poll"/> on a device without events).</summary>
+    /// <exception cref="InvalidOperationException">Setting <see cref="ChannelWaitMode.Event"/> on a device without events.</exception>
+    public ChannelWaitMode WaitMode
+    {
+        get => _poll ? ChannelWaitMode.Poll : ChannelWaitMode.Event;
+        set
+        {
+            if (value == ChannelWaitMode.Event && !_device.HasEvents)
+                throw new InvalidOperationException("the device offers no update events (no eventq, no vector): its channels poll");
+            _poll = value == ChannelWaitMode.Poll;
+        }
+    }
 
     /// <summary>Bytes each direction's ring holds.</summary>
     public long RingSize => (long)_ringSize;
@@ -465,13 +479,12 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private async ValueTask WaitAsync(int direction, bool sync, CancellationToken cancellation)
     {
         long start = Stopwatch.GetTimestamp();
-        var spinner = new SpinWait();
-        while (_poll || Stopwatch.GetTimestamp() - start < _spinTicks)
+        for (int spins = 1; _poll || Stopwatch.GetTimestamp() - start < _spinTicks; spins++)
         {
             if (Ready(direction)) return;
             cancellation.ThrowIfCancellationRequested();
-            if (_poll && spinner.Count > 1000) Thread.Yield();
-            else spinner.SpinOnce(-1);
+            if (spins % 1024 == 0) Thread.Yield(); // a peer that shares this core gets to run
+            else Thread.SpinWait(1);
         }
         int line = direction == Read ? _rxConsumer : _txProducer;
         uint seq = direction == Read ? ++_myWaitSeqRead : ++_myWaitSeqWrite;
