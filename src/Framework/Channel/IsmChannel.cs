@@ -18,6 +18,10 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
 {
     private const int Read = 0, Write = 1;
 
+    /// <summary>Large writes are published (and large reads consumed) in pieces of this size, so
+    /// both sides copy at the same time.</summary>
+    private const int Slice = 64 * 1024;
+
     private readonly ChannelDevice _device;
     private readonly nint _base;
     private readonly ulong _ringSize;
@@ -25,7 +29,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private readonly int _mySide, _peerSide;
     private readonly int _txProducer, _txConsumer, _rxProducer, _rxConsumer;
     private readonly SemaphoreSlim[] _signals = [new(0, 1), new(0, 1)];
-    private readonly long _spinTicks;
+    private long _spinTicks;
     private volatile bool _poll;
     private long _txTail, _rxHead;
     private uint _txNotified, _rxNotified, _myWaitSeqRead, _myWaitSeqWrite;
@@ -79,6 +83,19 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
             if (value == ChannelWaitMode.Event && !_device.HasEvents)
                 throw new InvalidOperationException("the device offers no update events (no eventq, no vector): its channels poll");
             _poll = value == ChannelWaitMode.Poll;
+        }
+    }
+
+    /// <summary>In <see cref="ChannelWaitMode.Event"/> mode, how long a wait spins before it blocks;
+    /// starts as the device's <see cref="ChannelOptions.SpinTime"/>.</summary>
+    public TimeSpan SpinTime
+    {
+        get => TimeSpan.FromSeconds((double)Volatile.Read(ref _spinTicks) / Stopwatch.Frequency);
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, TimeSpan.Zero);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, TimeSpan.FromSeconds(1));
+            Volatile.Write(ref _spinTicks, (long)(value.TotalSeconds * Stopwatch.Frequency));
         }
     }
 
@@ -239,6 +256,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         while ((length = TryPeekLength(buffer.Length)) == -2)
             await WaitAsync(Read, sync: false, cancellation).ConfigureAwait(false);
         if (length < 0) return -1;
+        if (TryTakeWhole(buffer.Span, length)) return length;
         Consume(4);
         for (int got = 0; got < length;)
         {
@@ -258,6 +276,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         while ((length = TryPeekLength(buffer.Length)) == -2)
             WaitAsync(Read, sync: true, default).GetAwaiter().GetResult();
         if (length < 0) return -1;
+        if (TryTakeWhole(buffer, length)) return length;
         Consume(4);
         for (int got = 0; got < length;)
         {
@@ -349,8 +368,18 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         ThrowIfFailed();
         int n = (int)Math.Min(avail, buffer.Length);
         if (n == 0) return 0;
-        Copy(_rxData, (ulong)_rxHead, buffer[..n]);
-        if (consume) Consume(n);
+        if (!consume)
+        {
+            Copy(_rxData, (ulong)_rxHead, buffer[..n]);
+            return n;
+        }
+        // Consumed in slices: the writer gets room while this side still copies.
+        for (int at = 0; at < n; at += Slice)
+        {
+            int part = Math.Min(Slice, n - at);
+            Copy(_rxData, (ulong)_rxHead, buffer.Slice(at, part));
+            Consume(part);
+        }
         return n;
     }
 
@@ -373,6 +402,16 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
             notified = seq;
             _device.Notify(Offset);
         }
+    }
+
+    /// <summary>When the whole message (length + <paramref name="length"/> bytes) is in the ring,
+    /// copies it out and consumes it with one cursor update (one notify at most).</summary>
+    private bool TryTakeWhole(Span<byte> buffer, int length)
+    {
+        if (Available() < 4L + length) return false;
+        Copy(_rxData, (ulong)_rxHead + 4, buffer[..length]);
+        Consume(4 + length);
+        return true;
     }
 
     /// <summary>The next message's length: -2 when its length is not there yet, -1 at the end.</summary>
@@ -404,8 +443,9 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         long free = Free();
         ThrowIfFailed();
         int n = (int)Math.Min(free, data.Length);
-        if (n == 0) return 0;
-        Publish(data[..n]);
+        // Published in slices: the reader copies one slice out while this side copies the next in.
+        for (int at = 0; at < n; at += Slice)
+            Publish(data[at..Math.Min(n, at + Slice)]);
         return n;
     }
 
@@ -479,12 +519,12 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private async ValueTask WaitAsync(int direction, bool sync, CancellationToken cancellation)
     {
         long start = Stopwatch.GetTimestamp();
-        for (int spins = 1; _poll || Stopwatch.GetTimestamp() - start < _spinTicks; spins++)
+        while (_poll || Stopwatch.GetTimestamp() - start < _spinTicks)
         {
             if (Ready(direction)) return;
             cancellation.ThrowIfCancellationRequested();
-            if (spins % 1024 == 0) Thread.Yield(); // a peer that shares this core gets to run
-            else Thread.SpinWait(1);
+            // No sched_yield: on a busy machine it hands the core to another task for a whole slice.
+            Thread.SpinWait(1);
         }
         int line = direction == Read ? _rxConsumer : _txProducer;
         uint seq = direction == Read ? ++_myWaitSeqRead : ++_myWaitSeqWrite;
