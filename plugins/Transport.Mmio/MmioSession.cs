@@ -199,18 +199,8 @@ public sealed class MmioSession : ITransportServices
     {
         if (!_attached) return "no VMM is attached";
         ulong window = Registers.ShmLength(id);
-        if (window == MmioRegister.NoSharedMemory) return $"the device has no shared-memory window {id}";
-        const ulong page = MmioProtocol.PageSize;
-        if (length == 0 || length % page != 0 || offset % page != 0 || block.Offset % page != 0)
-            return $"offset 0x{offset:x}, length 0x{length:x} and block offset 0x{block.Offset:x} must be page aligned and the length positive";
-        if (offset > window || length > window - offset)
-            return $"[0x{offset:x}, +0x{length:x}) is outside the 0x{window:x}-byte {id} window";
-        if (length > block.Length)
-            return $"length 0x{length:x} exceeds the 0x{block.Length:x}-byte block";
-        foreach (MapEntry m in _mappings)
-            if (m.Id == id && offset < m.Offset + m.Length && m.Offset < offset + length)
-                return $"[0x{offset:x}, +0x{length:x}) overlaps the mapping at 0x{m.Offset:x}";
-        return null;
+        return TransportRules.CheckMap(id, window == MmioRegister.NoSharedMemory ? null : window, offset, length, block,
+            _mappings.Where(m => m.Id == id).Select(m => new MappedRange(m.Offset, m.Length)));
     }
 
     private string MapFailed(string what, string reason)

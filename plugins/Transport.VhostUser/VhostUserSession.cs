@@ -7,47 +7,41 @@ using Vism.VhostUser;
 
 namespace Vism.Transport.VhostUser;
 
-/// <summary>A mapping in a window of the frontend.</summary>
-internal readonly record struct WindowMapping(ShmId ShmId, ulong Offset, ulong Length);
-
 /// <summary>
-/// One frontend connection: the protocol state machine. Everything runs on the device's loop; the
-/// socket is a raw non-blocking fd watched with <see cref="IDeviceLoop.WatchReadable"/>. Closing the
-/// session (peer gone, framing error) releases every fd and mapping and disconnects the device.
+/// One frontend connection: the handlers of <see cref="RequestTable"/> and the services the device
+/// uses (<see cref="ITransportServices"/>). The ring state and what vhost-user leaves to inference
+/// live in <see cref="VringSet"/>, the window mappings in <see cref="MappingBook"/>, the NOTIFY
+/// window in <see cref="NotifyWindow"/>. Everything runs on the device's loop; the socket is a raw
+/// non-blocking fd watched with <see cref="IDeviceLoop.WatchReadable"/>. Closing the session (peer
+/// gone, framing error) releases every fd and mapping and disconnects the device.
 /// </summary>
-internal sealed class VhostUserSession : ITransportServices, IDisposable
+internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDisposable
 {
-    private const ulong ProtocolFeaturesMask = 1UL << VhostUserConstants.ProtocolFeaturesBit;
+    private const ulong ProtocolFeaturesMask = VringSet.ProtocolFeaturesMask;
     private const int MaxLoggedErrors = 64;
     private const int MessagesPerTurn = 64;
-    private const ulong PageSize = 4096;
     private const DeviceStatus Lifecycle = DeviceStatus.Acknowledge | DeviceStatus.Driver | DeviceStatus.FeaturesOk | DeviceStatus.DriverOk;
 
-    private readonly VhostUserTransport _transport;
     private readonly IVirtioDevice _device;
     private readonly VhostUserOptions _options;
     private readonly IDeviceLoop _loop;
     private readonly ILogger _log;
     private readonly IDeviceCounters _counters;
+    private readonly VhostUserTransport _transport;
     private readonly UnixSocket _socket;
     private readonly MessageFramer _framer;
     private readonly Outbox _outbox;
     private readonly GuestMemoryTable _memory;
-    private readonly Ring[] _rings;
-    private readonly Dictionary<(ShmId, ulong), ulong> _mappings = [];
-    private readonly SafeFileHandle? _notifyFd;
-    private readonly Mapping? _notifyMap;
-    private readonly NotifyPoller? _poller;
+    private readonly VringSet _rings;
+    private readonly MappingBook _mappings;
+    private readonly NotifyWindow? _notify;
     private IDisposable? _watch;
     private BackendChannel? _backend;
     private ulong _protocolFeatures;
-    private ulong? _features;
     private bool _started;
     private bool _closed;
     private bool _warnedNoShmem;
     private int _loggedErrors;
-    private int _generation;
-    private StoppedControl? _stoppedControl;
 
     public VhostUserSession(VhostUserTransport transport, IVirtioDevice device, UnixSocket socket, VhostUserOptions options,
         IDeviceLoop loop, ILogger log, IDeviceCounters counters)
@@ -62,26 +56,22 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         _framer = new MessageFramer(socket, RequestTable.MaxPayload);
         _outbox = new Outbox(socket, loop, reason => Close($"main socket: {reason}"));
         _memory = new GuestMemoryTable(options.MaxMemSlots);
-        _rings = new Ring[device.QueueCount + options.Vectors];
-        for (int i = 0; i < _rings.Length; i++) _rings[i] = new Ring();
-        ulong notifyLength = NotifyWindowLength(device);
-        if (notifyLength > 0)
-        {
-            _notifyFd = MemFd.Create($"vism-notify-{device.Description.Name}", notifyLength);
-            _notifyMap = Mapping.Map(_notifyFd, 0, notifyLength);
-            _poller = new NotifyPoller(device, _notifyMap, loop, counters, NotifyPollPolicy.From(options));
-        }
+        _rings = new VringSet(device.QueueCount + options.Vectors, device, _memory, this, log, counters);
+        _mappings = new MappingBook(transport);
+        _notify = NotifyWindow.Create(device, loop, counters, options);
         _watch = loop.WatchReadable(socket.Handle, OnReadable);
         device.Connect(this);
     }
 
     public bool IsClosed => _closed;
 
+    bool IVringOwner.IsStarted => _started;
+
     /// <summary>Protocol features the frontend acked.</summary>
     public ulong AckedProtocolFeatures => _protocolFeatures;
 
     /// <summary>The NOTIFY poller (tests observe it).</summary>
-    internal NotifyPoller? Poller => _poller;
+    internal NotifyPoller? Poller => _notify?.Poller;
 
     /// <summary>The backend channel, when the frontend sent one.</summary>
     internal BackendChannel? Backend => _backend;
@@ -95,8 +85,8 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
     /// <inheritdoc />
     public void FlushNotifyWrites()
     {
-        if (_poller is not null && _device.SlotsInUse > 0)
-            _poller.Scan();
+        if (_notify is not null && _device.SlotsInUse > 0)
+            _notify.Poller.Scan();
     }
 
     public IGuestMemory Memory => _memory;
@@ -107,7 +97,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     public void SignalQueue(int queueIndex)
     {
-        if ((uint)queueIndex >= (uint)_rings.Length || _rings[queueIndex].Call is not { } call || !call.Signal())
+        if ((uint)queueIndex >= (uint)_rings.Count || _rings[queueIndex].Call is not { } call || !call.Signal())
             _counters.Increment("vhost-user.signals-dropped");
     }
 
@@ -133,11 +123,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     public async ValueTask<string?> MapAsync(ShmId shmId, ulong windowOffset, IMemoryBlock block, ulong length, bool writable)
     {
-        string? error = MapBlocker() ?? CheckWindowRange(shmId, windowOffset, length);
-        if (error is null && length > block.Length)
-            error = $"{length} bytes exceed the {block.Length}-byte block";
-        if (error is null && block.Offset % PageSize != 0)
-            error = $"block offset 0x{block.Offset:x} is not page aligned";
+        string? error = MapBlocker() ?? TransportRules.CheckMap(shmId, WindowLength(shmId), windowOffset, length, block, _mappings.In(shmId));
         if (error is null)
             error = await MapFd(shmId, windowOffset, block.Handle, block.Offset, length, writable);
         else
@@ -148,26 +134,25 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
     public async ValueTask<string?> UnmapAsync(ShmId shmId, ulong windowOffset, ulong length)
     {
         var mapping = new WindowMapping(shmId, windowOffset, length);
-        if (_closed || _transport.IsStale(mapping))
+        if (_closed || _mappings.IsStale(mapping))
             return null; // the frontend is gone or the mapping is already queued for removal at the next start
-        if (!_mappings.TryGetValue((shmId, windowOffset), out ulong mapped) || mapped != length)
+        if (!_mappings.TryRemove(mapping))
         {
             string missing = $"nothing is mapped at {shmId} +0x{windowOffset:x} with length 0x{length:x}";
             ReportMapError("SHMEM_UNMAP", missing);
             return missing;
         }
-        _mappings.Remove((shmId, windowOffset));
         if (MapBlocker() is not null)
         {
             // Not started: QEMU 11.1.3 must not see SHMEM_* now. QEMU drops mappings on a device reset;
             // after a pause it keeps them, so the removal is sent at the next start.
-            _transport.AddStale(mapping);
+            _mappings.MarkStale(mapping);
             return null;
         }
         string? error = await _backend!.Request(BackendRequest.ShmemUnmap, Payload(mapping, writable: false), null, Acked(ProtocolFeature.ReplyAck));
         if (error is not null)
         {
-            _transport.AddStale(mapping);
+            _mappings.MarkStale(mapping);
             ReportMapError("SHMEM_UNMAP", error);
         }
         return error;
@@ -183,38 +168,28 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         return null;
     }
 
-    private string? CheckWindowRange(ShmId shmId, ulong offset, ulong length)
+    private ulong? WindowLength(ShmId shmId)
     {
-        SharedMemoryWindow? window = null;
+        ulong? length = null;
         foreach (SharedMemoryWindow w in _device.SharedMemory)
-            if (w.Id == shmId) window = w;
-        if (window is not { } win) return $"the device has no shared memory window {shmId}";
-        if (length == 0 || offset % PageSize != 0 || length % PageSize != 0)
-            return $"[0x{offset:x}, +0x{length:x}) is empty or not page aligned";
-        if (offset > win.Length || length > win.Length - offset)
-            return $"[0x{offset:x}, +0x{length:x}) is outside the 0x{win.Length:x}-byte {shmId} window";
-        foreach (((ShmId id, ulong at), ulong len) in _mappings)
-            if (id == shmId && offset < at + len && at < offset + length)
-                return $"[0x{offset:x}, +0x{length:x}) overlaps the mapping at 0x{at:x}";
-        return null;
+            if (w.Id == shmId) length = w.Length;
+        return length;
     }
 
     private async Task<string?> MapFd(ShmId shmId, ulong offset, SafeFileHandle fd, ulong fdOffset, ulong length, bool writable)
     {
-        var key = (shmId, offset);
-        int generation = _generation;
-        _mappings[key] = length; // reserved while the reply is outstanding, so no overlapping map races it
+        int generation = _mappings.Reserve(shmId, offset, length); // held while the reply is outstanding
         string? error = await _backend!.Request(BackendRequest.ShmemMap,
             new ShmemMapPayload((byte)shmId, fdOffset, offset, length, writable ? VhostUserConstants.MapFlagReadWrite : 0).ToBytes(),
             fd, Acked(ProtocolFeature.ReplyAck));
         if (error is not null)
         {
-            if (generation == _generation && _mappings.TryGetValue(key, out ulong l) && l == length) _mappings.Remove(key);
+            _mappings.Release(generation, shmId, offset, length);
             ReportMapError("SHMEM_MAP", error);
         }
         else if (shmId == ShmId.Regions)
         {
-            _poller?.Activity();
+            _notify?.Poller.Activity();
         }
         return error;
     }
@@ -324,12 +299,16 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
     }
 
     // ---- handlers (called from RequestTable) ---------------------------------------------------
+    // RequestTable checked the payload size and fd count of each request; the handlers still check
+    // every decode, so a row changed in the table cannot make a handler read garbage.
+
+    private static Outcome Malformed(string what) => Outcome.Fail($"malformed {what} payload");
 
     internal Outcome GetFeatures() => Outcome.U64(OfferedFeatures);
 
     internal Outcome SetFeatures(in Request r)
     {
-        U64Payload.TryRead(r.Payload, out ulong f);
+        if (!U64Payload.TryRead(r.Payload, out ulong f)) return Malformed("u64");
         ulong offered = OfferedFeatures;
         if ((f & ~offered) != 0)
             return Outcome.Fail($"features 0x{f & ~offered:x} were not offered (offered 0x{offered:x})");
@@ -340,18 +319,13 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
                 return Outcome.Fail($"features 0x{deviceBits:x} differ from 0x{_device.DriverFeatures:x} accepted before FEATURES_OK; reset first");
             // Stopped, and the driver negotiated something else: it re-initialised the device
             // (QEMU 11.1.3 says nothing else on a guest reset).
-            ResetForNewDriver($"SET_FEATURES 0x{deviceBits:x} after a stop, the device runs with 0x{_device.DriverFeatures:x}");
+            _rings.ResetForNewDriver($"SET_FEATURES 0x{deviceBits:x} after a stop, the device runs with 0x{_device.DriverFeatures:x}");
         }
         if (!_device.Status.HasFlag(DeviceStatus.FeaturesOk) && !_device.TrySetDriverFeatures(deviceBits))
             return Outcome.Fail($"the device refused features 0x{deviceBits:x}");
-        _features = f;
+        _rings.Features = f;
         if ((f & ProtocolFeaturesMask) == 0)
-        {
-            // Without VHOST_USER_F_PROTOCOL_FEATURES every ring is enabled at once.
-            foreach (Ring ring in _rings) ring.Enabled = true;
-            for (int i = 0; i < _rings.Length; i++)
-                if (TryRun(i) is { } e) ReportError("SET_FEATURES", e);
-        }
+            foreach (string e in _rings.EnableAll()) ReportError("SET_FEATURES", e);
         return Outcome.Ok;
     }
 
@@ -379,7 +353,8 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     internal Outcome AddMemReg(in Request r)
     {
-        var d = MemoryRegionDescriptor.Read(r.Payload[8..]);
+        if (!MemoryRegionDescriptor.TryReadSingle(r.Payload, out MemoryRegionDescriptor d)) return Malformed("memory region");
+        if (r.Fds.Count != 1) return Outcome.Fail($"takes 1 fd, got {r.Fds.Count}");
         GuestRegion? region = GuestRegion.TryMap(d, r.Fds[0], out string? error);
         if (region is null) return Outcome.Fail(error!);
         error = _memory.TryAdd(region);
@@ -389,14 +364,14 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     internal Outcome RemMemReg(in Request r)
     {
-        var d = MemoryRegionDescriptor.Read(r.Payload[8..]);
+        if (!MemoryRegionDescriptor.TryReadSingle(r.Payload, out MemoryRegionDescriptor d)) return Malformed("memory region");
         return Outcome.From(_memory.TryRemove(d.GuestAddress, d.Size));
     }
 
     internal Outcome SetVringNum(in Request r)
     {
-        VringState.TryRead(r.Payload, out VringState s);
-        if (RingFor(s.Index, out Ring? ring) is { } e) return Outcome.Fail(e);
+        if (!VringState.TryRead(r.Payload, out VringState s)) return Malformed("vring state");
+        if (_rings.Find(s.Index, out Vring? ring) is { } e) return Outcome.Fail(e);
         if (ring!.Running) return Outcome.Fail($"ring {s.Index} is running");
         uint max = s.Index < _device.QueueCount ? Math.Min(_device.MaxQueueSize, (uint)32768) : 32768;
         if (s.Num == 0 || s.Num > max || !uint.IsPow2(s.Num))
@@ -407,8 +382,8 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     internal Outcome SetVringAddr(in Request r)
     {
-        VringAddress.TryRead(r.Payload, out VringAddress a);
-        if (RingFor(a.Index, out Ring? ring) is { } e) return Outcome.Fail(e);
+        if (!VringAddress.TryRead(r.Payload, out VringAddress a)) return Malformed("vring address");
+        if (_rings.Find(a.Index, out Vring? ring) is { } e) return Outcome.Fail(e);
         if (ring!.Running) return Outcome.Fail($"ring {a.Index} is running");
         if ((a.Flags & ~VhostUserConstants.VringFlagLog) != 0) return Outcome.Fail($"unknown ring flags 0x{a.Flags:x}");
         if (!_memory.TryUserToGuest(a.Descriptors, out ulong desc))
@@ -418,15 +393,15 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         if (!_memory.TryUserToGuest(a.Used, out ulong used))
             return Outcome.Fail($"used ring at user address 0x{a.Used:x} is outside the memory table");
         var candidate = new RingLayout(desc, avail, used);
-        if (CheckLayout(candidate, ring.Size) is { } bad) return Outcome.Fail($"ring {a.Index}: {bad}");
+        if (_rings.CheckLayout(candidate, ring.Size) is { } bad) return Outcome.Fail($"ring {a.Index}: {bad}");
         ring.Layout = candidate;
         return Outcome.Ok;
     }
 
     internal Outcome SetVringBase(in Request r)
     {
-        VringState.TryRead(r.Payload, out VringState s);
-        if (RingFor(s.Index, out Ring? ring) is { } e) return Outcome.Fail(e);
+        if (!VringState.TryRead(r.Payload, out VringState s)) return Malformed("vring state");
+        if (_rings.Find(s.Index, out Vring? ring) is { } e) return Outcome.Fail(e);
         if (ring!.Running) return Outcome.Fail($"ring {s.Index} is running");
         if (s.Num > ushort.MaxValue) return Outcome.Fail($"base {s.Num} does not fit a 16-bit ring index");
         ring.Base = (ushort)s.Num;
@@ -435,9 +410,9 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     internal Outcome GetVringBase(in Request r)
     {
-        VringState.TryRead(r.Payload, out VringState s);
-        if (RingFor(s.Index, out Ring? ring) is { } e) return Outcome.Fail(e);
-        StopRing((int)s.Index);
+        if (!VringState.TryRead(r.Payload, out VringState s)) return Malformed("vring state");
+        if (_rings.Find(s.Index, out Vring? ring) is { } e) return Outcome.Fail(e);
+        _rings.Stop((int)s.Index);
         ring!.DropKick();
         Stopped();
         return Outcome.Value(new VringState(s.Index, ring.Base).ToBytes());
@@ -445,7 +420,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     internal Outcome SetVringKick(in Request r)
     {
-        if (FileRequest(r, "kick", out uint index, out Ring? ring) is { } e) return Outcome.Fail(e);
+        if (FileRequest(r, "kick", out uint index, out Vring? ring) is { } e) return Outcome.Fail(e);
         if (r.Fds.Count == 0) return Outcome.Fail("polling rings (no kick fd) are not supported");
         SafeFileHandle fd = r.TakeFd();
         ring!.DropKick();
@@ -455,7 +430,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
             ring.Kick = EventFd.Adopt(fd);
             // The queues of per-region vectors never run: their kicks mean nothing and are not watched.
             if (index < (uint)_device.QueueCount)
-                ring.KickWatch = _loop.WatchReadable(fd, () => OnKick((int)index));
+                ring.KickWatch = _loop.WatchReadable(fd, () => _rings.OnKick((int)index));
         }
         catch (PosixException ex)
         {
@@ -464,12 +439,12 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
             return Outcome.Fail($"kick fd of ring {index} cannot be watched: {ex.Message}");
         }
         ring.Started = true;
-        return Outcome.From(TryRun((int)index));
+        return Outcome.From(_rings.TryRun((int)index));
     }
 
     internal Outcome SetVringCall(in Request r)
     {
-        if (FileRequest(r, "call", out _, out Ring? ring) is { } e) return Outcome.Fail(e);
+        if (FileRequest(r, "call", out _, out Vring? ring) is { } e) return Outcome.Fail(e);
         ring!.Call?.Dispose();
         ring.Call = null;
         if (r.Fds.Count == 0) return Outcome.Ok;
@@ -481,7 +456,7 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     internal Outcome SetVringErr(in Request r)
     {
-        if (FileRequest(r, "err", out _, out Ring? ring) is { } e) return Outcome.Fail(e);
+        if (FileRequest(r, "err", out _, out Vring? ring) is { } e) return Outcome.Fail(e);
         ring!.Err?.Dispose();
         ring.Err = r.Fds.Count == 0 ? null : r.TakeFd();
         return Outcome.Ok;
@@ -491,28 +466,29 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     internal Outcome SetProtocolFeatures(in Request r)
     {
-        U64Payload.TryRead(r.Payload, out ulong f);
+        if (!U64Payload.TryRead(r.Payload, out ulong f)) return Malformed("u64");
         ulong extra = f & ~RequestTable.OfferedProtocolFeatures;
         if (extra != 0) return Outcome.Fail($"protocol features 0x{extra:x} were not offered");
         _protocolFeatures = f;
         return Outcome.Ok;
     }
 
-    internal Outcome GetQueueNum() => Outcome.U64((ulong)_rings.Length);
+    internal Outcome GetQueueNum() => Outcome.U64((ulong)_rings.Count);
 
     internal Outcome SetVringEnable(in Request r)
     {
-        VringState.TryRead(r.Payload, out VringState s);
-        if (RingFor(s.Index, out Ring? ring) is { } e) return Outcome.Fail(e);
+        if (!VringState.TryRead(r.Payload, out VringState s)) return Malformed("vring state");
+        if (_rings.Find(s.Index, out Vring? ring) is { } e) return Outcome.Fail(e);
         if (s.Num > 1) return Outcome.Fail($"enable flag {s.Num} is neither 0 nor 1");
         ring!.Enabled = s.Num == 1;
-        if (ring.Enabled) return Outcome.From(TryRun((int)s.Index));
-        StopRing((int)s.Index);
+        if (ring.Enabled) return Outcome.From(_rings.TryRun((int)s.Index));
+        _rings.Stop((int)s.Index);
         return Outcome.Ok;
     }
 
     internal Outcome SetBackendReqFd(in Request r)
     {
+        if (r.Fds.Count != 1) return Outcome.Fail($"takes 1 fd, got {r.Fds.Count}");
         SafeFileHandle fd = r.TakeFd();
         if (Syscall.fstat(Fd.Raw(fd), out Stat st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFSOCK)
         {
@@ -547,15 +523,15 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
 
     internal Outcome SetStatus(in Request r)
     {
-        U64Payload.TryRead(r.Payload, out ulong v);
+        if (!U64Payload.TryRead(r.Payload, out ulong v)) return Malformed("u64");
         if (v > byte.MaxValue) return Outcome.Fail($"status 0x{v:x} does not fit 8 bits");
         if (v == 0) return ResetDevice("SET_STATUS 0");
         var status = (DeviceStatus)v;
         DeviceStatus cleared = _device.Status & ~status & Lifecycle;
         if (cleared != 0) return Outcome.Fail($"status {status} clears {cleared} without a reset");
-        string? error = Advance(status);
-        if (error is null && _device.Status.HasFlag(DeviceStatus.DriverOk) && !_started && !RingsPending()) Started();
-        DeliverDeferredKicks();
+        string? error = _rings.Advance(status);
+        if (error is null && _device.Status.HasFlag(DeviceStatus.DriverOk) && !_started && !_rings.Pending) Started();
+        _rings.DeliverDeferredKicks();
         return Outcome.From(error);
     }
 
@@ -571,199 +547,27 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
     internal Outcome ResetDevice(string why)
     {
         _log.LogDebug("{Device}: {Why}: resetting the device", _device.Description.Name, why);
-        Stopped();
-        MoveMappingsToStale();
-        bool protocolFeatures = _features is not { } f || (f & ProtocolFeaturesMask) != 0;
-        foreach (Ring ring in _rings) ring.Reset(enabled: !protocolFeatures);
-        _features = null; // the device forgot them; the frontend sends SET_FEATURES before the next start
-        _stoppedControl = null;
+        ((IVringOwner)this).OnStopping();
+        _rings.ResetAll();
         _device.Reset();
         return Outcome.Ok;
     }
 
-    /// <summary>
-    /// QEMU 11.1.3 sends neither SET_STATUS 0 nor RESET_DEVICE when the guest resets the device (its
-    /// "last queue pair" check skips both): the backend only sees SET_VRING_ENABLE 0 and
-    /// GET_VRING_BASE, exactly as for a VM pause. A resumed device restarts its controlq where it
-    /// stopped; a re-initialised one comes back with other features or a controlq at another base or
-    /// address. Then the device is reset here (its regions released; QEMU dropped their mappings),
-    /// keeping the features and rings of the new start.
-    /// </summary>
-    private void ResetForNewDriver(string why)
+    private string? FileRequest(in Request r, string what, out uint index, out Vring? ring)
     {
-        _log.LogInformation("{Device}: the driver re-initialised the device ({Why}): resetting it", _device.Description.Name, why);
-        _counters.Increment("vhost-user.implicit-resets");
-        Stopped();
-        MoveMappingsToStale();
-        _stoppedControl = null;
-        foreach (Ring ring in _rings) ring.Running = false;
-        ulong? features = _features;
-        _device.Reset();
-        if (features is { } f && !_device.TrySetDriverFeatures(f & ~ProtocolFeaturesMask))
-            _log.LogWarning("{Device}: the device refused features 0x{Features:x} after the reset", _device.Description.Name, f);
-    }
-
-    /// <summary>Stops a running ring (SET_VRING_ENABLE 0, GET_VRING_BASE) and remembers where the
-    /// controlq stopped, to tell a resume from a re-initialisation.</summary>
-    private void StopRing(int index)
-    {
-        Ring ring = _rings[index];
-        if (!ring.Running) return;
-        ring.Base = _device.StopQueue(index);
-        ring.Running = false;
-        if (index == Virtio.ControlQueue && ring.Layout is { } layout)
-            _stoppedControl = new StoppedControl(layout, ring.Size, ring.Base);
-    }
-
-    // ---- rings and status ----------------------------------------------------------------------
-
-    private string? RingFor(uint index, out Ring? ring)
-    {
-        ring = index < (uint)_rings.Length ? _rings[index] : null;
-        return ring is null ? $"queue {index} does not exist ({_rings.Length} queues)" : null;
-    }
-
-    private string? FileRequest(in Request r, string what, out uint index, out Ring? ring)
-    {
-        U64Payload.TryRead(r.Payload, out ulong v);
-        index = (uint)(v & VhostUserConstants.VringIndexMask);
+        index = 0;
         ring = null;
+        if (!U64Payload.TryRead(r.Payload, out ulong v)) return "malformed u64 payload";
+        index = (uint)(v & VhostUserConstants.VringIndexMask);
         if ((v & ~(VhostUserConstants.VringIndexMask | VhostUserConstants.VringNoFdFlag)) != 0)
             return $"unknown bits in 0x{v:x}";
         bool noFd = (v & VhostUserConstants.VringNoFdFlag) != 0;
         if (noFd && r.Fds.Count > 0) return $"the {what} fd came with the no-fd flag (closed)";
         if (!noFd && r.Fds.Count == 0) return $"no {what} fd and no no-fd flag";
-        return RingFor(index, out ring);
+        return _rings.Find(index, out ring);
     }
 
-    private void OnKick(int index)
-    {
-        Ring ring = _rings[index];
-        if (ring.Kick is null) return;
-        ring.Kick.Drain();
-        if (!ring.Running || !_device.Status.HasFlag(DeviceStatus.DriverOk))
-        {
-            // The ring is "started but disabled" (vhost-user, Ring states): its kick fd arrived but
-            // SET_VRING_ENABLE (or DRIVER_OK) has not. QEMU creates every kick eventfd already
-            // signalled (virtio_bus_set_host_notifier: event_notifier_init(notifier, 1)) so that the
-            // backend looks at the ring once, and a guest may kick while QEMU's start messages are
-            // still queued on the socket. The kick is kept and delivered once the ring runs.
-            if (!ring.KickPending) _counters.Increment("vhost-user.kicks-deferred");
-            ring.KickPending = true;
-            return;
-        }
-        Kicked(index);
-    }
-
-    /// <summary>A kick reaches the device (notify writes before the requests it announces are
-    /// flushed by the device itself, see <see cref="FlushNotifyWrites"/>).</summary>
-    private void Kicked(int index)
-    {
-        _poller?.Activity();
-        _device.NotifyQueue(index);
-    }
-
-    /// <summary>Delivers the kicks that arrived before their ring ran, once it runs on a device with
-    /// DRIVER_OK (each at most once).</summary>
-    private void DeliverDeferredKicks()
-    {
-        if (_closed || !_device.Status.HasFlag(DeviceStatus.DriverOk)) return;
-        for (int i = 0; i < _device.QueueCount && i < _rings.Length; i++)
-        {
-            Ring ring = _rings[i];
-            if (!ring.KickPending || !ring.Running) continue;
-            ring.KickPending = false;
-            Kicked(i);
-        }
-    }
-
-    /// <summary>Starts ring <paramref name="index"/> on the device once it has everything (size,
-    /// addresses, a kick fd, enabled), then delivers kicks that waited for a ring to run. Queues past
-    /// the device's own (per-region vectors) only carry call fds and never start.</summary>
-    private string? TryRun(int index)
-    {
-        string? error = StartRing(index);
-        DeliverDeferredKicks();
-        return error;
-    }
-
-    private string? StartRing(int index)
-    {
-        Ring ring = _rings[index];
-        if (ring.Running || !ring.Started || !ring.Enabled || ring.Layout is not { } layout || ring.Size == 0) return null;
-        if (index >= _device.QueueCount) return null;
-        if (index == Virtio.ControlQueue && _stoppedControl is { } stopped)
-        {
-            _stoppedControl = null;
-            if (stopped.Layout != layout || stopped.Size != ring.Size || stopped.Base != ring.Base)
-                ResetForNewDriver($"the controlq restarts at base {ring.Base} ({layout}), it stopped at base {stopped.Base} ({stopped.Layout})");
-        }
-        if (EnsureFeaturesOk() is { } notReady) return notReady;
-        if (CheckLayout(layout, ring.Size) is { } bad) return $"ring {index}: {bad}";
-        var settings = new QueueSettings(ring.Size, layout.Descriptors, layout.Available, layout.Used, ring.Base);
-        if (!_device.TryStartQueue(index, settings))
-            return $"the device refused to start queue {index} ({settings})";
-        ring.Running = true;
-        if (!_rings[Virtio.ControlQueue].Running || RingsPending()) return null;
-        if (!_device.Status.HasFlag(DeviceStatus.DriverOk))
-        {
-            // The running controlq is the start. QEMU 11.1.3 never sends SET_STATUS with DRIVER_OK
-            // for vhost-user-test-device (its "last queue pair" check skips it), and a frontend
-            // without STATUS never sends any status at all.
-            if (Advance(DeviceStatus.DriverOk) is { } error) return error;
-        }
-        if (_device.Status.HasFlag(DeviceStatus.DriverOk) && !_started) Started();
-        return null;
-    }
-
-    /// <summary>A device ring whose kick arrived but that does not run yet (waits for SET_VRING_ENABLE).</summary>
-    private bool RingsPending()
-    {
-        for (int i = 0; i < _device.QueueCount && i < _rings.Length; i++)
-            if (_rings[i].Started && !_rings[i].Running) return true;
-        return false;
-    }
-
-    private string? CheckLayout(RingLayout layout, ushort size)
-    {
-        if (layout.Descriptors % 16 != 0) return $"descriptor table 0x{layout.Descriptors:x} is not 16-byte aligned";
-        if (layout.Available % 2 != 0) return $"available ring 0x{layout.Available:x} is not 2-byte aligned";
-        if (layout.Used % 4 != 0) return $"used ring 0x{layout.Used:x} is not 4-byte aligned";
-        ulong n = Math.Max(size, (ushort)1);
-        if (!_memory.TryTranslate(layout.Descriptors, 16 * n, out _)) return $"descriptor table [0x{layout.Descriptors:x}, +{16 * n}) is not in guest memory";
-        if (!_memory.TryTranslate(layout.Available, 6 + 2 * n, out _)) return $"available ring [0x{layout.Available:x}, +{6 + 2 * n}) is not in guest memory";
-        if (!_memory.TryTranslate(layout.Used, 6 + 8 * n, out _)) return $"used ring [0x{layout.Used:x}, +{6 + 8 * n}) is not in guest memory";
-        return null;
-    }
-
-    private string? EnsureFeaturesOk()
-    {
-        if (_device.Status.HasFlag(DeviceStatus.FeaturesOk)) return null;
-        return Advance(DeviceStatus.FeaturesOk);
-    }
-
-    /// <summary>Drives the device to <paramref name="target"/> one bit at a time in the order a
-    /// driver would (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK), adding the bits the frontend left
-    /// out: a frontend may say FEATURES_OK alone (QEMU's first SET_STATUS), or nothing at all.</summary>
-    private string? Advance(DeviceStatus target)
-    {
-        DeviceStatus want = target;
-        if (want.HasFlag(DeviceStatus.DriverOk)) want |= DeviceStatus.FeaturesOk;
-        if (want.HasFlag(DeviceStatus.FeaturesOk)) want |= DeviceStatus.Driver;
-        if (want.HasFlag(DeviceStatus.Driver)) want |= DeviceStatus.Acknowledge;
-        foreach (DeviceStatus bit in (ReadOnlySpan<DeviceStatus>)[DeviceStatus.Acknowledge, DeviceStatus.Driver, DeviceStatus.FeaturesOk, DeviceStatus.DriverOk])
-        {
-            DeviceStatus current = _device.Status;
-            if (!want.HasFlag(bit) || current.HasFlag(bit)) continue;
-            if (bit == DeviceStatus.FeaturesOk && _features is null) return "FEATURES_OK before SET_FEATURES";
-            if (!_device.TrySetStatus(current | bit))
-                return $"the device refused status {current | bit} (now {current})";
-        }
-        DeviceStatus extra = target & (DeviceStatus.Failed | DeviceStatus.DeviceNeedsReset);
-        if (extra != 0 && (_device.Status & extra) != extra && !_device.TrySetStatus(_device.Status | extra))
-            return $"the device refused status {_device.Status | extra}";
-        return null;
-    }
+    // ---- start and stop ------------------------------------------------------------------------
 
     /// <summary>The device runs: share the NOTIFY window and remove mappings left from before.</summary>
     private void Started()
@@ -776,36 +580,32 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
             _warnedNoShmem = true;
             return;
         }
-        foreach (WindowMapping stale in _transport.TakeStale())
+        foreach (WindowMapping stale in _mappings.TakeStale())
             _ = _backend!.Request(BackendRequest.ShmemUnmap, Payload(stale, writable: false), null, Acked(ProtocolFeature.ReplyAck));
-        if (_notifyFd is not null && _notifyMap is not null && !_mappings.ContainsKey((ShmId.Notify, 0)))
+        if (_notify is not null && !_mappings.Contains(ShmId.Notify, 0))
         {
-            ClearNotifyWindow();
-            _ = MapFd(ShmId.Notify, 0, _notifyFd, 0, _notifyMap.Length, writable: true);
+            _notify.Clear();
+            _ = MapFd(ShmId.Notify, 0, _notify.Fd, 0, _notify.Length, writable: true);
         }
-        _poller?.Activity();
+        _notify?.Poller.Activity();
     }
 
     /// <summary>GET_VRING_BASE or a reset: the frontend stopped the device.</summary>
     private void Stopped()
     {
         _started = false;
-        _poller?.Stop();
+        _notify?.Poller.Stop();
     }
 
-    private void ClearNotifyWindow()
+    void IVringOwner.OnStopping()
     {
-        for (ulong at = 0; at < _notifyMap!.Length; at += 1 << 20)
-            _notifyMap.Span(at, (int)Math.Min(1UL << 20, _notifyMap.Length - at)).Clear();
+        Stopped();
+        _mappings.MoveAllToStale();
     }
 
-    private void MoveMappingsToStale()
-    {
-        foreach (((ShmId id, ulong offset), ulong length) in _mappings)
-            _transport.AddStale(new WindowMapping(id, offset, length));
-        _mappings.Clear();
-        _generation++;
-    }
+    void IVringOwner.OnRunning() => Started();
+
+    void IVringOwner.OnKick() => _notify?.Poller.Activity();
 
     private string? ReadConfig(uint offset, Span<byte> data)
     {
@@ -835,13 +635,6 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         _loop.Post(channel.Dispose); // not from inside its own callback
     }
 
-    private static ulong NotifyWindowLength(IVirtioDevice device)
-    {
-        foreach (SharedMemoryWindow w in device.SharedMemory)
-            if (w.Id == ShmId.Notify) return w.Length;
-        return 0;
-    }
-
     // ---- teardown ------------------------------------------------------------------------------
 
     /// <summary>Closes the connection and releases everything it holds.</summary>
@@ -854,8 +647,8 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         _log.Log(level, "{Device}: frontend disconnected: {Reason}", _device.Description.Name, reason);
         _watch?.Dispose();
         _watch = null;
-        _poller?.Dispose();
-        MoveMappingsToStale();
+        _notify?.StopPolling();
+        _mappings.MoveAllToStale();
         try
         {
             _device.Disconnect();
@@ -866,64 +659,14 @@ internal sealed class VhostUserSession : ITransportServices, IDisposable
         }
         _backend?.Dispose();
         _backend = null;
-        foreach (Ring ring in _rings) ring.Dispose();
+        _rings.Dispose();
         _memory.Dispose();
         _outbox.Dispose();
         _framer.Dispose();
         _socket.Dispose();
-        _notifyMap?.Dispose();
-        _notifyFd?.Dispose();
+        _notify?.Dispose();
         _transport.OnSessionClosed(this);
     }
 
     public void Dispose() => Close("the transport stopped");
-
-    private readonly record struct RingLayout(ulong Descriptors, ulong Available, ulong Used);
-
-    private readonly record struct StoppedControl(RingLayout Layout, ushort Size, ushort Base);
-
-    private sealed class Ring : IDisposable
-    {
-        public ushort Size;
-        public RingLayout? Layout;
-        public ushort Base;
-        public EventFd? Kick;
-        public IDisposable? KickWatch;
-        public EventFd? Call;
-        public SafeFileHandle? Err;
-        public bool Started;
-        public bool Enabled;
-        public bool Running;
-
-        /// <summary>A kick arrived before the ring ran; it is delivered when it runs.</summary>
-        public bool KickPending;
-
-        public void DropKick()
-        {
-            KickWatch?.Dispose();
-            KickWatch = null;
-            Kick?.Dispose();
-            Kick = null;
-            Started = false;
-            KickPending = false;
-        }
-
-        /// <summary>Device reset: the ring stops and forgets its base; call fds stay (QEMU sends new ones on start).</summary>
-        public void Reset(bool enabled)
-        {
-            DropKick();
-            Running = false;
-            Base = 0;
-            Enabled = enabled;
-        }
-
-        public void Dispose()
-        {
-            DropKick();
-            Call?.Dispose();
-            Call = null;
-            Err?.Dispose();
-            Err = null;
-        }
-    }
 }

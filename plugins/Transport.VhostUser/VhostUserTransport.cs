@@ -12,8 +12,6 @@ namespace Vism.Transport.VhostUser;
 /// </summary>
 public sealed class VhostUserTransport : ITransport
 {
-    private const ulong PageSize = 4096;
-
     private readonly VhostUserOptions _options;
     private readonly DeviceDescription _description;
     private readonly IDeviceLoop _loop;
@@ -83,8 +81,8 @@ public sealed class VhostUserTransport : ITransport
         {
             if (w.Id == ShmId.Undefined || !seen.Add(w.Id))
                 throw new InvalidOperationException($"{name}: shared memory window id {w.Id} is 0 or repeated");
-            if (w.Length == 0 || w.Length % PageSize != 0)
-                throw new InvalidOperationException($"{name}: window {w.Id} of {w.Length} bytes is not a positive multiple of {PageSize}");
+            if (w.Length == 0 || w.Length % TransportRules.PageSize != 0)
+                throw new InvalidOperationException($"{name}: window {w.Id} of {w.Length} bytes is not a positive multiple of {TransportRules.PageSize}");
             if (w.Length > ulong.MaxValue - total)
                 throw new InvalidOperationException($"{name}: the windows' total size overflows");
             total += w.Length;

@@ -208,18 +208,11 @@ public sealed class InMemoryTransport : ITransport, IDriverTransport, ITransport
             return "the device is not running";
         if (MapFault?.Invoke(windowOffset) is { } injected)
             return injected;
-        const ulong page = 4096;
-        if (windowOffset % page != 0 || length % page != 0 || length == 0)
-            return $"mapping [0x{windowOffset:x}, +{length}) is not page aligned";
-        if (windowOffset > _regionsWindow.Length || length > _regionsWindow.Length - windowOffset)
-            return $"mapping [0x{windowOffset:x}, +{length}) is outside the {_regionsWindow.Length}-byte window";
-        if (length > block.Length)
-            return $"mapping {length} bytes of a {block.Length}-byte block";
         lock (_lock)
         {
-            foreach ((ulong at, WindowMapping m) in _mappings)
-                if (at < windowOffset + length && windowOffset < at + m.Length)
-                    return $"mapping [0x{windowOffset:x}, +{length}) overlaps the mapping at 0x{at:x}";
+            if (TransportRules.CheckMap(shmId, _regionsWindow.Length, windowOffset, length, block,
+                    _mappings.Select(m => new MappedRange(m.Key, m.Value.Length))) is { } refused)
+                return refused;
             try
             {
                 _regionsWindow.MapFixed(windowOffset, block.Handle, block.Offset, length, writable);

@@ -152,6 +152,18 @@ public readonly record struct MemoryRegionDescriptor(ulong GuestAddress, ulong S
     /// <summary>Payload size of ADD_MEM_REG / REM_MEM_REG: u64 padding + one region.</summary>
     public const int SingleRegionPayloadSize = 8 + EncodedSize;
 
+    /// <summary>Decodes an ADD_MEM_REG / REM_MEM_REG payload: u64 padding, then one region.</summary>
+    /// <param name="payload">The payload.</param>
+    /// <param name="value">The region.</param>
+    /// <returns>False when the length is not <see cref="SingleRegionPayloadSize"/>.</returns>
+    public static bool TryReadSingle(ReadOnlySpan<byte> payload, out MemoryRegionDescriptor value)
+    {
+        value = default;
+        if (payload.Length != SingleRegionPayloadSize) return false;
+        value = Read(payload[8..]);
+        return true;
+    }
+
     /// <summary>Decodes 32 bytes.</summary>
     /// <param name="source">At least <see cref="EncodedSize"/> bytes.</param>
     public static MemoryRegionDescriptor Read(ReadOnlySpan<byte> source) => new(

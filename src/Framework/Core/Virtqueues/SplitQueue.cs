@@ -79,7 +79,7 @@ public sealed class SplitQueue
     public bool IndirectDesc { get; private set; }
 
     /// <summary>Checks a ring layout: size a power of two in 1..<paramref name="maxSize"/>, alignment
-    /// (16/2/4), and that each ring lies wholly in guest memory.</summary>
+    /// (16/2/4), and that each ring lies wholly in guest memory (<see cref="TransportRules.CheckRingLayout"/>).</summary>
     /// <param name="settings">The layout.</param>
     /// <param name="maxSize">The device's maximum queue size.</param>
     /// <param name="memory">Guest memory.</param>
@@ -89,16 +89,7 @@ public sealed class SplitQueue
         ushort size = settings.Size;
         if (size == 0 || size > maxSize || (size & (size - 1)) != 0)
             return $"queue size {size} is not a power of two in 1..{maxSize}";
-        if (settings.DescriptorTable % 16 != 0) return $"descriptor table 0x{settings.DescriptorTable:x} is not 16-byte aligned";
-        if (settings.AvailRing % 2 != 0) return $"available ring 0x{settings.AvailRing:x} is not 2-byte aligned";
-        if (settings.UsedRing % 4 != 0) return $"used ring 0x{settings.UsedRing:x} is not 4-byte aligned";
-        if (!memory.TryTranslate(settings.DescriptorTable, (ulong)DescriptorSize * size, out _))
-            return $"descriptor table [0x{settings.DescriptorTable:x}, +{DescriptorSize * size}) is outside guest memory";
-        if (!memory.TryTranslate(settings.AvailRing, 6 + 2UL * size, out _))
-            return $"available ring [0x{settings.AvailRing:x}, +{6 + 2 * size}) is outside guest memory";
-        if (!memory.TryTranslate(settings.UsedRing, 6 + 8UL * size, out _))
-            return $"used ring [0x{settings.UsedRing:x}, +{6 + 8 * size}) is outside guest memory";
-        return null;
+        return TransportRules.CheckRingLayout(settings.DescriptorTable, settings.AvailRing, settings.UsedRing, size, memory);
     }
 
     /// <summary>Adopts a validated layout and the negotiated ring features.</summary>
