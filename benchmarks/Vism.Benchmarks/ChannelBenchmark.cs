@@ -14,7 +14,7 @@ namespace Vism.Benchmarks;
 
 /// <summary>
 /// vism channel vs TCP loopback between the same two processes (docs/benchmarks.md, "Channel"):
-/// this process serves two devices (real plugins: the transport's socket, file memory on tmpfs, the
+/// this process serves two devices (real plugins: the transport's socket, file memory in /dev/shm, the
 /// eventq) and starts two peer processes, each pinned to its own core with taskset, each reaching
 /// its device through the socket. The peers open a TCP connection and a channel to each other and
 /// measure, one after the other: bulk throughput (client to server, then a 1-byte ack), and
@@ -38,7 +38,9 @@ public static class ChannelBenchmark
 
     private static async Task<int> RunAsync(string transport, int mib, int trips)
     {
-        string memory = Directory.CreateTempSubdirectory("vism-chan-bench-").FullName;
+        // Region memory on tmpfs (/tmp may be a disk file system, whose shared mappings write back).
+        string memory = Path.Combine("/dev/shm", $"vism-chan-bench-{Environment.ProcessId}");
+        Directory.CreateDirectory(memory);
         var composer = new DirectComposer(NullLoggerFactory.Instance, new VhostUserPlugin(), new MmioPlugin(), new FileMemoryPlugin(), new VqEventsPlugin())
             .Configure<FileMemoryOptions>(o => o.Directory = memory);
         await using IComposition host = await composer.ComposeAsync(new Combination(transport, "file", "vq"),

@@ -39,8 +39,10 @@ internal sealed class ChannelRig : IAsyncDisposable
     public static async Task<ChannelRig> StartAsync(string transport, ChannelOptions options, int devices = 2, int? connected = null)
     {
         var memory = new TempDir("vism-chan");
+        // Region files in /dev/shm (tmpfs); /tmp may be a disk file system.
+        string regions = Path.Combine("/dev/shm", Path.GetFileName(memory.Path));
         var composer = new DirectComposer(NullLoggerFactory.Instance, new VhostUserPlugin(), new MmioPlugin(), new FileMemoryPlugin(), new VqEventsPlugin())
-            .Configure<FileMemoryOptions>(o => o.Directory = memory.Path);
+            .Configure<FileMemoryOptions>(o => o.Directory = regions);
         IComposition composition = await composer.ComposeAsync(new Combination(transport, "file", "vq"),
             new HostSpec { Devices = devices, RegionSize = 2 << 20, WindowSize = 16 << 20 }, CancellationToken.None);
         var rig = new ChannelRig(memory, composition, transport);
@@ -75,5 +77,6 @@ internal sealed class ChannelRig : IAsyncDisposable
             d.Dispose();
         await _composition.DisposeAsync();
         _memory.Dispose();
+        try { Directory.Delete(Path.Combine("/dev/shm", Path.GetFileName(_memory.Path)), recursive: true); } catch (DirectoryNotFoundException) { }
     }
 }

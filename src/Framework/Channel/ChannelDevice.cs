@@ -177,13 +177,13 @@ public sealed class ChannelDevice : IDisposable
     internal void Release(IsmChannel channel)
     {
         _channels.TryRemove(channel.Offset, out _);
-        if (_failure is not null)
-            return;
+        if (_failure is not null || _stopping)
+            return; // the connection is gone or going: the device's reset releases the region
         try
         {
             Client.Detach(channel.Offset);
         }
-        catch (DriverTransportException)
+        catch (Exception ex) when (ex is DriverTransportException or ObjectDisposedException)
         {
         }
     }
