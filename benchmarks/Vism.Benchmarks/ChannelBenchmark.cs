@@ -21,7 +21,8 @@ namespace Vism.Benchmarks;
 /// 64-byte request/response round trips event-driven (blocking reads; channel: notify -> event) and
 /// polling (TCP: non-blocking sockets spun on; channel: cursors spun on). Not BenchmarkDotNet: it
 /// needs two processes on two cores. Command:
-/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [vhost-user|mmio] [MiB] [round trips]</c>.
+/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips]</c>
+/// (default: both transports, 1024 MiB, 5000 round trips event-driven and 50000 polling).
 /// </summary>
 public static class ChannelBenchmark
 {
@@ -30,10 +31,13 @@ public static class ChannelBenchmark
 
     public static int Run(string[] args)
     {
-        string transport = args.Length > 0 ? args[0] : "vhost-user";
-        int mib = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 2048;
-        int trips = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 20000;
-        return RunAsync(transport, mib, trips).GetAwaiter().GetResult();
+        string[] transports = args.Length > 0 && args[0] != "all" ? [args[0]] : ["vhost-user", "mmio"];
+        int mib = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024;
+        int trips = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 5000;
+        int failed = 0;
+        foreach (string transport in transports)
+            failed |= RunAsync(transport, mib, trips).GetAwaiter().GetResult();
+        return failed;
     }
 
     private static async Task<int> RunAsync(string transport, int mib, int trips)
