@@ -137,6 +137,9 @@ public sealed record QemuGuestOptions
     /// <summary>A flow script given inline; it is appended to the initramfs as /flow.vism.</summary>
     public string? Flow { get; init; }
 
+    /// <summary>More files for the guest's root, appended to the initramfs (path relative to /, contents).</summary>
+    public IReadOnlyList<(string Path, byte[] Data)> Files { get; init; } = [];
+
     /// <summary>Script variables, passed on the kernel command line as <c>vism.KEY=VALUE</c>
     /// (no spaces). Keys id, pci, timeout and verbose set vism-guest options instead.</summary>
     public IReadOnlyDictionary<string, string> Variables { get; init; } = new Dictionary<string, string>();
@@ -279,7 +282,7 @@ public sealed class QemuGuest : IAsyncDisposable
         try
         {
             string initrd = image;
-            if (options.Flow is not null)
+            if (options.Flow is not null || options.Files.Count > 0)
             {
                 initrd = dir["initrd.img"];
                 using var file = File.Create(initrd);
@@ -288,7 +291,10 @@ public sealed class QemuGuest : IAsyncDisposable
                 // The kernel looks for the next archive at a 4-byte boundary after the gzip stream.
                 while (file.Length % 4 != 0)
                     file.WriteByte(0);
-                Cpio.Write(file, [("flow.vism", Encoding.UTF8.GetBytes(options.Flow))]);
+                var files = new List<(string, byte[])>(options.Files);
+                if (options.Flow is not null)
+                    files.Add(("flow.vism", Encoding.UTF8.GetBytes(options.Flow)));
+                Cpio.Write(file, files);
             }
             (string program, string[] prefix, Dictionary<string, string> environment) = Qemu.Command(root);
             var psi = new ProcessStartInfo(program)

@@ -40,6 +40,11 @@ static void usage(FILE *f)
           "                               to S s (default 1) for the device to take the slot\n"
           "  wait [--timeout S]           print the next eventq event (default timeout 30 s)\n"
           "  poll [--timeout S] OFFSET TEXT  wait until the region holds TEXT at OFFSET\n"
+          "  channel send [--peer DEVID] [--timeout S] FILE\n"
+          "                               create a vism channel (for devid DEVID only), print its\n"
+          "                               token, stream FILE to the peer that joins, print sha256\n"
+          "  channel recv [--timeout S] TOKEN FILE\n"
+          "                               join the channel TOKEN, write what arrives to FILE\n"
           "  echo TEXT | sleep S          print TEXT | pause S seconds\n"
           "  pause [--timeout S]          hold the device until a line on stdin (or S seconds)\n"
           "  expect-refused COMMAND...    succeed only if the device answers COMMAND with ERR\n"
@@ -396,6 +401,40 @@ static int cmd_poll(struct ctx *c, int argc, char **argv)
     return EXIT_OK;
 }
 
+/* channel send [--peer DEVID] [--timeout S] FILE | channel recv [--timeout S] TOKEN FILE */
+static int cmd_channel(struct ctx *c, int argc, char **argv)
+{
+    const char *usage_text = "channel send [--peer DEVID] [--timeout S] FILE | channel recv [--timeout S] TOKEN FILE";
+    if (argc < 2 || (strcmp(argv[1], "send") != 0 && strcmp(argv[1], "recv") != 0)) {
+        errorf("usage: %s", usage_text);
+        return EXIT_USAGE;
+    }
+    int send = argv[1][0] == 's';
+    uint64_t peer = 0, token = 0;
+    double timeout = 30;
+    int i = 2, rc;
+    for (; i + 1 < argc && argv[i][0] == '-'; i += 2) {
+        if (send && strcmp(argv[i], "--peer") == 0) {
+            if ((rc = parse_number("channel --peer", argv[i + 1], &peer)))
+                return rc;
+        } else if (strcmp(argv[i], "--timeout") == 0) {
+            if ((rc = parse_seconds("channel --timeout", argv[i + 1], &timeout)))
+                return rc;
+        } else {
+            break;
+        }
+    }
+    if (argc - i != (send ? 1 : 2)) {
+        errorf("usage: %s", usage_text);
+        return EXIT_USAGE;
+    }
+    if (!send && (rc = parse_number("channel recv", argv[i], &token)))
+        return rc;
+    if ((rc = need_device(c)))
+        return rc;
+    return send ? channel_send(&c->m, peer, argv[i], timeout) : channel_recv(&c->m, token, argv[i + 1], timeout);
+}
+
 /* pause [--timeout S]: holds the device (and its regions) until a line arrives on stdin, stdin
  * ends, or S seconds pass (default: no limit). */
 static int cmd_pause(int argc, char **argv)
@@ -501,6 +540,8 @@ static int run_command(struct ctx *c, int argc, char **argv)
         putchar('\n');
         return EXIT_OK;
     }
+    if (strcmp(cmd, "channel") == 0)
+        return cmd_channel(c, argc, argv);
     if (strcmp(cmd, "wait") == 0)
         return cmd_wait(c, argc, argv);
     if (strcmp(cmd, "poll") == 0)

@@ -242,4 +242,26 @@ int ism_read(struct ism *m, uint64_t offset, void *out, size_t len);
 int ism_notify(struct ism *m, uint64_t offset, double timeout, uint64_t *slot, int *taken);
 int ism_wait(struct ism *m, double timeout, struct ism_event *ev);
 
+/* ---- sha256.c ---- */
+
+struct sha256 {
+    uint32_t h[8];
+    uint64_t bytes;
+    uint8_t buf[64];
+    size_t used;
+};
+void sha256_init(struct sha256 *s);
+void sha256_update(struct sha256 *s, const void *data, size_t len);
+/* Finishes the digest and writes it as 64 hex digits and a NUL. */
+void sha256_hex(struct sha256 *s, char out[65]);
+
+/* ---- channel.c: vism channel (docs/channel.md) ---- */
+
+/* Creates a channel for devid `peer` (0: any device), prints its token, waits for the peer to
+ * join and streams the file at `path` into it, then closes. `timeout`: seconds an open peer may
+ * stay silent (no heartbeat) before the transfer fails. */
+int channel_send(struct ism *m, uint64_t peer, const char *path, double timeout);
+/* Joins the channel with `token` and writes what arrives to `path` until the creator closes. */
+int channel_recv(struct ism *m, uint64_t token, const char *path, double timeout);
+
 #endif

@@ -1,0 +1,265 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging.Abstractions;
+using Vism.Channel;
+using Vism.Conformance.Composition;
+using Vism.Events.Vq;
+using Vism.Memory.File;
+using Vism.Transport.Mmio;
+using Vism.Transport.VhostUser;
+
+namespace Vism.Benchmarks;
+
+/// <summary>
+/// vism channel vs TCP loopback between the same two processes (docs/benchmarks.md, "Channel"):
+/// this process serves two devices (real plugins: the transport's socket, file memory in /dev/shm, the
+/// eventq) and starts two peer processes, each pinned to its own core with taskset, each reaching
+/// its device through the socket. The peers open a TCP connection and a channel to each other and
+/// measure, one after the other: bulk throughput (client to server, then a 1-byte ack), and
+/// 64-byte request/response round trips event-driven (blocking reads; channel: notify -> event) and
+/// polling (TCP: non-blocking sockets spun on; channel: cursors spun on). Not BenchmarkDotNet: it
+/// needs two processes on two cores. Command:
+/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips]</c>
+/// (default: both transports, 1024 MiB, 5000 round trips event-driven and 50000 polling).
+/// </summary>
+public static class ChannelBenchmark
+{
+    private const int Message = 64;
+    private const int Chunk = 256 * 1024;
+
+    public static int Run(string[] args)
+    {
+        string[] transports = args.Length > 0 && args[0] != "all" ? [args[0]] : ["vhost-user", "mmio"];
+        int mib = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024;
+        int trips = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 5000;
+        int failed = 0;
+        foreach (string transport in transports)
+            failed |= RunAsync(transport, mib, trips).GetAwaiter().GetResult();
+        return failed;
+    }
+
+    private static async Task<int> RunAsync(string transport, int mib, int trips)
+    {
+        // Region memory on tmpfs (/tmp may be a disk file system, whose shared mappings write back).
+        string memory = Path.Combine("/dev/shm", $"vism-chan-bench-{Environment.ProcessId}");
+        Directory.CreateDirectory(memory);
+        var composer = new DirectComposer(NullLoggerFactory.Instance, new VhostUserPlugin(), new MmioPlugin(), new FileMemoryPlugin(), new VqEventsPlugin())
+            .Configure<FileMemoryOptions>(o => o.Directory = memory);
+        await using IComposition host = await composer.ComposeAsync(new Combination(transport, "file", "vq"),
+            new HostSpec { Devices = 2, RegionSize = 8 << 20, WindowSize = 64 << 20 }, CancellationToken.None);
+        Console.WriteLine($"channel benchmark: transport {transport}, 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {mib} MiB bulk, {trips} round trips of {Message} bytes; "
+            + $"{Environment.ProcessorCount} CPUs; server on CPU 0, client on CPU 1; load average before: {File.ReadAllText("/proc/loadavg").Trim()}");
+        using Process server = StartPeer(0, ["server", transport, host.Devices[0].Target.Endpoint, host.Devices[1].Device.DevId.ToString(CultureInfo.InvariantCulture)]);
+        string? hello = await server.StandardOutput.ReadLineAsync();
+        if (hello is null || !hello.StartsWith("listen ", StringComparison.Ordinal))
+            throw new InvalidOperationException($"the server peer said '{hello}': {await server.StandardError.ReadToEndAsync()}");
+        string[] parts = hello.Split(' ');
+        using Process client = StartPeer(1, ["client", transport, host.Devices[1].Target.Endpoint, parts[1], parts[2],
+            mib.ToString(CultureInfo.InvariantCulture), trips.ToString(CultureInfo.InvariantCulture)]);
+        Task<string> serverErrors = server.StandardError.ReadToEndAsync();
+        Task<string> clientErrors = client.StandardError.ReadToEndAsync();
+        while (await client.StandardOutput.ReadLineAsync() is { } line)
+            Console.WriteLine(line);
+        await Task.WhenAll(client.WaitForExitAsync(), server.WaitForExitAsync()).WaitAsync(TimeSpan.FromMinutes(10));
+        Console.WriteLine($"load average after: {File.ReadAllText("/proc/loadavg").Trim()}");
+        Directory.Delete(memory, recursive: true);
+        if (client.ExitCode != 0 || server.ExitCode != 0)
+        {
+            Console.Error.WriteLine($"client exit {client.ExitCode}: {await clientErrors}\nserver exit {server.ExitCode}: {await serverErrors}");
+            return 1;
+        }
+        return 0;
+    }
+
+    private static Process StartPeer(int cpu, string[] args)
+    {
+        var psi = new ProcessStartInfo("taskset") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add("-c");
+        psi.ArgumentList.Add(cpu.ToString(CultureInfo.InvariantCulture));
+        string self = Environment.ProcessPath ?? "dotnet";
+        psi.ArgumentList.Add(self);
+        if (Path.GetFileNameWithoutExtension(self) == "dotnet")
+            psi.ArgumentList.Add(typeof(ChannelBenchmark).Assembly.Location);
+        psi.ArgumentList.Add("channel-peer");
+        foreach (string a in args)
+            psi.ArgumentList.Add(a);
+        return Process.Start(psi) ?? throw new InvalidOperationException("cannot start a peer");
+    }
+
+    /// <summary>A peer process: <c>channel-peer server KIND SOCKET PEER-DEVID</c> or
+    /// <c>channel-peer client KIND SOCKET TOKEN PORT MIB TRIPS</c>.</summary>
+    public static int Peer(string[] args) => args[0] == "server" ? Server(args).GetAwaiter().GetResult() : Client(args).GetAwaiter().GetResult();
+
+    /// <summary>The device with default options: bulk transfers run as a user gets them (event mode,
+    /// 20 us spin); the event-driven round trips set the channel's spin to 0 (block at once).</summary>
+    private static ChannelDevice Open(string kind, string socket) => ChannelDevice.Open(kind, socket);
+
+    private static async Task<int> Server(string[] args)
+    {
+        using ChannelDevice device = Open(args[1], args[2]);
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        using ChannelListener offer = await device.ListenAsync(ulong.Parse(args[3], CultureInfo.InvariantCulture));
+        Console.WriteLine($"listen 0x{offer.Token:x} {((IPEndPoint)listener.LocalEndpoint).Port}");
+        Console.Out.Flush();
+        using Socket tcp = await listener.AcceptSocketAsync();
+        tcp.NoDelay = true;
+        using IsmChannel channel = await offer.AcceptAsync();
+        var buffer = new byte[Chunk];
+        // The same phases as the client, in the same order.
+        long bulk = ReadLong(tcp);
+        for (long got = 0; got < bulk;)
+            got += tcp.Receive(buffer);
+        tcp.Send(buffer.AsSpan(0, 1));
+        foreach (ChannelWaitMode mode in new[] { ChannelWaitMode.Event, ChannelWaitMode.Poll })
+        {
+            channel.WaitMode = mode;
+            for (long got = 0; got < bulk;)
+                got += channel.ReadSome(buffer);
+            channel.WriteAll(buffer.AsSpan(0, 1));
+        }
+        int trips = (int)ReadLong(tcp);
+        EchoTcp(tcp, buffer, trips, poll: false);
+        EchoChannel(channel, buffer, trips, ChannelWaitMode.Event);
+        EchoTcp(tcp, buffer, trips * 10, poll: true);
+        EchoChannel(channel, buffer, trips * 10, ChannelWaitMode.Poll);
+        channel.Close();
+        return 0;
+    }
+
+    private static async Task<int> Client(string[] args)
+    {
+        using ChannelDevice device = Open(args[1], args[2]);
+        ulong token = ulong.Parse(args[3].AsSpan(2), NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+        using var tcp = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        await tcp.ConnectAsync(IPAddress.Loopback, int.Parse(args[4], CultureInfo.InvariantCulture));
+        using IsmChannel channel = await device.ConnectAsync(token);
+        long bulk = long.Parse(args[5], CultureInfo.InvariantCulture) << 20;
+        int trips = int.Parse(args[6], CultureInfo.InvariantCulture);
+        var buffer = new byte[Chunk];
+        Random.Shared.NextBytes(buffer);
+
+        WriteLong(tcp, bulk);
+        double tcpBulk = Time(() =>
+        {
+            for (long sent = 0; sent < bulk; sent += Chunk)
+                tcp.Send(buffer);
+            tcp.Receive(buffer.AsSpan(0, 1));
+        });
+        double tcpRate = bulk / tcpBulk / (1 << 20);
+        foreach (ChannelWaitMode mode in new[] { ChannelWaitMode.Event, ChannelWaitMode.Poll })
+        {
+            channel.WaitMode = mode;
+            double channelBulk = Time(() =>
+            {
+                for (long sent = 0; sent < bulk; sent += Chunk)
+                    channel.WriteAll(buffer);
+                channel.ReadSome(buffer.AsSpan(0, 1));
+            });
+            double channelRate = bulk / channelBulk / (1 << 20);
+            Console.WriteLine($"| throughput, {Chunk >> 10} KiB writes, channel {(mode == ChannelWaitMode.Event ? "event-driven (20 us spin)" : "polling")} | TCP loopback {tcpRate:F0} MiB/s | channel {channelRate:F0} MiB/s | channel/TCP x{channelRate / tcpRate:F1} |");
+        }
+
+        WriteLong(tcp, trips);
+        Report("64 B request/response, event-driven", PingTcp(tcp, buffer, trips, poll: false), PingChannel(channel, buffer, trips, ChannelWaitMode.Event));
+        Report("64 B request/response, polling", PingTcp(tcp, buffer, trips * 10, poll: true), PingChannel(channel, buffer, trips * 10, ChannelWaitMode.Poll));
+        return 0;
+    }
+
+    private static void Report(string what, double[] tcp, double[] channel)
+    {
+        double tm = Percentile(tcp, 50), cm = Percentile(channel, 50);
+        Console.WriteLine($"| {what} | TCP loopback median {tm:F2} us, p99 {Percentile(tcp, 99):F2} us | channel median {cm:F2} us, p99 {Percentile(channel, 99):F2} us | channel/TCP x{cm / tm:F3} |");
+    }
+
+    private static double Percentile(double[] sorted, int p) => sorted[Math.Min(sorted.Length - 1, sorted.Length * p / 100)];
+
+    private static double Time(Action action)
+    {
+        long start = Stopwatch.GetTimestamp();
+        action();
+        return Stopwatch.GetElapsedTime(start).TotalSeconds;
+    }
+
+    private static double[] PingTcp(Socket tcp, byte[] buffer, int trips, bool poll)
+    {
+        tcp.Blocking = !poll;
+        var rtt = new double[trips];
+        for (int i = -1000; i < trips; i++) // 1000 warm-up round trips
+        {
+            long start = Stopwatch.GetTimestamp();
+            tcp.Send(buffer.AsSpan(0, Message));
+            ReceiveExactly(tcp, buffer.AsSpan(0, Message));
+            if (i >= 0) rtt[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
+        }
+        tcp.Blocking = true;
+        Array.Sort(rtt);
+        return rtt;
+    }
+
+    private static void EchoTcp(Socket tcp, byte[] buffer, int trips, bool poll)
+    {
+        tcp.Blocking = !poll;
+        for (int i = -1000; i < trips; i++)
+        {
+            ReceiveExactly(tcp, buffer.AsSpan(0, Message));
+            tcp.Send(buffer.AsSpan(0, Message));
+        }
+        tcp.Blocking = true;
+    }
+
+    /// <summary>Reads exactly <paramref name="into"/>.Length bytes; on a non-blocking socket it spins.</summary>
+    private static void ReceiveExactly(Socket tcp, Span<byte> into)
+    {
+        for (int got = 0; got < into.Length;)
+        {
+            int n = tcp.Receive(into[got..], SocketFlags.None, out SocketError error);
+            if (error == SocketError.WouldBlock) continue;
+            if (error != SocketError.Success || n == 0) throw new SocketException((int)error);
+            got += n;
+        }
+    }
+
+    private static double[] PingChannel(IsmChannel channel, byte[] buffer, int trips, ChannelWaitMode mode)
+    {
+        channel.WaitMode = mode;
+        channel.SpinTime = TimeSpan.Zero;
+        var rtt = new double[trips];
+        for (int i = -1000; i < trips; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            channel.Send(buffer.AsSpan(0, Message));
+            if (channel.Receive(buffer) != Message) throw new InvalidOperationException("short reply");
+            if (i >= 0) rtt[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
+        }
+        Array.Sort(rtt);
+        return rtt;
+    }
+
+    private static void EchoChannel(IsmChannel channel, byte[] buffer, int trips, ChannelWaitMode mode)
+    {
+        channel.WaitMode = mode;
+        channel.SpinTime = TimeSpan.Zero;
+        for (int i = -1000; i < trips; i++)
+        {
+            int n = channel.Receive(buffer);
+            channel.Send(buffer.AsSpan(0, n));
+        }
+    }
+
+    private static void WriteLong(Socket tcp, long value)
+    {
+        Span<byte> b = stackalloc byte[8];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(b, value);
+        tcp.Send(b);
+    }
+
+    private static long ReadLong(Socket tcp)
+    {
+        Span<byte> b = stackalloc byte[8];
+        ReceiveExactly(tcp, b);
+        return System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(b);
+    }
+}

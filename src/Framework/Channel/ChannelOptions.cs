@@ -1,0 +1,43 @@
+namespace Vism.Channel;
+
+/// <summary>How a side waits when its ring is empty (reading) or full (writing).</summary>
+public enum ChannelWaitMode
+{
+    /// <summary>Spin for <see cref="ChannelOptions.SpinTime"/>, then announce the wait in the
+    /// region and block until the peer's notify arrives as an update event (eventq or vector).</summary>
+    Event,
+
+    /// <summary>Never block: spin on the peer's cursor. The peer never needs to notify this side;
+    /// lowest latency, one core busy while waiting.</summary>
+    Poll,
+}
+
+/// <summary>Choices of one <see cref="ChannelDevice"/>.</summary>
+public sealed record ChannelOptions
+{
+    /// <summary>How reads and writes wait. Default <see cref="ChannelWaitMode.Event"/>.</summary>
+    public ChannelWaitMode WaitMode { get; init; } = ChannelWaitMode.Event;
+
+    /// <summary>In <see cref="ChannelWaitMode.Event"/> mode, how long to spin before blocking
+    /// (0: block at once). Default 20 µs.</summary>
+    public TimeSpan SpinTime { get; init; } = TimeSpan.FromMicroseconds(20);
+
+    /// <summary>How often this side bumps its heartbeat (and checks its peers'). Default 100 ms.</summary>
+    public TimeSpan HeartbeatInterval { get; init; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>A peer whose heartbeat has not moved for this long (and for at least four of the
+    /// peer's own intervals) is lost: waits on the channel throw <see cref="ChannelPeerLostException"/>.
+    /// Default 3 s.</summary>
+    public TimeSpan PeerTimeout { get; init; } = TimeSpan.FromSeconds(3);
+
+    /// <summary>Checks the values; throws <see cref="ArgumentOutOfRangeException"/> naming the bad one.</summary>
+    internal void Validate()
+    {
+        if (SpinTime < TimeSpan.Zero || SpinTime > TimeSpan.FromSeconds(1))
+            throw new ArgumentOutOfRangeException(nameof(SpinTime), SpinTime, "SpinTime must be between 0 and 1 s");
+        if (HeartbeatInterval < TimeSpan.FromMilliseconds(1) || HeartbeatInterval > TimeSpan.FromSeconds(60))
+            throw new ArgumentOutOfRangeException(nameof(HeartbeatInterval), HeartbeatInterval, "HeartbeatInterval must be between 1 ms and 60 s");
+        if (PeerTimeout < 2 * HeartbeatInterval)
+            throw new ArgumentOutOfRangeException(nameof(PeerTimeout), PeerTimeout, "PeerTimeout must be at least two heartbeat intervals");
+    }
+}
