@@ -88,8 +88,9 @@ public sealed class TwoGuestTests(ITestOutputHelper testOutput)
         Assert.All(eventsA, e => Assert.Equal($"0x{offsetA:x}", GuestOutput.Field(e, "offsets")));
         Assert.Equal("reply from guest B", GuestOutput.Field(runA.Line("read"), "text"));
 
-        // vism took every notify before the next request (B detaches right after its reply).
-        Assert.All(runA.Lines("notify").Concat(runB.Lines("notify")), n => Assert.Equal("yes", GuestOutput.Field(n, "taken")));
+        // Every notify stored a new value into its slot (B detaches right after its reply: the
+        // events above show vism routed the notify before it served that detach).
+        Assert.All(runA.Lines("notify").Concat(runB.Lines("notify")), n => Assert.NotEqual("0", GuestOutput.Field(n, "value")));
 
         // The detaches alone freed both of A's regions: A and B were still started and connected.
         Assert.Empty(whileRunning.Regions);

@@ -315,7 +315,7 @@ int ism_read(struct ism *m, uint64_t offset, void *out, size_t len)
     return EXIT_OK;
 }
 
-int ism_notify(struct ism *m, uint64_t offset, double timeout, uint64_t *slot, int *taken)
+int ism_notify(struct ism *m, uint64_t offset, uint64_t *slot, unsigned *written)
 {
     struct ism_region *r = find_region(m, offset);
     if (!r) {
@@ -333,20 +333,16 @@ int ism_notify(struct ism *m, uint64_t offset, double timeout, uint64_t *slot, i
         return EXIT_DEVICE;
     }
     /* Region writes must be visible before the notify. The written value changes on every
-     * notify, so a device that watches the slot for changes and one that takes any non-zero
-     * byte and clears it both see each notify. */
+     * notify: a device that polls the window (vism over vhost-user) sees a store only as a slot
+     * that differs from what it saw last, and never writes the window itself; a trapped window
+     * (MMIO) sees every store. vism scans the window before it serves each control request, so
+     * a detach sent right after this cannot overtake the notify. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     volatile uint8_t *p = m->notify + *slot * m->notify_size;
     uint8_t value = (uint8_t)(*p + 1);
-    *p = value ? value : 1;
+    *p = value;
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    /* A device that polls the window (vism over vhost-user) clears the slot when it takes the
-     * notify; a trapped window (MMIO) reads 0 at once. Waiting for that keeps a later request
-     * (a detach) from overtaking the notify. */
-    double deadline = now_seconds() + timeout;
-    while (*p != 0 && now_seconds() < deadline && !g_stop)
-        sleep_ms(1);
-    *taken = *p == 0;
+    *written = value;
     return g_stop ? EXIT_STOPPED : EXIT_OK;
 }
 

@@ -490,12 +490,14 @@ static int run_command(struct ctx *c, int argc, char **argv)
     }
     if (strcmp(cmd, "notify") == 0) {
         double timeout = 1;
-        int taken, first = timeout_args(argc, argv, &timeout, 1, 0, "notify [--timeout S] OFFSET");
+        unsigned written;
+        int first = timeout_args(argc, argv, &timeout, 1, 0, "notify [--timeout S] OFFSET"); /* --timeout: accepted, unused */
         if (first < 0)
             return EXIT_USAGE;
-        if ((rc = parse_number(cmd, argv[first], &a)) || (rc = need_device(c)) || (rc = ism_notify(&c->m, a, timeout, &b, &taken)))
+        if ((rc = parse_number(cmd, argv[first], &a)) || (rc = need_device(c)) || (rc = ism_notify(&c->m, a, &b, &written)))
             return rc;
-        printf("notify offset=0x%llx slot=%llu taken=%s\n", (unsigned long long)a, (unsigned long long)b, taken ? "yes" : "no");
+        (void)timeout;
+        printf("notify offset=0x%llx slot=%llu value=%u\n", (unsigned long long)a, (unsigned long long)b, written);
         return EXIT_OK;
     }
     if (strcmp(cmd, "grant") == 0) {

@@ -237,9 +237,9 @@ int ism_detach(struct ism *m, uint64_t offset);
 int ism_grant(struct ism *m, uint64_t offset, uint64_t peer, uint64_t perms);
 int ism_write(struct ism *m, uint64_t offset, const void *data, size_t len);
 int ism_read(struct ism *m, uint64_t offset, void *out, size_t len);
-/* Writes the region's notify slot, then waits up to `timeout` s for the device to take it (the
- * slot reads 0 again); *taken says whether it did. */
-int ism_notify(struct ism *m, uint64_t offset, double timeout, uint64_t *slot, int *taken);
+/* Signals an update of the region: stores a new value (the old one plus 1) into its notify slot;
+ * *written is the value stored. */
+int ism_notify(struct ism *m, uint64_t offset, uint64_t *slot, unsigned *written);
 int ism_wait(struct ism *m, double timeout, struct ism_event *ev);
 
 /* ---- sha256.c ---- */

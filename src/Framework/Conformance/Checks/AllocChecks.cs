@@ -31,6 +31,10 @@ internal static class AllocChecks
             "with memory for two regions, the third ALLOC is ERR (not a SIGBUS later) until one is detached",
             Statement.V1(Section, "If new physical memory cannot be allocated, the device MUST set ack to VIRTIO_ISM_ERR."),
             NoMemory),
+        new("reply.layout",
+            "ALLOC, ATTACH and DETACH sent as raw bytes (class and command numbers, le64 fields at the offsets the v1 structs give) are answered with ack 0 at byte 0 and le64 token, offset at bytes 1 and 9 of the writable part; ERR is ack 1",
+            Statement.V1("Control Virtqueue", "struct virtio_ism_ctrl { u8 class; u8 command; u8 command_specific_data[]; u8 ack; u8 command_specific_data_reply[]; }; #define VIRTIO_ISM_OK 0; struct virtio_ism_ctrl_alloc_reply { le64 token; le64 offset; }; #define VIRTIO_ISM_CTRL_ALLOC 0; #define VIRTIO_ISM_CTRL_ATTACH 1; #define VIRTIO_ISM_CTRL_DETACH 2"),
+            ReplyLayout),
         new("alloc.cleared",
             "every new region reads as zeros, also where a freed region was written before",
             Statement.V1(Section, "The device MUST clear the new ism region before committing to the guest."),
@@ -59,6 +63,53 @@ internal static class AllocChecks
             ctx.Expect(rig.B.Read(peerOffset, mark.Length).AsSpan().SequenceEqual(mark),
                 $"device b attached token 0x{token:x16} but does not see what device a wrote at 0x{offset:x}: the offset is not the token's region");
         }
+    }
+
+    /// <summary>Little-endian bytes of <paramref name="value"/>, written out here (not with the
+    /// codec the device shares) so that the check reads the wire as the v1 text defines it.</summary>
+    private static byte[] Le64(ulong value)
+    {
+        var b = new byte[8];
+        for (int i = 0; i < 8; i++)
+            b[i] = (byte)(value >> (8 * i));
+        return b;
+    }
+
+    private static ulong Le64(byte[] bytes, int at)
+    {
+        ulong v = 0;
+        for (int i = 7; i >= 0; i--)
+            v = (v << 8) | bytes[at + i];
+        return v;
+    }
+
+    private static void ReplyLayout(CheckContext ctx)
+    {
+        Rig rig = ctx.Compose();
+        IsmClient a = rig.A.Client, b = rig.B.Client;
+        ulong regionSize = a.RegionSize;
+        // ALLOC: class 0, command 0, le64 size; reply ack, le64 token, le64 offset.
+        ControlResult alloc = a.Send(0, 0, Le64(regionSize), 16);
+        ctx.Expect(alloc.Written >= 1 + 16, $"ALLOC wrote {alloc.Written} bytes, not the ack and the 16-byte virtio_ism_ctrl_alloc_reply");
+        ctx.Expect(alloc.Ack == 0, $"ALLOC answered ack {alloc.Ack}, not VIRTIO_ISM_OK (0)");
+        ulong token = Le64(alloc.Reply, 0), offset = Le64(alloc.Reply, 8);
+        ctx.Expect(token != 0, "ALLOC's reply holds token 0 at bytes 1..8");
+        ctx.Expect(offset % regionSize == 0 && offset <= a.Transport.ShmLength(ShmId.Regions) - regionSize,
+            $"ALLOC's reply holds offset 0x{offset:x} at bytes 9..16: not a region_size slot of the REGIONS window");
+        byte[] mark = Patterns.Mark("raw", 1);
+        rig.A.Write(offset, mark);
+        // ATTACH: class 1, command 0, le64 token; reply ack, le64 offset.
+        ControlResult attach = b.Send(1, 0, Le64(token), 8);
+        ctx.Expect(attach.Written >= 1 + 8 && attach.Ack == 0, $"ATTACH of the token at bytes 1..8 of ALLOC's reply answered ack {attach.Ack} ({attach.Written} bytes written)");
+        ulong peerOffset = Le64(attach.Reply, 0);
+        ctx.Expect(rig.B.Read(peerOffset, mark.Length).AsSpan().SequenceEqual(mark),
+            $"ATTACH's reply holds offset 0x{peerOffset:x} at bytes 1..8, and device b does not see device a's bytes there");
+        // DETACH: class 2, command 0, le64 offset; ack only.
+        ControlResult detach = b.Send(2, 0, Le64(peerOffset), 0);
+        ctx.Expect(detach.Written >= 1 && detach.Ack == 0, $"DETACH of offset 0x{peerOffset:x} answered ack {detach.Ack} ({detach.Written} bytes written)");
+        // ERR is 1 (the text names it VIRTIO_NET_ERR): ALLOC of region_size + 1.
+        ControlResult err = a.Send(0, 0, Le64(regionSize + 1), 16);
+        ctx.Expect(err.Written >= 1 && err.Ack == 1, $"ALLOC of region_size + 1 answered ack {err.Ack}, not ERR (1)");
     }
 
     private static void TooLarge(CheckContext ctx)
