@@ -11,6 +11,15 @@ public sealed record DeviceLimits
     /// <summary>The defaults.</summary>
     public static DeviceLimits Default { get; } = new();
 
+    /// <summary>Range of <see cref="RequestsPerTurn"/>.</summary>
+    public const int MinRequestsPerTurn = 1, MaxRequestsPerTurn = 65536;
+
+    /// <summary>Range of <see cref="DescriptorsPerTurn"/>.</summary>
+    public const int MinDescriptorsPerTurn = 1, MaxDescriptorsPerTurn = 1 << 24;
+
+    /// <summary>Range of <see cref="MaxInFlight"/>.</summary>
+    public const int MinMaxInFlight = 2, MaxMaxInFlight = 65536;
+
     /// <summary>Control requests served in one loop turn before the device yields the loop to the
     /// other devices (default 16).</summary>
     public int RequestsPerTurn { get; init; } = 16;
@@ -28,9 +37,12 @@ public sealed record DeviceLimits
     /// <summary>Why these limits cannot be used, or null.</summary>
     public string? Validate()
     {
-        if (RequestsPerTurn is < 1 or > 65536) return $"requests-per-turn {RequestsPerTurn} is outside 1..65536";
-        if (DescriptorsPerTurn is < 1 or > 1 << 24) return $"descriptors-per-turn {DescriptorsPerTurn} is outside 1..16777216";
-        if (MaxInFlight is < 2 or > 65536) return $"max-in-flight {MaxInFlight} is outside 2..65536";
+        if (RequestsPerTurn is < MinRequestsPerTurn or > MaxRequestsPerTurn)
+            return $"requests-per-turn {RequestsPerTurn} is outside {MinRequestsPerTurn}..{MaxRequestsPerTurn}";
+        if (DescriptorsPerTurn is < MinDescriptorsPerTurn or > MaxDescriptorsPerTurn)
+            return $"descriptors-per-turn {DescriptorsPerTurn} is outside {MinDescriptorsPerTurn}..{MaxDescriptorsPerTurn}";
+        if (MaxInFlight is < MinMaxInFlight or > MaxMaxInFlight)
+            return $"max-in-flight {MaxInFlight} is outside {MinMaxInFlight}..{MaxMaxInFlight}";
         return null;
     }
 }

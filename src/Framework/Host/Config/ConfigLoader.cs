@@ -236,7 +236,6 @@ public sealed partial class ConfigLoader
             Memory = memory!,
             Events = events,
             Endpoints = claimed,
-            Limits = keys.Limits,
         };
     }
 

@@ -277,12 +277,12 @@ public sealed partial class DeviceSection
             Fail("max-regions", $"{mr} regions: choose 1..{ConfigLoader.MaxRegionsLimit}");
         if (NotifySize is 0 or > PageSize || !ulong.IsPow2(NotifySize))
             Fail("notify-size", $"{NotifySize} bytes: notify-size must be a power of two from 1 to 4096");
-        if (RequestsPerTurn is < 1 or > 65536)
-            check.Error("requests-per-turn", $"{RequestsPerTurn}: choose 1..65536");
-        if (DescriptorsPerTurn is < 1 or > 1 << 24)
-            check.Error("descriptors-per-turn", $"{DescriptorsPerTurn}: choose 1..16777216");
-        if (MaxInFlight is < 2 or > 65536)
-            check.Error("max-in-flight", $"{MaxInFlight}: choose 2..65536");
+        if (RequestsPerTurn is < DeviceLimits.MinRequestsPerTurn or > DeviceLimits.MaxRequestsPerTurn)
+            check.Error("requests-per-turn", $"{RequestsPerTurn}: choose {DeviceLimits.MinRequestsPerTurn}..{DeviceLimits.MaxRequestsPerTurn}");
+        if (DescriptorsPerTurn is < DeviceLimits.MinDescriptorsPerTurn or > DeviceLimits.MaxDescriptorsPerTurn)
+            check.Error("descriptors-per-turn", $"{DescriptorsPerTurn}: choose {DeviceLimits.MinDescriptorsPerTurn}..{DeviceLimits.MaxDescriptorsPerTurn}");
+        if (MaxInFlight is < DeviceLimits.MinMaxInFlight or > DeviceLimits.MaxMaxInFlight)
+            check.Error("max-in-flight", $"{MaxInFlight}: choose {DeviceLimits.MinMaxInFlight}..{DeviceLimits.MaxMaxInFlight}");
         if (ok && WindowSize is not null && MaxRegions is not null)
         {
             check.KeyError("window-size", "give either window-size or max-regions, not both");

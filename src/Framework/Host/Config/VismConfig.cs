@@ -44,8 +44,8 @@ public sealed record DeviceSettings
     /// <summary>Every endpoint its plugins claimed (socket paths), for clean-up and logs.</summary>
     public IReadOnlyList<string> Endpoints { get; init; } = [];
 
-    /// <summary><c>requests-per-turn</c>, <c>descriptors-per-turn</c>, <c>max-in-flight</c>.</summary>
-    public Vism.Core.DeviceLimits Limits { get; init; } = Vism.Core.DeviceLimits.Default;
+    /// <summary><c>requests-per-turn</c>, <c>descriptors-per-turn</c>, <c>max-in-flight</c> (from <see cref="Keys"/>).</summary>
+    public Vism.Core.DeviceLimits Limits => Keys.Limits;
 }
 
 /// <summary>A whole validated config file: nothing in it can fail validation any more.</summary>
