@@ -40,6 +40,10 @@ public static class EventPath
     private const int PingAt = 0;
     private const int PongAt = 128;
     private const int Payload = 64;
+
+    /// <summary>Streaming and memcpy both warm up this long (at least one round) before the timed
+    /// rounds: JIT tiering of the peers and of the host's event path settles within it.</summary>
+    private static readonly TimeSpan StreamWarmup = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
 
     private sealed record Options(int RoundTrips, int IdleSeconds, int StreamMiB, int Rounds, string CpuA, string CpuB, string[] Only);
@@ -93,6 +97,10 @@ public static class EventPath
             new("mmio vq, defaults", "mmio", "vq", 1, 50, true),
             new("mmio irq, defaults", "mmio", "irq", 1, 50, true),
             new("mmio irq, loops = 2", "mmio", "irq", 2, 50, true),
+            new("mmio vq, lever off: no spin", "mmio", "vq", 1, 0, true),
+            new("mmio irq, lever off: no spin", "mmio", "irq", 1, 0, true),
+            new("mmio vq, low-latency (defaults + busy-poll 200us)", "mmio", "vq", 1, 50, true, BusyPollUs: 200),
+            new("mmio irq, low-latency (defaults + busy-poll 200us)", "mmio", "irq", 1, 50, true, BusyPollUs: 200),
         ];
         double tcpMedian = 0, eventfdMedian = 0;
         var results = new Dictionary<string, Result>();
@@ -112,7 +120,7 @@ public static class EventPath
             if (Wanted(o, s.Name))
                 Row(s.Name, results[s.Name] = RunPair(o, "ism", s), tcpMedian);
         Console.WriteLine();
-        foreach (string name in new[] { "mmio vq, defaults", "mmio irq, defaults" })
+        foreach (string name in results.Keys.Where(k => k.StartsWith("mmio", StringComparison.Ordinal)))
             if (results.TryGetValue(name, out Result? m) && eventfdMedian > 0)
                 Console.WriteLine($"  {name}: notify -> event one-way median {m.Get("oneway-median"):F1} us = {m.Get("oneway-median") / (eventfdMedian / 2):F2}x half an eventfd round trip ({eventfdMedian / 2:F1} us)");
 
@@ -129,6 +137,9 @@ public static class EventPath
             Console.WriteLine("|---|---|---|---|");
             Console.WriteLine($"| single-thread memcpy (one process) | {cm:F2} | {string.Join(" ", c.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(c)} |");
             Console.WriteLine($"| ISM, event-driven (vq, defaults), producer -> consumer through a 16 MiB region | {sm:F2} ({sm / cm:F2}x memcpy) | {string.Join(" ", st.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(st)} |");
+            Console.WriteLine();
+            Console.WriteLine($"  streaming waits (timed rounds): producer A waited for space {stream.Get("a-waits"):F0} times, {stream.Get("a-wait-pct"):F1} % of its time; " +
+                $"consumer B waited for data {stream.Get("b-waits"):F0} times, {stream.Get("b-wait-pct"):F1} % of its time; CPU A / B {stream.Get("a-active"):F0} / {stream.Get("b-active"):F0} %");
         }
         Console.WriteLine();
         Console.WriteLine($"  load average at end: {LoadAverage()}; whole run {started.Elapsed.TotalSeconds:F0} s");
@@ -466,12 +477,14 @@ public static class EventPath
         int slots = ((16 << 20) - 4096) / Chunk;
         long chunks = (long)mib * (1 << 20) / Chunk;
         var perRound = new List<double>();
-        for (int r = 0; r <= rounds; r++)
+        long warmUntil = Now() + (long)(StreamWarmup.TotalSeconds * Stopwatch.Frequency);
+        for (bool warm = true; perRound.Count < rounds;)
         {
             long t = Now();
             for (long c = 0; c < chunks; c++)
                 src.AsSpan().CopyTo(Span(dst + 4096 + (nint)(c % slots) * Chunk, Chunk));
-            if (r > 0) perRound.Add(chunks * Chunk / (Us(Now() - t) * 1000)); // round 0 warms up
+            if (!warm) perRound.Add(chunks * Chunk / (Us(Now() - t) * 1000));
+            warm = warm && Now() < warmUntil; // the same warm-up as the streaming consumer's
         }
         Console.WriteLine("result rounds=" + string.Join(',', perRound.Select(x => x.ToString("F3", CultureInfo.InvariantCulture))));
     }
@@ -606,50 +619,75 @@ public static class EventPath
 
     /// <summary>Streaming: A produces 64 KiB chunks into a ring in the region, B consumes them;
     /// each side notifies every 16 chunks (and at the end), and waits on events when the ring is full
-    /// (A) or empty (B). Counters: produced at +0, consumed at +64; data from +4096.</summary>
+    /// (A) or empty (B). Counters: produced at +0, consumed at +64, stop at +128; data from +4096.
+    /// B warms up for <see cref="StreamWarmup"/> (at least one round), then times the rounds and
+    /// raises the stop flag. Each side reports how often and how long it waited for the other.</summary>
     private static void Stream(bool isA, IsmClient client, ulong offset, nint region, ulong size, Dictionary<string, string> a, Span<ulong> buffer)
     {
         const int Chunk = 64 << 10, Batch = 16;
         int mib = int.Parse(a["mib"], CultureInfo.InvariantCulture), rounds = int.Parse(a["rounds"], CultureInfo.InvariantCulture);
         long slots = ((long)size - 4096) / Chunk;
-        long perRound = (long)mib * (1 << 20) / Chunk, total = perRound * (rounds + 1); // round 0 warms up
+        long perRound = (long)mib * (1 << 20) / Chunk;
         byte[] local = new byte[Chunk];
         new Random(isA ? 1 : 2).NextBytes(local);
-        ref long produced = ref Cell(region), consumed = ref Cell(region + 64);
+        ref long produced = ref Cell(region), consumed = ref Cell(region + 64), stop = ref Cell(region + 128);
         var roundRates = new List<double>();
-        long cpu0 = ProcessCpuMicroseconds(), start = Now(), roundStart = Now();
-        for (long c = 0; c < total; c++)
+        long waits = 0, waitTicks = 0, warmUntil = Now() + (long)(StreamWarmup.TotalSeconds * Stopwatch.Frequency);
+        long cpu0 = ProcessCpuMicroseconds(), start = Now(), roundStart = Now(), measuredFrom = -1;
+        for (long c = 0; ; c++)
         {
             if (isA)
             {
-                while (c - Volatile.Read(ref consumed) >= slots)
-                    client.WaitEvent(buffer, TimeSpan.FromMilliseconds(100));
+                if (c - Volatile.Read(ref consumed) >= slots)
+                {
+                    long w = Now();
+                    waits++;
+                    while (c - Volatile.Read(ref consumed) >= slots && Volatile.Read(ref stop) == 0)
+                        client.WaitEvent(buffer, TimeSpan.FromMilliseconds(100));
+                    waitTicks += Now() - w;
+                }
+                if (Volatile.Read(ref stop) != 0) break;
                 local.AsSpan().CopyTo(Span(region + 4096 + (nint)(c % slots) * Chunk, Chunk));
                 Volatile.Write(ref produced, c + 1);
-                if ((c + 1) % Batch == 0 || c + 1 == total) client.Notify(offset);
+                if ((c + 1) % Batch == 0) client.Notify(offset);
             }
             else
             {
-                while (Volatile.Read(ref produced) <= c)
-                    client.WaitEvent(buffer, TimeSpan.FromMilliseconds(100));
+                if (Volatile.Read(ref produced) <= c)
+                {
+                    long w = Now();
+                    waits++;
+                    while (Volatile.Read(ref produced) <= c)
+                        client.WaitEvent(buffer, TimeSpan.FromMilliseconds(100));
+                    waitTicks += Now() - w;
+                }
                 Span(region + 4096 + (nint)(c % slots) * Chunk, Chunk).CopyTo(local);
                 Volatile.Write(ref consumed, c + 1);
                 if ((c + 1) % Batch == 0) client.Notify(offset);
                 if ((c + 1) % perRound == 0)
                 {
                     long now = Now();
-                    if (c + 1 > perRound) roundRates.Add(perRound * Chunk / (Us(now - roundStart) * 1000));
+                    if (measuredFrom >= 0) roundRates.Add(perRound * Chunk / (Us(now - roundStart) * 1000));
+                    else if (now >= warmUntil) { measuredFrom = c + 1; waits = 0; waitTicks = 0; cpu0 = ProcessCpuMicroseconds(); start = now; }
                     roundStart = now;
+                    if (roundRates.Count == rounds)
+                    {
+                        Volatile.Write(ref stop, 1);
+                        client.Notify(offset);
+                        break;
+                    }
                 }
             }
         }
+        double waitPct = 100.0 * waitTicks / Math.Max(1, Now() - start);
         if (isA)
         {
-            Report("active", ("a-active", CpuPercent(cpu0, start)));
+            Report("active", ("a-active", CpuPercent(cpu0, start)), ("a-waits", waits), ("a-wait-pct", waitPct));
             Report("result");
         }
         else
-            Console.WriteLine($"result b-active={CpuPercent(cpu0, start).ToString("R", CultureInfo.InvariantCulture)} rtt-median=0 rounds=" + string.Join(',', roundRates.Select(x => x.ToString("F3", CultureInfo.InvariantCulture))));
+            Console.WriteLine($"result b-active={CpuPercent(cpu0, start).ToString("R", CultureInfo.InvariantCulture)} b-waits={waits} b-wait-pct={waitPct.ToString("F1", CultureInfo.InvariantCulture)} " +
+                $"warm-chunks={measuredFrom} rtt-median=0 rounds=" + string.Join(',', roundRates.Select(x => x.ToString("F3", CultureInfo.InvariantCulture))));
     }
 
     private static double CpuPercent(long cpu0, long start) => 100.0 * (ProcessCpuMicroseconds() - cpu0) / Us(Now() - start);

@@ -39,6 +39,7 @@ public sealed class DriverQueue
     private ushort _availIdx;
     private ushort _added;
     private ushort _lastUsed;
+    private bool _polling;
 
     /// <summary>Allocates the rings (and, with <paramref name="maxIndirect"/> &gt; 0, one indirect
     /// table per descriptor) in <paramref name="ram"/>.</summary>
@@ -200,9 +201,33 @@ public sealed class DriverQueue
         Outstanding--;
         _lastUsed++;
         if (EventIdx)
-            _ram.TryWriteUInt16(Settings.AvailRing + 4 + 2UL * Size, _lastUsed);
+            WriteInterruptRequest();
         used = new UsedElement(head, written);
         return true;
+    }
+
+    /// <summary>Whether the driver is polling the used ring (<see cref="SetPolling"/>).</summary>
+    public bool Polling => _polling;
+
+    /// <summary>While the driver polls the used ring it asks the device for no interrupts (as Linux's
+    /// virtqueue_disable_cb / NAPI): with EVENT_IDX used_event is kept half the index space ahead,
+    /// otherwise VRING_AVAIL_F_NO_INTERRUPT is set. Turning polling off asks for an interrupt at the
+    /// next used entry again and orders that request before the caller's next look at the used ring,
+    /// which the caller must take (an entry published meanwhile raised no interrupt).</summary>
+    /// <param name="polling">True while polling.</param>
+    public void SetPolling(bool polling)
+    {
+        _polling = polling;
+        WriteInterruptRequest();
+        Interlocked.MemoryBarrier(); // the request before the used index is read again
+    }
+
+    private void WriteInterruptRequest()
+    {
+        if (EventIdx)
+            _ram.TryWriteUInt16(Settings.AvailRing + 4 + 2UL * Size, _polling ? (ushort)(_lastUsed + 0x7fff) : _lastUsed);
+        else
+            _ram.TryWriteUInt16(Settings.AvailRing, (ushort)(_polling ? 1 : 0));
     }
 
     /// <summary>Sets or clears VRING_AVAIL_F_NO_INTERRUPT (ignored by the device under EVENT_IDX).</summary>

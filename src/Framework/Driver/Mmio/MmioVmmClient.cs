@@ -38,7 +38,8 @@ public sealed record MmioVmmOptions
 /// window is a reserved address range into which the device's MAP requests are mapped, as a VMM
 /// would map them into guest-physical space; NOTIFY-window writes are trapped and forwarded.
 /// Connecting probes the device the way Linux's virtio_mmio does (magic, version, device id).
-/// Thread-safe; one reader thread serves the device's requests, one thread handles interrupts.
+/// Thread-safe; one reader thread serves the device's requests, one thread handles the standard
+/// interrupt line; per-region vectors are waited on by their callers directly (spin, then poll).
 /// </summary>
 public sealed class MmioVmmClient : IDriverTransport
 {
@@ -386,22 +387,31 @@ public sealed class MmioVmmClient : IDriverTransport
         Call(MmioMessageType.Notify, new NotifyWrite(offset, (uint)width, 1).Encode(), [], MmioMessageFlags.NeedReply).Header.Status;
 
     /// <inheritdoc />
-    public bool WaitVector(int vector, TimeSpan timeout)
+    public bool WaitVector(int vector, TimeSpan timeout) => WaitVector(vector, timeout, TimeSpan.Zero);
+
+    /// <inheritdoc />
+    /// <remarks>The caller waits on the vector's eventfd itself (the irqfd the device writes), as a
+    /// vhost-user driver waits on its call eventfd: polling it for up to <paramref name="spin"/> and
+    /// then sleeping in poll(2). No thread sits between the device and the waiter, so a firing costs
+    /// at most the waiter's own wake-up. Firings that arrive together are kept and returned one by one.</remarks>
+    public bool WaitVector(int vector, TimeSpan timeout, TimeSpan spin)
     {
         if ((uint)vector >= (uint)_vectors.Length) return false;
-        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
-        lock (_irqLock)
-        {
-            while (_vectorFirings[vector] == 0)
-            {
-                ThrowIfFailed();
-                long left = deadline - Environment.TickCount64;
-                if (left <= 0) return false;
-                Monitor.Wait(_irqLock, (int)Math.Min(left, 100));
-            }
-            _vectorFirings[vector]--;
-            return true;
-        }
+        ThrowIfFailed();
+        if (TakeFiring(vector)) return true;
+        ulong n = _vectors[vector].Wait(timeout, spin);
+        ThrowIfFailed(); // Fail signals every vector so a waiter learns of it at once
+        if (n == 0) return TakeFiring(vector);
+        if (n > 1) Interlocked.Add(ref _vectorFirings[vector], (long)Math.Min(n - 1, long.MaxValue));
+        return true;
+    }
+
+    private bool TakeFiring(int vector)
+    {
+        ref long held = ref _vectorFirings[vector];
+        for (long h = Volatile.Read(ref held); h > 0; h = Volatile.Read(ref held))
+            if (Interlocked.CompareExchange(ref held, h - 1, h) == h) return true;
+        return false;
     }
 
     /// <summary>Sends any message and waits for its reply (for protocol tests).</summary>
@@ -592,11 +602,10 @@ public sealed class MmioVmmClient : IDriverTransport
 
     private void InterruptLoop()
     {
-        var polls = new Pollfd[2 + _vectors.Length];
+        // Only the standard line: per-region vectors are waited on by the callers themselves.
+        var polls = new Pollfd[2];
         polls[0] = new Pollfd { fd = Fd.Raw(_stop.Handle), events = PollEvents.POLLIN };
         polls[1] = new Pollfd { fd = Fd.Raw(_line.Handle), events = PollEvents.POLLIN };
-        for (int v = 0; v < _vectors.Length; v++)
-            polls[2 + v] = new Pollfd { fd = Fd.Raw(_vectors[v].Handle), events = PollEvents.POLLIN };
         while (true)
         {
             int rc = Syscall.poll(polls, (uint)polls.Length, -1);
@@ -608,24 +617,14 @@ public sealed class MmioVmmClient : IDriverTransport
             if ((polls[0].revents & PollEvents.POLLIN) != 0) return;
             if ((polls[1].revents & PollEvents.POLLIN) != 0 && _line.Drain() != 0)
                 OnStandardInterrupt();
-            for (int v = 0; v < _vectors.Length; v++)
-            {
-                if ((polls[2 + v].revents & PollEvents.POLLIN) == 0) continue;
-                ulong n = _vectors[v].Drain();
-                if (n == 0) continue;
-                lock (_irqLock)
-                {
-                    _vectorFirings[v] += (long)n;
-                    Monitor.PulseAll(_irqLock);
-                }
-            }
         }
     }
 
     private void OnStandardInterrupt()
     {
         // As virtio_mmio's vm_interrupt: read InterruptStatus, acknowledge what was read, then
-        // treat a used-buffer bit as a notification for every active queue.
+        // treat a used-buffer bit as a notification for every active queue. (A waiter that polls its
+        // used ring asks the device for no interrupt meanwhile, so this round trip is off its path.)
         uint status;
         try
         {
@@ -655,6 +654,7 @@ public sealed class MmioVmmClient : IDriverTransport
         foreach (TaskCompletionSource<(MmioHeader, byte[])> tcs in _pending.Values)
             tcs.TrySetException(new DriverTransportException(_failure!));
         lock (_irqLock) Monitor.PulseAll(_irqLock);
+        foreach (EventFd v in _vectors) v.Signal(); // wakes WaitVector callers, which then throw (a no-op once closed)
     }
 
     private ulong WindowLength(ShmId id)
