@@ -168,6 +168,42 @@ public sealed class MmioSocketTests
     }
 
     [Fact]
+    public async Task AVectorWaiterSpinningOnItsEventfdGetsEachFiringOnce()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync(new MmioOptions { Vectors = 2 });
+        using MmioVmmClient client = h.Connect();
+
+        // Three firings land in the eventfd before anyone waits: the counter holds 3, and the
+        // waiter, which reads the eventfd itself, returns them one by one.
+        await h.OnLoop(() => { h.Services.SignalVector(1); h.Services.SignalVector(1); h.Services.SignalVector(1); });
+
+        TimeSpan spin = TimeSpan.FromMilliseconds(5);
+        for (int i = 0; i < 3; i++)
+            Assert.True(client.WaitVector(1, Generous, spin), $"firing {i + 1} of 3");
+        Assert.False(client.WaitVector(1, TimeSpan.FromMilliseconds(50), spin), "three firings, three returns");
+        Assert.False(client.WaitVector(0, TimeSpan.Zero, spin), "vector 0 never fired");
+
+        Task<bool> waiting = Task.Run(() => client.WaitVector(0, Generous, spin));
+        await Task.Delay(20);
+        await h.OnLoop(() => h.Services.SignalVector(0));
+        Assert.True(await waiting.WaitAsync(Generous));
+    }
+
+    [Fact]
+    public async Task AVectorWaiterLearnsAtOnceThatTheDeviceWentAway()
+    {
+        MmioHarness h = await MmioHarness.StartAsync(new MmioOptions { Vectors = 1 });
+        using MmioVmmClient client = h.Connect();
+        Task<bool> waiting = Task.Run(() => client.WaitVector(0, TimeSpan.FromMinutes(5)));
+        await Task.Delay(50);
+
+        await h.DisposeAsync(); // the device closes the connection
+
+        var ex = await Assert.ThrowsAsync<DriverTransportException>(() => waiting.WaitAsync(Generous));
+        Assert.Contains("closed", ex.Message); // long before its five-minute timeout
+    }
+
+    [Fact]
     public async Task AMapRequestPutsRegionMemoryIntoTheVmmsWindowAndUnmapTakesItAway()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();

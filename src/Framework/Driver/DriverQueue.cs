@@ -207,7 +207,7 @@ public sealed class DriverQueue
     }
 
     /// <summary>Whether the driver is polling the used ring (<see cref="SetPolling"/>).</summary>
-    public bool Polling => _polling;
+    public bool Polling => Volatile.Read(ref _polling);
 
     /// <summary>While the driver polls the used ring it asks the device for no interrupts (as Linux's
     /// virtqueue_disable_cb / NAPI): with EVENT_IDX used_event is kept half the index space ahead,
