@@ -124,8 +124,36 @@ public sealed class MmioSocketTests
 
         Assert.True(client.WaitQueue(0, Generous), "the used-buffer interrupt arrived");
         Assert.Equal(new[] { 0 }, await h.OnLoop(() => h.Device.Kicks.ToArray()));
-        // The interrupt handler read InterruptStatus and acknowledged it, as virtio_mmio does.
+        // The interrupt handler reads InterruptStatus and acknowledges it, as virtio_mmio does (the
+        // waiter may have been woken before that round trip finished).
+        await h.WaitUntil(() => h.Transport.Session!.Registers.InterruptStatus == 0, "the VMM acknowledged the interrupt");
         Assert.Equal(0u, client.ReadRegister(R.InterruptStatus));
+    }
+
+    [Fact]
+    public async Task ASleepingQueueWaiterWakesOnTheLineBeforeInterruptStatusIsRead()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using MmioVmmClient client = h.Connect();
+        Initialise(client, Features.Mask(Features.Version1));
+        client.StartQueue(0, RingsIn(client.Ram, 64));
+        Task<bool> waiting = Task.Run(() => client.WaitQueue(0, Generous));
+        await Task.Delay(20);
+
+        // The device raises the line and then keeps its loop busy: the READ of InterruptStatus the
+        // VMM's interrupt handler sends cannot be answered until the loop is released.
+        using var release = new ManualResetEventSlim();
+        Task busy = h.OnLoop(() => { h.Services.SignalQueue(0); release.Wait(Generous); });
+        try
+        {
+            Assert.True(await waiting.WaitAsync(TimeSpan.FromSeconds(10)), "the waiter woke on the line itself");
+        }
+        finally
+        {
+            release.Set();
+            await busy;
+        }
+        await h.WaitUntil(() => h.Transport.Session!.Registers.InterruptStatus == 0, "the VMM acknowledged the interrupt afterwards");
     }
 
     [Fact]

@@ -65,6 +65,7 @@ public sealed class MmioVmmClient : IDriverTransport
     private int _disposed;
     private long _mapRequests;
     private long _configChanges;
+    private long _lineFirings; // under _irqLock: line-0 firings seen, counted before InterruptStatus is read
 
     private MmioVmmClient(UnixSocket socket, GuestRam ram, bool ownsRam, MmioVmmOptions options, HelloReply hello)
     {
@@ -337,15 +338,22 @@ public sealed class MmioVmmClient : IDriverTransport
     public void Kick(int index) => WriteRegister(MmioRegister.QueueNotify, (uint)index);
 
     /// <inheritdoc />
+    /// <remarks>Returns as soon as the standard line fires while it waits: the device writes the used
+    /// ring before it raises the line, so the caller can look at its ring while the interrupt thread
+    /// still reads and acknowledges InterruptStatus (a round trip through the device's loop). That
+    /// early return may be spurious (a configuration change; another queue's buffer), which the
+    /// contract allows: callers re-check their used ring.</remarks>
     public bool WaitQueue(int index, TimeSpan timeout)
     {
         if ((uint)index >= (uint)_queueSignalled.Length) return false;
         long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
         lock (_irqLock)
         {
+            long firings = _lineFirings;
             while (!_queueSignalled[index])
             {
                 ThrowIfFailed();
+                if (_lineFirings != firings) return true;
                 long left = deadline - Environment.TickCount64;
                 if (left <= 0) return false;
                 Monitor.Wait(_irqLock, (int)Math.Min(left, 100));
@@ -622,9 +630,14 @@ public sealed class MmioVmmClient : IDriverTransport
 
     private void OnStandardInterrupt()
     {
+        lock (_irqLock)
+        {
+            _lineFirings++;
+            Monitor.PulseAll(_irqLock); // waiters look at their rings now (see WaitQueue)
+        }
         // As virtio_mmio's vm_interrupt: read InterruptStatus, acknowledge what was read, then
         // treat a used-buffer bit as a notification for every active queue. (A waiter that polls its
-        // used ring asks the device for no interrupt meanwhile, so this round trip is off its path.)
+        // used ring asks the device for no interrupt meanwhile, and a sleeping one was woken above.)
         uint status;
         try
         {
