@@ -140,7 +140,7 @@ public static class EventPath
             Console.WriteLine();
             Console.WriteLine($"| streaming, 64 KiB chunks, {StreamWarmup.TotalSeconds:F0} s warm-up | median GB/s | rounds (GB/s) | spread vs median | CPU host / A / B (% of a core) |");
             Console.WriteLine("|---|---|---|---|---|");
-            Console.WriteLine($"| single-thread memcpy (one process) | {cm:F2} | {string.Join(" ", c.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(c)} | - / - / 100 |");
+            Console.WriteLine($"| single-thread memcpy (one process) | {cm:F2} | {string.Join(" ", c.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(c)} | - / - / {copy.Get("cpu"):F0} |");
             foreach ((string name, Result r) in runs)
             {
                 double[] st = r.List("rounds");
@@ -487,16 +487,16 @@ public static class EventPath
         int slots = ((16 << 20) - 4096) / Chunk;
         long chunks = (long)mib * (1 << 20) / Chunk;
         var perRound = new List<double>();
-        long warmUntil = Now() + (long)(StreamWarmup.TotalSeconds * Stopwatch.Frequency);
+        long warmUntil = Now() + (long)(StreamWarmup.TotalSeconds * Stopwatch.Frequency), cpu0 = 0, start = 0;
         for (bool warm = true; perRound.Count < rounds;)
         {
+            if (warm && Now() >= warmUntil) { warm = false; cpu0 = ProcessCpuMicroseconds(); start = Now(); } // the same warm-up as the streaming consumer's
             long t = Now();
             for (long c = 0; c < chunks; c++)
                 src.AsSpan().CopyTo(Span(dst + 4096 + (nint)(c % slots) * Chunk, Chunk));
             if (!warm) perRound.Add(chunks * Chunk / (Us(Now() - t) * 1000));
-            warm = warm && Now() < warmUntil; // the same warm-up as the streaming consumer's
         }
-        Console.WriteLine("result rounds=" + string.Join(',', perRound.Select(x => x.ToString("F3", CultureInfo.InvariantCulture))));
+        Console.WriteLine($"result cpu={CpuPercent(cpu0, start).ToString("R", CultureInfo.InvariantCulture)} rounds=" + string.Join(',', perRound.Select(x => x.ToString("F3", CultureInfo.InvariantCulture))));
     }
 
     private static unsafe void* NativeMemoryAlloc(int bytes)
