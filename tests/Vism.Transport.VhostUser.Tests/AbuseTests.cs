@@ -248,7 +248,7 @@ public sealed class AbuseTests
             MemoryRegionDescriptor.EncodeTable([new(0, 16 * Page, 0x7000_0000, 0)]));
         c.Socket.Send(whole.AsSpan(0, 20), [fd]); // header and part of the payload, with the fd
         c.Dispose();
-        b.WaitFor(() => b.Device.Disconnects == 1, "the device to see the disconnect");
+        b.WaitFor(() => b.Device.DisconnectCount == 1, "the device to see the disconnect");
         using var again = new RawClient(b.SocketPath);
         Assert.True(again.IsServed());
         return Task.CompletedTask;

@@ -46,7 +46,7 @@ public sealed class FrontendTests
         Assert.Equal(2UL << 20, f.ShmLength(ShmId.Regions));
         Assert.Equal(2UL << 20, f.ShmLength(ShmId.Notify));
         Assert.Equal(b.Device.DeviceFeatures, f.ReadDeviceFeatures());
-        Assert.Equal(1, b.On(() => b.Device.Connects));
+        Assert.Equal(1, b.On(() => b.Device.ConnectCount));
         Assert.True(b.On(() => b.Transport.IsConnected));
     }
 
@@ -91,7 +91,7 @@ public sealed class FrontendTests
         b.WaitFor(() => b.Device.Status == Running, "DRIVER_OK");
         f.Kick(0);
         Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)), "the device's SignalQueue did not reach the call fd");
-        Assert.Equal(1, b.On(() => b.Device.Kicks));
+        Assert.Equal(1, b.On(() => b.Device.Kicks.Count));
     }
 
     [Fact]
@@ -238,17 +238,17 @@ public sealed class FrontendTests
         Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
         f.Kick(0); // the controlq moves on: its base is no longer 0
         Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)));
-        int resets = b.On(() => b.Device.Resets);
+        int resets = b.On(() => b.Device.ResetCount);
         f.WriteStatus(DeviceStatus.Reset);
         b.WaitFor(() => !b.Services.CanMap, "the stop");
         Assert.Equal(0, f.MappingCount(ShmId.Regions));
         Assert.Equal(0, f.MappingCount(ShmId.Notify));
-        if (sendStatus) b.WaitFor(() => b.Device.Resets > resets && b.Device.Status == DeviceStatus.Reset, "the device reset");
-        else Assert.Equal(resets, b.On(() => b.Device.Resets)); // a stop alone is not a reset (it may be a pause)
+        if (sendStatus) b.WaitFor(() => b.Device.ResetCount > resets && b.Device.Status == DeviceStatus.Reset, "the device reset");
+        else Assert.Equal(resets, b.On(() => b.Device.ResetCount)); // a stop alone is not a reset (it may be a pause)
         // Started again, the device works as before, from a reset state.
         Probe(f);
         b.WaitFor(() => b.Device.Status == Running && b.Services.CanMap, "a second start");
-        Assert.True(b.On(() => b.Device.Resets) > resets);
+        Assert.True(b.On(() => b.Device.ResetCount) > resets);
         Assert.Equal(sendStatus ? 0 : 1, b.Counters.Get("vhost-user.implicit-resets"));
         Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
     }
@@ -263,7 +263,7 @@ public sealed class FrontendTests
         f.Kick(0);
         Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)));
         (int _, QueueSettings ring) = b.Device.StartedQueues.Single();
-        int resets = b.On(() => b.Device.Resets);
+        int resets = b.On(() => b.Device.ResetCount);
         // A VM pause as QEMU 11.1.3 does it: rings disabled, GET_VRING_BASE; mappings kept.
         f.Send(FrontendRequest.SetVringEnable, new VringState(0, 0).ToBytes());
         Assert.True(VringState.TryRead(f.Request(FrontendRequest.GetVringBase, new VringState(0, 0).ToBytes()), out VringState stopped));
@@ -276,7 +276,7 @@ public sealed class FrontendTests
         f.Send(FrontendRequest.SetVringKick, U64Payload.ToBytes(0), [kick.Handle]);
         f.Send(FrontendRequest.SetVringEnable, new VringState(0, 1).ToBytes());
         b.WaitFor(() => b.Services.CanMap, "the resume");
-        Assert.Equal(resets, b.On(() => b.Device.Resets));
+        Assert.Equal(resets, b.On(() => b.Device.ResetCount));
         Assert.Equal(0, b.Counters.Get("vhost-user.implicit-resets"));
         Assert.Equal(ring with { NextAvail = 1 }, b.Device.StartedQueues.Last().Settings);
         Assert.Equal(1, f.MappingCount(ShmId.Regions));
@@ -293,20 +293,20 @@ public sealed class FrontendTests
         // does: the kick fd first, created already signalled, and SET_VRING_ENABLE after it.
         f.Send(FrontendRequest.SetVringEnable, new VringState(0, 0).ToBytes());
         Assert.True(VringState.TryRead(f.Request(FrontendRequest.GetVringBase, new VringState(0, 0).ToBytes()), out VringState stopped));
-        int kicks = b.On(() => b.Device.Kicks);
+        int kicks = b.On(() => b.Device.Kicks.Count);
         f.Send(FrontendRequest.SetFeatures, U64Payload.ToBytes(b.Device.DriverFeatures | (1UL << 30)));
         f.Send(FrontendRequest.SetVringBase, new VringState(0, stopped.Num).ToBytes());
         using EventFd kick = EventFd.Create();
         kick.Signal();
         f.Send(FrontendRequest.SetVringKick, U64Payload.ToBytes(0), [kick.Handle]);
         b.WaitFor(() => b.Counters.Get("vhost-user.kicks-deferred") == 1, "the kick on the disabled ring to be seen");
-        Assert.Equal(kicks, b.On(() => b.Device.Kicks)); // the ring does not run: nothing reached the device
+        Assert.Equal(kicks, b.On(() => b.Device.Kicks.Count)); // the ring does not run: nothing reached the device
 
         f.Send(FrontendRequest.SetVringEnable, new VringState(0, 1).ToBytes());
-        b.WaitFor(() => b.Device.Kicks == kicks + 1, "the deferred kick to reach the device");
+        b.WaitFor(() => b.Device.Kicks.Count == kicks + 1, "the deferred kick to reach the device");
         Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)), "the device's answer to the kick did not reach the call fd");
         Thread.Sleep(100);
-        Assert.Equal(kicks + 1, b.On(() => b.Device.Kicks)); // once
+        Assert.Equal(kicks + 1, b.On(() => b.Device.Kicks.Count)); // once
         Assert.Equal(1, b.Counters.Get("vhost-user.kicks-deferred"));
     }
 

@@ -24,7 +24,7 @@ public sealed class LifecycleTests
             using var block = new TestBlock(1 << 20);
             Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
         }
-        b.WaitFor(() => b.Device.Disconnects == 1 && !b.Transport.IsConnected, "the disconnect");
+        b.WaitFor(() => b.Device.DisconnectCount == 1 && !b.Transport.IsConnected, "the disconnect");
         Assert.Null(b.On(() => b.Device.Services));
         Assert.Equal(DeviceStatus.Reset, b.On(() => b.Device.Status));
         Descriptors.AssertBackTo(baseline, "after the disconnect");
@@ -38,7 +38,7 @@ public sealed class LifecycleTests
             f.Kick(0);
             Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)));
         }
-        b.WaitFor(() => b.Device.Disconnects == 2, "the second disconnect");
+        b.WaitFor(() => b.Device.DisconnectCount == 2, "the second disconnect");
         Descriptors.AssertBackTo(baseline, "after the second disconnect");
     }
 
@@ -135,7 +135,7 @@ public sealed class LifecycleTests
     {
         using var loop = new EventLoop("layout");
         using var dir = new TempDir("vu");
-        var device = new FakeDevice(loop, regionsWindow: 3 << 20, notifyWindow: 2 << 20);
+        var device = new FakeVirtioDevice(loop, regionsWindow: 3 << 20, notifyWindow: 2 << 20);
         var host = new HostDescription { Gid = 1, StateDirectory = dir.Path, SocketDirectory = dir.Path };
         await using var t = new VhostUserTransport(new VhostUserOptions(), device.Description, host, loop, new TestCounters(), new ListLogger<VhostUserTransport>());
         var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => loop.InvokeAsync(() => t.Start(device)));

@@ -14,7 +14,7 @@ public sealed class NotifyPollerTests : IDisposable
     private static readonly TimeSpan Slow = TimeSpan.FromMicroseconds(800);
 
     private readonly ManualLoop _loop = new();
-    private readonly FakeDevice _device;
+    private readonly FakeVirtioDevice _device;
     private readonly Microsoft.Win32.SafeHandles.SafeFileHandle _fd = MemFd.Create("poller-test", 4096);
     private readonly Mapping _window;
     private readonly TestCounters _counters = new();
@@ -22,7 +22,7 @@ public sealed class NotifyPollerTests : IDisposable
 
     public NotifyPollerTests()
     {
-        _device = new FakeDevice(_loop, notifySize: 8) { SlotsInUse = 4 };
+        _device = new FakeVirtioDevice(_loop, notifySize: 8) { SlotsInUse = 4 };
         _window = Mapping.Map(_fd, 0, 4096);
         _poller = new NotifyPoller(_device, _window, _loop, _counters, new NotifyPollPolicy(Fast, Slow, TimeSpan.Zero));
     }
@@ -64,7 +64,7 @@ public sealed class NotifyPollerTests : IDisposable
     public void Any_value_written_at_any_byte_of_a_slot_is_one_update_zero_included()
     {
         // notify_size 16: the bytes after the first eight count too (issue 14, point 3).
-        var device = new FakeDevice(_loop, notifySize: 16) { SlotsInUse = 2 };
+        var device = new FakeVirtioDevice(_loop, notifySize: 16) { SlotsInUse = 2 };
         using var poller = new NotifyPoller(device, _window, _loop, _counters, new NotifyPollPolicy(Fast, Slow, TimeSpan.Zero));
         var expected = new List<ulong>();
         for (int at = 0; at < 16; at++)

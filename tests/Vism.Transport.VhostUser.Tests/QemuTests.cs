@@ -25,7 +25,7 @@ public sealed class QemuTests
     {
         string root = Machine.QemuRoot;
         const ulong regions = 62UL << 20, notify = 2UL << 20;
-        await using var b = new Backend(device: loop => new FakeDevice(loop, regionsWindow: regions, notifyWindow: notify));
+        await using var b = new Backend(device: loop => new FakeVirtioDevice(loop, regionsWindow: regions, notifyWindow: notify));
         for (int run = 1; run <= 2; run++)
         {
             using var dir = new TempDir("qemu");
@@ -44,7 +44,7 @@ public sealed class QemuTests
             Assert.True(qemu.WaitForExit(TimeSpan.FromSeconds(30)), "QEMU did not quit");
             Assert.Equal(0, qemu.Process.ExitCode);
             b.WaitFor(() => !b.Transport.IsConnected, $"run {run}: vism to see QEMU go");
-            Assert.Equal(run, b.On(() => b.Device.Disconnects));
+            Assert.Equal(run, b.On(() => b.Device.DisconnectCount));
         }
         Assert.Equal(0, b.Counters.Get("vhost-user.request-errors"));
         Assert.Equal(2, b.Counters.Get("vhost-user.connections"));
