@@ -36,7 +36,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Handshake_negotiates_what_QEMU_acks_and_reports_the_windows()
+    public async Task HandshakeNegotiatesWhatQemuAcksAndReportsTheWindows()
     {
         await using var c = Connected.Open();
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -53,7 +53,7 @@ public sealed class FrontendTests
     [Theory]
     [InlineData(false)] // QEMU 11.1.3: the running controlq is the start
     [InlineData(true)]  // a frontend that also sends SET_STATUS(DRIVER_OK) at the end
-    public async Task Driver_ok_starts_the_device_with_guest_physical_ring_addresses(bool sendStatus)
+    public async Task DriverOkStartsTheDeviceWithGuestPhysicalRingAddresses(bool sendStatus)
     {
         await using var b = new Backend();
         using var ram = new GuestRam();
@@ -71,7 +71,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Without_the_status_feature_the_running_controlq_brings_the_device_to_driver_ok()
+    public async Task WithoutTheStatusFeatureTheRunningControlqBringsTheDeviceToDriverOk()
     {
         await using var b = new Backend();
         using var ram = new GuestRam();
@@ -84,7 +84,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_kick_reaches_the_device_and_its_signal_reaches_the_call_fd()
+    public async Task AKickReachesTheDeviceAndItsSignalReachesTheCallFd()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -95,7 +95,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Config_space_is_read_through_get_config_at_any_width()
+    public async Task ConfigSpaceIsReadThroughGetConfigAtAnyWidth()
     {
         await using var c = Connected.Open();
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -109,7 +109,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_notify_slot_write_reaches_the_device_once()
+    public async Task ANotifySlotWriteReachesTheDeviceOnce()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -124,7 +124,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Notify_changes_the_slot_and_rings_the_doorbell_so_the_device_scans_at_once()
+    public async Task NotifyChangesTheSlotAndRingsTheDoorbellSoTheDeviceScansAtOnce()
     {
         // Polls 1 s, 2 s, 4 s ... apart: without the doorbell the write below waits for the next poll.
         var options = new VhostUserOptions { NotifyPollFast = TimeSpan.FromSeconds(1), NotifyPollHold = TimeSpan.Zero, NotifyPollSlow = TimeSpan.FromSeconds(10) };
@@ -146,7 +146,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Notify_polling_stops_while_no_slot_is_in_use()
+    public async Task NotifyPollingStopsWhileNoSlotIsInUse()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -161,7 +161,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_mapped_block_is_shared_with_the_frontend_window_and_unmapped_again()
+    public async Task AMappedBlockIsSharedWithTheFrontendWindowAndUnmappedAgain()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -181,7 +181,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_read_only_mapping_is_read_only_in_the_frontend()
+    public async Task AReadOnlyMappingIsReadOnlyInTheFrontend()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -193,7 +193,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Mapping_is_refused_before_the_device_is_started()
+    public async Task MappingIsRefusedBeforeTheDeviceIsStarted()
     {
         await using var c = Connected.Open();
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -210,7 +210,7 @@ public sealed class FrontendTests
     [InlineData(100UL, 4096UL, "not page aligned")]
     [InlineData(2UL << 20, 4096UL, "outside")]
     [InlineData(0UL, 0UL, "empty")]
-    public async Task Bad_window_ranges_are_refused_without_reaching_the_frontend(ulong offset, ulong length, string reason)
+    public async Task BadWindowRangesAreRefusedWithoutReachingTheFrontend(ulong offset, ulong length, string reason)
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -230,7 +230,7 @@ public sealed class FrontendTests
     [Theory]
     [InlineData(true)]  // SET_STATUS 0 at the stop: the device resets at once
     [InlineData(false)] // QEMU 11.1.3: only a stop; the restart at ring base 0 shows a new driver
-    public async Task A_driver_reset_resets_the_device_and_drops_the_frontend_mappings(bool sendStatus)
+    public async Task ADriverResetResetsTheDeviceAndDropsTheFrontendMappings(bool sendStatus)
     {
         await using var c = Connected.Open(frontend: new VhostUserFrontendOptions { SendStartStopStatus = sendStatus }, start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -254,7 +254,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_stop_and_a_restart_where_the_rings_stopped_keep_the_devices_state()
+    public async Task AStopAndARestartWhereTheRingsStoppedKeepTheDevicesState()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -285,7 +285,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_kick_signalled_before_its_ring_is_enabled_is_delivered_once_when_the_ring_runs()
+    public async Task AKickSignalledBeforeItsRingIsEnabledIsDeliveredOnceWhenTheRingRuns()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -311,7 +311,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Mappings_a_frontend_kept_over_a_stop_are_removed_at_the_next_start()
+    public async Task MappingsAFrontendKeptOverAStopAreRemovedAtTheNextStart()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -335,7 +335,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Per_region_vectors_fire_the_call_fds_of_the_extra_queues()
+    public async Task PerRegionVectorsFireTheCallFdsOfTheExtraQueues()
     {
         await using var b = new Backend(new VhostUserOptions { Vectors = 2 });
         using var ram = new GuestRam();
@@ -353,7 +353,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_config_change_reaches_the_frontend_as_a_new_generation()
+    public async Task AConfigChangeReachesTheFrontendAsANewGeneration()
     {
         await using var c = Connected.Open();
         (Backend b, VhostUserFrontend f) = (c.B, c.F);

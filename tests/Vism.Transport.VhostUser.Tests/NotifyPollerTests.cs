@@ -41,7 +41,7 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void Empty_scans_double_the_interval_up_to_the_slow_one_and_a_hit_brings_back_the_fast_one()
+    public void EmptyScansDoubleTheIntervalUpToTheSlowOneAndAHitBringsBackTheFastOne()
     {
         _poller.Activity();
         var intervals = new List<TimeSpan>();
@@ -61,7 +61,7 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void Any_value_written_at_any_byte_of_a_slot_is_one_update_zero_included()
+    public void AnyValueWrittenAtAnyByteOfASlotIsOneUpdateZeroIncluded()
     {
         // notify_size 16: the bytes after the first eight count too (issue 14, point 3).
         var device = new FakeVirtioDevice(_loop, notifySize: 16) { SlotsInUse = 2 };
@@ -81,7 +81,7 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void Rewriting_the_value_a_slot_already_holds_is_not_seen_so_a_driver_must_change_it()
+    public void RewritingTheValueASlotAlreadyHoldsIsNotSeenSoADriverMustChangeIt()
     {
         _window.Span(0, 8)[0] = 7;
         Assert.Equal(1, _poller.Scan());
@@ -93,7 +93,7 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void A_cleared_window_starts_a_new_snapshot()
+    public void AClearedWindowStartsANewSnapshot()
     {
         _window.Span(8, 8)[0] = 3;
         Assert.Equal(1, _poller.Scan());
@@ -105,7 +105,7 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void With_a_hold_time_the_interval_stays_fast_that_long_after_activity_and_after_each_hit()
+    public void WithAHoldTimeTheIntervalStaysFastThatLongAfterActivityAndAfterEachHit()
     {
         WithHold(TimeSpan.FromMicroseconds(200)); // four empty scans at 50 us
         _poller.Activity();
@@ -124,7 +124,7 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void Activity_during_a_slow_interval_reschedules_the_scan_at_the_fast_interval()
+    public void ActivityDuringASlowIntervalReschedulesTheScanAtTheFastInterval()
     {
         _poller.Activity();
         while (_loop.PendingDelay < Slow) _loop.FireNext();
@@ -134,7 +134,7 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void Activity_while_a_fast_scan_is_pending_keeps_that_scan()
+    public void ActivityWhileAFastScanIsPendingKeepsThatScan()
     {
         _poller.Activity();
         int scheduled = _loop.Scheduled;
@@ -144,7 +144,7 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void Polling_stops_when_no_slot_is_in_use_and_restarts_on_activity()
+    public void PollingStopsWhenNoSlotIsInUseAndRestartsOnActivity()
     {
         _poller.Activity();
         _device.SlotsInUse = 0;

@@ -21,7 +21,7 @@ public sealed class QemuTests
     ];
 
     [SkippableFact]
-    public async Task Qemu_realizes_the_device_with_its_shared_memory_bar_and_vism_serves_the_next_qemu()
+    public async Task QemuRealizesTheDeviceWithItsSharedMemoryBarAndVismServesTheNextQemu()
     {
         string root = Machine.QemuRoot;
         const ulong regions = 62UL << 20, notify = 2UL << 20;
@@ -67,7 +67,7 @@ public sealed class QemuStartTests
     private static readonly TimeSpan Wait = TimeSpan.FromSeconds(30);
 
     [SkippableFact]
-    public async Task Qemu_starts_the_device_and_a_region_allocated_through_qemu_is_shared_with_another_device()
+    public async Task QemuStartsTheDeviceAndARegionAllocatedThroughQemuIsSharedWithAnotherDevice()
     {
         string root = Machine.QemuRoot;
         await using var rig = new IsmRig();
