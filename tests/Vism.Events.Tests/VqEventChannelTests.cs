@@ -196,7 +196,7 @@ public sealed class VqEventChannelTests
         AllocReply region = a.Alloc();
         Assert.Equal(IsmControl.AckErr, a.C.EventVector(region.Offset, 0));
         Assert.Equal(1, a.Counters.Get("err.event-vector.not-negotiated"));
-        Assert.False(a.Events.TryBindVector(region.Offset, 0, out string? why));
-        Assert.Contains("irq", why);
+        Assert.False(a.Events.TryBindVector(new RegionSlot(0, region.Offset), 0, out Refusal why));
+        Assert.Contains("irq", why.Detail);
     }
 }
