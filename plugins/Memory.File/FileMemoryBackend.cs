@@ -66,8 +66,8 @@ public sealed class FileMemoryBackend : IMemoryBackend
     public bool AllocatesOffLoop => true;
 
     /// <inheritdoc />
-    public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure) =>
-        _allocator.TryAllocate(length, token, out failure);
+    public IMemoryBlock? TryAllocate(ulong length, ulong token, out Refusal refusal) =>
+        _allocator.TryAllocate(length, token, out refusal);
 
     /// <summary>With <see cref="FileMemoryOptions.Persist"/>: opens every committed region file of
     /// this device and returns it with its token (contents intact), and removes temporary files a

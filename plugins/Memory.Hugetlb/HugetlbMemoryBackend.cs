@@ -68,8 +68,8 @@ public sealed class HugetlbMemoryBackend : IMemoryBackend
     public bool AllocatesOffLoop => Claim == HugePageClaim.Fallocate;
 
     /// <inheritdoc />
-    public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure) =>
-        _allocator.TryAllocate(length, token, out failure);
+    public IMemoryBlock? TryAllocate(ulong length, ulong token, out Refusal refusal) =>
+        _allocator.TryAllocate(length, token, out refusal);
 
     /// <summary>Huge-page regions do not persist: always empty.</summary>
     /// <returns>An empty list.</returns>
