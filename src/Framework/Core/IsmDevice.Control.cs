@@ -506,8 +506,8 @@ public sealed partial class IsmDevice
         string? size = block.CheckSize();
         if (size is not null)
         {
-            Counters.Increment("err.map.size-mismatch");
-            _log.LogError("device {Name} (devid {DevId}): the region's backing is refused for mapping: {Problem}", Description.Name, DevId, size);
+            RateLimitedLog.Count(Counters, _log, LogLevel.Error, "err.map.size-mismatch",
+                "device {Name} (devid {DevId}): the region's backing is refused for mapping: {Problem}", Description.Name, DevId, size);
             return $"the region's backing changed size: {size}";
         }
         ReadOnlyBlock? readOnly = null;
