@@ -162,8 +162,8 @@ public sealed class VqEventChannel : IEventChannel
         uint room = chain.WritableLength;
         if (room < 16)
         {
-            context.Counters.Increment("err.events.vq.buffer-too-small");
-            _log.LogWarning("device {Name}: eventq buffer {Head} has {Room} device-writable bytes; a virtio_ism_event with one offset needs 16. Returned empty",
+            RateLimitedLog.Count(context.Counters, _log, LogLevel.Warning, "err.events.vq.buffer-too-small",
+                "device {Name}: eventq buffer {Head} has {Room} device-writable bytes; a virtio_ism_event with one offset needs 16. Returned empty",
                 _device.Name, chain.Head, room);
             queue.Complete(chain, 0);
             return true;
@@ -182,8 +182,8 @@ public sealed class VqEventChannel : IEventChannel
         if (written != length)
         {
             // The chain was checked against guest memory when it was popped; the map changed since.
-            context.Counters.Increment("err.events.vq.buffer-unmapped");
-            _log.LogError("device {Name}: eventq buffer {Head} is no longer in guest memory; its {Count} offsets stay pending",
+            RateLimitedLog.Count(context.Counters, _log, LogLevel.Error, "err.events.vq.buffer-unmapped",
+                "device {Name}: eventq buffer {Head} is no longer in guest memory; its {Count} offsets stay pending",
                 _device.Name, chain.Head, count);
             queue.Complete(chain, 0);
             return false;
