@@ -44,11 +44,11 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (length == 0 || length % pageSize != 0)
-            return Refuse("bad-length", LogLevel.Debug, $"a region of {length} bytes is not a positive multiple of the page size {Sizes.Format(pageSize)}", out refusal);
+            return Refuse("bad-length", LogLevel.Debug, $"a region of {length} bytes is not a positive multiple of the page size {Sizes.Prose(pageSize)}", out refusal);
         if (!meter.TryReserve(length, out ulong total))
         {
             MemoryUsage u = meter.Usage;
-            return Refuse("capacity", LogLevel.Debug, $"capacity exhausted: {Sizes.Format(u.Used)} of {Sizes.Format(u.Capacity)} in use, {Sizes.Format(length)} requested", out refusal);
+            return Refuse("capacity", LogLevel.Debug, $"capacity exhausted: {Sizes.Prose(u.Used)} of {Sizes.Prose(u.Capacity)} in use, {Sizes.Prose(length)} requested", out refusal);
         }
 
         PendingFile? file;
