@@ -117,14 +117,14 @@ public sealed class OffLoopAllocationTests
 
         public void Open() => _gate.Set();
 
-        public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure)
+        public IMemoryBlock? TryAllocate(ulong length, ulong token, out Refusal failure)
         {
             Interlocked.Increment(ref _calls);
             OnLoop = Loop?.IsOnLoop ?? true;
             Entered.Set();
             if (!_gate.Wait(Rig.Wait))
             {
-                failure = "the test never opened the gate";
+                failure = new Refusal(IMemoryBackend.AllocNoMemory, "the test never opened the gate");
                 return null;
             }
             lock (inner)

@@ -40,7 +40,7 @@ public sealed class RegistryTests
             Assert.Same(blocks[n], region.Block);
             regions[n] = region;
         }
-        Assert.Equal("unknown-token", rig.Host.TryAttach(peers[0].Device, 250, Unused(tokens), out _, out _));
+        Assert.Equal("attach.unknown-token", rig.Host.TryAttach(peers[0].Device, 250, Unused(tokens), out _, out _)?.Counter);
 
         HostSnapshot snapshot = rig.Host.Snapshot();
         Assert.Equal(devices * perDevice, snapshot.Regions.Count);
@@ -56,7 +56,7 @@ public sealed class RegistryTests
             p.Settle();
         Assert.Equal(0, rig.Host.RegionCount);
         Assert.All(blocks, b => Assert.Equal((1, 1), (b.Released, b.Disposed)));
-        Assert.Equal("unknown-token", rig.Host.TryAttach(peers[0].Device, 0, tokens[0], out _, out _));
+        Assert.Equal("attach.unknown-token", rig.Host.TryAttach(peers[0].Device, 0, tokens[0], out _, out _)?.Counter);
     }
 
     private static ulong Unused(ulong[] tokens)

@@ -62,44 +62,6 @@ public sealed class PluginTests
         Assert.Empty(Validate(new IrqEventOptions { Unbound = UnboundUpdates.Drop }));
     }
 
-    [Fact]
-    public async Task UpdatesForAnOffsetThatNamesNoSlotAreRefusedCountedAndLoggedWithoutTouchingOtherState()
-    {
-        var logs = new LogRecorder();
-        using var loop = new EventLoop("plugin-test");
-        using var host = new IsmHost(new IsmHostOptions { Gid = 1 }, logs);
-        var vq = new VqEventChannel(new VqEventOptions(), Device, loop, logs.CreateLogger<VqEventChannel>());
-        var irq = new IrqEventChannel(new IrqEventOptions(), Device, loop, logs.CreateLogger<IrqEventChannel>());
-        var vqCounters = new DeviceCounters();
-        var irqCounters = new DeviceCounters();
-        IsmDevice vqDevice = host.AddDevice(Device, loop, new InMemoryBackend(16 << 20), vq, vqCounters);
-        IsmDevice irqDevice = host.AddDevice(Device with { Name = "ism1" }, loop, new InMemoryBackend(16 << 20), irq, irqCounters);
-        using var vqT = InMemoryTransport.StartFor(vqDevice);
-        using var irqT = InMemoryTransport.StartFor(irqDevice, vectorCount: 2);
-        using IsmClient vqClient = IsmClient.Start(vqT);
-        using IsmClient irqClient = IsmClient.Start(irqT);
-
-        bool bound = await loop.InvokeAsync(() =>
-        {
-            foreach (ulong bad in new[] { 1UL, Device.RegionSize * (ulong)Device.MaxRegions, ulong.MaxValue })
-            {
-                vq.OnRegionUpdated(bad);
-                vq.OnRegionDetached(bad);
-                irq.OnRegionUpdated(bad);
-                irq.OnRegionDetached(bad);
-            }
-            return irq.TryBindVector(3, 0, out _);
-        });
-
-        Assert.False(bound);
-        Assert.Equal(6, vqCounters.Get("err.events.bad-offset"));
-        Assert.Equal(6, irqCounters.Get("err.events.bad-offset"));
-        Assert.Equal(0, await loop.InvokeAsync(() => vq.Pending));
-        Assert.True(logs.Logged("names no region slot"));
-        Assert.Null(vqClient.WaitEvent(EventRig.Quiet));
-        Assert.False(irqClient.WaitVector(0, TimeSpan.Zero));
-    }
-
     private static List<(string Key, string Message)> Validate(IValidatableOptions options)
     {
         var context = new RecordingValidation();

@@ -196,7 +196,34 @@ public sealed class VqEventChannelTests
         AllocReply region = a.Alloc();
         Assert.Equal(IsmControl.AckErr, a.C.EventVector(region.Offset, 0));
         Assert.Equal(1, a.Counters.Get("err.event-vector.not-negotiated"));
-        Assert.False(a.Events.TryBindVector(region.Offset, 0, out string? why));
-        Assert.Contains("irq", why);
+        Assert.False(a.Events.TryBindVector(new RegionSlot(0, region.Offset), 0, out Refusal why));
+        Assert.Contains("irq", why.Detail);
+    }
+
+    [Fact]
+    public void TooSmallBuffers_Flood_EachCountedButLoggedRateLimited()
+    {
+        using var rig = new EventRig();
+        (Peer a, Peer b, ulong atA, _) = rig.Pair(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { PostEventBuffers = false } });
+        a.C.Notify(atA);
+        Assert.True(a.WaitCounter("notify.routed", 1));
+        b.Settle();
+
+        const int Buffers = 40;
+        DriverQueue eventq = b.C.Driver.Queues[Virtio.EventQueue];
+        GuestRam ram = b.T.Ram;
+        for (int i = 0; i < Buffers; i++)
+            eventq.Add([], [new DriverBuffer(ram.Allocate(8, 8), 8)]);
+        b.C.Driver.KickIfNeeded(Virtio.EventQueue);
+        for (int i = 0; i < Buffers; i++)
+        {
+            Assert.True(b.C.Driver.WaitUsed(Virtio.EventQueue, EventRig.Wait, out UsedElement used));
+            Assert.Equal(0u, used.Written);
+        }
+
+        Assert.Equal(Buffers, b.Counters.Get("err.events.vq.buffer-too-small"));
+        // RateLimitedLog: the first 10, then the 16th and the 32nd.
+        Assert.Equal(12, rig.Logs.Entries.Count(e => e.Message.Contains("needs 16", StringComparison.Ordinal)));
+        Assert.Equal(1, b.OnLoop(() => b.Vq.Pending));
     }
 }
