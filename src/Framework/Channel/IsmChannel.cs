@@ -148,7 +148,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
             if (_poll)
                 await Task.Delay(1, cancellation).ConfigureAwait(false);
             else
-                await _signals[Read].WaitAsync(_device.Options.HeartbeatInterval, cancellation).ConfigureAwait(false);
+                await _device.WaitSignalAsync(_signals[Read], cancellation).ConfigureAwait(false);
         }
         _lastPeerChange = Stopwatch.GetTimestamp();
     }
@@ -166,7 +166,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         {
             int n = TryRead(buffer, consume: true);
             if (n != 0) return Math.Max(n, 0);
-            WaitAsync(Read, sync: true, default).GetAwaiter().GetResult();
+            Wait(Read);
         }
     }
 
@@ -182,7 +182,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         {
             int n = TryRead(buffer.Span, consume: true);
             if (n != 0) return Math.Max(n, 0);
-            await WaitAsync(Read, sync: false, cancellation).ConfigureAwait(false);
+            await WaitAsync(Read, cancellation).ConfigureAwait(false);
         }
     }
 
@@ -197,7 +197,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
             int n = TryWrite(data);
             data = data[n..];
             if (n == 0)
-                WaitAsync(Write, sync: true, default).GetAwaiter().GetResult();
+                Wait(Write);
         }
     }
 
@@ -213,7 +213,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
             int n = TryWrite(data.Span);
             data = data[n..];
             if (n == 0)
-                await WaitAsync(Write, sync: false, cancellation).ConfigureAwait(false);
+                await WaitAsync(Write, cancellation).ConfigureAwait(false);
         }
     }
 
@@ -254,7 +254,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     {
         int length;
         while ((length = TryPeekLength(buffer.Length)) == -2)
-            await WaitAsync(Read, sync: false, cancellation).ConfigureAwait(false);
+            await WaitAsync(Read, cancellation).ConfigureAwait(false);
         if (length < 0) return -1;
         if (TryTakeWhole(buffer.Span, length)) return length;
         Consume(4);
@@ -274,7 +274,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     {
         int length;
         while ((length = TryPeekLength(buffer.Length)) == -2)
-            WaitAsync(Read, sync: true, default).GetAwaiter().GetResult();
+            Wait(Read);
         if (length < 0) return -1;
         if (TryTakeWhole(buffer, length)) return length;
         Consume(4);
@@ -514,35 +514,58 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private bool Ready(int direction) =>
         _failure is not null || _closed || PeerState == ChannelState.Closed || (direction == Read ? Available() != 0 : Free() != 0);
 
-    /// <summary>Waits until <see cref="Ready"/>: spins (for ever when polling), then announces the
-    /// wait through this side's wait sequence and blocks until the peer's notify (or a heartbeat tick).</summary>
-    private async ValueTask WaitAsync(int direction, bool sync, CancellationToken cancellation)
+    /// <summary>A blocking wait until <see cref="Ready"/>: spins (for ever when polling), then
+    /// announces the wait and takes the device's events on this thread (see
+    /// <see cref="ChannelDevice.WaitForEvent"/>) until the peer's notify or a heartbeat tick.</summary>
+    private void Wait(int direction)
+    {
+        if (Spin(direction, default) || Announce(direction))
+            return;
+        _device.WaitForEvent(this, _signals[direction]);
+    }
+
+    /// <summary>The async wait: as <see cref="Wait"/>, but blocks on this channel's signal, which
+    /// whoever takes the device's events sets.</summary>
+    private async ValueTask WaitAsync(int direction, CancellationToken cancellation)
+    {
+        if (Spin(direction, cancellation) || Announce(direction))
+            return;
+        await _device.WaitSignalAsync(_signals[direction], cancellation).ConfigureAwait(false);
+    }
+
+    /// <summary>Spins until <see cref="Ready"/> (for ever when polling, else for the spin time).</summary>
+    /// <returns>Whether the channel became ready.</returns>
+    private bool Spin(int direction, CancellationToken cancellation)
     {
         long start = Stopwatch.GetTimestamp();
         while (_poll || Stopwatch.GetTimestamp() - start < _spinTicks)
         {
-            if (Ready(direction)) return;
+            if (Ready(direction)) return true;
             cancellation.ThrowIfCancellationRequested();
             // No sched_yield: on a busy machine it hands the core to another task for a whole slice.
             Thread.SpinWait(1);
         }
+        return false;
+    }
+
+    /// <summary>Announces a wait (bumps this side's wait sequence: the peer notifies once for it),
+    /// full fence, and re-checks.</summary>
+    /// <returns>Whether the channel became ready meanwhile.</returns>
+    private bool Announce(int direction)
+    {
         int line = direction == Read ? _rxConsumer : _txProducer;
         uint seq = direction == Read ? ++_myWaitSeqRead : ++_myWaitSeqWrite;
         Volatile.Write(ref U32(line + ChannelLayout.LineWaitSeq), seq);
         Interlocked.MemoryBarrier();
-        if (Ready(direction)) return;
-        SemaphoreSlim signal = _signals[direction];
-        if (sync)
-            signal.Wait(_device.Options.HeartbeatInterval, cancellation);
-        else
-            await signal.WaitAsync(_device.Options.HeartbeatInterval, cancellation).ConfigureAwait(false);
+        return Ready(direction);
     }
 
-    /// <summary>An update event for this region arrived: wake both waiters (they re-check).</summary>
-    internal void Signal()
+    /// <summary>An update event for this region arrived: wake the waiters (they re-check), except
+    /// <paramref name="except"/> (the wait of the thread that took the event).</summary>
+    internal void Signal(SemaphoreSlim? except = null)
     {
         foreach (SemaphoreSlim s in _signals)
-            if (s.CurrentCount == 0)
+            if (s != except && s.CurrentCount == 0)
             {
                 try { s.Release(); } catch (SemaphoreFullException) { }
             }
