@@ -2,27 +2,21 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
-using Microsoft.Extensions.Logging.Abstractions;
 using Vism.Channel;
-using Vism.Conformance.Composition;
-using Vism.Events.Vq;
-using Vism.Memory.File;
-using Vism.Transport.Mmio;
-using Vism.Transport.VhostUser;
 
 namespace Vism.Benchmarks;
 
 /// <summary>
 /// vism channel vs TCP loopback between the same two processes (docs/benchmarks.md, "Channel"):
-/// this process serves two devices (real plugins: the transport's socket, file memory in /dev/shm, the
-/// eventq) and starts two peer processes, each pinned to its own core with taskset, each reaching
+/// this process serves two devices as <c>vism run</c> does by default (both on one device loop, the
+/// transport's socket, memfd region memory, the eventq; <see cref="EventPath.BenchHost"/>) and starts two peer processes, each pinned to its own core with taskset, each reaching
 /// its device through the socket. The peers open a TCP connection and a channel to each other and
 /// measure, one after the other: bulk throughput (client to server, then a 1-byte ack), and
 /// 64-byte request/response round trips event-driven (blocking reads; channel: notify -> event) and
 /// polling (TCP: non-blocking sockets spun on; channel: cursors spun on). Not BenchmarkDotNet: it
 /// needs two processes on two cores. Command:
-/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips]</c>
-/// (default: both transports, 1024 MiB, 5000 round trips event-driven and 50000 polling).
+/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops]</c>
+/// (default: both transports, 1024 MiB, 5000 round trips event-driven and 50000 polling, 1 device loop).
 /// </summary>
 public static class ChannelBenchmark
 {
@@ -34,29 +28,25 @@ public static class ChannelBenchmark
         string[] transports = args.Length > 0 && args[0] != "all" ? [args[0]] : ["vhost-user", "mmio"];
         int mib = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024;
         int trips = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 5000;
+        int loops = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 1;
         int failed = 0;
         foreach (string transport in transports)
-            failed |= RunAsync(transport, mib, trips).GetAwaiter().GetResult();
+            failed |= RunAsync(transport, mib, trips, loops).GetAwaiter().GetResult();
         return failed;
     }
 
-    private static async Task<int> RunAsync(string transport, int mib, int trips)
+    private static async Task<int> RunAsync(string transport, int mib, int trips, int loops)
     {
-        // Region memory on tmpfs (/tmp may be a disk file system, whose shared mappings write back).
-        string memory = Path.Combine("/dev/shm", $"vism-chan-bench-{Environment.ProcessId}");
-        Directory.CreateDirectory(memory);
-        var composer = new DirectComposer(NullLoggerFactory.Instance, new VhostUserPlugin(), new MmioPlugin(), new FileMemoryPlugin(), new VqEventsPlugin())
-            .Configure<FileMemoryOptions>(o => o.Directory = memory);
-        await using IComposition host = await composer.ComposeAsync(new Combination(transport, "file", "vq"),
-            new HostSpec { Devices = 2, RegionSize = 8 << 20, WindowSize = 64 << 20 }, CancellationToken.None);
-        Console.WriteLine($"channel benchmark: transport {transport}, 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {mib} MiB bulk, {trips} round trips of {Message} bytes; "
+        // vism's defaults: both devices on one loop (`loops = 1`), the eventq, the transport's defaults.
+        using var host = new EventPath.BenchHost(transport, "vq", loops, 8 << 20);
+        Console.WriteLine($"channel benchmark: transport {transport}, {loops} device loop(s), 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {mib} MiB bulk, {trips} round trips of {Message} bytes; "
             + $"{Environment.ProcessorCount} CPUs; server on CPU 0, client on CPU 1; load average before: {File.ReadAllText("/proc/loadavg").Trim()}");
-        using Process server = StartPeer(0, ["server", transport, host.Devices[0].Target.Endpoint, host.Devices[1].Device.DevId.ToString(CultureInfo.InvariantCulture)]);
+        using Process server = StartPeer(0, ["server", transport, host.Endpoints[0], host.DevIds[1].ToString(CultureInfo.InvariantCulture)]);
         string? hello = await server.StandardOutput.ReadLineAsync();
         if (hello is null || !hello.StartsWith("listen ", StringComparison.Ordinal))
             throw new InvalidOperationException($"the server peer said '{hello}': {await server.StandardError.ReadToEndAsync()}");
         string[] parts = hello.Split(' ');
-        using Process client = StartPeer(1, ["client", transport, host.Devices[1].Target.Endpoint, parts[1], parts[2],
+        using Process client = StartPeer(1, ["client", transport, host.Endpoints[1], parts[1], parts[2],
             mib.ToString(CultureInfo.InvariantCulture), trips.ToString(CultureInfo.InvariantCulture)]);
         Task<string> serverErrors = server.StandardError.ReadToEndAsync();
         Task<string> clientErrors = client.StandardError.ReadToEndAsync();
@@ -64,7 +54,6 @@ public static class ChannelBenchmark
             Console.WriteLine(line);
         await Task.WhenAll(client.WaitForExitAsync(), server.WaitForExitAsync()).WaitAsync(TimeSpan.FromMinutes(10));
         Console.WriteLine($"load average after: {File.ReadAllText("/proc/loadavg").Trim()}");
-        Directory.Delete(memory, recursive: true);
         if (client.ExitCode != 0 || server.ExitCode != 0)
         {
             Console.Error.WriteLine($"client exit {client.ExitCode}: {await clientErrors}\nserver exit {server.ExitCode}: {await serverErrors}");
