@@ -66,9 +66,12 @@ public sealed class ChannelDevice : IDisposable
     /// <param name="socketPath">The device's socket (what <c>vism run</c> logs as its endpoint).</param>
     /// <param name="options">Channel options.</param>
     /// <param name="vectors">Per-region vectors the device was configured with (vhost-user <c>vectors</c>); 0 when it has an eventq.</param>
+    /// <param name="clientOptions">The driver's choices; among them <see cref="IsmClientOptions.SpinBeforeBlock"/>,
+    /// how long a wait that announced itself spins on the update event before it sleeps (zero: sleep
+    /// at once). Defaults when null.</param>
     /// <returns>The channel device.</returns>
     /// <exception cref="DriverTransportException">When the device cannot be reached.</exception>
-    public static ChannelDevice Open(string transportKind, string socketPath, ChannelOptions? options = null, int vectors = 0)
+    public static ChannelDevice Open(string transportKind, string socketPath, ChannelOptions? options = null, int vectors = 0, IsmClientOptions? clientOptions = null)
     {
         ArgumentNullException.ThrowIfNull(socketPath);
         GuestRam? ram = null;
@@ -88,7 +91,7 @@ public sealed class ChannelDevice : IDisposable
                 default:
                     throw new ArgumentException($"transport kind '{transportKind}' is not one a channel can open (vhost-user, mmio)", nameof(transportKind));
             }
-            client = IsmClient.Start(transport);
+            client = IsmClient.Start(transport, clientOptions);
             return new ChannelDevice(client, options, new Owned(client, ram));
         }
         catch
