@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Security.Cryptography;
 using Vism.Channel;
@@ -209,6 +210,28 @@ public sealed class ChannelTests
         await Task.Run(rig.Devices[1].Dispose).WaitAsync(TimeSpan.FromSeconds(20));
         await Assert.ThrowsAsync<ObjectDisposedException>(() => reader.WaitAsync(TimeSpan.FromSeconds(20)));
         creator.Dispose();
+    }
+
+    /// <summary>The wire layout vism-guest shares (docs/channel.md, version 2): a side about to
+    /// sleep bumps its wait sequence in the wait line 0x100 past its cursor line, and nothing lands
+    /// beside the cursor, which the peer would otherwise pull to its core at every message.</summary>
+    [Fact]
+    public async Task WaitAnnounced_LandsInTheWaitLine_NotBesideTheCursor()
+    {
+        await using ChannelRig rig = await ChannelRig.StartAsync("vhost-user", new ChannelOptions { SpinTime = TimeSpan.Zero });
+        (IsmChannel creator, IsmChannel acceptor) = await rig.PairAsync();
+        Assert.Equal(2u, BinaryPrimitives.ReadUInt32LittleEndian(rig.Devices[0].Client.Region(creator.Offset, 16)[ChannelLayout.VersionOffset..]));
+        Task<int> reader = Task.Factory.StartNew(() => acceptor.Receive(new byte[64]), TaskCreationOptions.LongRunning);
+        var clock = Stopwatch.StartNew();
+        uint WaitSeq() => BinaryPrimitives.ReadUInt32LittleEndian(rig.Devices[0].Client.Region(creator.Offset + 0x240, 4));
+        while (WaitSeq() == 0 && clock.Elapsed < TimeSpan.FromSeconds(20))
+            await Task.Delay(5);
+        Assert.NotEqual(0u, WaitSeq()); // ring 0's consumer (the acceptor) announced its wait at 0x140 + 0x100
+        Assert.Equal(0u, BinaryPrimitives.ReadUInt32LittleEndian(rig.Devices[0].Client.Region(creator.Offset + 0x148, 4)));
+        creator.Send("wake"u8);
+        Assert.Equal(4, await reader.WaitAsync(Limit));
+        creator.Dispose();
+        acceptor.Dispose();
     }
 
     public static TheoryData<string, string, ChannelWaitMode> KillCases => new()

@@ -32,6 +32,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private long _spinTicks;
     private volatile bool _poll;
     private long _txTail, _rxHead;
+    private long _txHeadSeen;
     private uint _txNotified, _rxNotified, _myWaitSeqRead, _myWaitSeqWrite;
     private ulong _beats;
     private ulong _lastPeerBeat;
@@ -343,14 +344,23 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         return (long)avail;
     }
 
-    private long Free()
+    /// <summary>Room in the transmit ring: at least <paramref name="wanted"/> bytes from the head
+    /// this side last read, else the peer's head is read again. The head line is the consumer's: a
+    /// writer that reads it at every message takes the line from the consumer each time, and the
+    /// consumer's next head store has to take it back (a cache-line transfer on the round trip).</summary>
+    private long Free(long wanted = 1)
     {
-        ulong used = (ulong)_txTail - Volatile.Read(ref U64(_txConsumer + ChannelLayout.LineCursor));
+        long known = (long)_ringSize - (_txTail - _txHeadSeen);
+        if (known >= wanted)
+            return known;
+        ulong head = Volatile.Read(ref U64(_txConsumer + ChannelLayout.LineCursor));
+        ulong used = (ulong)_txTail - head;
         if (used > _ringSize)
         {
             Fail(new ChannelException($"the peer broke the protocol: its read cursor is {unchecked(0 - used)} bytes ahead of this side's write cursor"));
             return -1;
         }
+        _txHeadSeen = (long)head;
         return (long)(_ringSize - used);
     }
 
@@ -440,7 +450,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private int TryWrite(ReadOnlySpan<byte> data)
     {
         ThrowIfWritable();
-        long free = Free();
+        long free = Free(Math.Min(data.Length, (long)_ringSize));
         ThrowIfFailed();
         int n = (int)Math.Min(free, data.Length);
         // Published in slices: the reader copies one slice out while this side copies the next in.
@@ -454,7 +464,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private bool TryWriteFrame(ReadOnlySpan<byte> message)
     {
         ThrowIfWritable();
-        long free = Free();
+        long free = Free(4L + message.Length);
         ThrowIfFailed();
         if (free < 4L + message.Length) return false;
         Span<byte> length = stackalloc byte[4];
