@@ -245,6 +245,10 @@ public sealed class ChannelDevice : IDisposable
         {
             if (signal.Wait(0))
                 return; // an event for this channel was passed on before this thread took over
+            // The peer's notify (or this side's own, just sent) woke vism's device loop; where every
+            // core is busy (two spinning peers on two cores) the loop runs only when one of them
+            // gives its core up: do so once now, before spinning on the eventq.
+            Thread.Yield();
             long deadline = Stopwatch.GetTimestamp() + (long)(Options.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
             while (!_stopping)
             {
