@@ -13,7 +13,7 @@ public sealed class VqEventChannelTests
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
-    public void Pending_updates_never_exceed_one_per_region_slot_and_every_fold_is_counted(bool eventIdx)
+    public void PendingUpdatesNeverExceedOnePerRegionSlotAndEveryFoldIsCounted(bool eventIdx)
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq, Tiny);
@@ -36,7 +36,7 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void A_buffer_carries_as_many_offsets_as_fit_and_the_rest_follow_in_later_buffers_oldest_first()
+    public void ABufferCarriesAsManyOffsetsAsFitAndTheRestFollowInLaterBuffersOldestFirst()
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq, Tiny);
@@ -60,7 +60,7 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void A_buffer_too_small_for_one_offset_comes_back_empty_and_the_update_waits_for_a_usable_one()
+    public void ABufferTooSmallForOneOffsetComesBackEmptyAndTheUpdateWaitsForAUsableOne()
     {
         using var rig = new EventRig();
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { PostEventBuffers = false } });
@@ -89,7 +89,7 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void Detach_drops_the_pending_update_of_the_region_and_nothing_arrives_for_it()
+    public void DetachDropsThePendingUpdateOfTheRegionAndNothingArrivesForIt()
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq);
@@ -111,7 +111,7 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void A_reset_drops_pending_updates_and_the_restarted_driver_gets_none_of_them()
+    public void AResetDropsPendingUpdatesAndTheRestartedDriverGetsNoneOfThem()
     {
         using var rig = new EventRig();
         (Peer a, Peer b, ulong atA, _) = rig.Pair(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { PostEventBuffers = false } });
@@ -134,7 +134,7 @@ public sealed class VqEventChannelTests
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public void Interrupt_suppression_by_the_driver_holds_back_the_interrupt_but_not_the_event(bool eventIdx)
+    public void InterruptSuppressionByTheDriverHoldsBackTheInterruptButNotTheEvent(bool eventIdx)
     {
         using var rig = new EventRig();
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { EventIdx = eventIdx } });
@@ -164,7 +164,7 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void Updates_within_the_batch_delay_share_one_buffer()
+    public void UpdatesWithinTheBatchDelayShareOneBuffer()
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq);
@@ -189,7 +189,7 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void Event_vector_is_ERR_on_a_vq_device_because_it_does_not_offer_EVENT_IRQ()
+    public void EventVectorIsErrOnAVqDeviceBecauseItDoesNotOfferEventIrq()
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq);
