@@ -28,23 +28,18 @@ public sealed class ControlqFlood : IDisposable
         ChainLength = chainLength;
         DriverQueue q = client.Driver.Queues[Virtio.ControlQueue];
         GuestRam ram = client.Transport.Ram;
-        ulong buffer = ram.Allocate(64, 16);
-        ram.Span(buffer, 64).Clear();
-        ram.Span(buffer, 1)[0] = IsmControl.ClassAlloc;
         if (chainLength > 1)
         {
-            ulong table = ram.Allocate(16UL * (ulong)chainLength, 16);
-            for (int i = 0; i < chainLength - 1; i++)
-                q.RawDescriptorAt(table, i, buffer, 1, DriverQueue.DescNext, (ushort)(i + 1));
-            q.RawDescriptorAt(table, chainLength - 1, buffer + 32, 17, DriverQueue.DescWrite, 0);
+            ulong table = WriteIndirectTable(q, ram, chainLength);
             for (int d = 0; d < q.Size; d++)
                 q.RawDescriptor(d, table, (uint)(16 * chainLength), DriverQueue.DescIndirect, 0);
         }
         else
         {
             // One read-write buffer: no readable byte is too short a request header.
+            ulong ack = ram.Allocate(17, 16);
             for (int d = 0; d < q.Size; d++)
-                q.RawDescriptor(d, buffer + 32, 17, DriverQueue.DescWrite, 0);
+                q.RawDescriptor(d, ack, 17, DriverQueue.DescWrite, 0);
         }
         _thread = new Thread(() =>
         {
@@ -74,6 +69,28 @@ public sealed class ControlqFlood : IDisposable
             }
         }) { IsBackground = true, Name = "controlq-flood" };
         _thread.Start();
+    }
+
+    /// <summary>Writes an indirect table of <paramref name="length"/> descriptors, well-formed but
+    /// for its length: <paramref name="length"/> - 1 one-byte readable buffers holding the ALLOC
+    /// class byte, then a 17-byte device-writable one for the ack.</summary>
+    /// <param name="q">The queue whose <c>Raw*</c> writer is used.</param>
+    /// <param name="ram">Guest RAM to allocate the table and buffers in.</param>
+    /// <param name="length">Entries (2 or more).</param>
+    /// <returns>The table's guest address (its length is 16 * <paramref name="length"/>).</returns>
+    public static ulong WriteIndirectTable(DriverQueue q, GuestRam ram, int length)
+    {
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(ram);
+        ArgumentOutOfRangeException.ThrowIfLessThan(length, 2);
+        ulong buffer = ram.Allocate(64, 16);
+        ram.Span(buffer, 64).Clear();
+        ram.Span(buffer, 1)[0] = IsmControl.ClassAlloc;
+        ulong table = ram.Allocate(16UL * (ulong)length, 16);
+        for (int i = 0; i < length - 1; i++)
+            q.RawDescriptorAt(table, i, buffer, 1, DriverQueue.DescNext, (ushort)(i + 1));
+        q.RawDescriptorAt(table, length - 1, buffer + 32, 17, DriverQueue.DescWrite, 0);
+        return table;
     }
 
     /// <summary>Descriptors per hostile chain.</summary>

@@ -25,14 +25,8 @@ internal static class RingChecks
         DriverQueue q = client.Driver.Queues[Virtio.ControlQueue];
         ushort used = q.UsedIndex;
         uint entries = q.Size + 1u;
-        GuestRam ram = client.Transport.Ram;
-        // Well-formed but for its length: one-byte readable buffers, then the ack's writable one.
-        ulong buffer = ram.Allocate(64, 16);
-        ram.Span(buffer, 64).Clear();
-        ulong table = ram.Allocate(16UL * entries, 16);
-        for (int i = 0; i < entries - 1; i++)
-            q.RawDescriptorAt(table, i, buffer, 1, DriverQueue.DescNext, (ushort)(i + 1));
-        q.RawDescriptorAt(table, (int)entries - 1, buffer + 32, 17, DriverQueue.DescWrite, 0);
+        // Well-formed but for its length (an old walker answered it with ERR).
+        ulong table = ControlqFlood.WriteIndirectTable(q, client.Transport.Ram, (int)entries);
         q.RawDescriptor(0, table, 16 * entries, DriverQueue.DescIndirect, 0);
         q.RawPublish(0);
         client.Transport.Kick(Virtio.ControlQueue);
