@@ -46,7 +46,7 @@ public static class EventPath
 
     /// <summary>One ISM setting measured: where the devices live and how the peers drive them.</summary>
     private sealed record Setting(string Name, string Transport, string Events, int Loops, int SpinUs, bool Doorbell, string Mode = "events",
-        TimeSpan? PollFast = null, int BusyPollUs = 0);
+        TimeSpan? PollFast = null, int BusyPollUs = 0, TimeSpan? PollSlow = null);
 
     public static int Run(string[] args)
     {
@@ -90,6 +90,7 @@ public static class EventPath
             new("vq, + busy-poll 200us", "vhost-user", "vq", 1, 50, true, BusyPollUs: 200),
             new("vq, QEMU-guest path: no doorbell, no spin", "vhost-user", "vq", 1, 0, false),
             new("vq, QEMU-guest path, notify-poll-fast 10us", "vhost-user", "vq", 1, 0, false, PollFast: TimeSpan.FromMicroseconds(10)),
+            new("vq, QEMU-guest path, notify-poll-slow 2ms", "vhost-user", "vq", 1, 0, false, PollSlow: TimeSpan.FromMilliseconds(2)),
             new("mmio vq, defaults", "mmio", "vq", 1, 50, true),
             new("mmio irq, defaults", "mmio", "irq", 1, 50, true),
             new("mmio irq, loops = 2", "mmio", "irq", 2, 50, true),
@@ -322,6 +323,7 @@ public static class EventPath
                 {
                     var options = new VhostUserOptions { Vectors = 1 };
                     if (s.PollFast is { } fast) options.NotifyPollFast = fast;
+                    if (s.PollSlow is { } slow) options.NotifyPollSlow = slow;
                     var t = new VhostUserTransport(options, d, host, loop, counters, NullLogger<VhostUserTransport>.Instance);
                     loop.InvokeAsync(() => t.Start(device)).GetAwaiter().GetResult();
                     _stops.Add(() => loop.InvokeAsync(async () => { await t.DisposeAsync(); return true; }));

@@ -75,7 +75,7 @@ public static class IdleCost
             int polling = loop.InvokeAsync(() => transports.Count(t => t.Session?.Poller is { Armed: true })).GetAwaiter().GetResult();
             // The pollers slow down from the fast interval to the slow one within ~2 slow intervals.
             Thread.Sleep(TimeSpan.FromSeconds(1));
-            (double withRegions, long scans) = LoopCpu(loop, transports, period);
+            (double withRegions, long scans, long wakeUps) = LoopCpu(loop, transports, period);
 
             // activeDevices devices notified every millisecond (each its own slot: nothing is routed, so
             // this is the pollers' cost while active), the others idle.
@@ -91,17 +91,18 @@ public static class IdleCost
             }) { Name = "idle-cost-writer" };
             writer.Start();
             Thread.Sleep(TimeSpan.FromMilliseconds(200));
-            (double active, long activeScans) = LoopCpu(loop, transports, period);
+            (double active, long activeScans, long activeWakeUps) = LoopCpu(loop, transports, period);
             stop.Cancel();
             writer.Join();
 
             foreach ((IsmClient client, _, ulong region) in clients)
                 if (client.Detach(region) != IsmControl.AckOk) throw new InvalidOperationException("DETACH failed");
             Thread.Sleep(TimeSpan.FromSeconds(1));
-            (double withoutRegions, long idleScans) = LoopCpu(loop, transports, period);
+            (double withoutRegions, long idleScans, _) = LoopCpu(loop, transports, period);
 
-            Console.WriteLine($"{devices,5} devices, {polling} polling: loop thread {withRegions:F4} % of a core with a region each, idle ({scans / period.TotalSeconds:F0} scans/s; "
-                + $"{withRegions / devices:F4} % per device); {active:F4} % with {activeDevices} of them notified every ms ({activeScans / period.TotalSeconds:F0} scans/s); "
+            Console.WriteLine($"{devices,5} devices, {polling} polling: loop thread {withRegions:F4} % of a core with a region each, idle ({scans / period.TotalSeconds:F0} scans/s, "
+                + $"{wakeUps / period.TotalSeconds:F0} scanner timers/s; {withRegions / devices:F4} % per device); {active:F4} % with {activeDevices} of them notified every ms "
+                + $"({activeScans / period.TotalSeconds:F0} scans/s, {activeWakeUps / period.TotalSeconds:F0} scanner timers/s); "
                 + $"{withoutRegions:F4} % with no region ({idleScans} scans)");
         }
         finally
@@ -117,14 +118,14 @@ public static class IdleCost
         }
     }
 
-    /// <summary>The loop thread's CPU time over <paramref name="period"/>, as % of one core, and the
-    /// NOTIFY scans done meanwhile.</summary>
-    private static (double Percent, long Scans) LoopCpu(EventLoop loop, List<VhostUserTransport> transports, TimeSpan period)
+    /// <summary>The loop thread's CPU time over <paramref name="period"/>, as % of one core, the
+    /// NOTIFY scans done meanwhile and the timers the loop's NOTIFY scanner scheduled (its wake-ups).</summary>
+    private static (double Percent, long Scans, long WakeUps) LoopCpu(EventLoop loop, List<VhostUserTransport> transports, TimeSpan period)
     {
-        (long cpu0, long scans0) = loop.InvokeAsync(() => (ThreadCpuMicroseconds(), Scans(transports))).GetAwaiter().GetResult();
+        (long cpu0, long scans0, long timers0) = loop.InvokeAsync(() => (ThreadCpuMicroseconds(), Scans(transports), NotifyScanner.For(loop).TimersScheduled)).GetAwaiter().GetResult();
         Thread.Sleep(period);
-        (long cpu1, long scans1) = loop.InvokeAsync(() => (ThreadCpuMicroseconds(), Scans(transports))).GetAwaiter().GetResult();
-        return (100.0 * (cpu1 - cpu0) / period.TotalMicroseconds, scans1 - scans0);
+        (long cpu1, long scans1, long timers1) = loop.InvokeAsync(() => (ThreadCpuMicroseconds(), Scans(transports), NotifyScanner.For(loop).TimersScheduled)).GetAwaiter().GetResult();
+        return (100.0 * (cpu1 - cpu0) / period.TotalMicroseconds, scans1 - scans0, timers1 - timers0);
     }
 
     private static long Scans(List<VhostUserTransport> transports) => transports.Sum(t => t.Session?.Poller?.Scans ?? 0);

@@ -138,7 +138,7 @@ public class MemoryBenchmarks
     public void ZeroWithMemset() => _scratch!.Span(0, (int)Length).Clear();
 
     private IMemoryBlock Take() =>
-        _backend.TryAllocate(Length, ++_token, out string? failure) ?? throw new InvalidOperationException(failure);
+        _backend.TryAllocate(Length, ++_token, out Refusal failure) ?? throw new InvalidOperationException(failure.Detail);
 
     private string MountHugeTmpfs(ulong size)
     {

@@ -89,7 +89,7 @@ public class RegistryBenchmarks
 
     /// <summary>ATTACH with tokens nobody has, in random order.</summary>
     [Benchmark]
-    public string? AttachUnknownToken() => _host.TryAttach(_attacher, 0, _unknown[_next++ % (uint)_unknown.Length], out _, out _);
+    public Refusal? AttachUnknownToken() => _host.TryAttach(_attacher, 0, _unknown[_next++ % (uint)_unknown.Length], out _, out _);
 
     /// <summary>For scale: a plain Dictionary lookup of the same size, every key in random order.</summary>
     [Benchmark]

@@ -25,7 +25,7 @@ public sealed class IrqEventChannel : IEventChannel
     private const int Unbound = -1;
 
     private readonly IrqEventOptions _options;
-    private readonly RegionSlots _slots;
+    private readonly DeviceDescription _device;
     private readonly DeferredFlush _flush;
     private readonly int[] _vectorOf;
     private readonly bool[] _held;
@@ -48,7 +48,7 @@ public sealed class IrqEventChannel : IEventChannel
         ArgumentNullException.ThrowIfNull(loop);
         ArgumentNullException.ThrowIfNull(log);
         _options = options;
-        _slots = new RegionSlots(device, log);
+        _device = device;
         _flush = new DeferredFlush(loop, options.BatchDelay, Flush);
         _vectorOf = new int[device.MaxRegions];
         _held = new bool[device.MaxRegions];
@@ -67,8 +67,14 @@ public sealed class IrqEventChannel : IEventChannel
 
     /// <summary>The vector the region at <paramref name="offset"/> is bound to, or null (loop thread).</summary>
     /// <param name="offset">A region offset.</param>
-    public int? VectorOf(ulong offset) =>
-        _slots.TryGetSlot(offset, out int slot) && _vectorOf[slot] != Unbound ? _vectorOf[slot] : null;
+    public int? VectorOf(ulong offset)
+    {
+        ulong size = _device.RegionSize;
+        if (size == 0 || offset % size != 0 || offset / size >= (ulong)_vectorOf.Length)
+            return null;
+        int vector = _vectorOf[(int)(offset / size)];
+        return vector != Unbound ? vector : null;
+    }
 
     /// <inheritdoc />
     public void Activate(IEventContext context)
@@ -88,11 +94,11 @@ public sealed class IrqEventChannel : IEventChannel
     }
 
     /// <inheritdoc />
-    public void OnRegionUpdated(ulong offset)
+    public void OnRegionUpdated(RegionSlot region)
     {
-        IEventContext? context = _context;
-        if (!_slots.TryResolve(context, offset, "update", out int slot))
+        if (_context is not { } context)
             return;
+        int slot = region.Index;
         if (_vectorOf[slot] != Unbound)
         {
             Raise(context, slot);
@@ -110,11 +116,11 @@ public sealed class IrqEventChannel : IEventChannel
     }
 
     /// <inheritdoc />
-    public void OnRegionDetached(ulong offset)
+    public void OnRegionDetached(RegionSlot region)
     {
-        IEventContext? context = _context;
-        if (!_slots.TryResolve(context, offset, "detach", out int slot))
+        if (_context is not { } context)
             return;
+        int slot = region.Index;
         if (_raised[slot] || _held[slot])
             context.Counters.Increment("events.irq.dropped-detached");
         _raised[slot] = false;
@@ -123,31 +129,18 @@ public sealed class IrqEventChannel : IEventChannel
     }
 
     /// <inheritdoc />
-    public bool TryBindVector(ulong offset, ulong vector, out string? failure)
+    public bool TryBindVector(RegionSlot region, ulong vector, out Refusal refusal)
     {
         IEventContext? context = _context;
         if (context is null)
-        {
-            failure = "the irq event channel is not active (VIRTIO_ISM_F_EVENT_IRQ not negotiated or the device is not running)";
-            return false;
-        }
-        if (!_slots.TryGetSlot(offset, out int slot))
-        {
-            failure = $"offset 0x{offset:x} names no region slot";
-            return false;
-        }
+            return Refuse("the irq event channel is not active (VIRTIO_ISM_F_EVENT_IRQ not negotiated or the device is not running)", out refusal);
         int count = _vectorFiring.Length;
         if (count == 0)
-        {
-            failure = "the transport offers no per-region vectors (its vector count is 0)";
-            return false;
-        }
+            return Refuse("the transport offers no per-region vectors (its vector count is 0)", out refusal);
         if (vector >= (ulong)count)
-        {
-            failure = $"vector {vector} is not below the {count} per-region vectors the transport offers";
-            return false;
-        }
-        failure = null;
+            return Refuse($"vector {vector} is not below the {count} per-region vectors the transport offers", out refusal);
+        refusal = default;
+        int slot = region.Index;
         _vectorOf[slot] = (int)vector;
         context.Counters.Increment("events.irq.bound");
         if (_held[slot])
@@ -157,6 +150,12 @@ public sealed class IrqEventChannel : IEventChannel
             Raise(context, slot);
         }
         return true;
+    }
+
+    private static bool Refuse(string detail, out Refusal refusal)
+    {
+        refusal = new Refusal(IEventChannel.EventVectorRejected, detail);
+        return false;
     }
 
     /// <inheritdoc />

@@ -27,7 +27,7 @@ public sealed class VqEventChannel : IEventChannel
 {
     private readonly DeviceDescription _device;
     private readonly ILogger _log;
-    private readonly RegionSlots _slots;
+    private readonly ulong[] _offsetOf;
     private readonly SlotQueue _pending;
     private readonly DeferredFlush _flush;
     private byte[] _record = new byte[8 + 8 * 64];
@@ -48,7 +48,7 @@ public sealed class VqEventChannel : IEventChannel
         ArgumentNullException.ThrowIfNull(log);
         _device = device;
         _log = log;
-        _slots = new RegionSlots(device, log);
+        _offsetOf = new ulong[device.MaxRegions];
         _pending = new SlotQueue(device.MaxRegions);
         _flush = new DeferredFlush(loop, options.BatchDelay, Flush);
     }
@@ -82,12 +82,12 @@ public sealed class VqEventChannel : IEventChannel
     }
 
     /// <inheritdoc />
-    public void OnRegionUpdated(ulong offset)
+    public void OnRegionUpdated(RegionSlot region)
     {
-        IEventContext? context = _context;
-        if (!_slots.TryResolve(context, offset, "update", out int slot))
+        if (_context is not { } context)
             return;
-        if (!_pending.Add(slot))
+        _offsetOf[region.Index] = region.Offset;
+        if (!_pending.Add(region.Index))
         {
             context.Counters.Increment("events.folded");
             return;
@@ -97,19 +97,19 @@ public sealed class VqEventChannel : IEventChannel
     }
 
     /// <inheritdoc />
-    public void OnRegionDetached(ulong offset)
+    public void OnRegionDetached(RegionSlot region)
     {
-        IEventContext? context = _context;
-        if (!_slots.TryResolve(context, offset, "detach", out int slot))
+        if (_context is not { } context)
             return;
-        if (_pending.Remove(slot))
+        if (_pending.Remove(region.Index))
             context.Counters.Increment("events.vq.dropped-detached");
     }
 
     /// <inheritdoc />
-    public bool TryBindVector(ulong offset, ulong vector, out string? failure)
+    public bool TryBindVector(RegionSlot region, ulong vector, out Refusal refusal)
     {
-        failure = "the vq event channel delivers events on the eventq and binds no vectors (use events kind \"irq\" for VIRTIO_ISM_F_EVENT_IRQ)";
+        refusal = new Refusal(IEventChannel.EventVectorRejected,
+            "the vq event channel delivers events on the eventq and binds no vectors (use events kind \"irq\" for VIRTIO_ISM_F_EVENT_IRQ)");
         return false;
     }
 
@@ -162,8 +162,8 @@ public sealed class VqEventChannel : IEventChannel
         uint room = chain.WritableLength;
         if (room < 16)
         {
-            context.Counters.Increment("err.events.vq.buffer-too-small");
-            _log.LogWarning("device {Name}: eventq buffer {Head} has {Room} device-writable bytes; a virtio_ism_event with one offset needs 16. Returned empty",
+            RateLimitedLog.Count(context.Counters, _log, LogLevel.Warning, "err.events.vq.buffer-too-small",
+                "device {Name}: eventq buffer {Head} has {Room} device-writable bytes; a virtio_ism_event with one offset needs 16. Returned empty",
                 _device.Name, chain.Head, room);
             queue.Complete(chain, 0);
             return true;
@@ -176,14 +176,14 @@ public sealed class VqEventChannel : IEventChannel
         BinaryPrimitives.WriteUInt64LittleEndian(record, (ulong)count);
         int slot = _pending.First;
         for (int i = 0; i < count; i++, slot = _pending.Next(slot))
-            BinaryPrimitives.WriteUInt64LittleEndian(record[(8 + 8 * i)..], _slots.OffsetOf(slot));
+            BinaryPrimitives.WriteUInt64LittleEndian(record[(8 + 8 * i)..], _offsetOf[slot]);
 
         int written = chain.Write(context.Memory, 0, record);
         if (written != length)
         {
             // The chain was checked against guest memory when it was popped; the map changed since.
-            context.Counters.Increment("err.events.vq.buffer-unmapped");
-            _log.LogError("device {Name}: eventq buffer {Head} is no longer in guest memory; its {Count} offsets stay pending",
+            RateLimitedLog.Count(context.Counters, _log, LogLevel.Error, "err.events.vq.buffer-unmapped",
+                "device {Name}: eventq buffer {Head} is no longer in guest memory; its {Count} offsets stay pending",
                 _device.Name, chain.Head, count);
             queue.Complete(chain, 0);
             return false;

@@ -66,8 +66,8 @@ public sealed class FileMemoryBackend : IMemoryBackend
     public bool AllocatesOffLoop => true;
 
     /// <inheritdoc />
-    public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure) =>
-        _allocator.TryAllocate(length, token, out failure);
+    public IMemoryBlock? TryAllocate(ulong length, ulong token, out Refusal refusal) =>
+        _allocator.TryAllocate(length, token, out refusal);
 
     /// <summary>With <see cref="FileMemoryOptions.Persist"/>: opens every committed region file of
     /// this device and returns it with its token (contents intact), and removes temporary files a
@@ -96,7 +96,7 @@ public sealed class FileMemoryBackend : IMemoryBackend
             }
         }
         _log.LogInformation("Recovered {Count} regions ({Bytes}) from {Directory}",
-            found.Count, Sizes.Format(found.Aggregate(0UL, (sum, r) => sum + r.Block.Length)), Directory);
+            found.Count, Sizes.Prose(found.Aggregate(0UL, (sum, r) => sum + r.Block.Length)), Directory);
         return found;
     }
 
@@ -112,7 +112,7 @@ public sealed class FileMemoryBackend : IMemoryBackend
             if ((st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFREG)
                 problem = "it is not a regular file";
             else if (length == 0 || length % PageSize != 0)
-                problem = $"its size {length} is not a positive multiple of {Sizes.Format(PageSize)}";
+                problem = $"its size {length} is not a positive multiple of {Sizes.Prose(PageSize)}";
             else if (Posix.RecordedLength(handle, out Errno x) is not { } recorded)
                 problem = $"it carries no recorded length ({Posix.LengthAttribute}: {Posix.Describe(x)}), so its size cannot be trusted";
             else if (recorded != length)
@@ -157,12 +157,12 @@ public sealed class FileMemoryBackend : IMemoryBackend
         Posix.TryStatFs(Directory, out Posix.StatFs fs);
         bool tmpfs = fs.Type == Posix.TmpfsMagic;
         _log.LogInformation("Device {Device}: regions in {Directory} ({Kind}), capacity {Capacity}, {Persist}",
-            device, Directory, tmpfs ? "tmpfs" : "disk", Sizes.Format(capacity),
+            device, Directory, tmpfs ? "tmpfs" : "disk", Sizes.Prose(capacity),
             !Persist ? "not persisted" : tmpfs ? "persisted across host restarts (not reboots: tmpfs)" : "persisted");
         ulong available = fs.BlocksAvailable * (ulong)fs.BlockSize;
         if (available < capacity)
             _log.LogWarning("Device {Device}: {Directory} has {Available} available, less than the capacity {Capacity}; allocations will be refused before the capacity is reached",
-                device, Directory, Sizes.Format(available), Sizes.Format(capacity));
+                device, Directory, Sizes.Prose(available), Sizes.Prose(capacity));
     }
 
     /// <summary>Stops allocation. Blocks already handed out stay valid (they are the caller's);
@@ -175,13 +175,13 @@ public sealed class FileMemoryBackend : IMemoryBackend
 
         public string DescribeClaimFailure(Errno errno, ulong length) => errno switch
         {
-            Errno.ENOSPC => $"no space left in {files.Directory} for {Sizes.Format(length)} ({Available()} available)",
-            Errno.EDQUOT => $"disk quota exhausted in {files.Directory} for {Sizes.Format(length)}",
-            Errno.EFBIG => $"{Sizes.Format(length)} exceeds the largest file {files.Directory} allows",
-            _ => $"fallocate of {Sizes.Format(length)} in {files.Directory} failed: {Posix.Describe(errno)}",
+            Errno.ENOSPC => $"no space left in {files.Directory} for {Sizes.Prose(length)} ({Available()} available)",
+            Errno.EDQUOT => $"disk quota exhausted in {files.Directory} for {Sizes.Prose(length)}",
+            Errno.EFBIG => $"{Sizes.Prose(length)} exceeds the largest file {files.Directory} allows",
+            _ => $"fallocate of {Sizes.Prose(length)} in {files.Directory} failed: {Posix.Describe(errno)}",
         };
 
         private string Available() =>
-            Posix.TryStatFs(files.Directory, out Posix.StatFs fs) ? Sizes.Format(fs.BlocksAvailable * (ulong)fs.BlockSize) : "unknown";
+            Posix.TryStatFs(files.Directory, out Posix.StatFs fs) ? Sizes.Prose(fs.BlocksAvailable * (ulong)fs.BlockSize) : "unknown";
     }
 }

@@ -87,7 +87,7 @@ internal sealed record HugePagePool(ulong PageSize, bool Supported, long Total, 
     /// <summary>One line for logs and errors.</summary>
     /// <returns>The description.</returns>
     public override string ToString() =>
-        $"{Available} available of {Total} {Sizes.Format(PageSize)} huge pages in the pool ({Free} free, {Reserved} of them reserved)"
+        $"{Available} available of {Total} {Sizes.Prose(PageSize)} huge pages in the pool ({Free} free, {Reserved} of them reserved)"
         + (Overcommit > 0 ? $", {Overcommit} more by overcommit" : "");
 
     private static long ReadLong(string path) =>

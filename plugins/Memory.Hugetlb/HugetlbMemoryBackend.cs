@@ -42,8 +42,8 @@ public sealed class HugetlbMemoryBackend : IMemoryBackend
 
         HugePagePool pool = HugePagePool.Read(PageSize);
         log.LogInformation("Device {Device}: regions in {Size} huge pages ({Where}, claimed by {Claim}), capacity {Capacity}; {Pool}",
-            device.Name, Sizes.Format(PageSize), Mount ?? "memfd", Claim == HugePageClaim.Reserve ? "reservation" : "fallocate",
-            Sizes.Format(meter.Capacity), pool);
+            device.Name, Sizes.Prose(PageSize), Mount ?? "memfd", Claim == HugePageClaim.Reserve ? "reservation" : "fallocate",
+            Sizes.Prose(meter.Capacity), pool);
         long needed = (long)(meter.Capacity / PageSize);
         if (pool.Available + pool.Overcommit < needed)
             log.LogWarning("Device {Device}: the capacity needs {Needed} pages but {Pool}; allocations will be refused before the capacity is reached; {How}",
@@ -68,8 +68,8 @@ public sealed class HugetlbMemoryBackend : IMemoryBackend
     public bool AllocatesOffLoop => Claim == HugePageClaim.Fallocate;
 
     /// <inheritdoc />
-    public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure) =>
-        _allocator.TryAllocate(length, token, out failure);
+    public IMemoryBlock? TryAllocate(ulong length, ulong token, out Refusal refusal) =>
+        _allocator.TryAllocate(length, token, out refusal);
 
     /// <summary>Huge-page regions do not persist: always empty.</summary>
     /// <returns>An empty list.</returns>
@@ -83,7 +83,7 @@ public sealed class HugetlbMemoryBackend : IMemoryBackend
     {
         HugePagePool pool = HugePagePool.Read(pageSize);
         long pages = (long)(length / pageSize);
-        return $"not enough {Sizes.Format(pageSize)} huge pages for {Sizes.Format(length)} ({pages} pages): {pool}; {pool.HowToGrowPool(pages - pool.Available)}";
+        return $"not enough {Sizes.Prose(pageSize)} huge pages for {Sizes.Prose(length)} ({pages} pages): {pool}; {pool.HowToGrowPool(pages - pool.Available)}";
     }
 
     private sealed class MemfdSource(RegionNames names, ulong pageSize, PageClaim pages) : IRegionFileSource
@@ -99,7 +99,7 @@ public sealed class HugetlbMemoryBackend : IMemoryBackend
 
         public string DescribeClaimFailure(Errno errno, ulong length) => errno is Errno.ENOSPC or Errno.ENOMEM
             ? DescribePoolShortage(pageSize, length)
-            : $"{pages.Operation} {Sizes.Format(length)} of huge pages failed: {Posix.Describe(errno)}";
+            : $"{pages.Operation} {Sizes.Prose(length)} of huge pages failed: {Posix.Describe(errno)}";
     }
 
     private sealed class MountSource(DirectoryFiles files, ulong pageSize, PageClaim pages) : IRegionFileSource
@@ -109,7 +109,7 @@ public sealed class HugetlbMemoryBackend : IMemoryBackend
         public string DescribeClaimFailure(Errno errno, ulong length)
         {
             if (errno is not (Errno.ENOSPC or Errno.ENOMEM))
-                return $"{pages.Operation} {Sizes.Format(length)} in {files.Directory} failed: {Posix.Describe(errno)}";
+                return $"{pages.Operation} {Sizes.Prose(length)} in {files.Directory} failed: {Posix.Describe(errno)}";
             // A mount with size= has its own limit, which reservations count against too; statfs
             // reports it (f_blocks is 0 without one).
             if (Posix.TryStatFs(files.Directory, out Posix.StatFs fs) && fs.Blocks != 0 && fs.BlocksFree < length / pageSize)

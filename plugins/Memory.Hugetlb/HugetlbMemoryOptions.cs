@@ -39,7 +39,7 @@ public sealed class HugetlbMemoryOptions : IValidatableOptions
         {
             context.Error("page-size", sizes.Count == 0
                 ? "this kernel offers no huge pages (/sys/kernel/mm/hugepages is missing); use the file memory plugin"
-                : $"{Sizes.Format(PageSize)} is not a huge page size of this kernel; it offers {string.Join(", ", sizes.Select(Sizes.Format))}");
+                : $"{Sizes.Prose(PageSize)} is not a huge page size of this kernel; it offers {string.Join(", ", sizes.Select(Sizes.Prose))}");
             return;
         }
         OptionRules.RegionSize(context, PageSize, "huge");
@@ -50,7 +50,7 @@ public sealed class HugetlbMemoryOptions : IValidatableOptions
         {
             ulong capacity = OptionRules.EffectiveCapacity(Capacity, context.Device);
             long want = (long)Math.Max(1, Math.Min(capacity, context.Device.RegionSize * 16) / PageSize);
-            context.Error("page-size", $"the pool of {Sizes.Format(PageSize)} huge pages is empty on this machine (nr_hugepages and nr_overcommit_hugepages are 0); {pool.HowToGrowPool(want)}");
+            context.Error("page-size", $"the pool of {Sizes.Prose(PageSize)} huge pages is empty on this machine (nr_hugepages and nr_overcommit_hugepages are 0); {pool.HowToGrowPool(want)}");
         }
         if (!string.IsNullOrEmpty(Mount))
         {
@@ -66,7 +66,7 @@ public sealed class HugetlbMemoryOptions : IValidatableOptions
         if (fs.Type != Posix.HugetlbfsMagic || !Directory.Exists(mount))
             return $"{mount} is not a hugetlbfs mount; create one with: mount -t hugetlbfs -o pagesize={PageSize >> 20}M none {mount}";
         if ((ulong)fs.BlockSize != PageSize)
-            return $"{mount} has {Sizes.Format((ulong)fs.BlockSize)} pages but page-size is {Sizes.Format(PageSize)}; set page-size = \"{Sizes.Format((ulong)fs.BlockSize).Replace(" ", "")}\" or use a mount with pagesize={PageSize >> 20}M";
+            return $"{mount} has {Sizes.Prose((ulong)fs.BlockSize)} pages but page-size is {Sizes.Prose(PageSize)}; set page-size = \"{Sizes.Prose((ulong)fs.BlockSize).Replace(" ", "")}\" or use a mount with pagesize={PageSize >> 20}M";
         if (Syscall.access(mount, AccessModes.W_OK | AccessModes.X_OK) != 0)
             return $"{mount} is not writable: {Posix.Describe(Stdlib.GetLastError())}";
         return null;

@@ -13,7 +13,7 @@ internal static class OptionRules
         {
             ulong suggestion = Math.Max(pageSize, (region + pageSize - 1) / pageSize * pageSize);
             context.DeviceError("region-size",
-                $"{Sizes.Format(region)} is not a multiple of the {pageKind} page size {Sizes.Format(pageSize)}; use a multiple such as {Sizes.Format(suggestion)}");
+                $"{Sizes.Prose(region)} is not a multiple of the {pageKind} page size {Sizes.Prose(pageSize)}; use a multiple such as {Sizes.Prose(suggestion)}");
         }
     }
 
@@ -21,9 +21,9 @@ internal static class OptionRules
     {
         if (capacity == 0) return; // the REGIONS window size
         if (capacity % pageSize != 0)
-            context.Error("capacity", $"{Sizes.Format(capacity)} is not a multiple of the page size {Sizes.Format(pageSize)}");
+            context.Error("capacity", $"{Sizes.Prose(capacity)} is not a multiple of the page size {Sizes.Prose(pageSize)}");
         else if (capacity < context.Device.RegionSize)
-            context.Error("capacity", $"{Sizes.Format(capacity)} is smaller than one region ({Sizes.Format(context.Device.RegionSize)}); use 0 for the REGIONS window size or at least region-size");
+            context.Error("capacity", $"{Sizes.Prose(capacity)} is smaller than one region ({Sizes.Prose(context.Device.RegionSize)}); use 0 for the REGIONS window size or at least region-size");
     }
 
     public static void Prefix(OptionsValidationContext context, string? prefix)

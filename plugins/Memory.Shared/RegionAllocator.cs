@@ -40,18 +40,19 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
 
     public UsageMeter Meter => meter;
 
-    public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure)
+    public IMemoryBlock? TryAllocate(ulong length, ulong token, out Refusal refusal)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (length == 0 || length % pageSize != 0)
-            return Refuse("bad-length", LogLevel.Debug, $"a region of {length} bytes is not a positive multiple of the page size {Sizes.Format(pageSize)}", out failure);
+            return Refuse("bad-length", LogLevel.Debug, $"a region of {length} bytes is not a positive multiple of the page size {Sizes.Prose(pageSize)}", out refusal);
         if (!meter.TryReserve(length, out ulong total))
         {
             MemoryUsage u = meter.Usage;
-            return Refuse("capacity", LogLevel.Debug, $"capacity exhausted: {Sizes.Format(u.Used)} of {Sizes.Format(u.Capacity)} in use, {Sizes.Format(length)} requested", out failure);
+            return Refuse("capacity", LogLevel.Debug, $"capacity exhausted: {Sizes.Prose(u.Used)} of {Sizes.Prose(u.Capacity)} in use, {Sizes.Prose(length)} requested", out refusal);
         }
 
         PendingFile? file;
+        string? failure;
         try
         {
             file = source.Create(token, out failure);
@@ -64,7 +65,7 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
         if (file is null)
         {
             meter.Return(length);
-            return Refuse("create-failed", LogLevel.Warning, failure ?? "the region file could not be created", out failure);
+            return Refuse("create-failed", LogLevel.Warning, failure ?? "the region file could not be created", out refusal);
         }
 
         Errno? claim = pages.Claim(file.Handle, length);
@@ -81,9 +82,9 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
         {
             Abandon(file);
             meter.Return(length);
-            return Refuse(claim is null ? "commit-failed" : "claim-failed", LogLevel.Warning, reason, out failure);
+            return Refuse(claim is null ? "commit-failed" : "claim-failed", LogLevel.Warning, reason, out refusal);
         }
-        failure = null;
+        refusal = default;
         meter.Confirm(total);
         return new RegionBlock(file.Handle, length, token, file.FinalPath, pages, meter, counters, log);
     }
@@ -115,14 +116,15 @@ internal sealed class RegionAllocator(UsageMeter meter, ulong pageSize, IRegionF
         file.Handle.Dispose();
     }
 
-    /// <summary>Counts and logs a refusal. Refusals a driver causes (length, capacity) are logged at
-    /// Debug, since the core logs every ERR ack with this reason; running out of the machine's
-    /// memory or space is a Warning for the operator.</summary>
-    private IMemoryBlock? Refuse(string counter, LogLevel level, string reason, out string? failure)
+    /// <summary>Counts a refusal as <c>memory.alloc-failed.</c><paramref name="counter"/> and logs
+    /// it, rate limited (<see cref="RateLimitedLog"/>); the device counts and acks it as
+    /// <see cref="IMemoryBackend.AllocNoMemory"/>. Refusals a driver causes (length, capacity) are
+    /// logged at Debug, since the core logs every ERR ack with this reason; running out of the
+    /// machine's memory or space is a Warning for the operator.</summary>
+    private IMemoryBlock? Refuse(string counter, LogLevel level, string reason, out Refusal refusal)
     {
-        counters.Increment("memory.alloc-failed." + counter);
-        log.Log(level, "Allocation refused: {Reason}", reason);
-        failure = reason;
+        RateLimitedLog.Count(counters, log, level, "memory.alloc-failed." + counter, "Allocation refused: {Reason}", reason);
+        refusal = new Refusal(IMemoryBackend.AllocNoMemory, reason);
         return null;
     }
 

@@ -99,11 +99,10 @@ internal sealed class RegionBlock : IMemoryBlock
                 return $"fstat failed: {Posix.Describe(Stdlib.GetLastError())}";
             if ((ulong)st.st_size == Length)
                 return null;
-            _counters.Increment("memory.size-mismatch");
             string what = $"region {Token:x16}'s file is {st.st_size} bytes, {Length} were allocated (resized by a peer)";
             if ((ulong)st.st_size > Length && Posix.Truncate(Handle, Length) is null)
                 what += $"; cut back to {Length} bytes";
-            _log.LogError("{Problem}", what);
+            RateLimitedLog.Count(_counters, _log, LogLevel.Error, "memory.size-mismatch", "{Problem}", what);
             return what;
         }
         finally
@@ -129,6 +128,6 @@ internal sealed class RegionBlock : IMemoryBlock
     {
         _counters.Increment("memory.release-failed");
         _log.LogError("Releasing region {Token:x16} ({Length}): {Operation} failed: {Error}",
-            Token, Sizes.Format(Length), operation, Posix.Describe(errno));
+            Token, Sizes.Prose(Length), operation, Posix.Describe(errno));
     }
 }

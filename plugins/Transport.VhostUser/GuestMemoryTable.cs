@@ -59,7 +59,8 @@ internal sealed class GuestRegion : IDisposable
         }
         // mmap offsets must be aligned to the file's page size (2 MiB or 1 GiB on hugetlbfs, whose
         // st_blksize is the huge page size).
-        ulong align = st.st_blksize > 4096 && ulong.IsPow2((ulong)st.st_blksize) ? (ulong)st.st_blksize : 4096;
+        ulong page = (ulong)Environment.SystemPageSize;
+        ulong align = (ulong)st.st_blksize > page && ulong.IsPow2((ulong)st.st_blksize) ? (ulong)st.st_blksize : page;
         ulong start = d.MmapOffset & ~(align - 1);
         string? shrinkRisk = GuestRamSeals.Check(fd);
         try

@@ -5,7 +5,8 @@ namespace Vism.Transport.VhostUser;
 
 /// <summary>
 /// Detects driver writes into the NOTIFY window, which for vhost-user is plain shared memory (a memfd
-/// the backend SHMEM_MAPs into shmid 2), by polling it from a loop timer:
+/// the backend SHMEM_MAPs into shmid 2), by polling it from its loop's <see cref="NotifyScanner"/>
+/// (one timer per loop for every device on it, not one per device):
 /// <list type="bullet">
 /// <item>only slots below <see cref="IVirtioDevice.SlotsInUse"/> are scanned; each whole slot
 /// (<c>notify_size</c> bytes) is compared with the poller's snapshot of it, so a write of any value at
@@ -16,9 +17,11 @@ namespace Vism.Transport.VhostUser;
 /// <item>after a hit, a kick or a new mapping the interval is the fast one, and stays so for the
 /// hold time (counted in fast scans); after that each empty scan doubles it up to the slow one. So a
 /// device notified every millisecond or more often is polled at the fast interval, latency is
-/// bounded by the slow interval, and an idle device costs one short scan per slow interval.
-/// Intervals are loop timers, precise to a few microseconds, so a fast interval of tens of
-/// microseconds is what it says;</item>
+/// bounded by the slow interval, and an idle device costs one short scan per slow interval, done in
+/// the same wake-up as the other idle devices' of its loop (scans are due on a grid of the interval,
+/// see <see cref="NotifyScanner"/>, so the next scan comes at most one interval after the last one).
+/// The scanner's timer is a loop timer, precise to a few microseconds, so a fast interval of tens
+/// of microseconds is what it says;</item>
 /// <item>polling stops while no slot is in use and restarts on the next kick, start or mapping
 /// (a slot only comes into use through a controlq request and a SHMEM_MAP);</item>
 /// <item>the device scans once more (<see cref="ITransportServices.FlushNotifyWrites"/>) before it
@@ -34,24 +37,23 @@ internal sealed class NotifyPoller : IDisposable
     private readonly ulong _slotSize;
     private readonly ulong _windowSlots;
     private byte[] _snapshot = [];
-    private readonly IDeviceLoop _loop;
+    private readonly NotifyScanner _scanner;
     private readonly IDeviceCounters _counters;
     private readonly TimeSpan _fast;
     private readonly TimeSpan _slow;
     private readonly int _holdScans;
-    private IDisposable? _timer;
     private TimeSpan _interval;
-    private TimeSpan _scheduled;
+    private long _due = long.MaxValue; // when armed: the scan queued with the scanner, clock ticks
     private int _fastScansLeft;
     private bool _disposed;
 
-    public NotifyPoller(IVirtioDevice device, Mapping window, IDeviceLoop loop, IDeviceCounters counters, NotifyPollPolicy policy)
+    public NotifyPoller(IVirtioDevice device, Mapping window, NotifyScanner scanner, IDeviceCounters counters, NotifyPollPolicy policy)
     {
         _device = device;
         _window = window;
         _slotSize = Math.Max(1, device.Description.NotifySize);
         _windowSlots = window.Length / _slotSize;
-        _loop = loop;
+        _scanner = scanner;
         _counters = counters;
         _fast = policy.Fast;
         _slow = policy.Slow;
@@ -59,8 +61,8 @@ internal sealed class NotifyPoller : IDisposable
         _interval = _fast;
     }
 
-    /// <summary>Whether a scan is scheduled.</summary>
-    public bool Armed => _timer is not null;
+    /// <summary>Whether a scan is queued with the loop's scanner.</summary>
+    public bool Armed { get; private set; }
 
     /// <summary>Scans performed (diagnostics, tests).</summary>
     public long Scans { get; private set; }
@@ -68,28 +70,34 @@ internal sealed class NotifyPoller : IDisposable
     /// <summary>The interval the next scan is (or would be) scheduled with (tests).</summary>
     public TimeSpan Interval => _interval;
 
+    /// <summary>When the queued scan is due, on the scanner's clock (tests).</summary>
+    internal TimeSpan DueAt => TimeSpan.FromTicks(_due);
+
     /// <summary>Something happened that may lead to slot writes: poll fast again.</summary>
     public void Activity()
     {
         if (_disposed) return;
         _interval = _fast;
         _fastScansLeft = _holdScans;
-        if (_timer is not null && _scheduled <= _fast) return;
-        _timer?.Dispose();
-        Arm();
+        long now = _scanner.Now.Ticks;
+        if (Armed && _due > now && _due - now <= _fast.Ticks) return; // a scan within the fast interval is queued already
+        Arm(now);
     }
 
-    private void Arm()
+    /// <summary>Queues the next scan on the grid of the interval, at most one interval after <paramref name="now"/>.</summary>
+    private void Arm(long now)
     {
-        _scheduled = _interval;
-        _timer = _loop.Schedule(_interval, Tick);
+        _due = NotifyScanner.NextGridPoint(now, _interval);
+        Armed = true;
+        _scanner.Enqueue(this, _due);
     }
 
     /// <summary>Stops polling until the next <see cref="Activity"/>.</summary>
     public void Stop()
     {
-        _timer?.Dispose();
-        _timer = null;
+        if (!Armed) return;
+        Armed = false;
+        _scanner.Remove(this, _due);
     }
 
     /// <summary>Forgets the snapshot (every slot taken as all zeroes): the window was cleared for a new start.</summary>
@@ -146,9 +154,12 @@ internal sealed class NotifyPoller : IDisposable
 
     private static ulong Read64(ReadOnlySpan<byte> eight) => System.Runtime.InteropServices.MemoryMarshal.Read<ulong>(eight);
 
-    private void Tick()
+    /// <summary>The scanner's timer reached a scan this poller queued for <paramref name="due"/> (the
+    /// entry is already out of the queue); one it has since replaced by an earlier one is ignored.</summary>
+    internal void Due(long due, long now)
     {
-        _timer = null;
+        if (!Armed || due != _due) return;
+        Armed = false;
         if (_disposed) return;
         if (_device.SlotsInUse == 0) return; // re-armed by the next kick or mapping
         if (Scan() > 0)
@@ -160,7 +171,7 @@ internal sealed class NotifyPoller : IDisposable
             _fastScansLeft--;
         else
             _interval = _interval >= _slow / 2 ? _slow : _interval * 2;
-        Arm();
+        Arm(now);
     }
 
     public void Dispose()

@@ -34,7 +34,7 @@ internal sealed class NotifyWindow : IDisposable
         if (length == 0) return null;
         SafeFileHandle fd = MemFd.Create($"vism-notify-{device.Description.Name}", length);
         Mapping map = Mapping.Map(fd, 0, length);
-        return new NotifyWindow(fd, map, new NotifyPoller(device, map, loop, counters, NotifyPollPolicy.From(options)));
+        return new NotifyWindow(fd, map, new NotifyPoller(device, map, NotifyScanner.For(loop), counters, NotifyPollPolicy.From(options)));
     }
 
     /// <summary>Zeroes the window (before it is shared with a new start).</summary>

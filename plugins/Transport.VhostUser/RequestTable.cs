@@ -1,14 +1,27 @@
 using Microsoft.Win32.SafeHandles;
+using Vism.Abstractions;
 using Vism.VhostUser;
 
 namespace Vism.Transport.VhostUser;
 
 /// <summary>A request as a handler sees it. Handlers remove from <see cref="Fds"/> the fds they keep.</summary>
-internal readonly ref struct Request(MessageHeader header, ReadOnlySpan<byte> payload, List<SafeFileHandle> fds)
+internal readonly ref struct Request(MessageHeader header, string name, ReadOnlySpan<byte> payload, List<SafeFileHandle> fds)
 {
     public MessageHeader Header { get; } = header;
+
+    /// <summary>The request's spec name (its row in <see cref="RequestTable"/>).</summary>
+    public string Name { get; } = name;
     public ReadOnlySpan<byte> Payload { get; } = payload;
     public List<SafeFileHandle> Fds { get; } = fds;
+
+    /// <summary>Refuses this request: <see cref="RequestTable.Refusal"/> with <paramref name="detail"/>.</summary>
+    public Outcome Refuse(string detail) => new(RequestTable.Refusal(Name, detail), null);
+
+    /// <summary>Success when <paramref name="detail"/> is null, otherwise <see cref="Refuse"/>.</summary>
+    public Outcome RefuseIf(string? detail) => detail is null ? Outcome.Ok : Refuse(detail);
+
+    /// <summary>Refuses a payload that does not decode as <paramref name="what"/>.</summary>
+    public Outcome Malformed(string what) => Refuse($"malformed {what} payload");
 
     /// <summary>Takes ownership of the first fd.</summary>
     public SafeFileHandle TakeFd()
@@ -19,15 +32,13 @@ internal readonly ref struct Request(MessageHeader header, ReadOnlySpan<byte> pa
     }
 }
 
-/// <summary>What a handler produced: an error (logged, counted, and answered), or success with the
-/// reply payload of a request that has one.</summary>
-internal readonly record struct Outcome(string? Error, byte[]? Reply)
+/// <summary>What a handler produced: a refusal (<see cref="Request.Refuse"/>; the session counts,
+/// logs and answers it), or success with the reply payload of a request that has one.</summary>
+internal readonly record struct Outcome(Refusal? Refused, byte[]? Reply)
 {
     public static Outcome Ok => default;
-    public static Outcome Fail(string error) => new(error, null);
     public static Outcome Value(byte[] reply) => new(null, reply);
     public static Outcome U64(ulong value) => new(null, U64Payload.ToBytes(value));
-    public static Outcome From(string? error) => new(error, null);
 }
 
 internal delegate Outcome RequestHandler(VhostUserSession session, in Request request);
@@ -58,6 +69,11 @@ internal static class RequestTable
     public const int MaxPayload = 4096;
 
     private const int None = -1;
+
+    /// <summary>A refused <paramref name="request"/>: counted as <c>vhost-user.refused.REQUEST</c>.</summary>
+    /// <param name="request">The request's spec name (UNKNOWN for one vism does not serve).</param>
+    /// <param name="detail">Why, for the log.</param>
+    public static Refusal Refusal(string request, string detail) => new($"vhost-user.refused.{request}", detail);
     private const int U64 = U64Payload.Size;
     private const int State = VringState.Size;
     private const int Region = MemoryRegionDescriptor.SingleRegionPayloadSize;

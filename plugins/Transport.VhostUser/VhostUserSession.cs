@@ -241,7 +241,8 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
         string name = spec?.Name ?? $"request {h.Request}";
         if (_log.IsEnabled(LogLevel.Trace))
             _log.LogTrace("{Device}: {Request} flags 0x{Flags:x} {Size} bytes {Fds} fds", _device.Description.Name, name, h.Flags, h.Size, fds.Count);
-        string? error;
+        string? error = null;
+        Refusal? refused = null;
         byte[]? reply = null;
         if (fds.Count > (spec?.MaxFds ?? 0))
             _counters.Increment("vhost-user.unexpected-fds", fds.Count - (spec?.MaxFds ?? 0));
@@ -267,23 +268,24 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
             Outcome outcome;
             try
             {
-                outcome = spec.Handler(this, new Request(h, _framer.Payload, fds));
+                outcome = spec.Handler(this, new Request(h, spec.Name, _framer.Payload, fds));
             }
             catch (Exception ex) when (ex is PosixException or IOException or ArgumentException)
             {
-                outcome = Outcome.Fail(ex.Message);
+                outcome = new(RequestTable.Refusal(spec.Name, ex.Message), null);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
                 // A bug, in vism or in the device it drives: this request fails, the connection and
                 // every other device carry on, and the exception is in the log.
                 _log.LogError(ex, "{Device}: {Request} failed unexpectedly", _device.Description.Name, name);
-                outcome = Outcome.Fail($"internal error: {ex.GetType().Name}: {ex.Message}");
+                outcome = new(RequestTable.Refusal(spec.Name, $"internal error: {ex.GetType().Name}: {ex.Message}"), null);
             }
-            error = outcome.Error;
+            refused = outcome.Refused;
             reply = outcome.Reply;
         }
-        if (error is not null) ReportError(name, error, spec?.Name ?? "UNKNOWN");
+        if (error is not null) refused = RequestTable.Refusal(spec?.Name ?? "UNKNOWN", error);
+        if (refused is { } refusal) Report(name, refusal);
         if (_coverage.Observe((FrontendRequest)h.Request, _framer.Payload) is string missing)
         {
             _counters.Increment("vhost-user.queues-missing");
@@ -291,48 +293,46 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
         }
         if (_closed) return;
         if (spec is { HasReply: true })
-            _outbox.Send(Message.Build(h.Request, VhostUserConstants.ReplyFlags, error is null ? reply : []));
+            _outbox.Send(Message.Build(h.Request, VhostUserConstants.ReplyFlags, refused is null ? reply : []));
         else if (h.NeedsReply && Acked(ProtocolFeature.ReplyAck))
-            _outbox.Send(Message.BuildU64(h.Request, VhostUserConstants.ReplyFlags, error is null ? 0UL : 1UL));
+            _outbox.Send(Message.BuildU64(h.Request, VhostUserConstants.ReplyFlags, refused is null ? 0UL : 1UL));
     }
 
-    /// <summary>Counts a refused request in <c>vhost-user.request-errors</c> and
-    /// <c>vhost-user.refused.REQUEST</c>, and logs it rate limited per request (<see cref="RateLimitedLog"/>).</summary>
-    private void ReportError(string request, string error, string? kind = null)
+    /// <summary>Counts a refused request in <c>vhost-user.request-errors</c> and its refusal's
+    /// counter (<c>vhost-user.refused.REQUEST</c>), and logs it rate limited per request (<see cref="RateLimitedLog"/>).</summary>
+    private void Report(string request, Refusal refusal)
     {
         _counters.Increment("vhost-user.request-errors");
-        RateLimitedLog.Count(_counters, _log, LogLevel.Warning, $"vhost-user.refused.{kind ?? request}", "{Device}: {Request} refused: {Reason}",
-            _device.Description.Name, request, error);
+        RateLimitedLog.Count(_counters, _log, LogLevel.Warning, refusal.Counter, "{Device}: {Request} refused: {Reason}",
+            _device.Description.Name, request, refusal.Detail);
     }
 
     // ---- handlers (called from RequestTable) ---------------------------------------------------
     // RequestTable checked the payload size and fd count of each request; the handlers still check
     // every decode, so a row changed in the table cannot make a handler read garbage.
 
-    private static Outcome Malformed(string what) => Outcome.Fail($"malformed {what} payload");
-
     internal Outcome GetFeatures() => Outcome.U64(OfferedFeatures);
 
     internal Outcome SetFeatures(in Request r)
     {
-        if (!U64Payload.TryRead(r.Payload, out ulong f)) return Malformed("u64");
+        if (!U64Payload.TryRead(r.Payload, out ulong f)) return r.Malformed("u64");
         ulong offered = OfferedFeatures;
         if ((f & ~offered) != 0)
-            return Outcome.Fail($"features 0x{f & ~offered:x} were not offered (offered 0x{offered:x})");
+            return r.Refuse($"features 0x{f & ~offered:x} were not offered (offered 0x{offered:x})");
         ulong deviceBits = f & ~ProtocolFeaturesMask;
         if (_device.Status.HasFlag(DeviceStatus.FeaturesOk) && _device.DriverFeatures != deviceBits)
         {
             if (_started || !_device.Status.HasFlag(DeviceStatus.DriverOk))
-                return Outcome.Fail($"features 0x{deviceBits:x} differ from 0x{_device.DriverFeatures:x} accepted before FEATURES_OK; reset first");
+                return r.Refuse($"features 0x{deviceBits:x} differ from 0x{_device.DriverFeatures:x} accepted before FEATURES_OK; reset first");
             // Stopped, and the driver negotiated something else: it re-initialised the device
             // (QEMU 11.1.3 says nothing else on a guest reset).
             _rings.ResetForNewDriver($"SET_FEATURES 0x{deviceBits:x} after a stop, the device runs with 0x{_device.DriverFeatures:x}");
         }
         if (!_device.Status.HasFlag(DeviceStatus.FeaturesOk) && !_device.TrySetDriverFeatures(deviceBits))
-            return Outcome.Fail($"the device refused features 0x{deviceBits:x}");
+            return r.Refuse($"the device refused features 0x{deviceBits:x}");
         _rings.Features = f;
         if ((f & ProtocolFeaturesMask) == 0)
-            foreach (string e in _rings.EnableAll()) ReportError("SET_FEATURES", e);
+            foreach (string e in _rings.EnableAll()) Report(r.Name, RequestTable.Refusal(r.Name, e));
         return Outcome.Ok;
     }
 
@@ -341,9 +341,9 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
     internal Outcome SetMemTable(in Request r)
     {
         if (!MemoryRegionDescriptor.TryReadTable(r.Payload, out MemoryRegionDescriptor[] table, out string? error))
-            return Outcome.Fail(error!);
+            return r.Refuse(error!);
         if (r.Fds.Count != table.Length)
-            return Outcome.Fail($"{table.Length} regions need {table.Length} fds, got {r.Fds.Count}");
+            return r.Refuse($"{table.Length} regions need {table.Length} fds, got {r.Fds.Count}");
         var mapped = new List<GuestRegion>(table.Length);
         for (int i = 0; i < table.Length; i++)
         {
@@ -351,38 +351,38 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
             if (region is null)
             {
                 foreach (GuestRegion m in mapped) m.Dispose();
-                return Outcome.Fail($"region {i}: {error}");
+                return r.Refuse($"region {i}: {error}");
             }
             mapped.Add(region);
         }
-        return Outcome.From(_memory.TryReplace(mapped)); // the fds are closed by the framer; the mappings stay
+        return r.RefuseIf(_memory.TryReplace(mapped)); // the fds are closed by the framer; the mappings stay
     }
 
     internal Outcome AddMemReg(in Request r)
     {
-        if (!MemoryRegionDescriptor.TryReadSingle(r.Payload, out MemoryRegionDescriptor d)) return Malformed("memory region");
-        if (r.Fds.Count != 1) return Outcome.Fail($"takes 1 fd, got {r.Fds.Count}");
+        if (!MemoryRegionDescriptor.TryReadSingle(r.Payload, out MemoryRegionDescriptor d)) return r.Malformed("memory region");
+        if (r.Fds.Count != 1) return r.Refuse($"takes 1 fd, got {r.Fds.Count}");
         GuestRegion? region = GuestRegion.TryMap(d, r.Fds[0], out string? error);
-        if (region is null) return Outcome.Fail(error!);
+        if (region is null) return r.Refuse(error!);
         error = _memory.TryAdd(region);
         if (error is not null) region.Dispose();
-        return Outcome.From(error);
+        return r.RefuseIf(error);
     }
 
     internal Outcome RemMemReg(in Request r)
     {
-        if (!MemoryRegionDescriptor.TryReadSingle(r.Payload, out MemoryRegionDescriptor d)) return Malformed("memory region");
-        return Outcome.From(_memory.TryRemove(d.GuestAddress, d.Size));
+        if (!MemoryRegionDescriptor.TryReadSingle(r.Payload, out MemoryRegionDescriptor d)) return r.Malformed("memory region");
+        return r.RefuseIf(_memory.TryRemove(d.GuestAddress, d.Size));
     }
 
     internal Outcome SetVringNum(in Request r)
     {
-        if (!VringState.TryRead(r.Payload, out VringState s)) return Malformed("vring state");
-        if (_rings.Find(s.Index, out Vring? ring) is { } e) return Outcome.Fail(e);
-        if (ring!.Running) return Outcome.Fail($"ring {s.Index} is running");
+        if (!VringState.TryRead(r.Payload, out VringState s)) return r.Malformed("vring state");
+        if (_rings.Find(s.Index, out Vring? ring) is { } e) return r.Refuse(e);
+        if (ring!.Running) return r.Refuse($"ring {s.Index} is running");
         uint max = s.Index < _device.QueueCount ? Math.Min(_device.MaxQueueSize, (uint)32768) : 32768;
         if (s.Num == 0 || s.Num > max || !uint.IsPow2(s.Num))
-            return Outcome.Fail($"ring size {s.Num} is not a power of two in 1..{max}");
+            return r.Refuse($"ring size {s.Num} is not a power of two in 1..{max}");
         ring.Size = (ushort)s.Num;
         return Outcome.Ok;
     }
@@ -396,36 +396,36 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
 
     internal Outcome SetVringAddr(in Request r)
     {
-        if (!VringAddress.TryRead(r.Payload, out VringAddress a)) return Malformed("vring address");
-        if (_rings.Find(a.Index, out Vring? ring) is { } e) return Outcome.Fail(e);
-        if (ring!.Running) return Outcome.Fail($"ring {a.Index} is running");
-        if ((a.Flags & ~VhostUserConstants.VringFlagLog) != 0) return Outcome.Fail($"unknown ring flags 0x{a.Flags:x}");
+        if (!VringAddress.TryRead(r.Payload, out VringAddress a)) return r.Malformed("vring address");
+        if (_rings.Find(a.Index, out Vring? ring) is { } e) return r.Refuse(e);
+        if (ring!.Running) return r.Refuse($"ring {a.Index} is running");
+        if ((a.Flags & ~VhostUserConstants.VringFlagLog) != 0) return r.Refuse($"unknown ring flags 0x{a.Flags:x}");
         if (!_memory.TryUserToGuest(a.Descriptors, out ulong desc))
-            return Outcome.Fail(OutsideMemory("descriptor table", a.Descriptors));
+            return r.Refuse(OutsideMemory("descriptor table", a.Descriptors));
         if (!_memory.TryUserToGuest(a.Available, out ulong avail))
-            return Outcome.Fail(OutsideMemory("available ring", a.Available));
+            return r.Refuse(OutsideMemory("available ring", a.Available));
         if (!_memory.TryUserToGuest(a.Used, out ulong used))
-            return Outcome.Fail(OutsideMemory("used ring", a.Used));
+            return r.Refuse(OutsideMemory("used ring", a.Used));
         var candidate = new RingLayout(desc, avail, used);
-        if (_rings.CheckLayout(candidate, ring.Size) is { } bad) return Outcome.Fail($"ring {a.Index}: {bad}");
+        if (_rings.CheckLayout(candidate, ring.Size) is { } bad) return r.Refuse($"ring {a.Index}: {bad}");
         ring.Layout = candidate;
         return Outcome.Ok;
     }
 
     internal Outcome SetVringBase(in Request r)
     {
-        if (!VringState.TryRead(r.Payload, out VringState s)) return Malformed("vring state");
-        if (_rings.Find(s.Index, out Vring? ring) is { } e) return Outcome.Fail(e);
-        if (ring!.Running) return Outcome.Fail($"ring {s.Index} is running");
-        if (s.Num > ushort.MaxValue) return Outcome.Fail($"base {s.Num} does not fit a 16-bit ring index");
+        if (!VringState.TryRead(r.Payload, out VringState s)) return r.Malformed("vring state");
+        if (_rings.Find(s.Index, out Vring? ring) is { } e) return r.Refuse(e);
+        if (ring!.Running) return r.Refuse($"ring {s.Index} is running");
+        if (s.Num > ushort.MaxValue) return r.Refuse($"base {s.Num} does not fit a 16-bit ring index");
         ring.Base = (ushort)s.Num;
         return Outcome.Ok;
     }
 
     internal Outcome GetVringBase(in Request r)
     {
-        if (!VringState.TryRead(r.Payload, out VringState s)) return Malformed("vring state");
-        if (_rings.Find(s.Index, out Vring? ring) is { } e) return Outcome.Fail(e);
+        if (!VringState.TryRead(r.Payload, out VringState s)) return r.Malformed("vring state");
+        if (_rings.Find(s.Index, out Vring? ring) is { } e) return r.Refuse(e);
         _rings.Stop((int)s.Index);
         ring!.DropKick();
         Stopped();
@@ -434,8 +434,8 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
 
     internal Outcome SetVringKick(in Request r)
     {
-        if (FileRequest(r, "kick", out uint index, out Vring? ring) is { } e) return Outcome.Fail(e);
-        if (r.Fds.Count == 0) return Outcome.Fail("polling rings (no kick fd) are not supported");
+        if (FileRequest(r, "kick", out uint index, out Vring? ring) is { } e) return r.Refuse(e);
+        if (r.Fds.Count == 0) return r.Refuse("polling rings (no kick fd) are not supported");
         SafeFileHandle fd = r.TakeFd();
         ring!.DropKick();
         try
@@ -450,15 +450,15 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
         {
             ring.DropKick();
             fd.Dispose();
-            return Outcome.Fail($"kick fd of ring {index} cannot be watched: {ex.Message}");
+            return r.Refuse($"kick fd of ring {index} cannot be watched: {ex.Message}");
         }
         ring.Started = true;
-        return Outcome.From(_rings.TryRun((int)index));
+        return r.RefuseIf(_rings.TryRun((int)index));
     }
 
     internal Outcome SetVringCall(in Request r)
     {
-        if (FileRequest(r, "call", out _, out Vring? ring) is { } e) return Outcome.Fail(e);
+        if (FileRequest(r, "call", out _, out Vring? ring) is { } e) return r.Refuse(e);
         ring!.Call?.Dispose();
         ring.Call = null;
         if (r.Fds.Count == 0) return Outcome.Ok;
@@ -470,7 +470,7 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
 
     internal Outcome SetVringErr(in Request r)
     {
-        if (FileRequest(r, "err", out _, out Vring? ring) is { } e) return Outcome.Fail(e);
+        if (FileRequest(r, "err", out _, out Vring? ring) is { } e) return r.Refuse(e);
         ring!.Err?.Dispose();
         ring.Err = r.Fds.Count == 0 ? null : r.TakeFd();
         return Outcome.Ok;
@@ -480,9 +480,9 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
 
     internal Outcome SetProtocolFeatures(in Request r)
     {
-        if (!U64Payload.TryRead(r.Payload, out ulong f)) return Malformed("u64");
+        if (!U64Payload.TryRead(r.Payload, out ulong f)) return r.Malformed("u64");
         ulong extra = f & ~RequestTable.OfferedProtocolFeatures;
-        if (extra != 0) return Outcome.Fail($"protocol features 0x{extra:x} were not offered");
+        if (extra != 0) return r.Refuse($"protocol features 0x{extra:x} were not offered");
         _protocolFeatures = f;
         return Outcome.Ok;
     }
@@ -491,23 +491,23 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
 
     internal Outcome SetVringEnable(in Request r)
     {
-        if (!VringState.TryRead(r.Payload, out VringState s)) return Malformed("vring state");
-        if (_rings.Find(s.Index, out Vring? ring) is { } e) return Outcome.Fail(e);
-        if (s.Num > 1) return Outcome.Fail($"enable flag {s.Num} is neither 0 nor 1");
+        if (!VringState.TryRead(r.Payload, out VringState s)) return r.Malformed("vring state");
+        if (_rings.Find(s.Index, out Vring? ring) is { } e) return r.Refuse(e);
+        if (s.Num > 1) return r.Refuse($"enable flag {s.Num} is neither 0 nor 1");
         ring!.Enabled = s.Num == 1;
-        if (ring.Enabled) return Outcome.From(_rings.TryRun((int)s.Index));
+        if (ring.Enabled) return r.RefuseIf(_rings.TryRun((int)s.Index));
         _rings.Stop((int)s.Index);
         return Outcome.Ok;
     }
 
     internal Outcome SetBackendReqFd(in Request r)
     {
-        if (r.Fds.Count != 1) return Outcome.Fail($"takes 1 fd, got {r.Fds.Count}");
+        if (r.Fds.Count != 1) return r.Refuse($"takes 1 fd, got {r.Fds.Count}");
         SafeFileHandle fd = r.TakeFd();
         if (Syscall.fstat(Fd.Raw(fd), out Stat st) != 0 || (st.st_mode & FilePermissions.S_IFMT) != FilePermissions.S_IFSOCK)
         {
             fd.Dispose();
-            return Outcome.Fail("the backend channel fd is not a socket");
+            return r.Refuse("the backend channel fd is not a socket");
         }
         _backend?.Dispose();
         BackendChannel? channel = null;
@@ -519,34 +519,34 @@ internal sealed class VhostUserSession : ITransportServices, IVringOwner, IDispo
 
     internal Outcome GetConfig(in Request r)
     {
-        if (!ConfigHeader.TryRead(r.Payload, out ConfigHeader c, out string? error)) return Outcome.Fail(error!);
+        if (!ConfigHeader.TryRead(r.Payload, out ConfigHeader c, out string? error)) return r.Refuse(error!);
         var data = new byte[c.Length];
-        if (ReadConfig(c.Offset, data) is { } bad) return Outcome.Fail(bad);
+        if (ReadConfig(c.Offset, data) is { } bad) return r.Refuse(bad);
         return Outcome.Value(c.Encode(data));
     }
 
     internal Outcome SetConfig(in Request r)
     {
-        if (!ConfigHeader.TryRead(r.Payload, out ConfigHeader c, out string? error)) return Outcome.Fail(error!);
+        if (!ConfigHeader.TryRead(r.Payload, out ConfigHeader c, out string? error)) return r.Refuse(error!);
         return _device.TryWriteConfig(c.Offset, r.Payload[ConfigHeader.Size..])
             ? Outcome.Ok
-            : Outcome.Fail($"the device refused a {c.Length}-byte config write at {c.Offset} (ISM config space is read-only)");
+            : r.Refuse($"the device refused a {c.Length}-byte config write at {c.Offset} (ISM config space is read-only)");
     }
 
     internal Outcome GetMaxMemSlots() => Outcome.U64((ulong)_options.MaxMemSlots);
 
     internal Outcome SetStatus(in Request r)
     {
-        if (!U64Payload.TryRead(r.Payload, out ulong v)) return Malformed("u64");
-        if (v > byte.MaxValue) return Outcome.Fail($"status 0x{v:x} does not fit 8 bits");
+        if (!U64Payload.TryRead(r.Payload, out ulong v)) return r.Malformed("u64");
+        if (v > byte.MaxValue) return r.Refuse($"status 0x{v:x} does not fit 8 bits");
         if (v == 0) return ResetDevice("SET_STATUS 0");
         var status = (DeviceStatus)v;
         DeviceStatus cleared = _device.Status & ~status & Lifecycle;
-        if (cleared != 0) return Outcome.Fail($"status {status} clears {cleared} without a reset");
+        if (cleared != 0) return r.Refuse($"status {status} clears {cleared} without a reset");
         string? error = _rings.Advance(status);
         if (error is null && _device.Status.HasFlag(DeviceStatus.DriverOk) && !_started && !_rings.Pending) Started();
         _rings.DeliverDeferredKicks();
-        return Outcome.From(error);
+        return r.RefuseIf(error);
     }
 
     internal Outcome GetStatus() => Outcome.U64((ulong)_device.Status);

@@ -11,7 +11,7 @@ public sealed class CatchesBrokenPluginsTests
     }
 
     [Fact]
-    public async Task Memory_that_hands_out_old_bytes_fails_the_cleared_check()
+    public async Task MemoryThatHandsOutOldBytesFailsTheClearedCheck()
     {
         var results = await Run(new Combination("in-memory", "dirty", "none"), "alloc.cleared", "alloc.token-offset");
         Assert.Equal(Outcome.Failed, results["alloc.cleared"].Outcome);
@@ -20,7 +20,7 @@ public sealed class CatchesBrokenPluginsTests
     }
 
     [Fact]
-    public async Task Memory_that_ignores_its_capacity_fails_the_no_memory_check()
+    public async Task MemoryThatIgnoresItsCapacityFailsTheNoMemoryCheck()
     {
         var results = await Run(new Combination("in-memory", "dirty", "none"), "alloc.no-memory");
         Assert.Equal(Outcome.Failed, results["alloc.no-memory"].Outcome);
@@ -28,7 +28,7 @@ public sealed class CatchesBrokenPluginsTests
     }
 
     [Fact]
-    public async Task Events_that_never_arrive_fail_the_event_checks_but_not_the_others()
+    public async Task EventsThatNeverArriveFailTheEventChecksButNotTheOthers()
     {
         var results = await Run(new Combination("in-memory", "file", "mute"), "events.reach-peer", "events.eventq-record", "attach.shares-memory", "event-vector.needs-irq");
         Assert.Equal(Outcome.Failed, results["events.reach-peer"].Outcome);
@@ -39,7 +39,7 @@ public sealed class CatchesBrokenPluginsTests
     }
 
     [Fact]
-    public async Task A_third_party_transport_is_driven_through_the_connector_in_its_assembly()
+    public async Task AThirdPartyTransportIsDrivenThroughTheConnectorInItsAssembly()
     {
         var runner = new ConformanceRunner(InRepoPlugins.Composer(null, new TestPlugins()), NullLoggerFactory.Instance);
         MatrixReport report = await runner.RunAsync([new Combination("echo", "file", "none")], ConformanceSuite.All);
@@ -49,7 +49,7 @@ public sealed class CatchesBrokenPluginsTests
     }
 
     [Fact]
-    public async Task A_transport_without_a_driver_connector_is_skipped_with_how_to_fix_it()
+    public async Task ATransportWithoutADriverConnectorIsSkippedWithHowToFixIt()
     {
         var results = await Run(new Combination("no-connector", "file", "none"), "alloc", "config.devid-unique");
         Assert.All(results.Values, r =>
@@ -61,7 +61,7 @@ public sealed class CatchesBrokenPluginsTests
     }
 
     [Fact]
-    public async Task A_kind_that_is_not_installed_is_skipped_naming_the_installed_ones()
+    public async Task AKindThatIsNotInstalledIsSkippedNamingTheInstalledOnes()
     {
         var results = await Run(new Combination("in-memory", "nonexistent", "none"), "config.layout");
         CheckResult r = results["config.layout"];

@@ -9,7 +9,7 @@ public sealed class ProbeTests
     private static Mapping Map(Microsoft.Win32.SafeHandles.SafeFileHandle fd, bool writable) => Mapping.Map(fd, 0, 1 << 16, writable);
 
     [Fact]
-    public void Reads_and_writes_through_a_writable_mapping_land()
+    public void ReadsAndWritesThroughAWritableMappingLand()
     {
         using var fd = MemFd.Create("probe", 1 << 16);
         using Mapping map = Map(fd, writable: true);
@@ -23,7 +23,7 @@ public sealed class ProbeTests
     }
 
     [Fact]
-    public void A_write_through_a_read_only_mapping_is_reported_and_changes_nothing()
+    public void AWriteThroughAReadOnlyMappingIsReportedAndChangesNothing()
     {
         using var fd = MemFd.Create("probe", 1 << 16);
         using Mapping writer = Map(fd, writable: true);
@@ -38,7 +38,7 @@ public sealed class ProbeTests
     }
 
     [Fact]
-    public void Inaccessible_memory_is_reported_for_reads_and_writes()
+    public void InaccessibleMemoryIsReportedForReadsAndWrites()
     {
         using Mapping reserved = Mapping.Reserve(1 << 16);
         Assert.False(SafeMemory.TryRead(reserved.Address, new byte[8]));
@@ -51,7 +51,7 @@ public sealed class ProbeTests
     }
 
     [Fact]
-    public void The_memory_map_shows_how_a_shared_mapping_is_protected()
+    public void TheMemoryMapShowsHowASharedMappingIsProtected()
     {
         using var fd = MemFd.Create("probe-maps", 1 << 16);
         using Mapping ro = Map(fd, writable: false);
@@ -66,12 +66,12 @@ public sealed class ProbeTests
     [Theory]
     [InlineData("7f0000000000-7f0000010000 rw-s 00000000 00:01 1234                       /memfd:vism (deleted)", 0x7f0000000000UL, 0x7f0000010000UL, "rw-s", "/memfd:vism (deleted)")]
     [InlineData("55d5c0000000-55d5c0021000 ---p 00000000 00:00 0 ", 0x55d5c0000000UL, 0x55d5c0021000UL, "---p", "")]
-    public void Maps_lines_are_parsed(string line, ulong start, ulong end, string perms, string path)
+    public void MapsLinesAreParsed(string line, ulong start, ulong end, string perms, string path)
     {
         MapsEntry e = ProcMaps.Parse(line)!;
         Assert.Equal((start, end, perms, path), (e.Start, e.End, e.Permissions, e.Path));
     }
 
     [Fact]
-    public void A_malformed_maps_line_is_ignored() => Assert.Null(ProcMaps.Parse("garbage"));
+    public void AMalformedMapsLineIsIgnored() => Assert.Null(ProcMaps.Parse("garbage"));
 }

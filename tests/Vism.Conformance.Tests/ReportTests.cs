@@ -30,7 +30,7 @@ public sealed class ReportTests
     }
 
     [Fact]
-    public void The_table_has_a_row_per_combination_and_a_column_per_check_wrapped_to_the_width()
+    public void TheTableHasARowPerCombinationAndAColumnPerCheckWrappedToTheWidth()
     {
         var text = new StringWriter();
         TableReport.Write(Sample(), text, width: 80);
@@ -56,10 +56,10 @@ public sealed class ReportTests
     [InlineData(2500, "2.5s")]
     [InlineData(42_000, "42s")]
     [InlineData(185_000, "3m05s")]
-    public void Durations_are_short(int ms, string shown) => Assert.Equal(shown, TableReport.Time(TimeSpan.FromMilliseconds(ms)));
+    public void DurationsAreShort(int ms, string shown) => Assert.Equal(shown, TableReport.Time(TimeSpan.FromMilliseconds(ms)));
 
     [Fact]
-    public void JUnit_has_a_suite_per_combination_and_a_case_per_check_with_failures_and_skips()
+    public void JUnitHasASuitePerCombinationAndACasePerCheckWithFailuresAndSkips()
     {
         XElement root = JUnitReport.Create(Sample()).Root!;
         Assert.Equal(("24", "1", "13"), (root.Attribute("tests")!.Value, root.Attribute("failures")!.Value, root.Attribute("skipped")!.Value));
@@ -79,7 +79,7 @@ public sealed class ReportTests
     }
 
     [Fact]
-    public void Json_carries_the_checks_statements_every_result_and_the_totals()
+    public void JsonCarriesTheChecksStatementsEveryResultAndTheTotals()
     {
         using JsonDocument doc = JsonDocument.Parse(JsonReport.Create(Sample()));
         JsonElement root = doc.RootElement;

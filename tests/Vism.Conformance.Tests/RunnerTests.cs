@@ -11,7 +11,7 @@ public sealed class RunnerTests
             .RunOneAsync(InMemory, new ConformanceCheck("test.check", "a check", Because, body));
 
     [Fact]
-    public async Task A_check_whose_expectations_hold_passes()
+    public async Task ACheckWhoseExpectationsHoldPasses()
     {
         CheckResult r = await Run(ctx => ctx.Expect(ctx.Compose().A.DevId != 0, "devid"));
         Assert.Equal(Outcome.Passed, r.Outcome);
@@ -20,14 +20,14 @@ public sealed class RunnerTests
     }
 
     [Fact]
-    public async Task A_failed_expectation_fails_with_its_reason()
+    public async Task AFailedExpectationFailsWithItsReason()
     {
         CheckResult r = await Run(ctx => ctx.Expect(false, "what was expected and seen"));
         Assert.Equal((Outcome.Failed, "what was expected and seen"), (r.Outcome, r.Reason));
     }
 
     [Fact]
-    public async Task Skips_and_not_applicable_carry_their_reason_and_fix()
+    public async Task SkipsAndNotApplicableCarryTheirReasonAndFix()
     {
         CheckResult skip = await Run(ctx => ctx.Skip("no widgets here", "install widgets"));
         Assert.Equal((Outcome.Skipped, "no widgets here", "install widgets"), (skip.Outcome, skip.Reason, skip.Fix));
@@ -36,7 +36,7 @@ public sealed class RunnerTests
     }
 
     [Fact]
-    public async Task An_unexpected_exception_fails_the_check_naming_it()
+    public async Task AnUnexpectedExceptionFailsTheCheckNamingIt()
     {
         CheckResult r = await Run(_ => throw new InvalidOperationException("boom"));
         Assert.Equal(Outcome.Failed, r.Outcome);
@@ -44,7 +44,7 @@ public sealed class RunnerTests
     }
 
     [Fact]
-    public async Task A_check_that_never_ends_fails_after_the_timeout_and_the_run_goes_on()
+    public async Task ACheckThatNeverEndsFailsAfterTheTimeoutAndTheRunGoesOn()
     {
         using var release = new ManualResetEventSlim();
         CheckResult r = await Run(ctx => { ctx.Compose(); release.Wait(); }, new ConformanceOptions { CheckTimeout = TimeSpan.FromSeconds(1) });
@@ -54,7 +54,7 @@ public sealed class RunnerTests
     }
 
     [Fact]
-    public async Task Devices_a_check_composed_are_stopped_when_it_ends()
+    public async Task DevicesACheckComposedAreStoppedWhenItEnds()
     {
         Vism.Core.IsmHost? host = null;
         await Run(ctx =>
@@ -70,7 +70,7 @@ public sealed class RunnerTests
     }
 
     [Fact]
-    public async Task The_report_has_one_row_per_combination_and_one_result_per_check_in_order()
+    public async Task TheReportHasOneRowPerCombinationAndOneResultPerCheckInOrder()
     {
         ConformanceCheck[] checks =
         [
@@ -90,7 +90,7 @@ public sealed class RunnerTests
     }
 
     [Fact]
-    public void Checks_are_selected_by_id_or_prefix()
+    public void ChecksAreSelectedByIdOrPrefix()
     {
         Assert.Equal(["alloc.too-large"], ConformanceSuite.Select(["alloc.too-large"]).Select(c => c.Id));
         Assert.All(ConformanceSuite.Select(["perm"]), c => Assert.StartsWith("perm.", c.Id));
@@ -101,7 +101,7 @@ public sealed class RunnerTests
     }
 
     [Fact]
-    public void Every_check_has_a_unique_id_a_title_and_a_quoted_statement_with_its_source()
+    public void EveryCheckHasAUniqueIdATitleAndAQuotedStatementWithItsSource()
     {
         Assert.Equal(ConformanceSuite.All.Count, ConformanceSuite.All.Select(c => c.Id).Distinct().Count());
         Assert.All(ConformanceSuite.All, c =>

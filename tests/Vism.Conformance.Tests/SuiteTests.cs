@@ -38,11 +38,11 @@ public sealed class SuiteTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(FileMemory))]
-    public Task Every_check_passes_or_does_not_apply_on_file_memory(string transport, string memory, string events) => RunAll(transport, memory, events);
+    public Task EveryCheckPassesOrDoesNotApplyOnFileMemory(string transport, string memory, string events) => RunAll(transport, memory, events);
 
     [SkippableTheory]
     [MemberData(nameof(HugetlbMemory))]
-    public Task Every_check_passes_or_does_not_apply_on_hugetlb_memory(string transport, string memory, string events)
+    public Task EveryCheckPassesOrDoesNotApplyOnHugetlbMemory(string transport, string memory, string events)
     {
         Machine.RequireHugePages(InRepoPlugins.HugePages);
         return RunAll(transport, memory, events);

@@ -14,7 +14,7 @@ public sealed class ConformanceTests
     // ---- Device configuration layout ----
 
     [Fact]
-    public void Gid_MUST_be_the_same_each_time_on_the_same_host_and_differ_from_other_hosts()
+    public void GidMustBeTheSameEachTimeOnTheSameHostAndDifferFromOtherHosts()
     {
         using var dir = new TempDir();
         File.WriteAllText(dir["host-a"], "4c4c4544004d3910804bb4c04f4e4d32\n");
@@ -34,7 +34,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Gid_of_this_machine_is_stable_across_hosts_and_the_config_reports_it()
+    public void GidOfThisMachineIsStableAcrossHostsAndTheConfigReportsIt()
     {
         using var one = new IsmHost(new IsmHostOptions(), new CapturingLogs());
         using var two = new IsmHost(new IsmHostOptions(), new CapturingLogs());
@@ -46,7 +46,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Devid_MUST_be_unique_on_the_host_and_not_0()
+    public void DevidMustBeUniqueOnTheHostAndNot0()
     {
         using var rig = new Rig();
         var devids = new HashSet<ulong>();
@@ -64,7 +64,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Config_reports_region_size_and_notify_size_of_the_device()
+    public void ConfigReportsRegionSizeAndNotifySizeOfTheDevice()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a", regionSize: 2 * Rig.MiB, window: 64 * Rig.MiB);
@@ -75,7 +75,7 @@ public sealed class ConformanceTests
     // ---- Event ----
 
     [Fact]
-    public void Device_MUST_notify_the_other_devices_that_refer_to_the_region_when_the_driver_notifies()
+    public void DeviceMustNotifyTheOtherDevicesThatReferToTheRegionWhenTheDriverNotifies()
     {
         using var rig = new Rig(SharingMode.Multi, loops: 3);
         Peer a = rig.AddClient("a");
@@ -97,7 +97,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Eventq_delivers_the_update_to_the_driver_as_a_virtio_ism_event()
+    public void EventqDeliversTheUpdateToTheDriverAsAVirtioIsmEvent()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a", RecordingEventChannel.Vq());
@@ -114,7 +114,7 @@ public sealed class ConformanceTests
     // ---- Device Initialization ----
 
     [Fact]
-    public void Devid_remains_unchanged_during_reset()
+    public void DevidRemainsUnchangedDuringReset()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -126,7 +126,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Device_does_not_allocate_physical_memory_during_initialization()
+    public void DeviceDoesNotAllocatePhysicalMemoryDuringInitialization()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -135,7 +135,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Shared_memory_windows_MUST_use_shmid_REGIONS_and_NOTIFY()
+    public void SharedMemoryWindowsMustUseShmidRegionsAndNotify()
     {
         using var rig = new Rig();
         Peer a = rig.AddDevice("a", RecordingEventChannel.Irq());
@@ -145,7 +145,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void With_an_event_feature_each_region_MUST_have_a_notify_address_of_notify_size_in_the_NOTIFY_window()
+    public void WithAnEventFeatureEachRegionMustHaveANotifyAddressOfNotifySizeInTheNotifyWindow()
     {
         using var rig = new Rig();
         Peer a = rig.AddDevice("a", RecordingEventChannel.Irq(), window: 64 * Rig.MiB, regionSize: Rig.MiB, notifySize: 64);
@@ -171,7 +171,7 @@ public sealed class ConformanceTests
     // ---- Alloc ----
 
     [Fact]
-    public void Alloc_MUST_create_a_new_token_for_each_region_and_report_its_offset()
+    public void AllocMustCreateANewTokenForEachRegionAndReportItsOffset()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -190,7 +190,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Alloc_MUST_set_ERR_when_the_shared_memory_space_has_no_free_area()
+    public void AllocMustSetErrWhenTheSharedMemorySpaceHasNoFreeArea()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -208,7 +208,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Alloc_MUST_set_ERR_when_new_physical_memory_cannot_be_allocated()
+    public void AllocMustSetErrWhenNewPhysicalMemoryCannotBeAllocated()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a", capacity: 2 * Rig.MiB);
@@ -221,7 +221,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Alloc_MUST_clear_the_new_region_before_committing_it_to_the_guest()
+    public void AllocMustClearTheNewRegionBeforeCommittingItToTheGuest()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -236,7 +236,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Alloc_MUST_set_ERR_when_size_is_greater_than_region_size()
+    public void AllocMustSetErrWhenSizeIsGreaterThanRegionSize()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -250,7 +250,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void A_region_smaller_than_region_size_still_occupies_region_size_in_the_window()
+    public void ARegionSmallerThanRegionSizeStillOccupiesRegionSizeInTheWindow()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -265,7 +265,7 @@ public sealed class ConformanceTests
     // ---- Attach ----
 
     [Fact]
-    public void Attach_MUST_set_ERR_when_the_shared_memory_space_has_no_free_area()
+    public void AttachMustSetErrWhenTheSharedMemorySpaceHasNoFreeArea()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -279,7 +279,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Attach_MUST_set_ERR_when_no_region_has_the_token()
+    public void AttachMustSetErrWhenNoRegionHasTheToken()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -292,7 +292,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Attached_region_is_ONLY_shared_between_the_two_devices_in_pair_mode()
+    public void AttachedRegionIsOnlySharedBetweenTheTwoDevicesInPairMode()
     {
         using var rig = new Rig(SharingMode.Pair);
         Peer a = rig.AddClient("a");
@@ -304,7 +304,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void After_a_detach_only_the_previous_peer_may_reattach_in_pair_mode()
+    public void AfterADetachOnlyThePreviousPeerMayReattachInPairMode()
     {
         using var rig = new Rig(SharingMode.Pair);
         Peer a = rig.AddClient("a");
@@ -323,7 +323,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Multi_mode_lets_any_number_of_devices_attach()
+    public void MultiModeLetsAnyNumberOfDevicesAttach()
     {
         using var rig = new Rig(SharingMode.Multi);
         Peer a = rig.AddClient("a");
@@ -340,7 +340,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void A_device_cannot_attach_a_region_it_already_references()
+    public void ADeviceCannotAttachARegionItAlreadyReferences()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -352,7 +352,7 @@ public sealed class ConformanceTests
     // ---- Detach ----
 
     [Fact]
-    public void Detach_MUST_set_ERR_when_no_region_is_assigned_at_the_offset()
+    public void DetachMustSetErrWhenNoRegionIsAssignedAtTheOffset()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -366,7 +366,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Detach_MUST_release_the_region_memory_from_the_guest()
+    public void DetachMustReleaseTheRegionMemoryFromTheGuest()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -378,7 +378,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void A_region_is_fully_released_only_after_every_device_released_it()
+    public void ARegionIsFullyReleasedOnlyAfterEveryDeviceReleasedIt()
     {
         using var rig = new Rig(SharingMode.Multi);
         Peer a = rig.AddClient("a");
@@ -404,7 +404,7 @@ public sealed class ConformanceTests
     // ---- Grant ----
 
     [Fact]
-    public void Grant_MUST_set_ERR_when_no_region_is_assigned_at_the_offset()
+    public void GrantMustSetErrWhenNoRegionIsAssignedAtTheOffset()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -413,7 +413,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Grant_MUST_be_answered_according_to_the_permissions_the_device_has()
+    public void GrantMustBeAnsweredAccordingToThePermissionsTheDeviceHas()
     {
         using var rig = new Rig(SharingMode.Multi);
         Peer a = rig.AddClient("a");
@@ -436,7 +436,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void By_default_any_device_may_attach_read_and_write()
+    public void ByDefaultAnyDeviceMayAttachReadAndWrite()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -448,7 +448,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void A_peer_with_READ_but_not_WRITE_gets_a_read_only_mapping()
+    public void APeerWithReadButNotWriteGetsAReadOnlyMapping()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -463,7 +463,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void A_peer_with_neither_READ_nor_WRITE_cannot_attach()
+    public void APeerWithNeitherReadNorWriteCannotAttach()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -475,7 +475,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void DENY_OTHER_lets_only_devices_with_their_own_entry_attach()
+    public void DenyOtherLetsOnlyDevicesWithTheirOwnEntryAttach()
     {
         using var rig = new Rig(SharingMode.Multi);
         Peer a = rig.AddClient("a");
@@ -499,7 +499,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Default_entry_without_ATTACH_stops_unlisted_devices_from_attaching()
+    public void DefaultEntryWithoutAttachStopsUnlistedDevicesFromAttaching()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -516,7 +516,7 @@ public sealed class ConformanceTests
     // ---- Inform Event IRQ Vector ----
 
     [Fact]
-    public void Device_MUST_record_the_vector_of_a_region_and_notify_through_it_when_the_region_is_updated()
+    public void DeviceMustRecordTheVectorOfARegionAndNotifyThroughItWhenTheRegionIsUpdated()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -532,7 +532,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Event_vector_is_ERR_without_EVENT_IRQ_for_an_unassigned_offset_or_when_the_channel_refuses()
+    public void EventVectorIsErrWithoutEventIrqForAnUnassignedOffsetOrWhenTheChannelRefuses()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a", RecordingEventChannel.Vq());
@@ -550,7 +550,7 @@ public sealed class ConformanceTests
     }
 
     [Fact]
-    public void Detaching_a_region_drops_its_vector_binding_in_the_event_channel()
+    public void DetachingARegionDropsItsVectorBindingInTheEventChannel()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -564,7 +564,7 @@ public sealed class ConformanceTests
     // ---- Control virtqueue format ----
 
     [Fact]
-    public void Ack_is_the_first_device_writable_byte_followed_by_the_reply()
+    public void AckIsTheFirstDeviceWritableByteFollowedByTheReply()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");

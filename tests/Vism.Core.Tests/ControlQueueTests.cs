@@ -37,7 +37,7 @@ public sealed class ControlQueueTests
 
     [Theory]
     [MemberData(nameof(MalformedRequests))]
-    public void A_malformed_request_gets_an_ERR_ack_its_reason_logged_and_counted(string name, byte cls, byte command,
+    public void AMalformedRequestGetsAnErrAckItsReasonLoggedAndCounted(string name, byte cls, byte command,
         int dataLength, int replyLength, string reason)
     {
         using var rig = new Rig();
@@ -57,7 +57,7 @@ public sealed class ControlQueueTests
     }
 
     [Fact]
-    public void A_request_without_room_for_the_ack_is_returned_with_nothing_written()
+    public void ARequestWithoutRoomForTheAckIsReturnedWithNothingWritten()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");
@@ -69,7 +69,7 @@ public sealed class ControlQueueTests
     }
 
     [Fact]
-    public void A_request_shorter_than_class_and_command_is_ERR()
+    public void ARequestShorterThanClassAndCommandIsErr()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");
@@ -86,7 +86,7 @@ public sealed class ControlQueueTests
     }
 
     [Fact]
-    public void A_failed_map_of_a_new_region_is_ERR_and_leaks_nothing()
+    public void AFailedMapOfANewRegionIsErrAndLeaksNothing()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");
@@ -104,7 +104,7 @@ public sealed class ControlQueueTests
     }
 
     [Fact]
-    public void A_failed_map_of_an_attached_region_is_ERR_and_the_region_stays_with_its_owner()
+    public void AFailedMapOfAnAttachedRegionIsErrAndTheRegionStaysWithItsOwner()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -119,7 +119,7 @@ public sealed class ControlQueueTests
     }
 
     [Fact]
-    public void A_failed_unmap_is_ERR_and_the_region_stays_attached()
+    public void AFailedUnmapIsErrAndTheRegionStaysAttached()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");
@@ -134,7 +134,7 @@ public sealed class ControlQueueTests
     }
 
     [Fact]
-    public void Requests_are_processed_one_at_a_time_and_complete_only_after_their_mapping()
+    public void RequestsAreProcessedOneAtATimeAndCompleteOnlyAfterTheirMapping()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");
@@ -165,7 +165,7 @@ public sealed class ControlQueueTests
     }
 
     [Fact]
-    public void A_reset_while_a_mapping_is_pending_releases_the_region_and_completes_nothing()
+    public void AResetWhileAMappingIsPendingReleasesTheRegionAndCompletesNothing()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");
@@ -190,7 +190,7 @@ public sealed class ControlQueueTests
     }
 
     [Fact]
-    public void A_memory_backend_that_throws_or_returns_a_bad_block_gives_ERR()
+    public void AMemoryBackendThatThrowsOrReturnsABadBlockGivesErr()
     {
         using var rig = new Rig();
         var backend = new FaultyBackend();
@@ -214,7 +214,7 @@ public sealed class ControlQueueTests
     }
 
     [Fact]
-    public void An_event_channel_that_throws_marks_only_its_device_DEVICE_NEEDS_RESET()
+    public void AnEventChannelThatThrowsMarksOnlyItsDeviceDeviceNeedsReset()
     {
         using var rig = new Rig(loops: 1);
         var throwing = new ThrowingChannel();
@@ -231,7 +231,7 @@ public sealed class ControlQueueTests
     }
 
     [Fact]
-    public void A_driver_repeating_a_bad_request_is_counted_every_time_but_cannot_flood_the_log()
+    public void ADriverRepeatingABadRequestIsCountedEveryTimeButCannotFloodTheLog()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");

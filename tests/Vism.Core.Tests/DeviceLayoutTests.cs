@@ -5,7 +5,7 @@ public sealed class DeviceLayoutTests
     private const ulong MiB = 1 << 20, GiB = 1 << 30;
 
     [Fact]
-    public void A_1_GiB_window_of_1_MiB_regions_holds_1022_regions_and_a_2_MiB_notify_window()
+    public void A1GiBWindowOf1MiBRegionsHolds1022RegionsAndA2MiBNotifyWindow()
     {
         DeviceDescription d = DeviceLayout.Compute("d", 44, GiB, MiB, 1);
         Assert.Equal(1022, d.MaxRegions);
@@ -16,7 +16,7 @@ public sealed class DeviceLayoutTests
     }
 
     [Fact]
-    public void The_QEMU_layout_seen_in_practice_is_reproduced()
+    public void TheQemuLayoutSeenInPracticeIsReproduced()
     {
         DeviceDescription d = DeviceLayout.Compute("d", 45, GiB, 2 * MiB, 1);
         Assert.Equal(GiB - 2 * MiB, d.RegionsWindowSize);
@@ -24,7 +24,7 @@ public sealed class DeviceLayoutTests
     }
 
     [Fact]
-    public void The_issue_14_layout_is_2_MiB_aligned_63_MiB_no_more()
+    public void TheIssue14LayoutIs2MiBAligned63MiBNoMore()
     {
         // Issue 14 point 4: 64 MiB with small regions gave a 63 MiB REGIONS window and a misaligned NOTIFY.
         DeviceDescription d = DeviceLayout.Compute("d", 44, 64 * MiB, 64 * 1024, 1);
@@ -34,7 +34,7 @@ public sealed class DeviceLayoutTests
     }
 
     [Fact]
-    public void Every_valid_layout_fills_a_power_of_two_window_with_2_MiB_aligned_windows_and_the_most_regions_whose_notify_slots_fit()
+    public void EveryValidLayoutFillsAPowerOfTwoWindowWith2MiBAlignedWindowsAndTheMostRegionsWhoseNotifySlotsFit()
     {
         const ulong Align = 2 * MiB;
         int checkedLayouts = 0;
@@ -73,7 +73,7 @@ public sealed class DeviceLayoutTests
     [InlineData(4 * MiB, 4 * MiB, 1ul)]
     [InlineData(64 * MiB, MiB, 0ul)]       // notify size 0
     [InlineData(64 * MiB, 4096, 8192ul)]   // notify slot larger than a region
-    public void Invalid_sizes_are_refused(ulong window, ulong region, ulong notify)
+    public void InvalidSizesAreRefused(ulong window, ulong region, ulong notify)
     {
         Assert.Throws<ArgumentException>(() => DeviceLayout.Compute("d", 44, window, region, notify));
     }

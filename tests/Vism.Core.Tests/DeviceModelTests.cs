@@ -59,7 +59,7 @@ public sealed class DeviceModelTests
 
     [Theory]
     [MemberData(nameof(Transitions))]
-    public void Status_transition_table(DeviceStatus from, DeviceStatus to, bool accepted)
+    public void StatusTransitionTable(DeviceStatus from, DeviceStatus to, bool accepted)
     {
         using var rig = new Rig();
         Peer p = Connected(rig);
@@ -72,7 +72,7 @@ public sealed class DeviceModelTests
     }
 
     [Fact]
-    public void After_FAILED_only_a_reset_is_accepted()
+    public void AfterFailedOnlyAResetIsAccepted()
     {
         using var rig = new Rig();
         Peer p = Connected(rig);
@@ -85,7 +85,7 @@ public sealed class DeviceModelTests
     }
 
     [Fact]
-    public void FEATURES_OK_is_refused_for_features_the_device_did_not_offer()
+    public void FeaturesOkIsRefusedForFeaturesTheDeviceDidNotOffer()
     {
         using var rig = new Rig();
         Peer p = Connected(rig);
@@ -101,7 +101,7 @@ public sealed class DeviceModelTests
     }
 
     [Fact]
-    public void FEATURES_OK_is_refused_without_VERSION_1()
+    public void FeaturesOkIsRefusedWithoutVersion1()
     {
         using var rig = new Rig();
         Peer p = Connected(rig);
@@ -112,7 +112,7 @@ public sealed class DeviceModelTests
     }
 
     [Fact]
-    public void Device_offers_VERSION_1_ring_features_and_the_event_channel_bits_only()
+    public void DeviceOffersVersion1RingFeaturesAndTheEventChannelBitsOnly()
     {
         using var rig = new Rig();
         Peer irq = Connected(rig);
@@ -126,7 +126,7 @@ public sealed class DeviceModelTests
     }
 
     [Fact]
-    public void Driver_features_cannot_change_after_FEATURES_OK()
+    public void DriverFeaturesCannotChangeAfterFeaturesOk()
     {
         using var rig = new Rig();
         Peer p = Connected(rig);
@@ -138,7 +138,7 @@ public sealed class DeviceModelTests
     }
 
     [Fact]
-    public void The_driver_cannot_clear_DEVICE_NEEDS_RESET_only_reset_does()
+    public void TheDriverCannotClearDeviceNeedsResetOnlyResetDoes()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");
@@ -154,7 +154,7 @@ public sealed class DeviceModelTests
     }
 
     [Fact]
-    public void Reset_keeps_devid_releases_attachments_and_clears_features()
+    public void ResetKeepsDevidReleasesAttachmentsAndClearsFeatures()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -176,7 +176,7 @@ public sealed class DeviceModelTests
     }
 
     [Fact]
-    public void Disconnect_releases_every_attachment_and_other_devices_keep_working()
+    public void DisconnectReleasesEveryAttachmentAndOtherDevicesKeepWorking()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -194,7 +194,7 @@ public sealed class DeviceModelTests
     }
 
     [Fact]
-    public void Kicks_before_DRIVER_OK_are_ignored()
+    public void KicksBeforeDriverOkAreIgnored()
     {
         using var rig = new Rig();
         Peer p = Connected(rig);
@@ -220,7 +220,7 @@ public sealed class DeviceModelTests
 
     [Theory]
     [MemberData(nameof(EveryOffsetAndWidth))]
-    public void Config_read_at_every_offset_and_width(uint offset, int width)
+    public void ConfigReadAtEveryOffsetAndWidth(uint offset, int width)
     {
         using var rig = new Rig(gid: 0x1122334455667788);
         Peer p = rig.AddDevice("dev", regionSize: 2 * Rig.MiB, window: 64 * Rig.MiB, notifySize: 8);
@@ -242,7 +242,7 @@ public sealed class DeviceModelTests
     }
 
     [Fact]
-    public void Config_space_is_read_only_and_its_generation_does_not_change()
+    public void ConfigSpaceIsReadOnlyAndItsGenerationDoesNotChange()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");

@@ -7,7 +7,7 @@ namespace Vism.Core.Tests;
 public sealed class DriverTests
 {
     [Fact]
-    public void Probe_negotiates_only_features_both_sides_want_and_sizes_queues_to_the_device()
+    public void ProbeNegotiatesOnlyFeaturesBothSidesWantAndSizesQueuesToTheDevice()
     {
         using var rig = new Rig();
         Peer p = rig.AddDevice("p", RecordingEventChannel.Vq());
@@ -22,7 +22,7 @@ public sealed class DriverTests
     }
 
     [Fact]
-    public void Probe_sets_FAILED_when_it_cannot_finish()
+    public void ProbeSetsFailedWhenItCannotFinish()
     {
         using var rig = new Rig();
         Peer p = rig.AddDevice("p", RecordingEventChannel.Irq());
@@ -34,7 +34,7 @@ public sealed class DriverTests
     }
 
     [Fact]
-    public void Queue_size_is_the_largest_power_of_two_not_above_the_request()
+    public void QueueSizeIsTheLargestPowerOfTwoNotAboveTheRequest()
     {
         using var rig = new Rig();
         Peer p = rig.AddDevice("p");
@@ -44,7 +44,7 @@ public sealed class DriverTests
     }
 
     [Fact]
-    public void Kicks_are_needed_only_for_chains_the_device_has_not_asked_past_with_EVENT_IDX()
+    public void KicksAreNeededOnlyForChainsTheDeviceHasNotAskedPastWithEventIdx()
     {
         using var ram = new GuestRam();
         var driver = new DriverQueue(ram, 0, 8, eventIdx: true);
@@ -63,7 +63,7 @@ public sealed class DriverTests
     }
 
     [Fact]
-    public void A_full_queue_refuses_more_chains_until_the_device_returns_some()
+    public void AFullQueueRefusesMoreChainsUntilTheDeviceReturnsSome()
     {
         using var ram = new GuestRam();
         var driver = new DriverQueue(ram, 0, 4, eventIdx: false);
@@ -82,7 +82,7 @@ public sealed class DriverTests
     }
 
     [Fact]
-    public void A_device_returning_an_id_it_was_not_given_is_reported()
+    public void ADeviceReturningAnIdItWasNotGivenIsReported()
     {
         using var ram = new GuestRam();
         var driver = new DriverQueue(ram, 0, 4, eventIdx: false);
@@ -93,7 +93,7 @@ public sealed class DriverTests
     }
 
     [Fact]
-    public async Task In_memory_transport_refuses_overlapping_unaligned_and_out_of_window_mappings()
+    public async Task InMemoryTransportRefusesOverlappingUnalignedAndOutOfWindowMappings()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");

@@ -6,7 +6,7 @@ namespace Vism.Core.Tests;
 public sealed class EndToEndTests
 {
     [Fact]
-    public void Two_devices_share_a_region_by_token_and_see_each_others_writes()
+    public void TwoDevicesShareARegionByTokenAndSeeEachOthersWrites()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -26,7 +26,7 @@ public sealed class EndToEndTests
     }
 
     [Fact]
-    public void Detach_by_both_devices_frees_the_region_and_its_memory()
+    public void DetachByBothDevicesFreesTheRegionAndItsMemory()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");

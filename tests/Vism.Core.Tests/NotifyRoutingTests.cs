@@ -6,7 +6,7 @@ public sealed class NotifyRoutingTests
     private static readonly IsmClientOptions NoEvents = new() { EventIrq = false, EventVq = false };
 
     [Fact]
-    public void Every_write_by_A_reaches_B_and_C_at_their_own_offsets_and_never_A()
+    public void EveryWriteByAReachesBAndCAtTheirOwnOffsetsAndNeverA()
     {
         using var rig = new Rig(SharingMode.Multi, loops: 3);
         Peer a = rig.AddClient("a");
@@ -33,7 +33,7 @@ public sealed class NotifyRoutingTests
     }
 
     [Fact]
-    public void B_writing_notifies_A_the_other_way_round()
+    public void BWritingNotifiesATheOtherWayRound()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -45,7 +45,7 @@ public sealed class NotifyRoutingTests
     }
 
     [Fact]
-    public void A_writer_that_negotiated_no_event_feature_is_dropped_and_counted()
+    public void AWriterThatNegotiatedNoEventFeatureIsDroppedAndCounted()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a", options: NoEvents);
@@ -59,7 +59,7 @@ public sealed class NotifyRoutingTests
     }
 
     [Fact]
-    public void A_receiver_that_negotiated_no_event_feature_gets_nothing_and_counts_the_drop()
+    public void AReceiverThatNegotiatedNoEventFeatureGetsNothingAndCountsTheDrop()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -74,7 +74,7 @@ public sealed class NotifyRoutingTests
     }
 
     [Fact]
-    public void Writes_to_slots_without_a_region_or_outside_the_window_are_counted_and_harmless()
+    public void WritesToSlotsWithoutARegionOrOutsideTheWindowAreCountedAndHarmless()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -88,7 +88,7 @@ public sealed class NotifyRoutingTests
     }
 
     [Fact]
-    public void A_detached_peer_no_longer_receives_updates()
+    public void ADetachedPeerNoLongerReceivesUpdates()
     {
         using var rig = new Rig(SharingMode.Multi);
         Peer a = rig.AddClient("a");
@@ -104,7 +104,7 @@ public sealed class NotifyRoutingTests
     }
 
     [Fact]
-    public void The_event_channel_is_activated_at_DRIVER_OK_with_its_context_and_deactivated_at_reset()
+    public void TheEventChannelIsActivatedAtDriverOkWithItsContextAndDeactivatedAtReset()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p", vectors: 3);
@@ -123,7 +123,7 @@ public sealed class NotifyRoutingTests
     }
 
     [Fact]
-    public void The_eventq_is_offered_to_the_event_channel_through_its_context()
+    public void TheEventqIsOfferedToTheEventChannelThroughItsContext()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p", RecordingEventChannel.Vq());

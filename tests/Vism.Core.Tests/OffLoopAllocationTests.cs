@@ -10,7 +10,7 @@ namespace Vism.Core.Tests;
 public sealed class OffLoopAllocationTests
 {
     [Fact]
-    public async Task A_slow_allocation_does_not_hold_up_the_other_devices_of_its_loop()
+    public async Task ASlowAllocationDoesNotHoldUpTheOtherDevicesOfItsLoop()
     {
         using var rig = new Rig(loops: 1);
         using var slowBackend = new GatedBackend(new InMemoryBackend(64 * Rig.MiB));
@@ -48,7 +48,7 @@ public sealed class OffLoopAllocationTests
     }
 
     [Fact]
-    public void A_reset_while_the_backend_allocates_gives_the_memory_back_and_completes_nothing()
+    public void AResetWhileTheBackendAllocatesGivesTheMemoryBackAndCompletesNothing()
     {
         using var rig = new Rig(loops: 1);
         var memory = new InMemoryBackend(64 * Rig.MiB);
@@ -78,7 +78,7 @@ public sealed class OffLoopAllocationTests
     }
 
     [Fact]
-    public void The_slot_limit_is_checked_before_the_backend_is_asked()
+    public void TheSlotLimitIsCheckedBeforeTheBackendIsAsked()
     {
         using var rig = new Rig(loops: 1);
         using var gated = new GatedBackend(new InMemoryBackend(64 * Rig.MiB));
@@ -117,14 +117,14 @@ public sealed class OffLoopAllocationTests
 
         public void Open() => _gate.Set();
 
-        public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure)
+        public IMemoryBlock? TryAllocate(ulong length, ulong token, out Refusal failure)
         {
             Interlocked.Increment(ref _calls);
             OnLoop = Loop?.IsOnLoop ?? true;
             Entered.Set();
             if (!_gate.Wait(Rig.Wait))
             {
-                failure = "the test never opened the gate";
+                failure = new Refusal(IMemoryBackend.AllocNoMemory, "the test never opened the gate");
                 return null;
             }
             lock (inner)

@@ -8,7 +8,7 @@ namespace Vism.Core.Tests;
 public sealed class RegistryTests
 {
     [Fact]
-    public void One_hundred_thousand_live_regions_across_a_thousand_devices_are_all_found_by_token()
+    public void OneHundredThousandLiveRegionsAcrossAThousandDevicesAreAllFoundByToken()
     {
         using var rig = new Rig(SharingMode.Pair, loops: 2);
         const int devices = 1000, perDevice = 100;
@@ -40,7 +40,7 @@ public sealed class RegistryTests
             Assert.Same(blocks[n], region.Block);
             regions[n] = region;
         }
-        Assert.Equal("unknown-token", rig.Host.TryAttach(peers[0].Device, 250, Unused(tokens), out _, out _));
+        Assert.Equal("attach.unknown-token", rig.Host.TryAttach(peers[0].Device, 250, Unused(tokens), out _, out _)?.Counter);
 
         HostSnapshot snapshot = rig.Host.Snapshot();
         Assert.Equal(devices * perDevice, snapshot.Regions.Count);
@@ -56,7 +56,7 @@ public sealed class RegistryTests
             p.Settle();
         Assert.Equal(0, rig.Host.RegionCount);
         Assert.All(blocks, b => Assert.Equal((1, 1), (b.Released, b.Disposed)));
-        Assert.Equal("unknown-token", rig.Host.TryAttach(peers[0].Device, 0, tokens[0], out _, out _));
+        Assert.Equal("attach.unknown-token", rig.Host.TryAttach(peers[0].Device, 0, tokens[0], out _, out _)?.Counter);
     }
 
     private static ulong Unused(ulong[] tokens)
@@ -68,7 +68,7 @@ public sealed class RegistryTests
     }
 
     [Fact]
-    public void Concurrent_alloc_attach_detach_on_many_loops_leaves_a_consistent_registry()
+    public void ConcurrentAllocAttachDetachOnManyLoopsLeavesAConsistentRegistry()
     {
         using var rig = new Rig(SharingMode.Multi, loops: 3);
         Peer[] peers = [.. Enumerable.Range(0, 6).Select(i => rig.AddClient($"p{i}"))];
@@ -122,7 +122,7 @@ public sealed class RegistryTests
     }
 
     [Fact]
-    public void In_pair_mode_two_devices_racing_to_attach_get_exactly_one_success()
+    public void InPairModeTwoDevicesRacingToAttachGetExactlyOneSuccess()
     {
         using var rig = new Rig(SharingMode.Pair, loops: 3);
         Peer a = rig.AddClient("a");
@@ -144,7 +144,7 @@ public sealed class RegistryTests
     }
 
     [Fact]
-    public void Tokens_are_never_0_never_repeat_and_differ_between_registries()
+    public void TokensAreNever0NeverRepeatAndDifferBetweenRegistries()
     {
         using var one = new TokenSequence();
         using var two = new TokenSequence();
@@ -165,7 +165,7 @@ public sealed class RegistryTests
     }
 
     [Fact]
-    public void Recovered_regions_are_attachable_by_token_and_freed_after_their_last_detach()
+    public void RecoveredRegionsAreAttachableByTokenAndFreedAfterTheirLastDetach()
     {
         using var rig = new Rig();
         var backend = new Vism.Core.InMemory.InMemoryBackend(64 * Rig.MiB);
@@ -198,7 +198,7 @@ public sealed class RegistryTests
     }
 
     [Fact]
-    public void Unattached_recovered_regions_survive_a_reset_and_are_forgotten_but_kept_when_their_device_goes()
+    public void UnattachedRecoveredRegionsSurviveAResetAndAreForgottenButKeptWhenTheirDeviceGoes()
     {
         using var rig = new Rig();
         var backend = new Vism.Core.InMemory.InMemoryBackend(64 * Rig.MiB);
@@ -214,7 +214,7 @@ public sealed class RegistryTests
     }
 
     [Fact]
-    public void A_recovered_token_already_live_is_refused()
+    public void ARecoveredTokenAlreadyLiveIsRefused()
     {
         using var rig = new Rig();
         var first = new Vism.Core.InMemory.InMemoryBackend(Rig.MiB);
@@ -231,7 +231,7 @@ public sealed class RegistryTests
     }
 
     [Fact]
-    public void Removing_a_device_releases_what_it_holds_and_frees_its_devid_name()
+    public void RemovingADeviceReleasesWhatItHoldsAndFreesItsDevidName()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("a");
@@ -249,7 +249,7 @@ public sealed class RegistryTests
     }
 
     [Fact]
-    public void Snapshot_shows_devices_regions_references_counters_and_memory()
+    public void SnapshotShowsDevicesRegionsReferencesCountersAndMemory()
     {
         using var rig = new Rig();
         Peer a = rig.AddClient("alpha");

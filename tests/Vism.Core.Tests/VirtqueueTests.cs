@@ -136,7 +136,7 @@ public sealed class VirtqueueTests
 
     [Theory]
     [MemberData(nameof(HostileRings))]
-    public void A_hostile_controlq_ring_marks_only_that_device_DEVICE_NEEDS_RESET(Hostile ring)
+    public void AHostileControlqRingMarksOnlyThatDeviceDeviceNeedsReset(Hostile ring)
     {
         using var rig = new Rig(loops: 1); // both devices share one loop: the fault must not stop it
         Peer victim = rig.AddClient("victim", options: new IsmClientOptions { IndirectDesc = ring.Indirect });
@@ -165,7 +165,7 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
-    public void Random_garbage_in_the_controlq_is_answered_or_resets_the_device_and_never_escapes()
+    public void RandomGarbageInTheControlqIsAnsweredOrResetsTheDeviceAndNeverEscapes()
     {
         using var rig = new Rig(loops: 1);
         Peer victim = rig.AddClient("victim");
@@ -210,7 +210,7 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
-    public void A_chain_of_only_zero_length_descriptors_is_answered_without_an_ack()
+    public void AChainOfOnlyZeroLengthDescriptorsIsAnsweredWithoutAnAck()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");
@@ -240,7 +240,7 @@ public sealed class VirtqueueTests
 
     [Theory]
     [MemberData(nameof(BadLayouts))]
-    public void A_queue_with_a_bad_layout_is_refused(string name, ushort size, ulong desc, ulong avail, ulong used)
+    public void AQueueWithABadLayoutIsRefused(string name, ushort size, ulong desc, ulong avail, ulong used)
     {
         using var rig = new Rig();
         Peer p = rig.AddDevice("p", RecordingEventChannel.Irq());
@@ -255,7 +255,7 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
-    public void Requests_scattered_over_many_buffers_are_gathered()
+    public void RequestsScatteredOverManyBuffersAreGathered()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p", options: new IsmClientOptions { IndirectDesc = false });
@@ -282,7 +282,7 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
-    public void Requests_through_indirect_tables_work()
+    public void RequestsThroughIndirectTablesWork()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p", options: new IsmClientOptions { UseIndirect = true });
@@ -296,7 +296,7 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
-    public void With_EVENT_IDX_the_device_interrupts_only_when_used_event_is_reached()
+    public void WithEventIdxTheDeviceInterruptsOnlyWhenUsedEventIsReached()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");
@@ -322,7 +322,7 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
-    public void Without_EVENT_IDX_NO_INTERRUPT_suppresses_used_buffer_interrupts()
+    public void WithoutEventIdxNoInterruptSuppressesUsedBufferInterrupts()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p", options: new IsmClientOptions { EventIdx = false });
@@ -346,7 +346,7 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
-    public void Engine_and_driver_queue_agree_across_16_bit_index_wrap_around()
+    public void EngineAndDriverQueueAgreeAcross16BitIndexWrapAround()
     {
         using var ram = new GuestRam();
         var driver = new DriverQueue(ram, 0, 4, eventIdx: true, maxIndirect: 4);
@@ -375,7 +375,7 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
-    public void A_chain_longer_than_2_to_the_32_bytes_is_a_ring_fault()
+    public void AChainLongerThan2ToThe32BytesIsARingFault()
     {
         using var ram = new GuestRam();
         var memory = new PhantomMemory(ram, 0x100_0000_0000, 1UL << 34);
@@ -404,7 +404,7 @@ public sealed class VirtqueueTests
     [InlineData(3, 5, null, 9)]          // 3 direct buffers, then a table of 5
     [InlineData(3, 6, "ring.chain-over-queue-size", 4)]
     [InlineData(8, 0, null, 8)]          // a direct chain through the whole table
-    public void A_chain_holds_at_most_the_queue_size_and_a_longer_table_is_refused_unread(int direct, int entries, string? fault, long walked)
+    public void AChainHoldsAtMostTheQueueSizeAndALongerTableIsRefusedUnread(int direct, int entries, string? fault, long walked)
     {
         using var ram = new GuestRam();
         var driver = new DriverQueue(ram, 0, 8, eventIdx: false);
@@ -432,7 +432,7 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
-    public void A_stopped_queue_reports_its_next_index_and_resumes_from_it()
+    public void AStoppedQueueReportsItsNextIndexAndResumesFromIt()
     {
         using var rig = new Rig();
         Peer p = rig.AddClient("p");
@@ -452,7 +452,7 @@ public sealed class VirtqueueTests
     }
 
     [Fact]
-    public void Vring_need_event_matches_the_virtio_definition()
+    public void VringNeedEventMatchesTheVirtioDefinition()
     {
         Assert.True(SplitQueue.NeedEvent(0, 1, 0));
         Assert.False(SplitQueue.NeedEvent(1, 1, 0));

@@ -124,7 +124,7 @@ internal sealed class WatchedMemory(IMemoryBackend inner) : IMemoryBackend
 
     public MemoryUsage Usage => inner.Usage;
 
-    public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure)
+    public IMemoryBlock? TryAllocate(ulong length, ulong token, out Refusal failure)
     {
         IMemoryBlock? block = inner.TryAllocate(length, token, out failure);
         if (block is not null) Blocks[token] = block;

@@ -7,7 +7,7 @@ namespace Vism.Events.Tests;
 public sealed class IrqEventChannelTests
 {
     [Fact]
-    public void An_update_before_EVENT_VECTOR_is_held_and_fires_the_vector_the_region_is_then_bound_to()
+    public void AnUpdateBeforeEventVectorIsHeldAndFiresTheVectorTheRegionIsThenBoundTo()
     {
         using var rig = new EventRig();
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Irq);
@@ -25,7 +25,7 @@ public sealed class IrqEventChannelTests
     }
 
     [Fact]
-    public void With_unbound_drop_an_update_before_EVENT_VECTOR_is_dropped_and_counted()
+    public void WithUnboundDropAnUpdateBeforeEventVectorIsDroppedAndCounted()
     {
         using var rig = new EventRig();
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Irq, new PeerSpec { Irq = new IrqEventOptions { Unbound = UnboundUpdates.Drop } });
@@ -39,7 +39,7 @@ public sealed class IrqEventChannelTests
     }
 
     [Fact]
-    public void Rebinding_a_region_moves_its_updates_to_the_new_vector()
+    public void RebindingARegionMovesItsUpdatesToTheNewVector()
     {
         using var rig = new EventRig();
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Irq);
@@ -53,7 +53,7 @@ public sealed class IrqEventChannelTests
     }
 
     [Fact]
-    public void Detach_clears_the_binding_so_a_region_attached_again_in_that_slot_fires_nothing_until_bound()
+    public void DetachClearsTheBindingSoARegionAttachedAgainInThatSlotFiresNothingUntilBound()
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq);
@@ -73,7 +73,7 @@ public sealed class IrqEventChannelTests
     }
 
     [Fact]
-    public void A_reset_clears_every_binding()
+    public void AResetClearsEveryBinding()
     {
         using var rig = new EventRig();
         Peer b = rig.Add(EventsKind.Irq);
@@ -87,7 +87,7 @@ public sealed class IrqEventChannelTests
     }
 
     [Fact]
-    public void Regions_sharing_a_vector_updated_within_the_batch_delay_fire_it_once()
+    public void RegionsSharingAVectorUpdatedWithinTheBatchDelayFireItOnce()
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq);

@@ -17,7 +17,7 @@ public sealed class NotifyPathTests
 
     [Theory]
     [MemberData(nameof(TransportsAndEvents))]
-    public void A_notify_reaches_the_peer_as_an_event_within_a_generous_bound(string transport, EventsKind events)
+    public void ANotifyReachesThePeerAsAnEventWithinAGenerousBound(string transport, EventsKind events)
     {
         using var rig = new EventRig(transport);
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(events);
@@ -40,7 +40,7 @@ public sealed class NotifyPathTests
     }
 
     [Fact]
-    public void WaitEvent_into_a_span_copies_the_offsets_and_allocates_nothing_per_call()
+    public void WaitEventIntoASpanCopiesTheOffsetsAndAllocatesNothingPerCall()
     {
         using var rig = new EventRig("vhost-user");
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq);
@@ -65,7 +65,7 @@ public sealed class NotifyPathTests
 
     [Theory]
     [MemberData(nameof(Transports))]
-    public void Ten_thousand_notifies_give_eventq_records_at_most_once_per_notify_and_none_after_detach(string transport)
+    public void TenThousandNotifiesGiveEventqRecordsAtMostOncePerNotifyAndNoneAfterDetach(string transport)
     {
         using var rig = new EventRig(transport);
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq);
@@ -107,7 +107,7 @@ public sealed class NotifyPathTests
 
     [Theory]
     [MemberData(nameof(Transports))]
-    public void Ten_thousand_notifies_fire_the_bound_vector_at_most_once_per_notify_and_never_after_detach(string transport)
+    public void TenThousandNotifiesFireTheBoundVectorAtMostOncePerNotifyAndNeverAfterDetach(string transport)
     {
         using var rig = new EventRig(transport);
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Irq);
@@ -149,7 +149,7 @@ public sealed class NotifyPathTests
 
     [Theory]
     [MemberData(nameof(Transports))]
-    public void A_burst_across_1000_regions_reaches_a_slow_vq_driver_with_every_offset_exactly_once(string transport)
+    public void ABurstAcross1000RegionsReachesASlowVqDriverWithEveryOffsetExactlyOnce(string transport)
     {
         using var rig = new EventRig(transport);
         var small = new PeerSpec { Window = 8 * EventRig.MiB, RegionSize = 4096 };
@@ -183,7 +183,7 @@ public sealed class NotifyPathTests
 
     [Theory]
     [MemberData(nameof(Transports))]
-    public void A_burst_across_1000_regions_sharing_four_vectors_fires_every_vector_the_updated_regions_are_bound_to(string transport)
+    public void ABurstAcross1000RegionsSharingFourVectorsFiresEveryVectorTheUpdatedRegionsAreBoundTo(string transport)
     {
         using var rig = new EventRig(transport);
         var small = new PeerSpec { Window = 8 * EventRig.MiB, RegionSize = 4096 };
@@ -215,7 +215,7 @@ public sealed class NotifyPathTests
 
     [Theory]
     [MemberData(nameof(Transports))]
-    public void Vq_and_irq_peers_of_one_region_get_each_others_updates_and_never_their_own(string transport)
+    public void VqAndIrqPeersOfOneRegionGetEachOthersUpdatesAndNeverTheirOwn(string transport)
     {
         using var rig = new EventRig(transport, SharingMode.Multi, loops: 3);
         Peer a = rig.Add(EventsKind.Vq);
@@ -252,7 +252,7 @@ public sealed class NotifyPathTests
 
     [Theory]
     [MemberData(nameof(Transports))]
-    public void Regions_sharing_a_vector_fire_that_vector_and_no_other(string transport)
+    public void RegionsSharingAVectorFireThatVectorAndNoOther(string transport)
     {
         using var rig = new EventRig(transport);
         Peer a = rig.Add(EventsKind.Vq);
@@ -282,7 +282,7 @@ public sealed class NotifyPathTests
 
     [Theory]
     [MemberData(nameof(Transports))]
-    public void Event_vector_is_ERR_for_a_vector_the_transport_lacks_or_an_offset_that_is_not_attached(string transport)
+    public void EventVectorIsErrForAVectorTheTransportLacksOrAnOffsetThatIsNotAttached(string transport)
     {
         using var rig = new EventRig(transport);
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Irq, new PeerSpec { Vectors = 4 });
@@ -308,7 +308,7 @@ public sealed class NotifyPathTests
 
     [Theory]
     [MemberData(nameof(TransportsAndEvents))]
-    public void Each_plugin_offers_only_its_feature_bit_and_the_eventq_exists_only_with_EVENT_VQ(string transport, EventsKind events)
+    public void EachPluginOffersOnlyItsFeatureBitAndTheEventqExistsOnlyWithEventVq(string transport, EventsKind events)
     {
         using var rig = new EventRig(transport);
         Peer p = rig.Add(events);
@@ -322,7 +322,7 @@ public sealed class NotifyPathTests
 
     [Theory]
     [MemberData(nameof(TransportsAndEvents))]
-    public void A_driver_that_declines_the_event_feature_gets_no_events_and_EVENT_VECTOR_is_ERR(string transport, EventsKind events)
+    public void ADriverThatDeclinesTheEventFeatureGetsNoEventsAndEventVectorIsErr(string transport, EventsKind events)
     {
         using var rig = new EventRig(transport);
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(events, new PeerSpec { Client = new IsmClientOptions { EventVq = false, EventIrq = false } });
@@ -345,7 +345,7 @@ public sealed class NotifyPathTests
 
     [Theory]
     [MemberData(nameof(Transports))]
-    public void The_notify_window_has_a_slot_per_region_and_a_writer_without_an_event_feature_signals_nobody(string transport)
+    public void TheNotifyWindowHasASlotPerRegionAndAWriterWithoutAnEventFeatureSignalsNobody(string transport)
     {
         using var rig = new EventRig(transport);
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq, writer: new PeerSpec { Client = new IsmClientOptions { EventVq = false } });

@@ -13,7 +13,7 @@ public sealed class VqEventChannelTests
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
-    public void Pending_updates_never_exceed_one_per_region_slot_and_every_fold_is_counted(bool eventIdx)
+    public void PendingUpdatesNeverExceedOnePerRegionSlotAndEveryFoldIsCounted(bool eventIdx)
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq, Tiny);
@@ -36,7 +36,7 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void A_buffer_carries_as_many_offsets_as_fit_and_the_rest_follow_in_later_buffers_oldest_first()
+    public void ABufferCarriesAsManyOffsetsAsFitAndTheRestFollowInLaterBuffersOldestFirst()
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq, Tiny);
@@ -60,7 +60,7 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void A_buffer_too_small_for_one_offset_comes_back_empty_and_the_update_waits_for_a_usable_one()
+    public void ABufferTooSmallForOneOffsetComesBackEmptyAndTheUpdateWaitsForAUsableOne()
     {
         using var rig = new EventRig();
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { PostEventBuffers = false } });
@@ -89,7 +89,7 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void Detach_drops_the_pending_update_of_the_region_and_nothing_arrives_for_it()
+    public void DetachDropsThePendingUpdateOfTheRegionAndNothingArrivesForIt()
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq);
@@ -111,7 +111,7 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void A_reset_drops_pending_updates_and_the_restarted_driver_gets_none_of_them()
+    public void AResetDropsPendingUpdatesAndTheRestartedDriverGetsNoneOfThem()
     {
         using var rig = new EventRig();
         (Peer a, Peer b, ulong atA, _) = rig.Pair(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { PostEventBuffers = false } });
@@ -134,7 +134,7 @@ public sealed class VqEventChannelTests
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public void Interrupt_suppression_by_the_driver_holds_back_the_interrupt_but_not_the_event(bool eventIdx)
+    public void InterruptSuppressionByTheDriverHoldsBackTheInterruptButNotTheEvent(bool eventIdx)
     {
         using var rig = new EventRig();
         (Peer a, Peer b, ulong atA, ulong at) = rig.Pair(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { EventIdx = eventIdx } });
@@ -164,7 +164,7 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void Updates_within_the_batch_delay_share_one_buffer()
+    public void UpdatesWithinTheBatchDelayShareOneBuffer()
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq);
@@ -189,14 +189,41 @@ public sealed class VqEventChannelTests
     }
 
     [Fact]
-    public void Event_vector_is_ERR_on_a_vq_device_because_it_does_not_offer_EVENT_IRQ()
+    public void EventVectorIsErrOnAVqDeviceBecauseItDoesNotOfferEventIrq()
     {
         using var rig = new EventRig();
         Peer a = rig.Add(EventsKind.Vq);
         AllocReply region = a.Alloc();
         Assert.Equal(IsmControl.AckErr, a.C.EventVector(region.Offset, 0));
         Assert.Equal(1, a.Counters.Get("err.event-vector.not-negotiated"));
-        Assert.False(a.Events.TryBindVector(region.Offset, 0, out string? why));
-        Assert.Contains("irq", why);
+        Assert.False(a.Events.TryBindVector(new RegionSlot(0, region.Offset), 0, out Refusal why));
+        Assert.Contains("irq", why.Detail);
+    }
+
+    [Fact]
+    public void TooSmallBuffers_Flood_EachCountedButLoggedRateLimited()
+    {
+        using var rig = new EventRig();
+        (Peer a, Peer b, ulong atA, _) = rig.Pair(EventsKind.Vq, new PeerSpec { Client = new IsmClientOptions { PostEventBuffers = false } });
+        a.C.Notify(atA);
+        Assert.True(a.WaitCounter("notify.routed", 1));
+        b.Settle();
+
+        const int Buffers = 40;
+        DriverQueue eventq = b.C.Driver.Queues[Virtio.EventQueue];
+        GuestRam ram = b.T.Ram;
+        for (int i = 0; i < Buffers; i++)
+            eventq.Add([], [new DriverBuffer(ram.Allocate(8, 8), 8)]);
+        b.C.Driver.KickIfNeeded(Virtio.EventQueue);
+        for (int i = 0; i < Buffers; i++)
+        {
+            Assert.True(b.C.Driver.WaitUsed(Virtio.EventQueue, EventRig.Wait, out UsedElement used));
+            Assert.Equal(0u, used.Written);
+        }
+
+        Assert.Equal(Buffers, b.Counters.Get("err.events.vq.buffer-too-small"));
+        // RateLimitedLog: the first 10, then the 16th and the 32nd.
+        Assert.Equal(12, rig.Logs.Entries.Count(e => e.Message.Contains("needs 16", StringComparison.Ordinal)));
+        Assert.Equal(1, b.OnLoop(() => b.Vq.Pending));
     }
 }

@@ -29,7 +29,7 @@ public sealed class CliTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task Validate_accepts_a_good_file_and_summarises_its_devices()
+    public async Task ValidateAcceptsAGoodFileAndSummarisesItsDevices()
     {
         string file = Write("""
             [host]
@@ -48,7 +48,7 @@ public sealed class CliTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task Validate_prints_every_error_and_exits_2()
+    public async Task ValidatePrintsEveryErrorAndExits2()
     {
         string file = Write("""
             [host]
@@ -71,7 +71,7 @@ public sealed class CliTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task Plugins_lists_kinds_with_options_types_defaults_and_descriptions()
+    public async Task PluginsListsKindsWithOptionsTypesDefaultsAndDescriptions()
     {
         (int code, string output, _) = await Vism("plugins");
         Assert.Equal(0, code);
@@ -88,7 +88,7 @@ public sealed class CliTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task Plugins_reports_a_broken_plugin_by_name()
+    public async Task PluginsReportsABrokenPluginByName()
     {
         TestPlugins.Compile(_dir.Path, "Broken", TestPlugins.Header + "namespace Broken; public class X {}");
         (int code, string output, _) = await Vism("plugins", "--plugins", _dir.Path);
@@ -100,7 +100,7 @@ public sealed class CliTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task A_missing_plugins_directory_is_an_error()
+    public async Task AMissingPluginsDirectoryIsAnError()
     {
         (int code, _, string error) = await Vism("plugins", "--plugins", "/nonexistent/dir");
         Assert.Equal(ExitCodes.BadConfig, code);
@@ -108,7 +108,7 @@ public sealed class CliTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task Version_and_help_are_printed()
+    public async Task VersionAndHelpArePrinted()
     {
         var output = new StringWriter();
         Assert.Equal(0, await Cli.InvokeAsync(["--version"], output, new StringWriter()));
@@ -122,7 +122,7 @@ public sealed class CliTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task Status_without_a_running_host_says_so_and_exits_1()
+    public async Task StatusWithoutARunningHostSaysSoAndExits1()
     {
         (int code, _, string error) = await Vism("status", "--state-dir", _dir.Path);
         Assert.Equal(ExitCodes.Failed, code);

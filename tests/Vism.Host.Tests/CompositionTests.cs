@@ -65,7 +65,7 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task Each_device_gets_its_own_options_description_loop_and_counters_through_DI()
+    public async Task EachDeviceGetsItsOwnOptionsDescriptionLoopAndCountersThroughDi()
     {
         await using HostRuntime runtime = await HostRuntime.StartAsync(Config(Toml()), NullLoggerFactory.Instance);
         Assert.Equal(2, runtime.Devices.Count);
@@ -91,7 +91,7 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task Two_composed_devices_share_a_region_backed_by_the_third_party_memory_plugin()
+    public async Task TwoComposedDevicesShareARegionBackedByTheThirdPartyMemoryPlugin()
     {
         await using HostRuntime runtime = await HostRuntime.StartAsync(Config(Toml()), NullLoggerFactory.Instance);
         using IsmClient a = IsmClient.Start(runtime.Devices[0].ConnectDriver());
@@ -120,7 +120,7 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task The_status_socket_serves_devices_regions_and_counters_and_goes_away_on_stop()
+    public async Task TheStatusSocketServesDevicesRegionsAndCountersAndGoesAwayOnStop()
     {
         HostRuntime runtime = await HostRuntime.StartAsync(Config(Toml()), NullLoggerFactory.Instance);
         string socket = Path.Combine(_dir["state"], StatusSocket.FileName);
@@ -154,7 +154,7 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task A_second_host_with_the_same_state_directory_is_refused()
+    public async Task ASecondHostWithTheSameStateDirectoryIsRefused()
     {
         await using HostRuntime first = await HostRuntime.StartAsync(Config(Toml()), NullLoggerFactory.Instance);
         DeviceStartException ex = await Assert.ThrowsAsync<DeviceStartException>(() => HostRuntime.StartAsync(Config(Toml()), NullLoggerFactory.Instance));
@@ -163,7 +163,7 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task Stopping_disposes_every_plugin_instance()
+    public async Task StoppingDisposesEveryPluginInstance()
     {
         HostRuntime runtime = await HostRuntime.StartAsync(Config(Toml()), NullLoggerFactory.Instance);
         List<dynamic> transports = runtime.Devices.Select(d => (dynamic)d.Transport!).ToList();
@@ -175,7 +175,7 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task A_socket_a_transport_left_behind_is_removed_on_stop_and_other_files_are_not()
+    public async Task ASocketATransportLeftBehindIsRemovedOnStopAndOtherFilesAreNot()
     {
         Directory.CreateDirectory(_dir["sockets"]);
         string toml = Toml(devices: 1) + $"""
@@ -209,7 +209,7 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
     [InlineData("throwing", "transport throwing (plugin Faulty) cannot be created: InvalidOperationException: constructor boom")]
     [InlineData("needs-dep", "transport needs-dep (plugin Faulty) cannot be created: missing dependency Faulty.Dep")]
     [InlineData("failing-start", "transport failing-start (plugin Faulty) cannot start: IOException: address already in use")]
-    public async Task A_device_that_cannot_start_names_device_and_plugin_and_nothing_stays_up(string kind, string reason)
+    public async Task ADeviceThatCannotStartNamesDeviceAndPluginAndNothingStaysUp(string kind, string reason)
     {
         string toml = Toml() + $"""
 
@@ -233,7 +233,7 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
     [Theory]
     [InlineData("mode = \"vq\"")]
     [InlineData("mode = \"irq\"")]
-    public async Task The_demo_drives_two_peers_through_every_step(string events)
+    public async Task TheDemoDrivesTwoPeersThroughEveryStep(string events)
     {
         File.WriteAllText(_dir["demo.toml"], Toml(events: events));
         var output = new StringWriter();
@@ -254,7 +254,7 @@ public sealed class CompositionTests : IClassFixture<PluginFixture>, IDisposable
     }
 
     [Fact]
-    public async Task The_demo_refuses_a_config_with_one_device()
+    public async Task TheDemoRefusesAConfigWithOneDevice()
     {
         File.WriteAllText(_dir["one.toml"], Toml(devices: 1));
         var error = new StringWriter();

@@ -67,7 +67,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void A_valid_file_binds_host_devices_and_each_plugins_options()
+    public void AValidFileBindsHostDevicesAndEachPluginsOptions()
     {
         (VismConfig? config, ConfigLoader loader) = Load(Good);
         Assert.True(config is not null, string.Join("\n", loader.Errors.Errors));
@@ -99,7 +99,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void Defaults_apply_when_keys_are_left_out()
+    public void DefaultsApplyWhenKeysAreLeftOut()
     {
         (VismConfig? config, _) = Load("""
             [[device]]
@@ -124,7 +124,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void A_misspelt_key_is_an_error_at_its_line_and_column_with_a_suggestion()
+    public void AMisspeltKeyIsAnErrorAtItsLineAndColumnWithASuggestion()
     {
         List<string> errors = Errors("""
             [host]
@@ -145,7 +145,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void Wrong_types_and_bad_sizes_are_all_reported_at_once()
+    public void WrongTypesAndBadSizesAreAllReportedAtOnce()
     {
         List<string> errors = Errors("""
             [host]
@@ -180,7 +180,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void A_duration_option_accepts_microseconds_and_a_bad_duration_names_the_units()
+    public void ADurationOptionAcceptsMicrosecondsAndABadDurationNamesTheUnits()
     {
         static string WithTimeout(string value) => $$"""
             [[device]]
@@ -201,7 +201,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void Window_limits_are_enforced()
+    public void WindowLimitsAreEnforced()
     {
         Assert.Contains(Errors(DeviceWith("window-size = \"128GiB\"")), e => e.Contains("window-size: 128GiB is too large: at most 64GiB"));
         Assert.Contains(Errors(DeviceWith("window-size = \"96MiB\"")), e => e.Contains("window-size: 96MiB is not a power of two"));
@@ -232,7 +232,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
         """;
 
     [Fact]
-    public void Unknown_kinds_list_the_installed_ones()
+    public void UnknownKindsListTheInstalledOnes()
     {
         List<string> errors = Errors("""
             [[device]]
@@ -252,7 +252,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void Missing_sections_name_and_kind_are_errors()
+    public void MissingSectionsNameAndKindAreErrors()
     {
         List<string> errors = Errors("""
             [[device]]
@@ -269,7 +269,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void Duplicate_device_names_and_endpoints_are_errors()
+    public void DuplicateDeviceNamesAndEndpointsAreErrors()
     {
         List<string> errors = Errors("""
             [host]
@@ -302,7 +302,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void A_plugins_own_validation_reports_on_its_keys_and_on_device_keys()
+    public void APluginsOwnValidationReportsOnItsKeysAndOnDeviceKeys()
     {
         List<string> errors = Errors("""
             [[device]]
@@ -327,7 +327,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void Toml_syntax_errors_and_duplicate_keys_carry_positions()
+    public void TomlSyntaxErrorsAndDuplicateKeysCarryPositions()
     {
         List<string> syntax = Errors("""
             [host]
@@ -348,7 +348,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void Relative_paths_resolve_against_the_config_files_directory()
+    public void RelativePathsResolveAgainstTheConfigFilesDirectory()
     {
         Directory.CreateDirectory(_dir["plugdir"]);
         (VismConfig? config, ConfigLoader loader) = Load("""
@@ -368,7 +368,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void A_missing_plugin_path_is_an_error()
+    public void AMissingPluginPathIsAnError()
     {
         List<string> errors = Errors("""
             [host]
@@ -378,7 +378,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void Busy_poll_is_a_duration_up_to_ten_milliseconds_and_defaults_to_zero()
+    public void BusyPollIsADurationUpToTenMillisecondsAndDefaultsToZero()
     {
         (VismConfig? config, _) = Load(Good);
         Assert.Equal(TimeSpan.Zero, config!.Host.BusyPoll);
@@ -389,13 +389,13 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void A_file_without_devices_is_an_error()
+    public void AFileWithoutDevicesIsAnError()
     {
         Assert.Equal(["F:1:1: device: no [[device]] is configured: add at least one (see config/default.toml)"], Errors("[host]\nloops = 1\n"));
     }
 
     [Fact]
-    public void Damaged_files_are_reported_as_errors_never_thrown()
+    public void DamagedFilesAreReportedAsErrorsNeverThrown()
     {
         // Deterministic mutations of a valid file: deleted, duplicated and replaced characters.
         var random = new Random(1234);
@@ -445,7 +445,7 @@ public sealed class ConfigValidationTests : IClassFixture<PluginFixture>, IDispo
     }
 
     [Fact]
-    public void An_unreadable_file_is_reported_not_thrown()
+    public void AnUnreadableFileIsReportedNotThrown()
     {
         ConfigLoader loader = ConfigLoader.Parse(_dir["missing.toml"]);
         Assert.Null(loader.BindDevices(_catalog));

@@ -14,7 +14,7 @@ public sealed class DurationTests
     [InlineData("2m", 1_200_000_000L)]
     [InlineData("1h", 36_000_000_000L)]
     [InlineData("0s", 0L)]
-    public void Duration_strings_parse_to_the_exact_number_of_ticks(string text, long ticks)
+    public void DurationStringsParseToTheExactNumberOfTicks(string text, long ticks)
     {
         Assert.True(TomlValues.TryParseDuration(text, out TimeSpan value), text);
         Assert.Equal(TimeSpan.FromTicks(ticks), value);
@@ -28,7 +28,7 @@ public sealed class DurationTests
     [InlineData("us")]
     [InlineData("99999999999999999h")]
     [InlineData("999999999999999999us")]
-    public void Bad_or_oversized_duration_strings_are_refused_not_thrown(string text) =>
+    public void BadOrOversizedDurationStringsAreRefusedNotThrown(string text) =>
         Assert.False(TomlValues.TryParseDuration(text, out _));
 
     [Theory]
@@ -39,7 +39,7 @@ public sealed class DurationTests
     [InlineData(3_000_000L, "3s")]
     [InlineData(120_000_000L, "2m")]
     [InlineData(0L, "0s")]
-    public void Durations_format_in_the_largest_exact_unit_and_read_back(long microseconds, string text)
+    public void DurationsFormatInTheLargestExactUnitAndReadBack(long microseconds, string text)
     {
         TimeSpan t = TimeSpan.FromMicroseconds(microseconds);
         Assert.Equal(text, TomlValues.FormatDuration(t));

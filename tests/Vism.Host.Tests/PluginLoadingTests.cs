@@ -32,7 +32,7 @@ public sealed class PluginLoadingTests : IDisposable
         $$"""namespace {{ns}}; public static class Helper { public static string Name() => "{{value}}"; }""";
 
     [Fact]
-    public void The_sample_third_party_plugin_loads_with_its_options_described()
+    public void TheSampleThirdPartyPluginLoadsWithItsOptionsDescribed()
     {
         using PluginCatalog catalog = PluginCatalog.Load([TestPlugins.SamplePluginDir], NullLogger.Instance);
         Assert.Empty(catalog.Failures);
@@ -49,7 +49,7 @@ public sealed class PluginLoadingTests : IDisposable
     }
 
     [Fact]
-    public void Broken_plugins_are_reported_by_name_and_the_others_still_load()
+    public void BrokenPluginsAreReportedByNameAndTheOthersStillLoad()
     {
         string root = _dir["plugins"];
         TestPlugins.Compile(root, "Kit", TestPlugins.KitSource);
@@ -95,7 +95,7 @@ public sealed class PluginLoadingTests : IDisposable
     }
 
     [Fact]
-    public void Each_plugin_resolves_its_private_dependencies_from_its_own_folder()
+    public void EachPluginResolvesItsPrivateDependenciesFromItsOwnFolder()
     {
         // Two plugins ship different builds of a same-named dependency; each sees its own.
         foreach ((string name, string value) in new[] { ("PluginOne", "one"), ("PluginTwo", "two") })
@@ -111,7 +111,7 @@ public sealed class PluginLoadingTests : IDisposable
     }
 
     [Fact]
-    public void A_search_path_may_be_a_single_plugin_folder()
+    public void ASearchPathMayBeASinglePluginFolder()
     {
         TestPlugins.Compile(_dir.Path, "Solo", EventsPlugin("Solo", "solo"));
         using PluginCatalog catalog = PluginCatalog.Load([_dir["Solo"]], NullLogger.Instance);
@@ -119,7 +119,7 @@ public sealed class PluginLoadingTests : IDisposable
     }
 
     [Fact]
-    public void The_same_plugin_found_twice_is_loaded_once()
+    public void TheSamePluginFoundTwiceIsLoadedOnce()
     {
         TestPlugins.Compile(_dir["a"], "Twice", EventsPlugin("Twice", "twice"));
         TestPlugins.Compile(_dir["b"], "Twice", EventsPlugin("Twice", "twice"));

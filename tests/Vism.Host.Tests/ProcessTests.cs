@@ -77,7 +77,7 @@ public sealed partial class ProcessTests : IClassFixture<PluginFixture>, IDispos
     [Theory]
     [InlineData(15, "SIGTERM")]
     [InlineData(2, "SIGINT")]
-    public void Run_serves_until_a_signal_then_stops_cleanly_with_exit_code_0(int signal, string name)
+    public void RunServesUntilASignalThenStopsCleanlyWithExitCode0(int signal, string name)
     {
         string status = Path.Combine(_dir["state"], StatusSocket.FileName);
         using Process vism = Start("run", Config());
@@ -105,7 +105,7 @@ public sealed partial class ProcessTests : IClassFixture<PluginFixture>, IDispos
     [Theory]
     [InlineData("vhost-user", ".sock")]
     [InlineData("mmio", ".mmio.sock")]
-    public void Run_serves_real_sockets_and_removes_them_on_SIGTERM(string transport, string suffix)
+    public void RunServesRealSocketsAndRemovesThemOnSigterm(string transport, string suffix)
     {
         string file = Config(transport, first: transport, names: "r");
         string[] sockets = [_dir[$"sockets/r0{suffix}"], _dir[$"sockets/r1{suffix}"]];
@@ -123,7 +123,7 @@ public sealed partial class ProcessTests : IClassFixture<PluginFixture>, IDispos
     }
 
     [Fact]
-    public void Run_exits_1_and_names_the_device_when_one_cannot_start()
+    public void RunExits1AndNamesTheDeviceWhenOneCannotStart()
     {
         using Process vism = Start("run", Config(transport: "failing-start"));
         (int code, _, string err) = Finish(vism);
@@ -133,7 +133,7 @@ public sealed partial class ProcessTests : IClassFixture<PluginFixture>, IDispos
     }
 
     [Fact]
-    public void Run_with_a_bad_config_exits_2_and_starts_nothing()
+    public void RunWithABadConfigExits2AndStartsNothing()
     {
         string file = _dir["bad.toml"];
         File.WriteAllText(file, $"""

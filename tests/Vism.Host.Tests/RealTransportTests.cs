@@ -31,14 +31,14 @@ public sealed class RealTransportTests : IClassFixture<PluginFixture>, IDisposab
     }
 
     [Fact]
-    public void Config_holds_the_default_and_one_example_per_transport_memory_events_combination()
+    public void ConfigHoldsTheDefaultAndOneExamplePerTransportMemoryEventsCombination()
     {
         var expected = Combinations().Cast<object[]>().Select(row => $"{row[0]}-{row[1]}-{row[2]}.toml").Append("default.toml").Order(StringComparer.Ordinal);
         Assert.Equal(expected, ConfigFiles().Cast<object[]>().Select(row => (string)row[0]));
     }
 
     [Fact]
-    public void The_host_build_deploys_every_in_repo_plugin()
+    public void TheHostBuildDeploysEveryInRepoPlugin()
     {
         string[] projects = Directory.GetDirectories(Path.Combine(TestPlugins.Repository, "plugins"))
             .SelectMany(d => Directory.GetFiles(d, "*.csproj")).Select(Path.GetFileNameWithoutExtension).Order().ToArray()!;
@@ -50,7 +50,7 @@ public sealed class RealTransportTests : IClassFixture<PluginFixture>, IDisposab
 
     [SkippableTheory]
     [MemberData(nameof(ConfigFiles))]
-    public void Every_example_config_is_valid(string name)
+    public void EveryExampleConfigIsValid(string name)
     {
         string text = File.ReadAllText(Path.Combine(TestPlugins.Repository, "config", name));
         if (text.Contains("\"hugetlb\"")) Machine.RequireHugePages(4);
@@ -77,7 +77,7 @@ public sealed class RealTransportTests : IClassFixture<PluginFixture>, IDisposab
 
     [SkippableTheory]
     [MemberData(nameof(Combinations))]
-    public async Task The_demo_runs_over_each_real_transport_and_memory(string transport, string memory, string events)
+    public async Task TheDemoRunsOverEachRealTransportAndMemory(string transport, string memory, string events)
     {
         if (memory == "hugetlb") Machine.RequireHugePages(8);
         string transportOptions = ""; // every transport with its defaults: EVENT_IRQ must work without vectors set (issue 14 point 1)
@@ -148,7 +148,7 @@ public sealed class RealTransportTests : IClassFixture<PluginFixture>, IDisposab
     }
 
     [Fact]
-    public async Task Validate_refuses_irq_events_over_a_transport_without_vectors()
+    public async Task ValidateRefusesIrqEventsOverATransportWithoutVectors()
     {
         (int code, _, string error) = await Validate(IrqConfig("vhost-user", "vectors = 0"));
         Assert.Equal(ExitCodes.BadConfig, code);
@@ -159,7 +159,7 @@ public sealed class RealTransportTests : IClassFixture<PluginFixture>, IDisposab
     }
 
     [Fact]
-    public async Task Validate_warns_that_QEMU_cannot_deliver_per_region_vectors_over_vhost_user()
+    public async Task ValidateWarnsThatQemuCannotDeliverPerRegionVectorsOverVhostUser()
     {
         (int code, string output, string error) = await Validate(IrqConfig("vhost-user", ""));
         Assert.True(code == ExitCodes.Ok, error);

@@ -12,7 +12,7 @@ public sealed class SizesTests
     [InlineData("1tib", 1UL << 40)]
     [InlineData("16 B", 16UL)]
     [InlineData("1_048_576", 1UL << 20)]
-    public void Size_strings_parse_as_binary_units(string text, ulong expected)
+    public void SizeStringsParseAsBinaryUnits(string text, ulong expected)
     {
         Assert.True(Sizes.TryParse(text, out ulong bytes, out string? error), error);
         Assert.Equal(expected, bytes);
@@ -25,7 +25,7 @@ public sealed class SizesTests
     [InlineData("1.5GiB", "is not a size")]
     [InlineData("", "is not a size")]
     [InlineData("99999999999TiB", "too large")]
-    public void Bad_size_strings_are_refused_with_a_reason(string text, string reason)
+    public void BadSizeStringsAreRefusedWithAReason(string text, string reason)
     {
         Assert.False(Sizes.TryParse(text, out _, out string? error));
         Assert.Contains(reason, error);
@@ -36,7 +36,7 @@ public sealed class SizesTests
     [InlineData(3UL << 30, "3GiB")]
     [InlineData(1536UL, "1536")]
     [InlineData(1536UL << 10, "1536KiB")]
-    public void Sizes_format_in_the_largest_exact_unit(ulong bytes, string text)
+    public void SizesFormatInTheLargestExactUnit(ulong bytes, string text)
     {
         Assert.Equal(text, Sizes.Format(bytes));
         Assert.True(Sizes.TryParse(text, out ulong back, out _));

@@ -12,7 +12,7 @@ public sealed class SocketPathClaimTests
     };
 
     [Fact]
-    public void A_path_of_107_bytes_is_claimed_and_one_of_108_is_an_error_on_its_key()
+    public void APathOf107BytesIsClaimedAndOneOf108IsAnErrorOnItsKey()
     {
         var context = new RecordingValidationContext(Device);
         string fits = "/tmp/" + new string('a', 102);
@@ -28,7 +28,7 @@ public sealed class SocketPathClaimTests
     }
 
     [Fact]
-    public void The_limit_counts_UTF8_bytes_not_characters()
+    public void TheLimitCountsUtf8BytesNotCharacters()
     {
         var context = new RecordingValidationContext(Device);
         string path = "/tmp/" + new string('é', 52); // 57 characters, 109 bytes

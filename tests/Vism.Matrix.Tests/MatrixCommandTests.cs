@@ -49,7 +49,7 @@ public sealed class MatrixCommandTests : IDisposable
             r.TryGetProperty("reason", out JsonElement reason) ? reason.GetString() : null);
 
     [SkippableFact]
-    public void The_full_matrix_passes_every_check_on_every_in_repo_combination()
+    public void TheFullMatrixPassesEveryCheckOnEveryInRepoCombination()
     {
         Machine.RequireHugePages(16);
         string json = _dir["matrix.json"], junit = _dir["matrix.xml"];
@@ -72,7 +72,7 @@ public sealed class MatrixCommandTests : IDisposable
     }
 
     [Fact]
-    public void A_third_party_plugin_author_runs_the_suite_against_their_plugin_with_one_command()
+    public void AThirdPartyPluginAuthorRunsTheSuiteAgainstTheirPluginWithOneCommand()
     {
         string json = _dir["sample.json"];
         (int code, string output, string error) = Matrix("--plugins", SamplePlugin, "--memory", "sample-shm", "--json", json);
@@ -86,7 +86,7 @@ public sealed class MatrixCommandTests : IDisposable
     }
 
     [Fact]
-    public void A_combination_this_machine_cannot_compose_is_skipped_with_the_plugins_reason_and_fails_only_with_fail_on_skip()
+    public void ACombinationThisMachineCannotComposeIsSkippedWithThePluginsReasonAndFailsOnlyWithFailOnSkip()
     {
         // The file plugin's validation refuses a region directory below a regular file.
         string file = _dir["a-file"];
@@ -103,7 +103,7 @@ public sealed class MatrixCommandTests : IDisposable
     }
 
     [Fact]
-    public void Selected_checks_and_kinds_are_the_only_ones_run()
+    public void SelectedChecksAndKindsAreTheOnlyOnesRun()
     {
         string json = _dir["some.json"];
         (int code, string output, string error) = Matrix("--transport", "vhost-user", "--memory", "file", "--events", "none", "--check", "alloc", "--check", "detach.unassigned", "--json", json);
@@ -115,7 +115,7 @@ public sealed class MatrixCommandTests : IDisposable
     }
 
     [Fact]
-    public void Unknown_kinds_options_and_checks_are_refused_with_exit_code_2()
+    public void UnknownKindsOptionsAndChecksAreRefusedWithExitCode2()
     {
         (int code, _, string error) = Matrix("--transport", "carrier-pigeon");
         Assert.Equal(2, code);
@@ -131,7 +131,7 @@ public sealed class MatrixCommandTests : IDisposable
     }
 
     [Fact]
-    public void List_names_every_check_with_the_statement_it_proves()
+    public void ListNamesEveryCheckWithTheStatementItProves()
     {
         (int code, string output, _) = Matrix("--list");
         Assert.Equal(0, code);

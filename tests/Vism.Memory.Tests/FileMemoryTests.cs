@@ -101,12 +101,12 @@ public sealed class FileMemoryTests : IDisposable
         using FileMemoryBackend backend = Backend(tmpfs.Path, capacity: 64 * MiB);
         var blocks = new List<IMemoryBlock>();
         IMemoryBlock? block;
-        string? failure;
+        Refusal failure;
         while ((block = backend.TryAllocate(MiB, (ulong)blocks.Count + 1, out failure)) is not null)
             blocks.Add(block);
 
         Assert.InRange(blocks.Count, 3, 4);
-        Assert.Contains("no space left", failure);
+        Assert.Contains("no space left", failure.Detail);
         Assert.Equal(1, _counters.Get("memory.alloc-failed.claim-failed"));
         Assert.Equal((ulong)blocks.Count * MiB, backend.Usage.Used); // the refused one is not counted,
         Assert.Equal((ulong)blocks.Count * MiB, backend.Usage.HighWater); // not even in the high-water mark
@@ -211,8 +211,8 @@ public sealed class FileMemoryTests : IDisposable
     public void LengthThatIsNotAPageMultiple_IsRefusedWithAReason()
     {
         using FileMemoryBackend backend = Backend();
-        Assert.Null(backend.TryAllocate(MiB + 1, 1, out string? failure));
-        Assert.Contains("multiple of the page size", failure);
+        Assert.Null(backend.TryAllocate(MiB + 1, 1, out Refusal failure));
+        Assert.Contains("multiple of the page size", failure.Detail);
         Assert.Null(backend.TryAllocate(0, 1, out _));
         Assert.Equal(0UL, backend.Usage.Used);
     }

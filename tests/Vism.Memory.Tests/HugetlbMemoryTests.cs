@@ -148,7 +148,8 @@ public sealed class HugetlbMemoryTests
             using var backend = new HugetlbMemoryBackend(new HugetlbMemoryOptions { Claim = claim },
                 Devices.Make(regionSize: tooMuch, maxRegions: 2), Devices.Host(), counters, NullLogger<HugetlbMemoryBackend>.Instance);
 
-            Assert.Null(backend.TryAllocate(tooMuch, 1, out string? failure));
+            Assert.Null(backend.TryAllocate(tooMuch, 1, out Refusal refusal));
+            string failure = refusal.Detail;
             PoolState after = PoolState.Now();
             Assert.Contains("not enough 2 MiB huge pages", failure);
             Assert.Contains("add them to the pool as root: echo", failure);
@@ -175,7 +176,8 @@ public sealed class HugetlbMemoryTests
         IMemoryBlock b = Allocate(backend, Page, 2);
         Assert.Equal(4 * Page, mount.Used); // reservations count against the mount's size= like pages
 
-        Assert.Null(backend.TryAllocate(Page, 3, out string? failure));
+        Assert.Null(backend.TryAllocate(Page, 3, out Refusal refusal));
+        string failure = refusal.Detail;
         Assert.Contains($"the hugetlbfs mount {mount.Path} is full", failure);
         Assert.Empty(Directory.EnumerateFileSystemEntries(mount.Path)); // region files have no name
 

@@ -9,9 +9,9 @@ internal static class Scenarios
 {
     public static IMemoryBlock Allocate(IMemoryBackend backend, ulong length, ulong token)
     {
-        IMemoryBlock? block = backend.TryAllocate(length, token, out string? failure);
-        Assert.True(block is not null, failure);
-        Assert.Null(failure);
+        IMemoryBlock? block = backend.TryAllocate(length, token, out Refusal refusal);
+        Assert.True(block is not null, refusal.Detail);
+        Assert.Equal(default, refusal);
         return block;
     }
 
@@ -54,8 +54,9 @@ internal static class Scenarios
         Assert.Equal(capacity, backend.Usage.Capacity);
         var blocks = Enumerable.Range(1, regions).Select(t => Allocate(backend, length, (ulong)t)).ToList();
 
-        Assert.Null(backend.TryAllocate(length, 99, out string? failure));
-        Assert.Contains("capacity", failure);
+        Assert.Null(backend.TryAllocate(length, 99, out Refusal refusal));
+        Assert.Contains("capacity", refusal.Detail);
+        Assert.Equal(IMemoryBackend.AllocNoMemory, refusal.Counter);
         Assert.Equal(1, counters.Get("memory.alloc-failed.capacity"));
         Assert.Equal(new MemoryUsage(capacity, capacity, capacity), backend.Usage);
 

@@ -127,8 +127,8 @@ internal static class Blocks
     /// (it maps Mono.Posix lazily) is open before descriptors are counted.</summary>
     public static void WarmUp(IMemoryBackend backend)
     {
-        IMemoryBlock block = backend.TryAllocate(backend.PageSize, ulong.MaxValue, out string? failure)
-            ?? throw new InvalidOperationException(failure);
+        IMemoryBlock block = backend.TryAllocate(backend.PageSize, ulong.MaxValue, out Refusal failure)
+            ?? throw new InvalidOperationException(failure.Detail);
         block.Release();
         block.Dispose();
     }

@@ -14,7 +14,7 @@ public sealed partial class BusyPollTests
     private static readonly TimeSpan Wait = TimeSpan.FromSeconds(30);
 
     [Fact]
-    public void A_spinning_wait_takes_a_signal_that_comes_while_it_spins_or_after_it_sleeps()
+    public void ASpinningWaitTakesASignalThatComesWhileItSpinsOrAfterItSleeps()
     {
         using EventFd fd = EventFd.Create();
         fd.Signal(3);
@@ -27,7 +27,7 @@ public sealed partial class BusyPollTests
     }
 
     [Fact]
-    public void A_blocking_wait_allocates_nothing()
+    public void ABlockingWaitAllocatesNothing()
     {
         using EventFd fd = EventFd.Create();
         fd.Signal();
@@ -40,7 +40,7 @@ public sealed partial class BusyPollTests
     }
 
     [Fact]
-    public async Task A_busy_polling_loop_runs_posted_work_fd_callbacks_and_timers_and_sleeps_when_idle()
+    public async Task ABusyPollingLoopRunsPostedWorkFdCallbacksAndTimersAndSleepsWhenIdle()
     {
         using var loop = new EventLoop("busy-poll-test") { BusyPoll = TimeSpan.FromMilliseconds(2) };
         Assert.Equal(TimeSpan.FromMilliseconds(2), loop.BusyPoll);

@@ -18,7 +18,7 @@ public sealed partial class EventLoopTimerTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Modes))]
-    public async Task Sub_millisecond_timers_fire_in_due_order_whatever_order_they_were_scheduled_in(LoopTimerMode mode)
+    public async Task SubMillisecondTimersFireInDueOrderWhateverOrderTheyWereScheduledIn(LoopTimerMode mode)
     {
         using var loop = new EventLoop("timer-test", timers: mode);
         int[] micros = [900, 100, 700, 300, 500, 200, 800, 400, 600];
@@ -52,7 +52,7 @@ public sealed partial class EventLoopTimerTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Modes))]
-    public async Task A_timer_never_fires_before_its_delay_even_below_a_millisecond(LoopTimerMode mode)
+    public async Task ATimerNeverFiresBeforeItsDelayEvenBelowAMillisecond(LoopTimerMode mode)
     {
         using var loop = new EventLoop("timer-test", timers: mode);
         var lateness = new List<double>();
@@ -78,7 +78,7 @@ public sealed partial class EventLoopTimerTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Modes))]
-    public async Task A_timer_scheduled_from_another_thread_counts_its_delay_from_the_call(LoopTimerMode mode)
+    public async Task ATimerScheduledFromAnotherThreadCountsItsDelayFromTheCall(LoopTimerMode mode)
     {
         using var loop = new EventLoop("timer-test", timers: mode);
         var fired = new TaskCompletionSource<(TimeSpan Elapsed, bool OnLoop)>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -91,7 +91,7 @@ public sealed partial class EventLoopTimerTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Modes))]
-    public async Task Timers_with_the_same_delay_fire_in_the_order_they_were_scheduled(LoopTimerMode mode)
+    public async Task TimersWithTheSameDelayFireInTheOrderTheyWereScheduled(LoopTimerMode mode)
     {
         using var loop = new EventLoop("timer-test", timers: mode);
         var fired = new List<int>();
@@ -114,7 +114,7 @@ public sealed partial class EventLoopTimerTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Modes))]
-    public async Task A_cancelled_timer_never_fires_even_when_an_earlier_timer_of_the_same_turn_cancels_it(LoopTimerMode mode)
+    public async Task ACancelledTimerNeverFiresEvenWhenAnEarlierTimerOfTheSameTurnCancelsIt(LoopTimerMode mode)
     {
         using var loop = new EventLoop("timer-test", timers: mode);
         var fired = new List<string>();
@@ -136,7 +136,7 @@ public sealed partial class EventLoopTimerTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Modes))]
-    public async Task A_timer_that_schedules_a_zero_delay_timer_lets_fd_events_run_in_between(LoopTimerMode mode)
+    public async Task ATimerThatSchedulesAZeroDelayTimerLetsFdEventsRunInBetween(LoopTimerMode mode)
     {
         using var loop = new EventLoop("timer-test", timers: mode);
         using EventFd fd = EventFd.Create();
@@ -163,7 +163,7 @@ public sealed partial class EventLoopTimerTests(ITestOutputHelper output)
 
     [Theory]
     [MemberData(nameof(Modes))]
-    public async Task An_idle_loop_with_a_far_timer_sleeps_instead_of_spinning(LoopTimerMode mode)
+    public async Task AnIdleLoopWithAFarTimerSleepsInsteadOfSpinning(LoopTimerMode mode)
     {
         using var loop = new EventLoop("timer-test", timers: mode);
         int tid = await loop.InvokeAsync(() => gettid());
@@ -179,7 +179,7 @@ public sealed partial class EventLoopTimerTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task The_loop_thread_runs_with_a_one_microsecond_timer_slack()
+    public async Task TheLoopThreadRunsWithAOneMicrosecondTimerSlack()
     {
         using var loop = new EventLoop("timer-test");
         Assert.NotEqual(LoopTimerMode.Auto, loop.TimerMode);

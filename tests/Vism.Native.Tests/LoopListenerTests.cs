@@ -7,7 +7,7 @@ namespace Vism.Native.Tests;
 public class LoopListenerTests
 {
     [Fact]
-    public async Task Accepts_every_pending_connection_on_the_loop_and_removes_the_socket_file_on_dispose()
+    public async Task AcceptsEveryPendingConnectionOnTheLoopAndRemovesTheSocketFileOnDispose()
     {
         using var dir = new TempDir("listener");
         using var loop = new EventLoop("listener-test");
@@ -30,7 +30,7 @@ public class LoopListenerTests
     }
 
     [Fact]
-    public async Task A_stale_socket_file_is_replaced_but_a_served_one_is_refused()
+    public async Task AStaleSocketFileIsReplacedButAServedOneIsRefused()
     {
         using var dir = new TempDir("listener");
         using var loop = new EventLoop("listener-test");

@@ -91,7 +91,25 @@ public sealed class ContractDefaultTests
         public ulong Features => Abstractions.Features.Mask(Abstractions.Features.IsmEventVq);
         public void Activate(IEventContext context) { }
         public void Deactivate() { }
-        public void OnRegionUpdated(ulong offset) { }
+        public void OnRegionUpdated(RegionSlot region) { }
+        public void Dispose() { }
+    }
+
+    /// <summary>A channel written against contract revision 1.0: offsets only, reasons as strings.</summary>
+    private sealed class OffsetOnlyChannel : IEventChannel
+    {
+        public List<string> Calls { get; } = [];
+        public ulong Features => Abstractions.Features.Mask(Abstractions.Features.IsmEventIrq);
+        public void Activate(IEventContext context) { }
+        public void Deactivate() { }
+        public void OnRegionUpdated(ulong offset) => Calls.Add($"update 0x{offset:x}");
+        public void OnRegionDetached(ulong offset) => Calls.Add($"detach 0x{offset:x}");
+        public bool TryBindVector(ulong offset, ulong vector, out string? failure)
+        {
+            Calls.Add($"bind 0x{offset:x} {vector}");
+            failure = vector == 0 ? null : "only vector 0";
+            return vector == 0;
+        }
         public void Dispose() { }
     }
 
@@ -118,12 +136,28 @@ public sealed class ContractDefaultTests
         ITransport transport = new MinimalTransport();
 
         Assert.Equal(0, channel.QueueCount);
-        Assert.False(channel.TryBindVector(0, 0, out string? failure));
-        Assert.Equal("this event channel binds no vectors", failure);
+        Assert.False(channel.TryBindVector(new RegionSlot(0, 0), 0, out Refusal refusal));
+        Assert.Equal(new Refusal("event-vector.rejected", "this event channel binds no vectors"), refusal);
         channel.OnQueueNotified(1);
-        channel.OnRegionDetached(0);
+        channel.OnRegionDetached(new RegionSlot(0, 0));
         Assert.Empty(backend.Recover());
         Assert.False(backend.AllocatesOffLoop);
         Assert.Equal(0, transport.VectorCount);
+    }
+
+    [Fact]
+    public void Defaults_OffsetOnlyChannel_GetsTheSlotsOffsetAndItsReasonAsARefusal()
+    {
+        var legacy = new OffsetOnlyChannel();
+        IEventChannel channel = legacy;
+        RegionSlot slot = RegionSlot.Of(2, 0x10_0000);
+
+        channel.OnRegionUpdated(slot);
+        channel.OnRegionDetached(slot);
+        Assert.True(channel.TryBindVector(slot, 0, out _));
+        Assert.False(channel.TryBindVector(slot, 5, out Refusal refusal));
+
+        Assert.Equal(["update 0x200000", "detach 0x200000", "bind 0x200000 0", "bind 0x200000 5"], legacy.Calls);
+        Assert.Equal(new Refusal("event-vector.rejected", "only vector 0"), refusal);
     }
 }

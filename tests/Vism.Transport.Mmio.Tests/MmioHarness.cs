@@ -9,6 +9,17 @@ using Vism.Testing;
 
 namespace Vism.Transport.Mmio.Tests;
 
+/// <summary>The device double the MMIO tests use: two queues, a 1 MiB REGIONS window of 64 KiB
+/// regions, a 4 KiB NOTIFY window of 1-byte slots, config generation 3.</summary>
+internal static class MmioTestDevice
+{
+    public const ulong RegionsLength = 1 << 20;
+    public const ulong NotifyLength = 4096;
+
+    public static FakeVirtioDevice Create(IDeviceLoop loop) =>
+        new(loop, queueCount: 2, RegionsLength, NotifyLength, regionSize: 64 * 1024, notifySize: 1, name: "fake0") { ConfigGeneration = 3 };
+}
+
 /// <summary>A device test double served by a real <see cref="MmioTransport"/> on a real loop and socket.</summary>
 internal sealed class MmioHarness : IAsyncDisposable
 {
@@ -16,7 +27,7 @@ internal sealed class MmioHarness : IAsyncDisposable
     {
         Dir = new TempDir("vmmio");
         Loop = new EventLoop("mmio-test");
-        Device = new FakeVirtioDevice(Loop);
+        Device = MmioTestDevice.Create(Loop);
         var host = new HostDescription { Gid = 1, StateDirectory = Dir.Path, SocketDirectory = Dir.Path };
         Transport = new MmioTransport(options, Device.Description, host, Loop, Counters, Log);
     }

@@ -7,7 +7,7 @@ namespace Vism.Transport.Mmio.Tests;
 /// <summary>The register window, register by register, over the device test double.</summary>
 public sealed class MmioRegistersTests
 {
-    private readonly FakeVirtioDevice _device = new(new InlineLoop());
+    private readonly FakeVirtioDevice _device = MmioTestDevice.Create(new InlineLoop());
     private readonly TestCounters _counters = new();
     private readonly MmioRegisters _regs;
     private int _interrupts;
@@ -239,6 +239,8 @@ public sealed class MmioRegistersTests
     [Fact]
     public void QueueResetNeedsRingResetAndThenStopsAndClearsTheQueue()
     {
+        // The ISM device does not offer VIRTIO_F_RING_RESET; the transport implements QueueReset for a device that does.
+        _device.DeviceFeatures |= Features.Mask(Features.RingReset);
         NegotiateFeatures(Features.Mask(Features.Version1));
         SetUpQueue(0, 64, 0x1000, 0x2000, 0x3000);
         Write(R.QueueReady, 1);
@@ -291,12 +293,12 @@ public sealed class MmioRegistersTests
     {
         Assert.True(_regs.SetShmBase(ShmId.Regions, 0x1_0000_0000));
         Write(R.ShmSel, (uint)ShmId.Regions);
-        Assert.Equal((uint)FakeVirtioDevice.RegionsLength, Read(R.ShmLenLow));
+        Assert.Equal((uint)MmioTestDevice.RegionsLength, Read(R.ShmLenLow));
         Assert.Equal(0u, Read(R.ShmLenHigh));
         Assert.Equal(0u, Read(R.ShmBaseLow));
         Assert.Equal(1u, Read(R.ShmBaseHigh));
         Write(R.ShmSel, (uint)ShmId.Notify);
-        Assert.Equal((uint)FakeVirtioDevice.NotifyLength, Read(R.ShmLenLow));
+        Assert.Equal((uint)MmioTestDevice.NotifyLength, Read(R.ShmLenLow));
         Assert.Equal(0u, Read(R.ShmBaseLow)); // not placed yet
     }
 
@@ -460,13 +462,13 @@ public sealed class MmioRegistersTests
     {
         Assert.Equal(MmioAccessResult.Ok, _regs.WriteNotifyWindow(0, 1));
         Assert.Equal(MmioAccessResult.Ok, _regs.WriteNotifyWindow(5, 1));
-        Assert.Equal(MmioAccessResult.Ok, _regs.WriteNotifyWindow(FakeVirtioDevice.NotifyLength - 4, 4));
-        Assert.Equal([0ul, 5ul, FakeVirtioDevice.NotifyLength - 4], _device.NotifyWrites);
+        Assert.Equal(MmioAccessResult.Ok, _regs.WriteNotifyWindow(MmioTestDevice.NotifyLength - 4, 4));
+        Assert.Equal([0ul, 5ul, MmioTestDevice.NotifyLength - 4], _device.NotifyWrites);
     }
 
     [Theory]
-    [InlineData(FakeVirtioDevice.NotifyLength, 1)]
-    [InlineData(FakeVirtioDevice.NotifyLength - 2, 4)]
+    [InlineData(MmioTestDevice.NotifyLength, 1)]
+    [InlineData(MmioTestDevice.NotifyLength - 2, 4)]
     [InlineData(ulong.MaxValue, 1)]
     [InlineData(0ul, 3)]
     [InlineData(0ul, 16)]

@@ -19,7 +19,7 @@ public sealed class MmioSessionTests : IDisposable
 
     public MmioSessionTests()
     {
-        _device = new FakeVirtioDevice(_loop);
+        _device = MmioTestDevice.Create(_loop);
         _session = new MmioSession(_device, _vmm, _counters, NullLogger.Instance);
     }
 

@@ -38,8 +38,8 @@ public sealed class MmioSocketTests
 
         Assert.Equal(Virtio.IsmDeviceId, client.DeviceId);
         Assert.Equal(0x200u, client.Hello.WindowSize);
-        Assert.Equal(FakeVirtioDevice.RegionsLength, client.ShmLength(ShmId.Regions));
-        Assert.Equal(FakeVirtioDevice.NotifyLength, client.ShmLength(ShmId.Notify));
+        Assert.Equal(MmioTestDevice.RegionsLength, client.ShmLength(ShmId.Regions));
+        Assert.Equal(MmioTestDevice.NotifyLength, client.ShmLength(ShmId.Notify));
         Assert.Equal(0ul, client.ShmLength(ShmId.Undefined));
         Assert.Equal(client.RegionsBase, client.ShmBase(ShmId.Regions));
         Assert.Equal(client.NotifyBase, client.ShmBase(ShmId.Notify));
@@ -147,7 +147,7 @@ public sealed class MmioSocketTests
         client.WriteNotify(0);
         client.WriteNotify(3);
         Assert.Equal(MmioStatus.Ok, client.TryWriteNotify(7));
-        Assert.Equal(MmioStatus.BadAccess, client.TryWriteNotify(FakeVirtioDevice.NotifyLength));
+        Assert.Equal(MmioStatus.BadAccess, client.TryWriteNotify(MmioTestDevice.NotifyLength));
 
         Assert.Equal(new[] { 0ul, 3ul, 7ul }, await h.OnLoop(() => h.Device.NotifyWrites.ToArray()));
     }

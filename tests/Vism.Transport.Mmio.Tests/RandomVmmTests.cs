@@ -19,7 +19,7 @@ public sealed class RandomVmmTests
     [InlineData(2)]
     [InlineData(3)]
     [InlineData(4)]
-    public async Task Random_well_framed_messages_never_crash_leak_or_block_the_next_vmm(int seed)
+    public async Task RandomWellFramedMessagesNeverCrashLeakOrBlockTheNextVmm(int seed)
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
         await Session(h, new Random(seed + 1000)); // warm-up: lazily opened runtime descriptors

@@ -30,7 +30,7 @@ public sealed class AbuseTests
     }
 
     [Fact]
-    public Task An_unknown_request_is_answered_with_an_error_and_the_connection_survives() => WithoutLeaks(b =>
+    public Task AnUnknownRequestIsAnsweredWithAnErrorAndTheConnectionSurvives() => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         c.NegotiateAll();
@@ -44,7 +44,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task Wrong_payload_sizes_are_refused_and_the_connection_survives() => WithoutLeaks(b =>
+    public Task WrongPayloadSizesAreRefusedAndTheConnectionSurvives() => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         c.NegotiateAll();
@@ -62,7 +62,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task Fds_on_a_request_that_takes_none_are_closed() => WithoutLeaks(b =>
+    public Task FdsOnARequestThatTakesNoneAreClosed() => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         c.NegotiateAll();
@@ -82,7 +82,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task Requests_needing_an_unnegotiated_protocol_feature_are_refused() => WithoutLeaks(b =>
+    public Task RequestsNeedingAnUnnegotiatedProtocolFeatureAreRefused() => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         Assert.Empty(c.Call(FrontendRequest.GetShmemConfig));
@@ -95,7 +95,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task A_memory_table_with_overlapping_regions_is_refused() => WithoutLeaks(b =>
+    public Task AMemoryTableWithOverlappingRegionsIsRefused() => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         c.NegotiateAll();
@@ -122,7 +122,7 @@ public sealed class AbuseTests
     [InlineData(0x10000UL, 2 * Page, ulong.MaxValue - 4095, 0UL, "wraps around")]
     [InlineData(0x10000UL, 2 * Page, 0x7000_0000UL, ulong.MaxValue - 4095, "beyond any file")]
     [InlineData(0x10000UL, 0UL, 0x7000_0000UL, 0UL, "size 0")]
-    public Task Huge_or_impossible_memory_regions_are_refused(ulong gpa, ulong size, ulong user, ulong offset, string reason) => WithoutLeaks(b =>
+    public Task HugeOrImpossibleMemoryRegionsAreRefused(ulong gpa, ulong size, ulong user, ulong offset, string reason) => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         c.NegotiateAll();
@@ -135,7 +135,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task A_region_fd_that_is_not_a_file_is_refused() => WithoutLeaks(b =>
+    public Task ARegionFdThatIsNotAFileIsRefused() => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         c.NegotiateAll();
@@ -146,7 +146,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task Ring_addresses_outside_memory_are_refused() => WithoutLeaks(b =>
+    public Task RingAddressesOutsideMemoryAreRefused() => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         c.NegotiateAll();
@@ -167,7 +167,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task Kick_and_call_requests_with_bad_bits_or_missing_fds_are_refused() => WithoutLeaks(b =>
+    public Task KickAndCallRequestsWithBadBitsOrMissingFdsAreRefused() => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         c.NegotiateAll();
@@ -183,7 +183,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task Status_and_feature_abuse_is_refused() => WithoutLeaks(b =>
+    public Task StatusAndFeatureAbuseIsRefused() => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         c.NegotiateAll();
@@ -201,7 +201,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task A_payload_larger_than_any_request_closes_only_that_connection() => WithoutLeaks(async b =>
+    public Task APayloadLargerThanAnyRequestClosesOnlyThatConnection() => WithoutLeaks(async b =>
     {
         using (var c = new RawClient(b.SocketPath))
         {
@@ -216,7 +216,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task A_header_without_version_1_closes_the_connection() => WithoutLeaks(b =>
+    public Task AHeaderWithoutVersion1ClosesTheConnection() => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         c.Send((uint)FrontendRequest.GetFeatures, 0x2, []);
@@ -226,7 +226,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task A_reply_flag_on_a_request_is_refused() => WithoutLeaks(b =>
+    public Task AReplyFlagOnARequestIsRefused() => WithoutLeaks(b =>
     {
         using var c = new RawClient(b.SocketPath);
         c.NegotiateAll();
@@ -239,7 +239,7 @@ public sealed class AbuseTests
     });
 
     [Fact]
-    public Task A_frontend_that_dies_mid_message_leaves_nothing_behind() => WithoutLeaks(b =>
+    public Task AFrontendThatDiesMidMessageLeavesNothingBehind() => WithoutLeaks(b =>
     {
         var c = new RawClient(b.SocketPath);
         c.NegotiateAll();
@@ -248,14 +248,14 @@ public sealed class AbuseTests
             MemoryRegionDescriptor.EncodeTable([new(0, 16 * Page, 0x7000_0000, 0)]));
         c.Socket.Send(whole.AsSpan(0, 20), [fd]); // header and part of the payload, with the fd
         c.Dispose();
-        b.WaitFor(() => b.Device.Disconnects == 1, "the device to see the disconnect");
+        b.WaitFor(() => b.Device.DisconnectCount == 1, "the device to see the disconnect");
         using var again = new RawClient(b.SocketPath);
         Assert.True(again.IsServed());
         return Task.CompletedTask;
     });
 
     [Fact]
-    public Task A_second_frontend_is_refused_while_one_is_connected() => WithoutLeaks(b =>
+    public Task ASecondFrontendIsRefusedWhileOneIsConnected() => WithoutLeaks(b =>
     {
         using var first = new RawClient(b.SocketPath);
         Assert.True(first.IsServed());

@@ -36,7 +36,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Handshake_negotiates_what_QEMU_acks_and_reports_the_windows()
+    public async Task HandshakeNegotiatesWhatQemuAcksAndReportsTheWindows()
     {
         await using var c = Connected.Open();
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -46,14 +46,14 @@ public sealed class FrontendTests
         Assert.Equal(2UL << 20, f.ShmLength(ShmId.Regions));
         Assert.Equal(2UL << 20, f.ShmLength(ShmId.Notify));
         Assert.Equal(b.Device.DeviceFeatures, f.ReadDeviceFeatures());
-        Assert.Equal(1, b.On(() => b.Device.Connects));
+        Assert.Equal(1, b.On(() => b.Device.ConnectCount));
         Assert.True(b.On(() => b.Transport.IsConnected));
     }
 
     [Theory]
     [InlineData(false)] // QEMU 11.1.3: the running controlq is the start
     [InlineData(true)]  // a frontend that also sends SET_STATUS(DRIVER_OK) at the end
-    public async Task Driver_ok_starts_the_device_with_guest_physical_ring_addresses(bool sendStatus)
+    public async Task DriverOkStartsTheDeviceWithGuestPhysicalRingAddresses(bool sendStatus)
     {
         await using var b = new Backend();
         using var ram = new GuestRam();
@@ -71,7 +71,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Without_the_status_feature_the_running_controlq_brings_the_device_to_driver_ok()
+    public async Task WithoutTheStatusFeatureTheRunningControlqBringsTheDeviceToDriverOk()
     {
         await using var b = new Backend();
         using var ram = new GuestRam();
@@ -84,18 +84,18 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_kick_reaches_the_device_and_its_signal_reaches_the_call_fd()
+    public async Task AKickReachesTheDeviceAndItsSignalReachesTheCallFd()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
         b.WaitFor(() => b.Device.Status == Running, "DRIVER_OK");
         f.Kick(0);
         Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)), "the device's SignalQueue did not reach the call fd");
-        Assert.Equal(1, b.On(() => b.Device.Kicks));
+        Assert.Equal(1, b.On(() => b.Device.Kicks.Count));
     }
 
     [Fact]
-    public async Task Config_space_is_read_through_get_config_at_any_width()
+    public async Task ConfigSpaceIsReadThroughGetConfigAtAnyWidth()
     {
         await using var c = Connected.Open();
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -109,7 +109,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_notify_slot_write_reaches_the_device_once()
+    public async Task ANotifySlotWriteReachesTheDeviceOnce()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -124,7 +124,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Notify_changes_the_slot_and_rings_the_doorbell_so_the_device_scans_at_once()
+    public async Task NotifyChangesTheSlotAndRingsTheDoorbellSoTheDeviceScansAtOnce()
     {
         // Polls 1 s, 2 s, 4 s ... apart: without the doorbell the write below waits for the next poll.
         var options = new VhostUserOptions { NotifyPollFast = TimeSpan.FromSeconds(1), NotifyPollHold = TimeSpan.Zero, NotifyPollSlow = TimeSpan.FromSeconds(10) };
@@ -146,7 +146,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Notify_polling_stops_while_no_slot_is_in_use()
+    public async Task NotifyPollingStopsWhileNoSlotIsInUse()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -161,7 +161,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_mapped_block_is_shared_with_the_frontend_window_and_unmapped_again()
+    public async Task AMappedBlockIsSharedWithTheFrontendWindowAndUnmappedAgain()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -181,7 +181,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_read_only_mapping_is_read_only_in_the_frontend()
+    public async Task AReadOnlyMappingIsReadOnlyInTheFrontend()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -193,7 +193,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Mapping_is_refused_before_the_device_is_started()
+    public async Task MappingIsRefusedBeforeTheDeviceIsStarted()
     {
         await using var c = Connected.Open();
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -210,7 +210,7 @@ public sealed class FrontendTests
     [InlineData(100UL, 4096UL, "not page aligned")]
     [InlineData(2UL << 20, 4096UL, "outside")]
     [InlineData(0UL, 0UL, "empty")]
-    public async Task Bad_window_ranges_are_refused_without_reaching_the_frontend(ulong offset, ulong length, string reason)
+    public async Task BadWindowRangesAreRefusedWithoutReachingTheFrontend(ulong offset, ulong length, string reason)
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -230,7 +230,7 @@ public sealed class FrontendTests
     [Theory]
     [InlineData(true)]  // SET_STATUS 0 at the stop: the device resets at once
     [InlineData(false)] // QEMU 11.1.3: only a stop; the restart at ring base 0 shows a new driver
-    public async Task A_driver_reset_resets_the_device_and_drops_the_frontend_mappings(bool sendStatus)
+    public async Task ADriverResetResetsTheDeviceAndDropsTheFrontendMappings(bool sendStatus)
     {
         await using var c = Connected.Open(frontend: new VhostUserFrontendOptions { SendStartStopStatus = sendStatus }, start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -238,23 +238,23 @@ public sealed class FrontendTests
         Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
         f.Kick(0); // the controlq moves on: its base is no longer 0
         Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)));
-        int resets = b.On(() => b.Device.Resets);
+        int resets = b.On(() => b.Device.ResetCount);
         f.WriteStatus(DeviceStatus.Reset);
         b.WaitFor(() => !b.Services.CanMap, "the stop");
         Assert.Equal(0, f.MappingCount(ShmId.Regions));
         Assert.Equal(0, f.MappingCount(ShmId.Notify));
-        if (sendStatus) b.WaitFor(() => b.Device.Resets > resets && b.Device.Status == DeviceStatus.Reset, "the device reset");
-        else Assert.Equal(resets, b.On(() => b.Device.Resets)); // a stop alone is not a reset (it may be a pause)
+        if (sendStatus) b.WaitFor(() => b.Device.ResetCount > resets && b.Device.Status == DeviceStatus.Reset, "the device reset");
+        else Assert.Equal(resets, b.On(() => b.Device.ResetCount)); // a stop alone is not a reset (it may be a pause)
         // Started again, the device works as before, from a reset state.
         Probe(f);
         b.WaitFor(() => b.Device.Status == Running && b.Services.CanMap, "a second start");
-        Assert.True(b.On(() => b.Device.Resets) > resets);
+        Assert.True(b.On(() => b.Device.ResetCount) > resets);
         Assert.Equal(sendStatus ? 0 : 1, b.Counters.Get("vhost-user.implicit-resets"));
         Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
     }
 
     [Fact]
-    public async Task A_stop_and_a_restart_where_the_rings_stopped_keep_the_devices_state()
+    public async Task AStopAndARestartWhereTheRingsStoppedKeepTheDevicesState()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -263,7 +263,7 @@ public sealed class FrontendTests
         f.Kick(0);
         Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)));
         (int _, QueueSettings ring) = b.Device.StartedQueues.Single();
-        int resets = b.On(() => b.Device.Resets);
+        int resets = b.On(() => b.Device.ResetCount);
         // A VM pause as QEMU 11.1.3 does it: rings disabled, GET_VRING_BASE; mappings kept.
         f.Send(FrontendRequest.SetVringEnable, new VringState(0, 0).ToBytes());
         Assert.True(VringState.TryRead(f.Request(FrontendRequest.GetVringBase, new VringState(0, 0).ToBytes()), out VringState stopped));
@@ -276,7 +276,7 @@ public sealed class FrontendTests
         f.Send(FrontendRequest.SetVringKick, U64Payload.ToBytes(0), [kick.Handle]);
         f.Send(FrontendRequest.SetVringEnable, new VringState(0, 1).ToBytes());
         b.WaitFor(() => b.Services.CanMap, "the resume");
-        Assert.Equal(resets, b.On(() => b.Device.Resets));
+        Assert.Equal(resets, b.On(() => b.Device.ResetCount));
         Assert.Equal(0, b.Counters.Get("vhost-user.implicit-resets"));
         Assert.Equal(ring with { NextAvail = 1 }, b.Device.StartedQueues.Last().Settings);
         Assert.Equal(1, f.MappingCount(ShmId.Regions));
@@ -285,7 +285,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_kick_signalled_before_its_ring_is_enabled_is_delivered_once_when_the_ring_runs()
+    public async Task AKickSignalledBeforeItsRingIsEnabledIsDeliveredOnceWhenTheRingRuns()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -293,25 +293,25 @@ public sealed class FrontendTests
         // does: the kick fd first, created already signalled, and SET_VRING_ENABLE after it.
         f.Send(FrontendRequest.SetVringEnable, new VringState(0, 0).ToBytes());
         Assert.True(VringState.TryRead(f.Request(FrontendRequest.GetVringBase, new VringState(0, 0).ToBytes()), out VringState stopped));
-        int kicks = b.On(() => b.Device.Kicks);
+        int kicks = b.On(() => b.Device.Kicks.Count);
         f.Send(FrontendRequest.SetFeatures, U64Payload.ToBytes(b.Device.DriverFeatures | (1UL << 30)));
         f.Send(FrontendRequest.SetVringBase, new VringState(0, stopped.Num).ToBytes());
         using EventFd kick = EventFd.Create();
         kick.Signal();
         f.Send(FrontendRequest.SetVringKick, U64Payload.ToBytes(0), [kick.Handle]);
         b.WaitFor(() => b.Counters.Get("vhost-user.kicks-deferred") == 1, "the kick on the disabled ring to be seen");
-        Assert.Equal(kicks, b.On(() => b.Device.Kicks)); // the ring does not run: nothing reached the device
+        Assert.Equal(kicks, b.On(() => b.Device.Kicks.Count)); // the ring does not run: nothing reached the device
 
         f.Send(FrontendRequest.SetVringEnable, new VringState(0, 1).ToBytes());
-        b.WaitFor(() => b.Device.Kicks == kicks + 1, "the deferred kick to reach the device");
+        b.WaitFor(() => b.Device.Kicks.Count == kicks + 1, "the deferred kick to reach the device");
         Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)), "the device's answer to the kick did not reach the call fd");
         Thread.Sleep(100);
-        Assert.Equal(kicks + 1, b.On(() => b.Device.Kicks)); // once
+        Assert.Equal(kicks + 1, b.On(() => b.Device.Kicks.Count)); // once
         Assert.Equal(1, b.Counters.Get("vhost-user.kicks-deferred"));
     }
 
     [Fact]
-    public async Task Mappings_a_frontend_kept_over_a_stop_are_removed_at_the_next_start()
+    public async Task MappingsAFrontendKeptOverAStopAreRemovedAtTheNextStart()
     {
         await using var c = Connected.Open(start: true);
         (Backend b, VhostUserFrontend f) = (c.B, c.F);
@@ -335,7 +335,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task Per_region_vectors_fire_the_call_fds_of_the_extra_queues()
+    public async Task PerRegionVectorsFireTheCallFdsOfTheExtraQueues()
     {
         await using var b = new Backend(new VhostUserOptions { Vectors = 2 });
         using var ram = new GuestRam();
@@ -353,7 +353,7 @@ public sealed class FrontendTests
     }
 
     [Fact]
-    public async Task A_config_change_reaches_the_frontend_as_a_new_generation()
+    public async Task AConfigChangeReachesTheFrontendAsANewGeneration()
     {
         await using var c = Connected.Open();
         (Backend b, VhostUserFrontend f) = (c.B, c.F);

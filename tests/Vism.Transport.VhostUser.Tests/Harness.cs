@@ -10,14 +10,6 @@ using Vism.VhostUser;
 
 namespace Vism.Transport.VhostUser.Tests;
 
-/// <summary>Counters a test can read.</summary>
-internal sealed class TestCounters : IDeviceCounters
-{
-    private readonly ConcurrentDictionary<string, long> _values = new();
-    public void Increment(string name, long by = 1) => _values.AddOrUpdate(name, by, (_, v) => v + by);
-    public long Get(string name) => _values.GetValueOrDefault(name);
-}
-
 /// <summary>Collects log lines so tests can check that a reason was logged.</summary>
 internal sealed class ListLogger<T> : ILogger<T>
 {
@@ -29,14 +21,14 @@ internal sealed class ListLogger<T> : ILogger<T>
     public bool Contains(string text) => Lines.Any(l => l.Message.Contains(text, StringComparison.Ordinal));
 }
 
-/// <summary>One vhost-user device (a <see cref="FakeDevice"/>) served on its own loop.</summary>
+/// <summary>One vhost-user device (a <see cref="FakeVirtioDevice"/>) served on its own loop.</summary>
 internal sealed class Backend : IAsyncDisposable
 {
     private readonly TempDir _dir;
     private readonly bool _ownsLoop;
     private readonly bool _ownsDir;
 
-    public Backend(VhostUserOptions? options = null, Func<IDeviceLoop, FakeDevice>? device = null, EventLoop? loop = null, TempDir? dir = null, string name = "dev0")
+    public Backend(VhostUserOptions? options = null, Func<IDeviceLoop, FakeVirtioDevice>? device = null, EventLoop? loop = null, TempDir? dir = null, string name = "dev0")
     {
         _ownsDir = dir is null;
         _dir = dir ?? new TempDir("vu");
@@ -44,7 +36,8 @@ internal sealed class Backend : IAsyncDisposable
         Loop = loop ?? new EventLoop($"test-{name}");
         Options = options ?? new VhostUserOptions();
         if (string.IsNullOrEmpty(Options.SocketPath)) Options.SocketPath = _dir[name + ".sock"];
-        Device = device?.Invoke(Loop) ?? new FakeDevice(Loop, name: name);
+        Device = device?.Invoke(Loop) ?? new FakeVirtioDevice(Loop, name: name);
+        Device.OnKick ??= Device.SignalUsed; // a device that answers each kick, unless the test set its own
         var host = new HostDescription { Gid = 1, StateDirectory = _dir.Path, SocketDirectory = _dir.Path };
         Transport = new VhostUserTransport(Options, Device.Description, host, Loop, Counters, Log);
         Loop.InvokeAsync(() => Transport.Start(Device)).GetAwaiter().GetResult();
@@ -52,7 +45,7 @@ internal sealed class Backend : IAsyncDisposable
 
     public EventLoop Loop { get; }
     public VhostUserOptions Options { get; }
-    public FakeDevice Device { get; }
+    public FakeVirtioDevice Device { get; }
     public VhostUserTransport Transport { get; }
     public TestCounters Counters { get; } = new();
     public ListLogger<VhostUserTransport> Log { get; } = new();

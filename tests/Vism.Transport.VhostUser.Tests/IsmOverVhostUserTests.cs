@@ -145,7 +145,7 @@ public sealed class IsmOverVhostUserTests
     private static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
 
     [Fact]
-    public async Task Two_devices_share_a_region_by_token_and_see_each_others_writes()
+    public async Task TwoDevicesShareARegionByTokenAndSeeEachOthersWrites()
     {
         await using var rig = new IsmRig();
         IsmPeer a = rig.Add("a");
@@ -173,7 +173,7 @@ public sealed class IsmOverVhostUserTests
     }
 
     [Fact]
-    public async Task A_write_to_the_notify_window_fires_the_vector_the_peer_bound_to_the_region()
+    public async Task AWriteToTheNotifyWindowFiresTheVectorThePeerBoundToTheRegion()
     {
         await using var rig = new IsmRig();
         IsmPeer a = rig.Add("a");
@@ -199,7 +199,7 @@ public sealed class IsmOverVhostUserTests
     }
 
     [Fact]
-    public async Task A_notify_followed_at_once_by_a_detach_reaches_the_peer_before_the_detach()
+    public async Task ANotifyFollowedAtOnceByADetachReachesThePeerBeforeTheDetach()
     {
         await using var rig = new IsmRig();
         // A 1 s poll interval makes the race certain: unless the NOTIFY window is scanned before
@@ -222,7 +222,7 @@ public sealed class IsmOverVhostUserTests
     }
 
     [Fact]
-    public async Task A_frontend_that_dies_releases_its_attachments_and_the_device_is_served_again()
+    public async Task AFrontendThatDiesReleasesItsAttachmentsAndTheDeviceIsServedAgain()
     {
         await using var rig = new IsmRig();
         IsmPeer a = rig.Add("a");
@@ -246,7 +246,7 @@ public sealed class IsmOverVhostUserTests
     }
 
     [Fact]
-    public async Task A_guest_reset_releases_the_devices_regions_and_the_frontend_drops_its_mappings()
+    public async Task AGuestResetReleasesTheDevicesRegionsAndTheFrontendDropsItsMappings()
     {
         await using var rig = new IsmRig();
         IsmPeer a = rig.Add("a");

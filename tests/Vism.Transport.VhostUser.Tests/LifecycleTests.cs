@@ -12,7 +12,7 @@ namespace Vism.Transport.VhostUser.Tests;
 public sealed class LifecycleTests
 {
     [Fact]
-    public async Task A_disconnect_releases_everything_and_the_socket_is_served_again()
+    public async Task ADisconnectReleasesEverythingAndTheSocketIsServedAgain()
     {
         await using var b = new Backend();
         int baseline = Fd.CountOpen();
@@ -24,7 +24,7 @@ public sealed class LifecycleTests
             using var block = new TestBlock(1 << 20);
             Assert.Null(b.Map(ShmId.Regions, 0, block, 1 << 20, writable: true));
         }
-        b.WaitFor(() => b.Device.Disconnects == 1 && !b.Transport.IsConnected, "the disconnect");
+        b.WaitFor(() => b.Device.DisconnectCount == 1 && !b.Transport.IsConnected, "the disconnect");
         Assert.Null(b.On(() => b.Device.Services));
         Assert.Equal(DeviceStatus.Reset, b.On(() => b.Device.Status));
         Descriptors.AssertBackTo(baseline, "after the disconnect");
@@ -38,12 +38,12 @@ public sealed class LifecycleTests
             f.Kick(0);
             Assert.True(f.WaitQueue(0, TimeSpan.FromSeconds(20)));
         }
-        b.WaitFor(() => b.Device.Disconnects == 2, "the second disconnect");
+        b.WaitFor(() => b.Device.DisconnectCount == 2, "the second disconnect");
         Descriptors.AssertBackTo(baseline, "after the second disconnect");
     }
 
     [Fact]
-    public async Task A_map_waiting_for_its_reply_fails_cleanly_when_the_frontend_disappears()
+    public async Task AMapWaitingForItsReplyFailsCleanlyWhenTheFrontendDisappears()
     {
         await using var b = new Backend();
         using var c = new RawClient(b.SocketPath);
@@ -64,7 +64,7 @@ public sealed class LifecycleTests
     }
 
     [Fact]
-    public async Task The_main_socket_is_served_while_a_map_reply_is_outstanding()
+    public async Task TheMainSocketIsServedWhileAMapReplyIsOutstanding()
     {
         await using var b = new Backend();
         using var c = new RawClient(b.SocketPath);
@@ -102,7 +102,7 @@ public sealed class LifecycleTests
     }
 
     [Fact]
-    public async Task A_frontend_that_never_answers_a_map_fails_it_and_keeps_the_connection()
+    public async Task AFrontendThatNeverAnswersAMapFailsItAndKeepsTheConnection()
     {
         await using var b = new Backend(new VhostUserOptions { BackendReplyTimeoutMs = 200 });
         using var c = new RawClient(b.SocketPath);
@@ -131,11 +131,11 @@ public sealed class LifecycleTests
     }
 
     [Fact]
-    public async Task Windows_that_do_not_add_up_to_a_power_of_two_are_refused_at_start()
+    public async Task WindowsThatDoNotAddUpToAPowerOfTwoAreRefusedAtStart()
     {
         using var loop = new EventLoop("layout");
         using var dir = new TempDir("vu");
-        var device = new FakeDevice(loop, regionsWindow: 3 << 20, notifyWindow: 2 << 20);
+        var device = new FakeVirtioDevice(loop, regionsWindow: 3 << 20, notifyWindow: 2 << 20);
         var host = new HostDescription { Gid = 1, StateDirectory = dir.Path, SocketDirectory = dir.Path };
         await using var t = new VhostUserTransport(new VhostUserOptions(), device.Description, host, loop, new TestCounters(), new ListLogger<VhostUserTransport>());
         var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => loop.InvokeAsync(() => t.Start(device)));
@@ -144,7 +144,7 @@ public sealed class LifecycleTests
     }
 
     [Fact]
-    public async Task A_thousand_devices_on_two_loops_serve_a_request_each()
+    public async Task AThousandDevicesOnTwoLoopsServeARequestEach()
     {
         const int devices = 1000;
         Fd.RaiseOpenFileLimit();

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Vism.Abstractions;
 using Vism.Native;
 
@@ -7,6 +6,8 @@ namespace Vism.Transport.VhostUser.Tests;
 /// <summary>
 /// The poller's adaptive policy, step by step, on a loop whose clock the test advances (the only
 /// double here: the NOTIFY window is a real memfd mapping and the device records what it is told).
+/// Scans are queued with the loop's <see cref="NotifyScanner"/> on a grid of the interval, so the
+/// tests assert when scans happen on that clock.
 /// </summary>
 public sealed class NotifyPollerTests : IDisposable
 {
@@ -14,7 +15,8 @@ public sealed class NotifyPollerTests : IDisposable
     private static readonly TimeSpan Slow = TimeSpan.FromMicroseconds(800);
 
     private readonly ManualLoop _loop = new();
-    private readonly FakeDevice _device;
+    private readonly NotifyScanner _scanner;
+    private readonly FakeVirtioDevice _device;
     private readonly Microsoft.Win32.SafeHandles.SafeFileHandle _fd = MemFd.Create("poller-test", 4096);
     private readonly Mapping _window;
     private readonly TestCounters _counters = new();
@@ -22,15 +24,16 @@ public sealed class NotifyPollerTests : IDisposable
 
     public NotifyPollerTests()
     {
-        _device = new FakeDevice(_loop, notifySize: 8) { SlotsInUse = 4 };
+        _scanner = new NotifyScanner(_loop, () => _loop.Now);
+        _device = new FakeVirtioDevice(_loop, notifySize: 8) { SlotsInUse = 4 };
         _window = Mapping.Map(_fd, 0, 4096);
-        _poller = new NotifyPoller(_device, _window, _loop, _counters, new NotifyPollPolicy(Fast, Slow, TimeSpan.Zero));
+        _poller = new NotifyPoller(_device, _window, _scanner, _counters, new NotifyPollPolicy(Fast, Slow, TimeSpan.Zero));
     }
 
     private void WithHold(TimeSpan hold)
     {
         _poller.Dispose();
-        _poller = new NotifyPoller(_device, _window, _loop, _counters, new NotifyPollPolicy(Fast, Slow, hold));
+        _poller = new NotifyPoller(_device, _window, _scanner, _counters, new NotifyPollPolicy(Fast, Slow, hold));
     }
 
     public void Dispose()
@@ -41,17 +44,23 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void Empty_scans_double_the_interval_up_to_the_slow_one_and_a_hit_brings_back_the_fast_one()
+    public void EmptyScans_DoubleTheIntervalUpToTheSlowOne_AndAHitBringsBackTheFastOne()
     {
         _poller.Activity();
-        var intervals = new List<TimeSpan>();
+        var scannedAt = new List<int>();
+        var intervals = new List<int>();
         for (int i = 0; i < 7; i++)
-            intervals.Add(_loop.FireNext());
-        Assert.Equal([50, 100, 200, 400, 800, 800, 800], intervals.Select(t => (int)t.TotalMicroseconds));
+        {
+            scannedAt.Add((int)_loop.FireNext().TotalMicroseconds);
+            intervals.Add((int)_poller.Interval.TotalMicroseconds);
+        }
+        // Each scan lies on the grid of its interval, at most one interval after the previous one.
+        Assert.Equal([50, 100, 200, 400, 800, 1600, 2400], scannedAt);
+        Assert.Equal([100, 200, 400, 800, 800, 800, 800], intervals);
         Assert.Empty(_device.NotifyWrites);
 
         _window.Span(3 * 8, 8)[0] = 1; // the driver writes slot 3
-        Assert.Equal(Slow, _loop.FireNext()); // that scan was due after the slow interval ...
+        Assert.Equal(3200, (int)_loop.FireNext().TotalMicroseconds); // that scan was due after the slow interval ...
         Assert.Equal([24UL], _device.NotifyWrites.ToArray());
         Assert.Equal(Fast, _loop.PendingDelay); // ... and the next one comes after the fast one
         Assert.Equal(1, _window.Span(3 * 8, 8)[0]); // the device never writes the window
@@ -61,11 +70,11 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void Any_value_written_at_any_byte_of_a_slot_is_one_update_zero_included()
+    public void Scan_AnyValueAtAnyByteOfASlot_IsOneUpdateZeroIncluded()
     {
         // notify_size 16: the bytes after the first eight count too (issue 14, point 3).
-        var device = new FakeDevice(_loop, notifySize: 16) { SlotsInUse = 2 };
-        using var poller = new NotifyPoller(device, _window, _loop, _counters, new NotifyPollPolicy(Fast, Slow, TimeSpan.Zero));
+        var device = new FakeVirtioDevice(_loop, notifySize: 16) { SlotsInUse = 2 };
+        using var poller = new NotifyPoller(device, _window, _scanner, _counters, new NotifyPollPolicy(Fast, Slow, TimeSpan.Zero));
         var expected = new List<ulong>();
         for (int at = 0; at < 16; at++)
         {
@@ -81,7 +90,7 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void Rewriting_the_value_a_slot_already_holds_is_not_seen_so_a_driver_must_change_it()
+    public void Scan_TheValueASlotAlreadyHolds_IsNotSeenSoADriverMustChangeIt()
     {
         _window.Span(0, 8)[0] = 7;
         Assert.Equal(1, _poller.Scan());
@@ -93,7 +102,7 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void A_cleared_window_starts_a_new_snapshot()
+    public void ResetSnapshot_ClearedWindow_StartsANewSnapshot()
     {
         _window.Span(8, 8)[0] = 3;
         Assert.Equal(1, _poller.Scan());
@@ -105,36 +114,50 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void With_a_hold_time_the_interval_stays_fast_that_long_after_activity_and_after_each_hit()
+    public void Hold_AfterActivityAndAfterEachHit_KeepsTheFastIntervalThatLong()
     {
         WithHold(TimeSpan.FromMicroseconds(200)); // four empty scans at 50 us
         _poller.Activity();
         var intervals = new List<int>();
         for (int i = 0; i < 8; i++)
-            intervals.Add((int)_loop.FireNext().TotalMicroseconds);
-        Assert.Equal([50, 50, 50, 50, 50, 100, 200, 400], intervals);
+        {
+            _loop.FireNext();
+            intervals.Add((int)_poller.Interval.TotalMicroseconds);
+        }
+        Assert.Equal([50, 50, 50, 50, 100, 200, 400, 800], intervals);
 
         _window.Span(0, 8)[0] = 1;
         _loop.FireNext(); // the hit
         intervals.Clear();
         for (int i = 0; i < 6; i++)
-            intervals.Add((int)_loop.FireNext().TotalMicroseconds);
-        Assert.Equal([50, 50, 50, 50, 50, 100], intervals);
+        {
+            _loop.FireNext();
+            intervals.Add((int)_poller.Interval.TotalMicroseconds);
+        }
+        Assert.Equal([50, 50, 50, 50, 100, 200], intervals);
         Assert.Equal([0UL], _device.NotifyWrites.ToArray());
     }
 
     [Fact]
-    public void Activity_during_a_slow_interval_reschedules_the_scan_at_the_fast_interval()
+    public void Activity_DuringASlowInterval_ReschedulesTheScanAtTheFastInterval()
     {
         _poller.Activity();
         while (_loop.PendingDelay < Slow) _loop.FireNext();
+        _loop.Advance(TimeSpan.FromMicroseconds(330)); // somewhere inside the slow interval
+        TimeSpan slowScanAt = _poller.DueAt;
         _poller.Activity(); // a kick or a new mapping
-        Assert.Equal(Fast, _loop.PendingDelay);
+        Assert.True(_loop.PendingDelay <= Fast, $"next scan in {_loop.PendingDelay}");
         Assert.Equal(1, _loop.LiveTimers);
+        long scans = _poller.Scans;
+        while (_loop.Now < slowScanAt) _loop.FireNext();
+        // Only the scans of the new schedule ran (grid points of 50, 100, 200 us ...): the slow one
+        // it replaced, left in the queue, was dropped when its time came.
+        Assert.True(_poller.DueAt > slowScanAt);
+        Assert.InRange(_poller.Scans - scans, 1, 5);
     }
 
     [Fact]
-    public void Activity_while_a_fast_scan_is_pending_keeps_that_scan()
+    public void Activity_WhileAFastScanIsPending_KeepsThatScan()
     {
         _poller.Activity();
         int scheduled = _loop.Scheduled;
@@ -144,7 +167,7 @@ public sealed class NotifyPollerTests : IDisposable
     }
 
     [Fact]
-    public void Polling_stops_when_no_slot_is_in_use_and_restarts_on_activity()
+    public void Polling_NoSlotInUse_StopsAndRestartsOnActivity()
     {
         _poller.Activity();
         _device.SlotsInUse = 0;
@@ -157,48 +180,16 @@ public sealed class NotifyPollerTests : IDisposable
         _device.SlotsInUse = 1;
         _poller.Activity();
         Assert.True(_poller.Armed);
-        Assert.Equal(Fast, _loop.PendingDelay);
+        Assert.True(_loop.PendingDelay <= Fast);
     }
 
-    /// <summary>A loop run by the test: <see cref="FireNext"/> runs the earliest live timer.</summary>
-    private sealed class ManualLoop : IDeviceLoop
+    [Fact]
+    public void Stop_LeavesNoTimerAndNoQueuedScan()
     {
-        private readonly List<Timer> _timers = [];
-
-        public bool IsOnLoop => true;
-        public int Scheduled { get; private set; }
-        public int LiveTimers => _timers.Count(t => !t.Cancelled);
-
-        /// <summary>The delay of the one live timer.</summary>
-        public TimeSpan PendingDelay => _timers.Single(t => !t.Cancelled).Delay;
-
-        public void Post(Action work) => work();
-
-        public IDisposable WatchReadable(SafeHandle fd, Action onReadable) => throw new NotSupportedException();
-
-        public IDisposable Schedule(TimeSpan due, Action callback)
-        {
-            Scheduled++;
-            var t = new Timer(due, callback);
-            _timers.Add(t);
-            return t;
-        }
-
-        /// <summary>Runs the one live timer and returns the delay it was scheduled with.</summary>
-        public TimeSpan FireNext()
-        {
-            Timer t = _timers.Single(t => !t.Cancelled);
-            _timers.Clear();
-            t.Callback();
-            return t.Delay;
-        }
-
-        private sealed class Timer(TimeSpan delay, Action callback) : IDisposable
-        {
-            public TimeSpan Delay { get; } = delay;
-            public Action Callback { get; } = callback;
-            public bool Cancelled { get; private set; }
-            public void Dispose() => Cancelled = true;
-        }
+        _poller.Activity();
+        _poller.Stop();
+        Assert.False(_poller.Armed);
+        Assert.Equal(0, _loop.LiveTimers);
+        Assert.Equal(0, _scanner.Queued);
     }
 }

@@ -15,7 +15,7 @@ public sealed class OperatorHintTests
     [InlineData(2, false)]
     public async Task AFrontendWithTooFewQueues_IsToldTheEventqIsMissingAndToStartQemuWithNumVqs2(int frontendQueues, bool warned)
     {
-        await using var b = new Backend(options: new VhostUserOptions { Vectors = 0 }, device: loop => new FakeDevice(loop, queueCount: 2));
+        await using var b = new Backend(options: new VhostUserOptions { Vectors = 0 }, device: loop => new FakeVirtioDevice(loop, queueCount: 2));
         using var ram = new GuestRam();
         // As QEMU with num_vqs=1 (or 2): it announces that many queues, then reads the device.
         using VhostUserFrontend f = b.Connect(ram, new VhostUserFrontendOptions { QueueCount = frontendQueues });

@@ -16,7 +16,7 @@ public sealed class OptionsTests
     };
 
     [Fact]
-    public void Defaults_are_valid_and_claim_the_socket_in_the_socket_directory()
+    public void DefaultsAreValidAndClaimTheSocketInTheSocketDirectory()
     {
         var ctx = new RecordingValidationContext(Device);
         new VhostUserOptions().Validate(ctx);
@@ -34,7 +34,7 @@ public sealed class OptionsTests
     }
 
     [Fact]
-    public void Every_bad_value_is_reported_against_its_key()
+    public void EveryBadValueIsReportedAgainstItsKey()
     {
         var ctx = new RecordingValidationContext(Device);
         new VhostUserOptions
@@ -53,7 +53,7 @@ public sealed class OptionsTests
     }
 
     [Fact]
-    public void The_plugin_registers_the_vhost_user_transport_with_its_options()
+    public void ThePluginRegistersTheVhostUserTransportWithItsOptions()
     {
         var builder = new RecordingPluginBuilder();
         new VhostUserPlugin().Register(builder);
@@ -69,7 +69,7 @@ public sealed class OptionsTests
 public sealed class TransportAbuseTests
 {
     [Fact]
-    public async Task More_than_eight_fds_in_one_message_close_the_connection_and_leak_nothing()
+    public async Task MoreThanEightFdsInOneMessageCloseTheConnectionAndLeakNothing()
     {
         await using var b = new Backend();
         using var c = new RawClient(b.SocketPath);
@@ -92,7 +92,7 @@ public sealed class TransportAbuseTests
     }
 
     [Fact]
-    public async Task A_frontend_that_stops_reading_replies_is_dropped_and_the_loop_keeps_serving()
+    public async Task AFrontendThatStopsReadingRepliesIsDroppedAndTheLoopKeepsServing()
     {
         await using var shared = new Backend(name: "other");
         await using var b = new Backend(loop: shared.Loop, name: "stuck");

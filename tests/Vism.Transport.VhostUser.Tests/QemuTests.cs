@@ -21,11 +21,11 @@ public sealed class QemuTests
     ];
 
     [SkippableFact]
-    public async Task Qemu_realizes_the_device_with_its_shared_memory_bar_and_vism_serves_the_next_qemu()
+    public async Task QemuRealizesTheDeviceWithItsSharedMemoryBarAndVismServesTheNextQemu()
     {
         string root = Machine.QemuRoot;
         const ulong regions = 62UL << 20, notify = 2UL << 20;
-        await using var b = new Backend(device: loop => new FakeDevice(loop, regionsWindow: regions, notifyWindow: notify));
+        await using var b = new Backend(device: loop => new FakeVirtioDevice(loop, regionsWindow: regions, notifyWindow: notify));
         for (int run = 1; run <= 2; run++)
         {
             using var dir = new TempDir("qemu");
@@ -44,7 +44,7 @@ public sealed class QemuTests
             Assert.True(qemu.WaitForExit(TimeSpan.FromSeconds(30)), "QEMU did not quit");
             Assert.Equal(0, qemu.Process.ExitCode);
             b.WaitFor(() => !b.Transport.IsConnected, $"run {run}: vism to see QEMU go");
-            Assert.Equal(run, b.On(() => b.Device.Disconnects));
+            Assert.Equal(run, b.On(() => b.Device.DisconnectCount));
         }
         Assert.Equal(0, b.Counters.Get("vhost-user.request-errors"));
         Assert.Equal(2, b.Counters.Get("vhost-user.connections"));
@@ -67,7 +67,7 @@ public sealed class QemuStartTests
     private static readonly TimeSpan Wait = TimeSpan.FromSeconds(30);
 
     [SkippableFact]
-    public async Task Qemu_starts_the_device_and_a_region_allocated_through_qemu_is_shared_with_another_device()
+    public async Task QemuStartsTheDeviceAndARegionAllocatedThroughQemuIsSharedWithAnotherDevice()
     {
         string root = Machine.QemuRoot;
         await using var rig = new IsmRig();

@@ -18,7 +18,7 @@ public sealed class RandomFrontendTests
     [InlineData(2)]
     [InlineData(3)]
     [InlineData(4)]
-    public async Task Random_well_framed_messages_never_crash_leak_or_block_the_next_frontend(int seed)
+    public async Task RandomWellFramedMessagesNeverCrashLeakOrBlockTheNextFrontend(int seed)
     {
         var random = new Random(seed);
         await using var b = new Backend();

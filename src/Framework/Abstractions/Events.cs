@@ -24,25 +24,71 @@ public interface IEventChannel : IDisposable
     void Deactivate();
 
     /// <summary>A peer updated a region this device references.</summary>
-    /// <param name="offset">The region's offset in this device's REGIONS window.</param>
-    void OnRegionUpdated(ulong offset);
+    /// <param name="region">The region's slot and its offset in this device's REGIONS window.</param>
+    /// <remarks>Default: calls the obsolete <see cref="OnRegionUpdated(ulong)"/>, so a channel
+    /// written against contract revision 1.0 keeps working. Implement this one.</remarks>
+#pragma warning disable CS0618 // the defaults forward to the members they replace
+    void OnRegionUpdated(RegionSlot region) => OnRegionUpdated(region.Offset);
 
-    /// <summary>This device no longer references the region at <paramref name="offset"/>:
-    /// drop its pending events and its vector binding. Default: nothing (a channel that keeps no
-    /// per-region state has nothing to drop).</summary>
+    /// <summary>This device no longer references the region in <paramref name="region"/>: drop its
+    /// pending events and its vector binding.</summary>
+    /// <param name="region">The region's slot and its offset in this device's REGIONS window.</param>
+    /// <remarks>Default: calls the obsolete <see cref="OnRegionDetached(ulong)"/>, whose own default
+    /// does nothing (a channel that keeps no per-region state has nothing to drop).</remarks>
+    void OnRegionDetached(RegionSlot region) => OnRegionDetached(region.Offset);
+
+    /// <summary>EVENT_VECTOR: bind the region in <paramref name="region"/> (already checked to be
+    /// attached to this device) to <paramref name="vector"/>.</summary>
+    /// <param name="region">The region's slot and its offset in this device's REGIONS window.</param>
+    /// <param name="vector">The vector the driver chose.</param>
+    /// <param name="refusal">Why not, when it returns false: the device acks ERR, counts
+    /// <c>err.</c> + <see cref="Refusal.Counter"/> and logs <see cref="Refusal.Detail"/>
+    /// (<see cref="EventVectorRejected"/> is the counter of a channel with nothing more specific).</param>
+    /// <returns>Whether the binding was recorded.</returns>
+    /// <remarks>Default: calls the obsolete <see cref="TryBindVector(ulong, ulong, out string?)"/>
+    /// and reports its reason under <see cref="EventVectorRejected"/>; that one's own default
+    /// refuses with "this event channel binds no vectors", the answer of a channel that does not
+    /// offer VIRTIO_ISM_F_EVENT_IRQ.</remarks>
+    bool TryBindVector(RegionSlot region, ulong vector, out Refusal refusal)
+    {
+        if (TryBindVector(region.Offset, vector, out string? failure))
+        {
+            refusal = default;
+            return true;
+        }
+        refusal = new Refusal(EventVectorRejected, failure ?? "the event channel refused the vector");
+        return false;
+    }
+#pragma warning restore CS0618
+
+    /// <summary>The counter of an EVENT_VECTOR an event channel refused without a more specific name.</summary>
+    const string EventVectorRejected = "event-vector.rejected";
+
+    /// <summary>Contract 1.0: a peer updated the region at <paramref name="offset"/>.</summary>
     /// <param name="offset">The region's offset in this device's REGIONS window.</param>
+    /// <remarks>The host calls <see cref="OnRegionUpdated(RegionSlot)"/>, which carries the slot
+    /// too; this is only what that member's default forwards to. Default: throws
+    /// <see cref="NotSupportedException"/> (a channel must implement one of the two).</remarks>
+    [Obsolete("Implement OnRegionUpdated(RegionSlot): it carries the region's slot as well as its offset.")]
+    void OnRegionUpdated(ulong offset) =>
+        throw new NotSupportedException($"{GetType().Name} implements neither OnRegionUpdated(RegionSlot) nor OnRegionUpdated(ulong)");
+
+    /// <summary>Contract 1.0: the device no longer references the region at <paramref name="offset"/>.</summary>
+    /// <param name="offset">The region's offset in this device's REGIONS window.</param>
+    /// <remarks>What <see cref="OnRegionDetached(RegionSlot)"/>'s default forwards to. Default: nothing.</remarks>
+    [Obsolete("Implement OnRegionDetached(RegionSlot): it carries the region's slot as well as its offset.")]
     void OnRegionDetached(ulong offset)
     {
     }
 
-    /// <summary>EVENT_VECTOR: bind the region at <paramref name="offset"/> (already checked to be
-    /// attached to this device) to <paramref name="vector"/>.</summary>
+    /// <summary>Contract 1.0: EVENT_VECTOR for the region at <paramref name="offset"/>.</summary>
     /// <param name="offset">The region's offset in this device's REGIONS window.</param>
     /// <param name="vector">The vector the driver chose.</param>
-    /// <param name="failure">The reason, when it returns false (the ack is then ERR).</param>
+    /// <param name="failure">The reason, when it returns false.</param>
     /// <returns>Whether the binding was recorded.</returns>
-    /// <remarks>Default: refuses (ERR ack) with "this event channel binds no vectors", the answer of
-    /// a channel that does not offer VIRTIO_ISM_F_EVENT_IRQ.</remarks>
+    /// <remarks>What <see cref="TryBindVector(RegionSlot, ulong, out Refusal)"/>'s default forwards
+    /// to. Default: refuses with "this event channel binds no vectors".</remarks>
+    [Obsolete("Implement TryBindVector(RegionSlot, ulong, out Refusal): it carries the region's slot and reports a Refusal.")]
     bool TryBindVector(ulong offset, ulong vector, out string? failure)
     {
         failure = "this event channel binds no vectors";

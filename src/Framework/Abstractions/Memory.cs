@@ -47,7 +47,7 @@ public readonly record struct RecoveredBlock(ulong Token, IMemoryBlock Block);
 
 /// <summary>
 /// A memory plugin: where regions live. One instance per device, created through DI with its
-/// options type. All members are called on the device's loop, except <see cref="TryAllocate"/>
+/// options type. All members are called on the device's loop, except <see cref="TryAllocate(ulong, ulong, out Refusal)"/>
 /// when <see cref="AllocatesOffLoop"/> is true.
 /// </summary>
 public interface IMemoryBackend : IDisposable
@@ -56,12 +56,12 @@ public interface IMemoryBackend : IDisposable
     ulong PageSize { get; }
 
     /// <summary>
-    /// Whether the core may call <see cref="TryAllocate"/> on a thread-pool thread instead of the
+    /// Whether the core may call <see cref="TryAllocate(ulong, ulong, out Refusal)"/> on a thread-pool thread instead of the
     /// device's loop. Claiming pages can take milliseconds (tmpfs zeroes every 4 KiB page of a
     /// large region; a persistent region is fsynced), and a loop serves many devices, so a backend
     /// whose claim can be slow should say true: the ALLOC then waits off the loop and the other
     /// devices of the loop are not held up. A backend that says true must let
-    /// <see cref="TryAllocate"/> run concurrently with its other members and with
+    /// <see cref="TryAllocate(ulong, ulong, out Refusal)"/> run concurrently with its other members and with
     /// <see cref="IMemoryBlock.Release"/> and <see cref="IDisposable.Dispose"/> of blocks it
     /// handed out (one device issues one ALLOC at a time, but an ALLOC abandoned by a device reset
     /// may still be running when the next one starts). Default false: everything on the loop.
@@ -83,9 +83,37 @@ public interface IMemoryBackend : IDisposable
     /// exhaustion shows here and never as a SIGBUS later.</summary>
     /// <param name="length">Bytes to claim.</param>
     /// <param name="token">The token of the region being created (a persistent backend records it).</param>
-    /// <param name="failure">Why it failed (no space, no huge pages), when it returns null.</param>
+    /// <param name="refusal">Why not (no space, no huge pages), when it returns null: the device
+    /// acks the ALLOC with ERR, counts <c>err.</c> + <see cref="Refusal.Counter"/> and logs
+    /// <see cref="Refusal.Detail"/>. <see cref="AllocNoMemory"/> is the counter of a backend with
+    /// nothing more specific to say.</param>
     /// <returns>The block, or null when memory is exhausted.</returns>
-    IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure);
+    /// <remarks>Default: calls the obsolete <see cref="TryAllocate(ulong, ulong, out string?)"/> and
+    /// reports its reason under <see cref="AllocNoMemory"/>, so a backend written against contract
+    /// revision 1.0 keeps working. Implement this one.</remarks>
+    IMemoryBlock? TryAllocate(ulong length, ulong token, out Refusal refusal)
+    {
+#pragma warning disable CS0618 // the default forwards to the member it replaces
+        IMemoryBlock? block = TryAllocate(length, token, out string? failure);
+#pragma warning restore CS0618
+        refusal = block is null ? new Refusal(AllocNoMemory, failure ?? "the memory backend gave no reason") : default;
+        return block;
+    }
+
+    /// <summary>The counter of an ALLOC a memory backend refused without a more specific name.</summary>
+    const string AllocNoMemory = "alloc.no-memory";
+
+    /// <summary>Contract 1.0: claims <paramref name="length"/> bytes, reporting a failure as a sentence.</summary>
+    /// <param name="length">Bytes to claim.</param>
+    /// <param name="token">The token of the region being created.</param>
+    /// <param name="failure">Why it failed, when it returns null.</param>
+    /// <returns>The block, or null when memory is exhausted.</returns>
+    /// <remarks>The host calls <see cref="TryAllocate(ulong, ulong, out Refusal)"/>; this is only
+    /// what that member's default forwards to. Default: throws <see cref="NotSupportedException"/>
+    /// (a backend must implement one of the two).</remarks>
+    [Obsolete("Implement TryAllocate(ulong, ulong, out Refusal): a refusal names its counter as well as its reason.")]
+    IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure) =>
+        throw new NotSupportedException($"{GetType().Name} implements neither TryAllocate(ulong, ulong, out Refusal) nor TryAllocate(ulong, ulong, out string?)");
 
     /// <summary>Regions persisted by an earlier run (empty unless the backend persists regions).
     /// Called once, at start-up, before any allocation. Default: none (a backend that does not

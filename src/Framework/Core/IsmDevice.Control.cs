@@ -246,11 +246,11 @@ public sealed partial class IsmDevice
         ulong token = Host.NewToken();
         // A reset, a controlq restart or the device's removal that comes while the backend works
         // ends the run: nobody will know this region, so its memory goes back at once.
-        (IMemoryBlock? block, string? failure) = await run.AwaitAsync(
+        (IMemoryBlock? block, Refusal refused) = await run.AwaitAsync(
             _memory.AllocatesOffLoop ? AllocateOffLoopAsync(length, token) : Task.FromResult(Allocate(length, token)),
             abandoned => { if (abandoned.Block is not null) DiscardBlock(abandoned.Block); });
         if (block is null)
-            return new Refusal("alloc.no-memory", failure ?? "the memory backend gave no reason");
+            return refused;
         if (block.Length < length || block.Length > regionSize || block.Length % DeviceLayout.PageSize != 0 || block.Offset % DeviceLayout.PageSize != 0)
         {
             string what = $"the memory backend returned {block.Length} bytes at offset {block.Offset} for {length}";
@@ -279,30 +279,33 @@ public sealed partial class IsmDevice
         return ControlReply.Of(token, (ulong)slot * regionSize);
     }
 
-    /// <summary>Calls the backend; an exception becomes a failure reason.</summary>
-    private (IMemoryBlock? Block, string? Failure) Allocate(ulong length, ulong token)
+    /// <summary>Calls the backend; an exception, or a refusal without a counter, becomes an
+    /// <see cref="IMemoryBackend.AllocNoMemory"/> refusal.</summary>
+    private (IMemoryBlock? Block, Refusal Refused) Allocate(ulong length, ulong token)
     {
         try
         {
-            IMemoryBlock? block = _memory.TryAllocate(length, token, out string? failure);
-            return (block, failure);
+            IMemoryBlock? block = _memory.TryAllocate(length, token, out Refusal refused);
+            if (block is null && string.IsNullOrEmpty(refused.Counter))
+                refused = new Refusal(IMemoryBackend.AllocNoMemory, refused.Detail ?? "the memory backend gave no reason");
+            return (block, refused);
         }
         catch (Exception ex)
         {
-            return (null, $"the memory backend threw {ex.GetType().Name}: {ex.Message}");
+            return (null, new Refusal(IMemoryBackend.AllocNoMemory, $"the memory backend threw {ex.GetType().Name}: {ex.Message}"));
         }
     }
 
     /// <summary>Runs <see cref="Allocate"/> on a thread-pool thread and resumes on the loop, so a
     /// slow claim holds up only this device's controlq, not the other devices of the loop.</summary>
-    private Task<(IMemoryBlock? Block, string? Failure)> AllocateOffLoopAsync(ulong length, ulong token)
+    private Task<(IMemoryBlock? Block, Refusal Refused)> AllocateOffLoopAsync(ulong length, ulong token)
     {
         // Completed on the loop thread, so the awaiting continuation runs there.
-        var done = new TaskCompletionSource<(IMemoryBlock?, string?)>();
+        var done = new TaskCompletionSource<(IMemoryBlock?, Refusal)>();
         Counters.Increment("alloc.off-loop");
         ThreadPool.UnsafeQueueUserWorkItem(_ =>
         {
-            (IMemoryBlock? Block, string? Failure) result = Allocate(length, token);
+            (IMemoryBlock? Block, Refusal Refused) result = Allocate(length, token);
             try
             {
                 Loop.Post(() => done.SetResult(result));
@@ -331,20 +334,10 @@ public sealed partial class IsmDevice
         int slot = _slots.Take();
         if (slot < 0)
             return new Refusal("attach.no-slot", $"all {Description.MaxRegions} region slots are in use");
-        string? refused = Host.TryAttach(this, slot, token, out Region? region, out bool writable);
-        if (refused is not null)
+        if (Host.TryAttach(this, slot, token, out Region? region, out bool writable) is { } refused)
         {
             _slots.Return(slot);
-            return new Refusal("attach." + refused, refused switch
-            {
-                "unknown-token" => "no region has this token",
-                "already-attached" => "this device already references the region",
-                "region-too-large" => $"the region is larger than this device's region_size {Description.RegionSize}",
-                "denied" => "the region's permissions do not let this device attach",
-                "no-access" => "the region's permissions do not give this device READ (every mapping is readable, so WRITE alone cannot be granted exactly)",
-                "pair-taken" => "the region is already shared by two other devices (sharing = pair)",
-                _ => refused,
-            });
+            return refused;
         }
         var entry = new SlotEntry(region!, writable);
         _regions.Add(slot, entry);
@@ -368,7 +361,7 @@ public sealed partial class IsmDevice
             return new Refusal("detach.unmap-failed", failure);
         DropSlot(slot, entry);
         if (_eventContext is not null)
-            CallEvents(e => e.OnRegionDetached(offset), "OnRegionDetached");
+            CallEvents(e => e.OnRegionDetached(new RegionSlot(slot, offset)), "OnRegionDetached");
         Counters.Increment("regions.detached");
         return ControlReply.Ok;
     }
@@ -461,7 +454,7 @@ public sealed partial class IsmDevice
         }
         DropSlot(slot, entry);
         if (_eventContext is not null)
-            CallEvents(e => e.OnRegionDetached(offset), "OnRegionDetached");
+            CallEvents(e => e.OnRegionDetached(new RegionSlot(slot, offset)), "OnRegionDetached");
         Counters.Increment("perm.live.revoked");
         _log.LogInformation("device {Name} (devid {DevId}): region at 0x{Offset:x} unmapped and dropped: its permissions changed to {Permissions} (ATTACH and READ are needed to keep it)",
             Description.Name, DevId, offset, now);
@@ -473,9 +466,8 @@ public sealed partial class IsmDevice
             return new Refusal("grant.not-assigned", $"no region at offset 0x{offset:x}");
         if ((permissions & ~(ulong)IsmPermissions.All) != 0)
             return new Refusal("grant.bad-permissions", $"permissions 0x{permissions:x} have undefined bits");
-        string? refused = Host.TryGrant(entry.Region, this, peer, (IsmPermissions)permissions);
-        if (refused is not null)
-            return new Refusal("grant." + refused, "this device lacks MANAGE on the region");
+        if (Host.TryGrant(entry.Region, this, peer, (IsmPermissions)permissions) is { } refused)
+            return refused;
         _log.LogDebug("device {Name}: region at 0x{Offset:x}: permissions of {Peer} set to {Permissions}",
             Description.Name, offset, peer == 0 ? "the default entry" : $"devid {peer}", (IsmPermissions)permissions);
         return ControlReply.Ok;
@@ -485,16 +477,14 @@ public sealed partial class IsmDevice
     {
         if (!Features.Has(DriverFeatures, Features.IsmEventIrq))
             return new Refusal("event-vector.not-negotiated", "VIRTIO_ISM_F_EVENT_IRQ was not negotiated");
-        if (!TryFindSlot(offset, out _, out _))
+        if (!TryFindSlot(offset, out int slot, out _))
             return new Refusal("event-vector.not-assigned", $"no region at offset 0x{offset:x}");
         if (_eventContext is null)
             return new Refusal("event-vector.no-channel", "the event channel is not active");
-        string? failure = null;
+        Refusal refusal = new(IEventChannel.EventVectorRejected, "the event channel failed");
         bool bound = false;
-        CallEvents(e => bound = e.TryBindVector(offset, vector, out failure), "TryBindVector");
-        if (!bound)
-            return new Refusal("event-vector.rejected", failure ?? "the event channel refused the vector");
-        return ControlReply.Ok;
+        CallEvents(e => bound = e.TryBindVector(new RegionSlot(slot, offset), vector, out refusal), "TryBindVector");
+        return bound ? ControlReply.Ok : refusal;
     }
 
     private bool TryFindSlot(ulong offset, out int slot, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out SlotEntry? entry)
@@ -516,8 +506,8 @@ public sealed partial class IsmDevice
         string? size = block.CheckSize();
         if (size is not null)
         {
-            Counters.Increment("err.map.size-mismatch");
-            _log.LogError("device {Name} (devid {DevId}): the region's backing is refused for mapping: {Problem}", Description.Name, DevId, size);
+            RateLimitedLog.Count(Counters, _log, LogLevel.Error, "err.map.size-mismatch",
+                "device {Name} (devid {DevId}): the region's backing is refused for mapping: {Problem}", Description.Name, DevId, size);
             return $"the region's backing changed size: {size}";
         }
         ReadOnlyBlock? readOnly = null;

@@ -58,8 +58,8 @@ public sealed partial class IsmDevice
             return;
         }
         Counters.Increment("events.updates");
-        ulong offset = (ulong)slot * Description.RegionSize;
-        CallEvents(e => e.OnRegionUpdated(offset), "OnRegionUpdated");
+        RegionSlot at = RegionSlot.Of(slot, Description.RegionSize);
+        CallEvents(e => e.OnRegionUpdated(at), "OnRegionUpdated");
     }
 
     private void ActivateEvents()

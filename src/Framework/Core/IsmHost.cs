@@ -346,26 +346,26 @@ public sealed class IsmHost : IDisposable
     /// <summary>Adds a reference from <paramref name="device"/> at <paramref name="slot"/> to the
     /// region with <paramref name="token"/>, after checking existence, permissions, size and the
     /// sharing rule.</summary>
-    /// <returns>Null on success, otherwise a counter suffix naming the reason.</returns>
-    internal string? TryAttach(IsmDevice device, int slot, ulong token, out Region? region, out bool writable)
+    /// <returns>Null on success, otherwise the refusal (<c>attach.*</c>).</returns>
+    internal Refusal? TryAttach(IsmDevice device, int slot, ulong token, out Region? region, out bool writable)
     {
         writable = false;
         RegionRecord? record;
         lock (_lock)
         {
             if (!_regions.TryGetValue(token, out region))
-                return "unknown-token";
+                return new Refusal("attach.unknown-token", "no region has this token");
             if (region.IsReferencedBy(device))
-                return "already-attached";
+                return new Refusal("attach.already-attached", "this device already references the region");
             if (region.Length > device.Description.RegionSize)
-                return "region-too-large";
+                return new Refusal("attach.region-too-large", $"the region is larger than this device's region_size {device.Description.RegionSize}");
             IsmPermissions perms = region.EffectiveFor(device.DevId);
             if ((perms & IsmPermissions.Attach) == 0)
-                return "denied";
+                return new Refusal("attach.denied", "the region's permissions do not let this device attach");
             if ((perms & IsmPermissions.Read) == 0)
-                return "no-access";
+                return new Refusal("attach.no-access", "the region's permissions do not give this device READ (every mapping is readable, so WRITE alone cannot be granted exactly)");
             if (Sharing == SharingMode.Pair && !region.PairAllows(device.DevId))
-                return "pair-taken";
+                return new Refusal("attach.pair-taken", "the region is already shared by two other devices (sharing = pair)");
             writable = (perms & IsmPermissions.Write) != 0;
             region.AddPeer(device.DevId);
             if (region.Recovered && region.OwnerDevId == 0)
@@ -410,15 +410,15 @@ public sealed class IsmHost : IDisposable
     /// <summary>GRANT: sets the default entry (<paramref name="peer"/> 0) or a per-device entry,
     /// DENY_OTHER bit included (it belongs to that entry). Every device that references the region
     /// is then told, so that the change reaches live attachments (<see cref="IsmDevice.PermissionsChanged"/>).</summary>
-    /// <returns>Null on success, otherwise a counter suffix naming the reason.</returns>
-    internal string? TryGrant(Region region, IsmDevice device, ulong peer, IsmPermissions permissions)
+    /// <returns>Null on success, otherwise the refusal (<c>grant.*</c>).</returns>
+    internal Refusal? TryGrant(Region region, IsmDevice device, ulong peer, IsmPermissions permissions)
     {
         RegionRef[] refs;
         RegionRecord? record = null;
         lock (_lock)
         {
             if ((region.EffectiveFor(device.DevId) & IsmPermissions.Manage) == 0)
-                return "denied";
+                return new Refusal("grant.denied", "this device lacks MANAGE on the region");
             if (peer == 0)
                 region.SetDefault(permissions);
             else

@@ -19,7 +19,7 @@ public sealed class GuestRam : IGuestMemory, IDisposable
     /// <param name="guestBase">Guest-physical address of the first byte.</param>
     public GuestRam(ulong size = 4 << 20, ulong guestBase = 0x4000_0000)
     {
-        if (size == 0 || size % 4096 != 0) throw new ArgumentOutOfRangeException(nameof(size), "a positive multiple of 4096");
+        if (size == 0 || size % TransportRules.PageSize != 0) throw new ArgumentOutOfRangeException(nameof(size), $"a positive multiple of {TransportRules.PageSize}");
         Handle = MemFd.Create("vism-guest-ram", size);
         _map = Mapping.Map(Handle, 0, size);
         Size = size;
@@ -42,7 +42,7 @@ public sealed class GuestRam : IGuestMemory, IDisposable
     public static GuestRam Adopt(SafeFileHandle handle, ulong size, ulong guestBase = 0x4000_0000)
     {
         ArgumentNullException.ThrowIfNull(handle);
-        if (size == 0 || size % 4096 != 0) throw new ArgumentOutOfRangeException(nameof(size), "a positive multiple of 4096");
+        if (size == 0 || size % TransportRules.PageSize != 0) throw new ArgumentOutOfRangeException(nameof(size), $"a positive multiple of {TransportRules.PageSize}");
         return new GuestRam(handle, size, guestBase);
     }
 

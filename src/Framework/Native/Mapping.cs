@@ -32,7 +32,7 @@ public sealed unsafe class Mapping : IDisposable
     {
         if (length == 0 || length > (ulong)nint.MaxValue / 2) throw new ArgumentOutOfRangeException(nameof(length));
         ulong align = Math.Min(1UL << 30, 1UL << (63 - System.Numerics.BitOperations.LeadingZeroCount(length)));
-        align = Math.Max(align, 4096);
+        align = Math.Max(align, (ulong)Environment.SystemPageSize);
         ulong span = length + align;
         nint p = LibC.mmap(0, (nuint)span, LibC.PROT_NONE, LibC.MAP_PRIVATE | LibC.MAP_ANONYMOUS | LibC.MAP_NORESERVE, -1, 0);
         if (p == -1) throw PosixException.FromPInvoke($"mmap(reserve {length})");

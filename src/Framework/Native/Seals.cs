@@ -106,7 +106,7 @@ public static class GuestRamSeals
         string? problem = Seals.Ensure(fd, FileSeals.Shrink);
         if (problem is not null)
             return problem;
-        if (Syscall.fstat(Fd.Raw(fd), out Stat st) == 0 && st.st_blksize > 4096)
+        if (Syscall.fstat(Fd.Raw(fd), out Stat st) == 0 && st.st_blksize > Environment.SystemPageSize)
             return "hugetlbfs memory: a punched hole may find no huge page to refill it";
         return null;
     }

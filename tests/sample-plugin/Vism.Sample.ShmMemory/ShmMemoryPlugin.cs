@@ -47,17 +47,17 @@ public sealed partial class ShmMemoryBackend(ShmMemoryOptions options, DeviceDes
 
     public MemoryUsage Usage => new(options.Capacity, _used, _highWater);
 
-    public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure)
+    public IMemoryBlock? TryAllocate(ulong length, ulong token, out Refusal refusal)
     {
-        failure = null;
+        refusal = default;
         if (length == 0 || length % Page != 0)
         {
-            failure = $"length {length} is not a positive multiple of {Page}";
+            refusal = new Refusal(IMemoryBackend.AllocNoMemory, $"length {length} is not a positive multiple of {Page}");
             return null;
         }
         if (length > options.Capacity - _used)
         {
-            failure = $"capacity exhausted: {_used} of {options.Capacity} bytes in use, {length} more wanted";
+            refusal = new Refusal(IMemoryBackend.AllocNoMemory, $"capacity exhausted: {_used} of {options.Capacity} bytes in use, {length} more wanted");
             return null;
         }
         string path = Path.Combine(options.Directory, $"vism-sample-{Environment.ProcessId}-{device.Name}-{token:x16}");
@@ -67,7 +67,7 @@ public sealed partial class ShmMemoryBackend(ShmMemoryOptions options, DeviceDes
         if (rc != 0)
         {
             handle.Dispose();
-            failure = $"cannot claim {length} bytes in {options.Directory}: errno {rc}";
+            refusal = new Refusal(IMemoryBackend.AllocNoMemory, $"cannot claim {length} bytes in {options.Directory}: errno {rc}");
             return null;
         }
         _used += length;

@@ -10,7 +10,7 @@ namespace Vism.Core.InMemory;
 /// </summary>
 /// <param name="capacity">Bytes it may hand out in total.</param>
 /// <param name="pageSize">Allocation granularity (a multiple of 4 KiB).</param>
-public sealed class InMemoryBackend(ulong capacity, ulong pageSize = 4096) : IMemoryBackend
+public sealed class InMemoryBackend(ulong capacity, ulong pageSize = TransportRules.PageSize) : IMemoryBackend
 {
     private ulong _used;
     private ulong _highWater;
@@ -28,20 +28,14 @@ public sealed class InMemoryBackend(ulong capacity, ulong pageSize = 4096) : IMe
     public int Allocations { get; private set; }
 
     /// <inheritdoc />
-    public IMemoryBlock? TryAllocate(ulong length, ulong token, out string? failure)
+    public IMemoryBlock? TryAllocate(ulong length, ulong token, out Refusal refusal)
     {
-        failure = null;
+        refusal = default;
         if (length == 0 || length % PageSize != 0)
-        {
-            failure = $"length {length} is not a positive multiple of {PageSize}";
-            return null;
-        }
+            return Refuse($"length {length} is not a positive multiple of {PageSize}", out refusal);
         ulong used = Volatile.Read(ref _used);
         if (length > capacity - used)
-        {
-            failure = $"capacity exhausted: {length} bytes wanted, {capacity - used} of {capacity} free";
-            return null;
-        }
+            return Refuse($"capacity exhausted: {length} bytes wanted, {capacity - used} of {capacity} free", out refusal);
         SafeFileHandle fd = MemFd.Create($"vism-region-{token:x16}", length);
         // Sealed like the memory plugins' memfds: nobody holding a descriptor can resize it.
         string? problem = MemFd.TryAllocate(fd, 0, length) is { } errno
@@ -50,14 +44,19 @@ public sealed class InMemoryBackend(ulong capacity, ulong pageSize = 4096) : IMe
         if (problem is not null)
         {
             fd.Dispose();
-            failure = problem;
-            return null;
+            return Refuse(problem, out refusal);
         }
         ulong now = Interlocked.Add(ref _used, length);
         if (now > Volatile.Read(ref _highWater))
             Volatile.Write(ref _highWater, now);
         Allocations++;
         return new Block(this, fd, length);
+    }
+
+    private static IMemoryBlock? Refuse(string detail, out Refusal refusal)
+    {
+        refusal = new Refusal(IMemoryBackend.AllocNoMemory, detail);
+        return null;
     }
 
     /// <summary>Creates a block outside the capacity, as if persisted by an earlier run, and queues

@@ -105,7 +105,7 @@ public sealed class VhostUserFrontend : IDriverTransport
                 if (!ShmemConfig.TryRead(reply, out ulong[] sizes))
                     throw new DriverTransportException($"GET_SHMEM_CONFIG reply of {reply.Length} bytes is malformed");
                 foreach (ulong s in sizes)
-                    if (s % 4096 != 0) throw new DriverTransportException($"shared memory size {s} is not a page multiple");
+                    if (s % TransportRules.PageSize != 0) throw new DriverTransportException($"shared memory size {s} is not a page multiple");
                 _windows.Dispose();
                 _windows = new SharedMemoryWindows(sizes);
             }

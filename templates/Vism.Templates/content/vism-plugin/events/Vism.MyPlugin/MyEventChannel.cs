@@ -14,8 +14,9 @@ namespace Vism.MyPlugin;
 /// <param name="log">Logger.</param>
 public sealed class MyEventChannel(MyOptions options, ILogger<MyEventChannel> log) : IEventChannel
 {
-    private readonly Dictionary<ulong, int> _vectorOf = [];
-    private readonly HashSet<ulong> _held = [];
+    // Keyed by region slot (RegionSlot.Index: 0 .. max regions - 1).
+    private readonly Dictionary<int, int> _vectorOf = [];
+    private readonly HashSet<int> _held = [];
     private IEventContext? _context;
 
     /// <inheritdoc />
@@ -38,39 +39,40 @@ public sealed class MyEventChannel(MyOptions options, ILogger<MyEventChannel> lo
     }
 
     /// <inheritdoc />
-    public void OnRegionUpdated(ulong offset)
+    public void OnRegionUpdated(RegionSlot region)
     {
         if (_context is not { } context) return;
-        if (_vectorOf.TryGetValue(offset, out int vector))
+        if (_vectorOf.TryGetValue(region.Index, out int vector))
             context.SignalVector(vector);
         else if (options.HoldUnbound)
-            _held.Add(offset);
+            _held.Add(region.Index);
     }
 
     /// <inheritdoc />
-    public void OnRegionDetached(ulong offset)
+    public void OnRegionDetached(RegionSlot region)
     {
-        _vectorOf.Remove(offset);
-        _held.Remove(offset);
+        _vectorOf.Remove(region.Index);
+        _held.Remove(region.Index);
     }
 
     /// <inheritdoc />
-    public bool TryBindVector(ulong offset, ulong vector, out string? failure)
+    public bool TryBindVector(RegionSlot region, ulong vector, out Refusal refusal)
     {
+        // A refusal is a counter (the device counts it as err.<counter>) and a sentence for the log.
         if (_context is not { } context)
         {
-            failure = $"{MyPlugin.Kind} is not active (VIRTIO_ISM_F_EVENT_IRQ not negotiated)";
+            refusal = new Refusal(IEventChannel.EventVectorRejected, $"{MyPlugin.Kind} is not active (VIRTIO_ISM_F_EVENT_IRQ not negotiated)");
             return false;
         }
         if (vector >= (ulong)context.VectorCount)
         {
-            failure = $"vector {vector} is not below the {context.VectorCount} per-region vectors the transport offers";
+            refusal = new Refusal(IEventChannel.EventVectorRejected, $"vector {vector} is not below the {context.VectorCount} per-region vectors the transport offers");
             return false;
         }
-        failure = null;
-        _vectorOf[offset] = (int)vector;
-        log.LogDebug("{Kind}: region at 0x{Offset:x} bound to vector {Vector}", MyPlugin.Kind, offset, vector);
-        if (_held.Remove(offset))
+        refusal = default;
+        _vectorOf[region.Index] = (int)vector;
+        log.LogDebug("{Kind}: region at 0x{Offset:x} bound to vector {Vector}", MyPlugin.Kind, region.Offset, vector);
+        if (_held.Remove(region.Index))
             context.SignalVector((int)vector);
         return true;
     }
