@@ -2,27 +2,26 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
-using Microsoft.Extensions.Logging.Abstractions;
 using Vism.Channel;
-using Vism.Conformance.Composition;
-using Vism.Events.Vq;
-using Vism.Memory.File;
-using Vism.Transport.Mmio;
-using Vism.Transport.VhostUser;
+using Vism.Driver;
 
 namespace Vism.Benchmarks;
 
 /// <summary>
 /// vism channel vs TCP loopback between the same two processes (docs/benchmarks.md, "Channel"):
-/// this process serves two devices (real plugins: the transport's socket, file memory in /dev/shm, the
-/// eventq) and starts two peer processes, each pinned to its own core with taskset, each reaching
-/// its device through the socket. The peers open a TCP connection and a channel to each other and
-/// measure, one after the other: bulk throughput (client to server, then a 1-byte ack), and
-/// 64-byte request/response round trips event-driven (blocking reads; channel: notify -> event) and
-/// polling (TCP: non-blocking sockets spun on; channel: cursors spun on). Not BenchmarkDotNet: it
-/// needs two processes on two cores. Command:
-/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips]</c>
-/// (default: both transports, 1024 MiB, 5000 round trips event-driven and 50000 polling).
+/// this process serves two devices as <c>vism run</c> does by default (both on one device loop, the
+/// transport's socket, memfd region memory, the eventq; <see cref="EventPath.BenchHost"/>) and
+/// starts two peer processes, each pinned to its own core with taskset, each reaching its device
+/// through the socket. The peers open a TCP connection and a channel to each other and measure, one
+/// after the other: bulk throughput (client to server, then a 1-byte ack), and 64-byte
+/// request/response round trips event-driven (TCP: blocking sockets; channel: the defaults, then
+/// SpinTime 0 so every wait is announced and ends on notify -> update event) and polling (TCP:
+/// non-blocking sockets spun on; channel: cursors spun on). A second pair of peers, whose drivers
+/// sleep at once on the update event (<c>SpinBeforeBlock</c> 0), repeats the event-driven round
+/// trips with no spinning anywhere. Not BenchmarkDotNet: it needs two processes on two cores.
+/// Command:
+/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops]</c>
+/// (default: both transports, 1024 MiB, 5000 round trips event-driven and 50000 polling, 1 device loop).
 /// </summary>
 public static class ChannelBenchmark
 {
@@ -34,37 +33,38 @@ public static class ChannelBenchmark
         string[] transports = args.Length > 0 && args[0] != "all" ? [args[0]] : ["vhost-user", "mmio"];
         int mib = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024;
         int trips = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 5000;
+        int loops = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 1;
         int failed = 0;
         foreach (string transport in transports)
-            failed |= RunAsync(transport, mib, trips).GetAwaiter().GetResult();
+        {
+            failed |= RunAsync(transport, mib, trips, loops, Full).GetAwaiter().GetResult();
+            failed |= RunAsync(transport, 0, trips, loops, NoSpin).GetAwaiter().GetResult();
+        }
         return failed;
     }
 
-    private static async Task<int> RunAsync(string transport, int mib, int trips)
+    /// <summary>One pair of peers on a fresh host: <see cref="Full"/> measures everything with the
+    /// driver's defaults; <see cref="NoSpin"/> opens the devices with <c>SpinBeforeBlock</c> 0 and
+    /// measures only the event-driven round trips, where every channel wait then sleeps at once.</summary>
+    private static async Task<int> RunAsync(string transport, int mib, int trips, int loops, string variant)
     {
-        // Region memory on tmpfs (/tmp may be a disk file system, whose shared mappings write back).
-        string memory = Path.Combine("/dev/shm", $"vism-chan-bench-{Environment.ProcessId}");
-        Directory.CreateDirectory(memory);
-        var composer = new DirectComposer(NullLoggerFactory.Instance, new VhostUserPlugin(), new MmioPlugin(), new FileMemoryPlugin(), new VqEventsPlugin())
-            .Configure<FileMemoryOptions>(o => o.Directory = memory);
-        await using IComposition host = await composer.ComposeAsync(new Combination(transport, "file", "vq"),
-            new HostSpec { Devices = 2, RegionSize = 8 << 20, WindowSize = 64 << 20 }, CancellationToken.None);
-        Console.WriteLine($"channel benchmark: transport {transport}, 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {mib} MiB bulk, {trips} round trips of {Message} bytes; "
+        // vism's defaults: both devices on one loop (`loops = 1`), the eventq, the transport's defaults.
+        using var host = new EventPath.BenchHost(transport, "vq", loops, 8 << 20);
+        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, {loops} device loop(s), 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {mib} MiB bulk, {trips} round trips of {Message} bytes; "
             + $"{Environment.ProcessorCount} CPUs; server on CPU 0, client on CPU 1; load average before: {File.ReadAllText("/proc/loadavg").Trim()}");
-        using Process server = StartPeer(0, ["server", transport, host.Devices[0].Target.Endpoint, host.Devices[1].Device.DevId.ToString(CultureInfo.InvariantCulture)]);
+        using Process server = StartPeer(0, ["server", transport, host.Endpoints[0], host.DevIds[1].ToString(CultureInfo.InvariantCulture), variant]);
         string? hello = await server.StandardOutput.ReadLineAsync();
         if (hello is null || !hello.StartsWith("listen ", StringComparison.Ordinal))
             throw new InvalidOperationException($"the server peer said '{hello}': {await server.StandardError.ReadToEndAsync()}");
         string[] parts = hello.Split(' ');
-        using Process client = StartPeer(1, ["client", transport, host.Devices[1].Target.Endpoint, parts[1], parts[2],
-            mib.ToString(CultureInfo.InvariantCulture), trips.ToString(CultureInfo.InvariantCulture)]);
+        using Process client = StartPeer(1, ["client", transport, host.Endpoints[1], parts[1], parts[2],
+            mib.ToString(CultureInfo.InvariantCulture), trips.ToString(CultureInfo.InvariantCulture), variant]);
         Task<string> serverErrors = server.StandardError.ReadToEndAsync();
         Task<string> clientErrors = client.StandardError.ReadToEndAsync();
         while (await client.StandardOutput.ReadLineAsync() is { } line)
             Console.WriteLine(line);
         await Task.WhenAll(client.WaitForExitAsync(), server.WaitForExitAsync()).WaitAsync(TimeSpan.FromMinutes(10));
         Console.WriteLine($"load average after: {File.ReadAllText("/proc/loadavg").Trim()}");
-        Directory.Delete(memory, recursive: true);
         if (client.ExitCode != 0 || server.ExitCode != 0)
         {
             Console.Error.WriteLine($"client exit {client.ExitCode}: {await clientErrors}\nserver exit {server.ExitCode}: {await serverErrors}");
@@ -88,53 +88,81 @@ public static class ChannelBenchmark
         return Process.Start(psi) ?? throw new InvalidOperationException("cannot start a peer");
     }
 
-    /// <summary>A peer process: <c>channel-peer server KIND SOCKET PEER-DEVID</c> or
-    /// <c>channel-peer client KIND SOCKET TOKEN PORT MIB TRIPS</c>.</summary>
+    private const string Full = "defaults", NoSpin = "no-spin";
+
+    /// <summary>One request/response phase: TCP (blocking or spun-on non-blocking socket) or the
+    /// channel (wait mode, spin before announcing a wait), over <c>trips x Scale</c> round trips.</summary>
+    private sealed record Phase(bool Tcp, bool Poll, TimeSpan? Spin = null, int Scale = 1);
+
+    /// <summary>The phases, in order (both peers run the same list).</summary>
+    private static Phase[] Phases(string variant) => variant == NoSpin
+        ? [new(Tcp: true, Poll: false), new(Tcp: false, Poll: false, Spin: TimeSpan.Zero)]
+        : [new(Tcp: true, Poll: false), new(Tcp: false, Poll: false), new(Tcp: false, Poll: false, Spin: TimeSpan.Zero),
+            new(Tcp: true, Poll: true, Scale: 10), new(Tcp: false, Poll: true, Scale: 10)];
+
+    /// <summary>A peer process: <c>channel-peer server KIND SOCKET PEER-DEVID VARIANT</c> or
+    /// <c>channel-peer client KIND SOCKET TOKEN PORT MIB TRIPS VARIANT</c>.</summary>
     public static int Peer(string[] args) => args[0] == "server" ? Server(args).GetAwaiter().GetResult() : Client(args).GetAwaiter().GetResult();
 
-    /// <summary>The device with default options: bulk transfers run as a user gets them (event mode,
-    /// 20 us spin); the event-driven round trips set the channel's spin to 0 (block at once).</summary>
-    private static ChannelDevice Open(string kind, string socket) => ChannelDevice.Open(kind, socket);
+    /// <summary>The device with the default channel options: bulk transfers run as a user gets them
+    /// (event mode, 20 us spin); the no-spin variant's driver sleeps at once on the update event.</summary>
+    private static ChannelDevice Open(string kind, string socket, string variant) =>
+        ChannelDevice.Open(kind, socket, clientOptions: variant == NoSpin ? new IsmClientOptions { SpinBeforeBlock = TimeSpan.Zero } : null);
 
     private static async Task<int> Server(string[] args)
     {
-        using ChannelDevice device = Open(args[1], args[2]);
+        using ChannelDevice device = Open(args[1], args[2], args[4]);
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
         using ChannelListener offer = await device.ListenAsync(ulong.Parse(args[3], CultureInfo.InvariantCulture));
         Console.WriteLine($"listen 0x{offer.Token:x} {((IPEndPoint)listener.LocalEndpoint).Port}");
         Console.Out.Flush();
-        using Socket tcp = await listener.AcceptSocketAsync();
+        // Synchronous accept and connect: a socket once used asynchronously is non-blocking inside
+        // .NET, and its "blocking" receives then wait through the socket engine thread (an extra
+        // wake-up per message that a TCP user who blocks does not pay).
+        using Socket tcp = listener.AcceptSocket();
         tcp.NoDelay = true;
         using IsmChannel channel = await offer.AcceptAsync();
         var buffer = new byte[Chunk];
         // The same phases as the client, in the same order.
         long bulk = ReadLong(tcp);
-        for (long got = 0; got < bulk;)
-            got += tcp.Receive(buffer);
-        tcp.Send(buffer.AsSpan(0, 1));
-        foreach (ChannelWaitMode mode in new[] { ChannelWaitMode.Event, ChannelWaitMode.Poll })
+        if (bulk > 0)
         {
-            channel.WaitMode = mode;
             for (long got = 0; got < bulk;)
-                got += channel.ReadSome(buffer);
-            channel.WriteAll(buffer.AsSpan(0, 1));
+                got += tcp.Receive(buffer);
+            tcp.Send(buffer.AsSpan(0, 1));
+            foreach (ChannelWaitMode mode in new[] { ChannelWaitMode.Event, ChannelWaitMode.Poll })
+            {
+                channel.WaitMode = mode;
+                for (long got = 0; got < bulk;)
+                    got += channel.ReadSome(buffer);
+                channel.WriteAll(buffer.AsSpan(0, 1));
+            }
         }
         int trips = (int)ReadLong(tcp);
-        EchoTcp(tcp, buffer, trips, poll: false);
-        EchoChannel(channel, buffer, trips, ChannelWaitMode.Event);
-        EchoTcp(tcp, buffer, trips * 10, poll: true);
-        EchoChannel(channel, buffer, trips * 10, ChannelWaitMode.Poll);
+        TimeSpan defaultSpin = channel.SpinTime;
+        foreach (Phase phase in Phases(args[4]))
+        {
+            if (phase.Tcp)
+            {
+                EchoTcp(tcp, buffer, trips * phase.Scale, phase.Poll);
+                continue;
+            }
+            channel.WaitMode = phase.Poll ? ChannelWaitMode.Poll : ChannelWaitMode.Event;
+            channel.SpinTime = phase.Spin ?? defaultSpin;
+            EchoChannel(channel, buffer, trips * phase.Scale);
+        }
         channel.Close();
         return 0;
     }
 
     private static async Task<int> Client(string[] args)
     {
-        using ChannelDevice device = Open(args[1], args[2]);
+        string variant = args[7];
+        using ChannelDevice device = Open(args[1], args[2], variant);
         ulong token = ulong.Parse(args[3].AsSpan(2), NumberStyles.HexNumber, CultureInfo.InvariantCulture);
         using var tcp = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        await tcp.ConnectAsync(IPAddress.Loopback, int.Parse(args[4], CultureInfo.InvariantCulture));
+        tcp.Connect(IPAddress.Loopback, int.Parse(args[4], CultureInfo.InvariantCulture)); // synchronous: see Server
         using IsmChannel channel = await device.ConnectAsync(token);
         long bulk = long.Parse(args[5], CultureInfo.InvariantCulture) << 20;
         int trips = int.Parse(args[6], CultureInfo.InvariantCulture);
@@ -142,29 +170,50 @@ public static class ChannelBenchmark
         Random.Shared.NextBytes(buffer);
 
         WriteLong(tcp, bulk);
-        double tcpBulk = Time(() =>
+        if (bulk > 0)
         {
-            for (long sent = 0; sent < bulk; sent += Chunk)
-                tcp.Send(buffer);
-            tcp.Receive(buffer.AsSpan(0, 1));
-        });
-        double tcpRate = bulk / tcpBulk / (1 << 20);
-        foreach (ChannelWaitMode mode in new[] { ChannelWaitMode.Event, ChannelWaitMode.Poll })
-        {
-            channel.WaitMode = mode;
-            double channelBulk = Time(() =>
+            double tcpBulk = Time(() =>
             {
                 for (long sent = 0; sent < bulk; sent += Chunk)
-                    channel.WriteAll(buffer);
-                channel.ReadSome(buffer.AsSpan(0, 1));
+                    tcp.Send(buffer);
+                tcp.Receive(buffer.AsSpan(0, 1));
             });
-            double channelRate = bulk / channelBulk / (1 << 20);
-            Console.WriteLine($"| throughput, {Chunk >> 10} KiB writes, channel {(mode == ChannelWaitMode.Event ? "event-driven (20 us spin)" : "polling")} | TCP loopback {tcpRate:F0} MiB/s | channel {channelRate:F0} MiB/s | channel/TCP x{channelRate / tcpRate:F1} |");
+            double tcpRate = bulk / tcpBulk / (1 << 20);
+            foreach (ChannelWaitMode mode in new[] { ChannelWaitMode.Event, ChannelWaitMode.Poll })
+            {
+                channel.WaitMode = mode;
+                double channelBulk = Time(() =>
+                {
+                    for (long sent = 0; sent < bulk; sent += Chunk)
+                        channel.WriteAll(buffer);
+                    channel.ReadSome(buffer.AsSpan(0, 1));
+                });
+                double channelRate = bulk / channelBulk / (1 << 20);
+                Console.WriteLine($"| throughput, {Chunk >> 10} KiB writes, channel {(mode == ChannelWaitMode.Event ? "event-driven (20 us spin)" : "polling")} | TCP loopback {tcpRate:F0} MiB/s | channel {channelRate:F0} MiB/s | channel/TCP x{channelRate / tcpRate:F1} |");
+            }
         }
 
         WriteLong(tcp, trips);
-        Report("64 B request/response, event-driven", PingTcp(tcp, buffer, trips, poll: false), PingChannel(channel, buffer, trips, ChannelWaitMode.Event));
-        Report("64 B request/response, polling", PingTcp(tcp, buffer, trips * 10, poll: true), PingChannel(channel, buffer, trips * 10, ChannelWaitMode.Poll));
+        TimeSpan defaultSpin = channel.SpinTime;
+        double[]? tcpEvent = null, tcpPoll = null;
+        foreach (Phase phase in Phases(variant))
+        {
+            if (phase.Tcp)
+            {
+                double[] rtt = PingTcp(tcp, buffer, trips * phase.Scale, phase.Poll);
+                if (phase.Poll) tcpPoll = rtt;
+                else tcpEvent = rtt;
+                continue;
+            }
+            channel.WaitMode = phase.Poll ? ChannelWaitMode.Poll : ChannelWaitMode.Event;
+            channel.SpinTime = phase.Spin ?? defaultSpin;
+            double[] channelRtt = PingChannel(channel, buffer, trips * phase.Scale);
+            string what = phase.Poll ? "64 B request/response, polling"
+                : variant == NoSpin ? "64 B request/response, event-driven, no spin (SpinTime 0, SpinBeforeBlock 0: every wait sleeps)"
+                : phase.Spin == TimeSpan.Zero ? "64 B request/response, event-driven, SpinTime 0 (every wait announced: notify -> event, 50 us event spin)"
+                : $"64 B request/response, event-driven, defaults (SpinTime {defaultSpin.TotalMicroseconds:F0} us, then the event)";
+            Report(what, (phase.Poll ? tcpPoll : tcpEvent)!, channelRtt);
+        }
         return 0;
     }
 
@@ -222,10 +271,8 @@ public static class ChannelBenchmark
         }
     }
 
-    private static double[] PingChannel(IsmChannel channel, byte[] buffer, int trips, ChannelWaitMode mode)
+    private static double[] PingChannel(IsmChannel channel, byte[] buffer, int trips)
     {
-        channel.WaitMode = mode;
-        channel.SpinTime = TimeSpan.Zero;
         var rtt = new double[trips];
         for (int i = -1000; i < trips; i++)
         {
@@ -238,10 +285,8 @@ public static class ChannelBenchmark
         return rtt;
     }
 
-    private static void EchoChannel(IsmChannel channel, byte[] buffer, int trips, ChannelWaitMode mode)
+    private static void EchoChannel(IsmChannel channel, byte[] buffer, int trips)
     {
-        channel.WaitMode = mode;
-        channel.SpinTime = TimeSpan.Zero;
         for (int i = -1000; i < trips; i++)
         {
             int n = channel.Receive(buffer);

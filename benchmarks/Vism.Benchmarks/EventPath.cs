@@ -45,7 +45,7 @@ public static class EventPath
     private sealed record Options(int RoundTrips, int IdleSeconds, int StreamMiB, int Rounds, string CpuA, string CpuB, string[] Only);
 
     /// <summary>One ISM setting measured: where the devices live and how the peers drive them.</summary>
-    private sealed record Setting(string Name, string Transport, string Events, int Loops, int SpinUs, bool Doorbell, string Mode = "events",
+    internal sealed record Setting(string Name, string Transport, string Events, int Loops, int SpinUs, bool Doorbell, string Mode = "events",
         TimeSpan? PollFast = null, int BusyPollUs = 0, TimeSpan? PollSlow = null);
 
     public static int Run(string[] args)
@@ -284,14 +284,21 @@ public static class EventPath
     }
 
     /// <summary>The vism host of one setting: two devices (ALLOC on one, ATTACH on the other) on
-    /// <see cref="Setting.Loops"/> loops, served by the setting's transport.</summary>
-    private sealed class BenchHost : IDisposable
+    /// <see cref="Setting.Loops"/> loops, served by the setting's transport (also the channel benchmark's host).</summary>
+    internal sealed class BenchHost : IDisposable
     {
         private readonly string _dir = Path.Combine("/tmp", $"vism-event-path-{Environment.ProcessId}");
         private readonly EventLoop[] _loops;
         private readonly IsmHost _host = new(new IsmHostOptions { Gid = 1 }, NullLoggerFactory.Instance);
         private readonly List<IDisposable> _cleanup = [];
         private readonly List<Func<Task>> _stops = [];
+
+        /// <summary>Two devices with <paramref name="events"/> (vq, irq) on <paramref name="loops"/> loops,
+        /// served by <paramref name="transport"/> with the transport's defaults.</summary>
+        public BenchHost(string transport, string events, int loops, ulong regionBytes)
+            : this(new Setting(transport, transport, events, loops, 0, true), regionBytes)
+        {
+        }
 
         public BenchHost(Setting s, ulong regionBytes)
         {
@@ -300,6 +307,7 @@ public static class EventPath
             ulong regionSize = Math.Max(1UL << 20, regionBytes);
             _loops = Enumerable.Range(0, s.Loops).Select(i => new EventLoop($"vism-loop-{i}") { BusyPoll = TimeSpan.FromMicroseconds(s.BusyPollUs) }).ToArray();
             var endpoints = new List<string>();
+            var devIds = new List<ulong>();
             for (int i = 0; i < 2; i++)
             {
                 EventLoop loop = _loops[i % _loops.Length];
@@ -311,6 +319,7 @@ public static class EventPath
                 _cleanup.Add(memory);
                 var counters = new DeviceCounters();
                 IsmDevice device = _host.AddDevice(d, loop, memory, events, counters);
+                devIds.Add(device.DevId);
                 var host = new HostDescription { Gid = 1, StateDirectory = _dir, SocketDirectory = _dir };
                 if (s.Transport == "mmio")
                 {
@@ -331,11 +340,14 @@ public static class EventPath
                 }
             }
             Endpoints = endpoints;
+            DevIds = devIds;
         }
 
         public ulong RegionBytes { get; }
 
         public IReadOnlyList<string> Endpoints { get; }
+
+        public IReadOnlyList<ulong> DevIds { get; }
 
         public void Dispose()
         {

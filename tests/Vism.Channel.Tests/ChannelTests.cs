@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Security.Cryptography;
 using Vism.Channel;
@@ -144,23 +145,115 @@ public sealed class ChannelTests
         Assert.Equal(rig.Devices[0].DevId, acceptor.PeerDevId);
     }
 
-    public static TheoryData<string, string> KillCases => new()
+    [Theory]
+    [InlineData("vhost-user")]
+    [InlineData("mmio")]
+    public async Task BlockingAndAsyncWaits_OnThreeChannelsOfOneDevice_EachWakesOnItsPeersSend(string transport)
     {
-        { "vhost-user", "send" },
-        { "vhost-user", "recv" },
-        { "mmio", "send" },
-        { "mmio", "recv" },
+        // Heartbeats 30 s apart: a wait that missed its notify would stall for a whole interval and
+        // run into the limit below. Spin 0: every wait goes through notify -> update event.
+        var options = new ChannelOptions { SpinTime = TimeSpan.Zero, HeartbeatInterval = TimeSpan.FromSeconds(30), PeerTimeout = TimeSpan.FromSeconds(60) };
+        await using ChannelRig rig = await ChannelRig.StartAsync(transport, options);
+        var pairs = new List<(IsmChannel Creator, IsmChannel Acceptor)>();
+        for (int i = 0; i < 3; i++)
+            pairs.Add(await rig.PairAsync());
+        const int Rounds = 40;
+        // Device 1: two threads block in Receive (one of them takes the device's events and passes
+        // the other's on), one task awaits ReceiveAsync.
+        Task<int> Blocking(IsmChannel channel) => Task.Factory.StartNew(() =>
+        {
+            var buffer = new byte[64];
+            int sum = 0;
+            for (int r = 0; r < Rounds; r++)
+                sum += channel.Receive(buffer) == 8 ? buffer[0] : throw new InvalidOperationException("short message");
+            return sum;
+        }, TaskCreationOptions.LongRunning);
+        async Task<int> Async(IsmChannel channel)
+        {
+            var buffer = new byte[64];
+            int sum = 0;
+            for (int r = 0; r < Rounds; r++)
+                sum += await channel.ReceiveAsync(buffer) == 8 ? buffer[0] : throw new InvalidOperationException("short message");
+            return sum;
+        }
+        Task<int>[] receivers = [Blocking(pairs[0].Acceptor), Blocking(pairs[1].Acceptor), Async(pairs[2].Acceptor)];
+        var random = new Random(11);
+        for (int r = 0; r < Rounds; r++)
+        {
+            foreach (int i in Enumerable.Range(0, 3).OrderBy(_ => random.Next()))
+            {
+                pairs[i].Creator.Send(new byte[] { (byte)(i + 1), 0, 0, 0, 0, 0, 0, 0 });
+                if (random.Next(3) == 0)
+                    await Task.Delay(random.Next(1, 5)); // let the receivers block between sends
+            }
+        }
+        int[] sums = await Task.WhenAll(receivers).WaitAsync(TimeSpan.FromSeconds(20));
+        Assert.Equal([Rounds * 1, Rounds * 2, Rounds * 3], sums);
+        foreach ((IsmChannel c, IsmChannel a) in pairs)
+        {
+            c.Dispose();
+            a.Dispose();
+        }
+    }
+
+    [Theory]
+    [InlineData("vhost-user")]
+    [InlineData("mmio")]
+    public async Task DeviceDispose_WhileAReaderBlocksOnEvents_EndsTheReadAndReturns(string transport)
+    {
+        var options = new ChannelOptions { SpinTime = TimeSpan.Zero };
+        await using ChannelRig rig = await ChannelRig.StartAsync(transport, options);
+        (IsmChannel creator, IsmChannel acceptor) = await rig.PairAsync();
+        Task<int> reader = Task.Factory.StartNew(() => acceptor.Receive(new byte[64]), TaskCreationOptions.LongRunning);
+        await Task.Delay(200); // the reader announced its wait and takes the device's events
+        Assert.False(reader.IsCompleted);
+        await Task.Run(rig.Devices[1].Dispose).WaitAsync(TimeSpan.FromSeconds(20));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => reader.WaitAsync(TimeSpan.FromSeconds(20)));
+        creator.Dispose();
+    }
+
+    /// <summary>The wire layout vism-guest shares (docs/channel.md, version 2): a side about to
+    /// sleep bumps its wait sequence in the wait line 0x100 past its cursor line, and nothing lands
+    /// beside the cursor, which the peer would otherwise pull to its core at every message.</summary>
+    [Fact]
+    public async Task WaitAnnounced_LandsInTheWaitLine_NotBesideTheCursor()
+    {
+        await using ChannelRig rig = await ChannelRig.StartAsync("vhost-user", new ChannelOptions { SpinTime = TimeSpan.Zero });
+        (IsmChannel creator, IsmChannel acceptor) = await rig.PairAsync();
+        Assert.Equal(2u, BinaryPrimitives.ReadUInt32LittleEndian(rig.Devices[0].Client.Region(creator.Offset, 16)[ChannelLayout.VersionOffset..]));
+        Task<int> reader = Task.Factory.StartNew(() => acceptor.Receive(new byte[64]), TaskCreationOptions.LongRunning);
+        var clock = Stopwatch.StartNew();
+        uint WaitSeq() => BinaryPrimitives.ReadUInt32LittleEndian(rig.Devices[0].Client.Region(creator.Offset + 0x240, 4));
+        while (WaitSeq() == 0 && clock.Elapsed < TimeSpan.FromSeconds(20))
+            await Task.Delay(5);
+        Assert.NotEqual(0u, WaitSeq()); // ring 0's consumer (the acceptor) announced its wait at 0x140 + 0x100
+        Assert.Equal(0u, BinaryPrimitives.ReadUInt32LittleEndian(rig.Devices[0].Client.Region(creator.Offset + 0x148, 4)));
+        creator.Send("wake"u8);
+        Assert.Equal(4, await reader.WaitAsync(Limit));
+        creator.Dispose();
+        acceptor.Dispose();
+    }
+
+    public static TheoryData<string, string, ChannelWaitMode> KillCases => new()
+    {
+        { "vhost-user", "send", ChannelWaitMode.Event },
+        { "vhost-user", "recv", ChannelWaitMode.Event },
+        { "mmio", "send", ChannelWaitMode.Event },
+        { "mmio", "recv", ChannelWaitMode.Event },
+        { "vhost-user", "send", ChannelWaitMode.Poll },
+        { "mmio", "recv", ChannelWaitMode.Poll },
     };
 
     /// <summary>The peer is a real child process (tests/Vism.Channel.Peer) reaching vism through its
     /// own socket; it is killed with SIGKILL while data flows. The side in this process, blocked in
     /// a read (the child sent) or in a write on a full ring (the child read), gets
-    /// <see cref="ChannelPeerLostException"/> within the peer timeout.</summary>
+    /// <see cref="ChannelPeerLostException"/> within the peer timeout, also while it spins (polling)
+    /// rather than waits for events.</summary>
     [Theory]
     [MemberData(nameof(KillCases))]
-    public async Task PeerKilledMidStream_TheOtherSideGetsAnErrorNotAHang(string transport, string childRole)
+    public async Task PeerKilledMidStream_TheOtherSideGetsAnErrorNotAHang(string transport, string childRole, ChannelWaitMode mode)
     {
-        var options = new ChannelOptions { HeartbeatInterval = TimeSpan.FromMilliseconds(50), PeerTimeout = TimeSpan.FromSeconds(1) };
+        var options = new ChannelOptions { WaitMode = mode, HeartbeatInterval = TimeSpan.FromMilliseconds(50), PeerTimeout = TimeSpan.FromSeconds(1) };
         await using ChannelRig rig = await ChannelRig.StartAsync(transport, options, devices: 2, connected: 1);
         using ChannelListener listener = await rig.Devices[0].ListenAsync(rig.DevId(1));
         using Process child = StartPeer(transport, rig.Endpoint(1), listener.Token, childRole);

@@ -9,16 +9,27 @@ namespace Vism.Channel;
 
 /// <summary>
 /// Channels over one ISM device: creates (<see cref="ListenAsync"/>) and joins
-/// (<see cref="ConnectAsync"/>) channels through an <see cref="IsmClient"/>, and runs one thread
-/// that delivers the device's update events to the channels they are for, bumps every channel's
-/// heartbeat and declares silent peers lost. docs/channel.md describes the protocol.
+/// (<see cref="ConnectAsync"/>) channels through an <see cref="IsmClient"/>. A blocking wait on a
+/// channel takes the device's update events itself (the client's spin-then-block wait, no other
+/// thread in between) and passes on those for other channels; one thread bumps every channel's
+/// heartbeat, declares silent peers lost and takes the events while only async waits are pending.
+/// docs/channel.md describes the protocol.
 /// </summary>
 public sealed class ChannelDevice : IDisposable
 {
+    /// <summary>Offsets one eventq buffer can report with the client's default buffer size.</summary>
+    private const int EventOffsets = 63;
+
     private readonly ConcurrentDictionary<ulong, IsmChannel> _channels = new();
     private readonly IDisposable? _owned;
     private readonly Thread _pump;
     private readonly Lock _notifyLock = new();
+    /// <summary>Held by the one thread that takes the device's events right now: a channel's
+    /// blocking wait (the reader or writer itself, no hand-over) or the pump, for async waits.</summary>
+    private readonly Lock _taker = new();
+    private readonly ulong[] _offsets = new ulong[EventOffsets];
+    private readonly SemaphoreSlim _pumpWake = new(0, 1);
+    private int _blockedWaiters, _asyncWaiters;
     private readonly bool _eventq;
     private readonly int _vector = -1;
     private volatile bool _stopping;
@@ -55,9 +66,12 @@ public sealed class ChannelDevice : IDisposable
     /// <param name="socketPath">The device's socket (what <c>vism run</c> logs as its endpoint).</param>
     /// <param name="options">Channel options.</param>
     /// <param name="vectors">Per-region vectors the device was configured with (vhost-user <c>vectors</c>); 0 when it has an eventq.</param>
+    /// <param name="clientOptions">The driver's choices; among them <see cref="IsmClientOptions.SpinBeforeBlock"/>,
+    /// how long a wait that announced itself spins on the update event before it sleeps (zero: sleep
+    /// at once). Defaults when null.</param>
     /// <returns>The channel device.</returns>
     /// <exception cref="DriverTransportException">When the device cannot be reached.</exception>
-    public static ChannelDevice Open(string transportKind, string socketPath, ChannelOptions? options = null, int vectors = 0)
+    public static ChannelDevice Open(string transportKind, string socketPath, ChannelOptions? options = null, int vectors = 0, IsmClientOptions? clientOptions = null)
     {
         ArgumentNullException.ThrowIfNull(socketPath);
         GuestRam? ram = null;
@@ -77,7 +91,7 @@ public sealed class ChannelDevice : IDisposable
                 default:
                     throw new ArgumentException($"transport kind '{transportKind}' is not one a channel can open (vhost-user, mmio)", nameof(transportKind));
             }
-            client = IsmClient.Start(transport);
+            client = IsmClient.Start(transport, clientOptions);
             return new ChannelDevice(client, options, new Owned(client, ram));
         }
         catch
@@ -203,6 +217,158 @@ public sealed class ChannelDevice : IDisposable
             throw new ChannelException("the device failed: " + f.Message, f);
     }
 
+    /// <summary>A channel's blocking wait, after it announced the wait and found the channel not
+    /// ready: takes the device's update events on this thread until one is for
+    /// <paramref name="channel"/>, passing the others on; when another thread takes them already,
+    /// blocks on <paramref name="signal"/> instead (that thread passes this channel's events on).
+    /// Returns at the latest after a heartbeat interval, so the caller re-checks the channel.</summary>
+    internal void WaitForEvent(IsmChannel channel, SemaphoreSlim signal)
+    {
+        if (_stopping || _failure is not null)
+            return;
+        // Counted before the try, so a taker that leaves after it sees this waiter and hands over.
+        Interlocked.Increment(ref _blockedWaiters);
+        if (!_taker.TryEnter())
+        {
+            try
+            {
+                signal.Wait(Options.HeartbeatInterval);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _blockedWaiters);
+            }
+            return;
+        }
+        Interlocked.Decrement(ref _blockedWaiters);
+        try
+        {
+            if (signal.Wait(0))
+                return; // an event for this channel was passed on before this thread took over
+            // The peer's notify (or this side's own, just sent) woke vism's device loop; where every
+            // core is busy (two spinning peers on two cores) the loop runs only when one of them
+            // gives its core up: do so once now, before spinning on the eventq.
+            Thread.Yield();
+            long deadline = Stopwatch.GetTimestamp() + (long)(Options.HeartbeatInterval.TotalSeconds * Stopwatch.Frequency);
+            while (!_stopping)
+            {
+                TimeSpan left = Stopwatch.GetElapsedTime(Stopwatch.GetTimestamp(), deadline);
+                if (left <= TimeSpan.Zero || TakeEvents(left, channel, signal))
+                    return;
+            }
+        }
+        catch (Exception ex) when (ex is DriverTransportException or ObjectDisposedException or InvalidOperationException)
+        {
+            DeviceFailed(ex);
+        }
+        finally
+        {
+            _taker.Exit();
+            HandOver();
+        }
+    }
+
+    /// <summary>An async wait: blocks on <paramref name="signal"/> while whoever takes the device's
+    /// events (a blocking waiter, else the pump) passes them on.</summary>
+    internal async ValueTask WaitSignalAsync(SemaphoreSlim signal, CancellationToken cancellation)
+    {
+        if (_stopping || _failure is not null)
+            return;
+        Interlocked.Increment(ref _asyncWaiters);
+        try
+        {
+            WakePump();
+            await signal.WaitAsync(Options.HeartbeatInterval, cancellation).ConfigureAwait(false);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _asyncWaiters);
+        }
+    }
+
+    /// <summary>After a taker left: wakes the blocked waiters (one of them takes over) and, for
+    /// async waiters, the pump.</summary>
+    private void HandOver()
+    {
+        Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref _blockedWaiters) > 0)
+            foreach (IsmChannel channel in _channels.Values)
+                channel.Signal();
+        if (Volatile.Read(ref _asyncWaiters) > 0)
+            WakePump();
+    }
+
+    private void WakePump()
+    {
+        if (_pumpWake.CurrentCount == 0)
+        {
+            try { _pumpWake.Release(); } catch (SemaphoreFullException) { }
+        }
+    }
+
+    /// <summary>Waits up to <paramref name="timeout"/> for one update event (the client spins on it
+    /// before it blocks) and signals the channels it is for, but not the caller's own wait
+    /// (<paramref name="self"/>, <paramref name="selfSignal"/>); a zero timeout takes only what is
+    /// there. Call with <see cref="_taker"/> held.</summary>
+    /// <returns>Whether an event for <paramref name="self"/> arrived.</returns>
+    private bool TakeEvents(TimeSpan timeout, IsmChannel? self, SemaphoreSlim? selfSignal)
+    {
+        bool mine = false;
+        if (_eventq && timeout == TimeSpan.Zero)
+        {
+            foreach (ulong offset in Client.DrainEvents())
+                mine |= Deliver(offset, self, selfSignal);
+        }
+        else if (_eventq)
+        {
+            int n = Client.WaitEvent(_offsets, timeout);
+            if (n > _offsets.Length) // more regions than the buffer holds: every channel re-checks
+                return SignalAll(self, selfSignal);
+            for (int i = 0; i < n; i++)
+                mine |= Deliver(_offsets[i], self, selfSignal);
+        }
+        else if (_vector >= 0)
+        {
+            bool fired = timeout == TimeSpan.Zero
+                ? Client.Transport.WaitVector(_vector, TimeSpan.Zero, TimeSpan.Zero)
+                : Client.WaitVector(_vector, timeout);
+            if (fired) // every channel is bound to the one vector
+                return SignalAll(self, selfSignal);
+        }
+        else if (timeout > TimeSpan.Zero)
+        {
+            Thread.Sleep(timeout); // no events: the channels poll, this only paces the caller
+        }
+        return mine;
+    }
+
+    private bool Deliver(ulong offset, IsmChannel? self, SemaphoreSlim? selfSignal)
+    {
+        if (!_channels.TryGetValue(offset, out IsmChannel? channel))
+            return false;
+        channel.Signal(channel == self ? selfSignal : null);
+        return channel == self;
+    }
+
+    private bool SignalAll(IsmChannel? self, SemaphoreSlim? selfSignal)
+    {
+        foreach (IsmChannel channel in _channels.Values)
+            channel.Signal(channel == self ? selfSignal : null);
+        return self is not null;
+    }
+
+    private void DeviceFailed(Exception ex)
+    {
+        if (_stopping)
+            return;
+        _failure ??= ex;
+        foreach (IsmChannel channel in _channels.Values)
+            channel.Fail(new ChannelException("the device connection failed: " + ex.Message, ex));
+    }
+
+    /// <summary>The device's thread: heartbeats every interval (bump this side's counters, check the
+    /// peers'), takes the device's events while async waits are pending and no blocking waiter
+    /// does, and otherwise takes what piled up once per interval (so eventq buffers return).</summary>
     private void Pump()
     {
         TimeSpan interval = Options.HeartbeatInterval;
@@ -214,36 +380,47 @@ public sealed class ChannelDevice : IDisposable
                 TimeSpan wait = interval - Stopwatch.GetElapsedTime(lastBeat);
                 if (wait > TimeSpan.Zero)
                 {
-                    IReadOnlyList<ulong>? offsets = _eventq ? Client.WaitEvent(wait)
-                        : _vector >= 0 ? Client.WaitVectorEvent(_vector, wait)
-                        : SleepNull(wait);
-                    if (offsets is not null)
-                        foreach (ulong offset in offsets)
-                            if (_channels.TryGetValue(offset, out IsmChannel? channel))
-                                channel.Signal();
+                    if (Volatile.Read(ref _asyncWaiters) > 0 && Volatile.Read(ref _blockedWaiters) == 0 && _taker.TryEnter())
+                    {
+                        try
+                        {
+                            TakeEvents(wait, null, null);
+                        }
+                        finally
+                        {
+                            _taker.Exit();
+                            HandOver();
+                        }
+                    }
+                    else
+                    {
+                        _pumpWake.Wait(wait);
+                    }
                 }
                 if (Stopwatch.GetElapsedTime(lastBeat) >= interval)
                 {
                     lastBeat = Stopwatch.GetTimestamp();
                     foreach (IsmChannel channel in _channels.Values)
                         channel.Beat(lastBeat);
+                    if (_taker.TryEnter())
+                    {
+                        try
+                        {
+                            TakeEvents(TimeSpan.Zero, null, null);
+                        }
+                        finally
+                        {
+                            _taker.Exit();
+                            HandOver();
+                        }
+                    }
                 }
             }
         }
         catch (Exception ex) when (ex is DriverTransportException or ObjectDisposedException or InvalidOperationException)
         {
-            if (_stopping)
-                return;
-            _failure = ex;
-            foreach (IsmChannel channel in _channels.Values)
-                channel.Fail(new ChannelException("the device connection failed: " + ex.Message, ex));
+            DeviceFailed(ex);
         }
-    }
-
-    private static IReadOnlyList<ulong>? SleepNull(TimeSpan wait)
-    {
-        Thread.Sleep(wait);
-        return null;
     }
 
     /// <summary>Stops the event thread; disposes the client (resetting the device, which releases its
@@ -255,7 +432,11 @@ public sealed class ChannelDevice : IDisposable
         _stopping = true;
         foreach (IsmChannel channel in _channels.Values)
             channel.Fail(new ObjectDisposedException(nameof(ChannelDevice)));
+        WakePump();
         _pump.Join();
+        // A blocking waiter taking events leaves within a heartbeat interval once it sees _stopping.
+        _taker.Enter();
+        _taker.Exit();
         _owned?.Dispose();
     }
 

@@ -11,8 +11,9 @@ public static class ChannelLayout
     /// <summary>"VISMCHN1" read as a little-endian u64.</summary>
     public const ulong Magic = 0x314E48434D534956;
 
-    /// <summary>The protocol version this library speaks.</summary>
-    public const uint Version = 1;
+    /// <summary>The protocol version this library speaks (2: each line's wait sequence lives in its
+    /// own cache line, <see cref="LineWaitSeq"/> bytes after the cursor; version 1 had it beside the cursor).</summary>
+    public const uint Version = 2;
 
     /// <summary>Bytes of the header; ring 0 starts here.</summary>
     public const int HeaderSize = 4096;
@@ -50,9 +51,9 @@ public static class ChannelLayout
     /// <summary>u64 heartbeat counter of that side (incremented every interval while it lives).</summary>
     public const int SideHeartbeat = 0x08;
 
-    /// <summary>Ring 0's producer line (tail + producer wait sequence), written by the creator.</summary>
+    /// <summary>Ring 0's producer line (tail; the producer's wait sequence is <see cref="LineWaitSeq"/> further), written by the creator.</summary>
     public const int Ring0Producer = 0x100;
-    /// <summary>Ring 0's consumer line (head + consumer wait sequence), written by the acceptor.</summary>
+    /// <summary>Ring 0's consumer line (head; the consumer's wait sequence is <see cref="LineWaitSeq"/> further), written by the acceptor.</summary>
     public const int Ring0Consumer = 0x140;
     /// <summary>Ring 1's producer line, written by the acceptor.</summary>
     public const int Ring1Producer = 0x180;
@@ -60,8 +61,11 @@ public static class ChannelLayout
     public const int Ring1Consumer = 0x1C0;
     /// <summary>u64 cursor in a producer line (tail) or consumer line (head): bytes ever written / read.</summary>
     public const int LineCursor = 0x00;
-    /// <summary>u32 wait sequence in a line: bumped by its writer each time it is about to block.</summary>
-    public const int LineWaitSeq = 0x08;
+    /// <summary>u32 wait sequence of a line, this many bytes after the line's cursor (so in the
+    /// header's 0x200-0x2FF block): bumped by the line's writer each time it is about to block. Not
+    /// beside the cursor: the peer reads it after every publish, and a read of the line the
+    /// cursor's writer stores into at every message would move that line between the cores each time.</summary>
+    public const int LineWaitSeq = 0x100;
 
     /// <summary>The ring size for a region of <paramref name="regionSize"/> bytes: half of what follows
     /// the header, rounded down to 64 bytes.</summary>

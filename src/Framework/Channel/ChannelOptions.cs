@@ -4,7 +4,9 @@ namespace Vism.Channel;
 public enum ChannelWaitMode
 {
     /// <summary>Spin for <see cref="ChannelOptions.SpinTime"/>, then announce the wait in the
-    /// region and block until the peer's notify arrives as an update event (eventq or vector).</summary>
+    /// region and block until the peer's notify arrives as an update event (eventq or vector). A
+    /// blocking call waits on the device's events itself, spinning on them for the client's
+    /// <c>IsmClientOptions.SpinBeforeBlock</c> before it sleeps.</summary>
     Event,
 
     /// <summary>Never block: spin on the peer's cursor. The peer never needs to notify this side;

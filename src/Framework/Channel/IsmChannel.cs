@@ -32,6 +32,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private long _spinTicks;
     private volatile bool _poll;
     private long _txTail, _rxHead;
+    private long _txHeadSeen;
     private uint _txNotified, _rxNotified, _myWaitSeqRead, _myWaitSeqWrite;
     private ulong _beats;
     private ulong _lastPeerBeat;
@@ -148,7 +149,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
             if (_poll)
                 await Task.Delay(1, cancellation).ConfigureAwait(false);
             else
-                await _signals[Read].WaitAsync(_device.Options.HeartbeatInterval, cancellation).ConfigureAwait(false);
+                await _device.WaitSignalAsync(_signals[Read], cancellation).ConfigureAwait(false);
         }
         _lastPeerChange = Stopwatch.GetTimestamp();
     }
@@ -166,7 +167,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         {
             int n = TryRead(buffer, consume: true);
             if (n != 0) return Math.Max(n, 0);
-            WaitAsync(Read, sync: true, default).GetAwaiter().GetResult();
+            Wait(Read);
         }
     }
 
@@ -182,7 +183,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         {
             int n = TryRead(buffer.Span, consume: true);
             if (n != 0) return Math.Max(n, 0);
-            await WaitAsync(Read, sync: false, cancellation).ConfigureAwait(false);
+            await WaitAsync(Read, cancellation).ConfigureAwait(false);
         }
     }
 
@@ -197,7 +198,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
             int n = TryWrite(data);
             data = data[n..];
             if (n == 0)
-                WaitAsync(Write, sync: true, default).GetAwaiter().GetResult();
+                Wait(Write);
         }
     }
 
@@ -213,7 +214,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
             int n = TryWrite(data.Span);
             data = data[n..];
             if (n == 0)
-                await WaitAsync(Write, sync: false, cancellation).ConfigureAwait(false);
+                await WaitAsync(Write, cancellation).ConfigureAwait(false);
         }
     }
 
@@ -254,7 +255,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     {
         int length;
         while ((length = TryPeekLength(buffer.Length)) == -2)
-            await WaitAsync(Read, sync: false, cancellation).ConfigureAwait(false);
+            await WaitAsync(Read, cancellation).ConfigureAwait(false);
         if (length < 0) return -1;
         if (TryTakeWhole(buffer.Span, length)) return length;
         Consume(4);
@@ -274,7 +275,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     {
         int length;
         while ((length = TryPeekLength(buffer.Length)) == -2)
-            WaitAsync(Read, sync: true, default).GetAwaiter().GetResult();
+            Wait(Read);
         if (length < 0) return -1;
         if (TryTakeWhole(buffer, length)) return length;
         Consume(4);
@@ -343,14 +344,23 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         return (long)avail;
     }
 
-    private long Free()
+    /// <summary>Room in the transmit ring: at least <paramref name="wanted"/> bytes from the head
+    /// this side last read, else the peer's head is read again. The head line is the consumer's: a
+    /// writer that reads it at every message takes the line from the consumer each time, and the
+    /// consumer's next head store has to take it back (a cache-line transfer on the round trip).</summary>
+    private long Free(long wanted = 1)
     {
-        ulong used = (ulong)_txTail - Volatile.Read(ref U64(_txConsumer + ChannelLayout.LineCursor));
+        long known = (long)_ringSize - (_txTail - _txHeadSeen);
+        if (known >= wanted)
+            return known;
+        ulong head = Volatile.Read(ref U64(_txConsumer + ChannelLayout.LineCursor));
+        ulong used = (ulong)_txTail - head;
         if (used > _ringSize)
         {
             Fail(new ChannelException($"the peer broke the protocol: its read cursor is {unchecked(0 - used)} bytes ahead of this side's write cursor"));
             return -1;
         }
+        _txHeadSeen = (long)head;
         return (long)(_ringSize - used);
     }
 
@@ -440,7 +450,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private int TryWrite(ReadOnlySpan<byte> data)
     {
         ThrowIfWritable();
-        long free = Free();
+        long free = Free(Math.Min(data.Length, (long)_ringSize));
         ThrowIfFailed();
         int n = (int)Math.Min(free, data.Length);
         // Published in slices: the reader copies one slice out while this side copies the next in.
@@ -454,7 +464,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private bool TryWriteFrame(ReadOnlySpan<byte> message)
     {
         ThrowIfWritable();
-        long free = Free();
+        long free = Free(4L + message.Length);
         ThrowIfFailed();
         if (free < 4L + message.Length) return false;
         Span<byte> length = stackalloc byte[4];
@@ -514,35 +524,58 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private bool Ready(int direction) =>
         _failure is not null || _closed || PeerState == ChannelState.Closed || (direction == Read ? Available() != 0 : Free() != 0);
 
-    /// <summary>Waits until <see cref="Ready"/>: spins (for ever when polling), then announces the
-    /// wait through this side's wait sequence and blocks until the peer's notify (or a heartbeat tick).</summary>
-    private async ValueTask WaitAsync(int direction, bool sync, CancellationToken cancellation)
+    /// <summary>A blocking wait until <see cref="Ready"/>: spins (for ever when polling), then
+    /// announces the wait and takes the device's events on this thread (see
+    /// <see cref="ChannelDevice.WaitForEvent"/>) until the peer's notify or a heartbeat tick.</summary>
+    private void Wait(int direction)
+    {
+        if (Spin(direction, default) || Announce(direction))
+            return;
+        _device.WaitForEvent(this, _signals[direction]);
+    }
+
+    /// <summary>The async wait: as <see cref="Wait"/>, but blocks on this channel's signal, which
+    /// whoever takes the device's events sets.</summary>
+    private async ValueTask WaitAsync(int direction, CancellationToken cancellation)
+    {
+        if (Spin(direction, cancellation) || Announce(direction))
+            return;
+        await _device.WaitSignalAsync(_signals[direction], cancellation).ConfigureAwait(false);
+    }
+
+    /// <summary>Spins until <see cref="Ready"/> (for ever when polling, else for the spin time).</summary>
+    /// <returns>Whether the channel became ready.</returns>
+    private bool Spin(int direction, CancellationToken cancellation)
     {
         long start = Stopwatch.GetTimestamp();
         while (_poll || Stopwatch.GetTimestamp() - start < _spinTicks)
         {
-            if (Ready(direction)) return;
+            if (Ready(direction)) return true;
             cancellation.ThrowIfCancellationRequested();
             // No sched_yield: on a busy machine it hands the core to another task for a whole slice.
             Thread.SpinWait(1);
         }
+        return false;
+    }
+
+    /// <summary>Announces a wait (bumps this side's wait sequence: the peer notifies once for it),
+    /// full fence, and re-checks.</summary>
+    /// <returns>Whether the channel became ready meanwhile.</returns>
+    private bool Announce(int direction)
+    {
         int line = direction == Read ? _rxConsumer : _txProducer;
         uint seq = direction == Read ? ++_myWaitSeqRead : ++_myWaitSeqWrite;
         Volatile.Write(ref U32(line + ChannelLayout.LineWaitSeq), seq);
         Interlocked.MemoryBarrier();
-        if (Ready(direction)) return;
-        SemaphoreSlim signal = _signals[direction];
-        if (sync)
-            signal.Wait(_device.Options.HeartbeatInterval, cancellation);
-        else
-            await signal.WaitAsync(_device.Options.HeartbeatInterval, cancellation).ConfigureAwait(false);
+        return Ready(direction);
     }
 
-    /// <summary>An update event for this region arrived: wake both waiters (they re-check).</summary>
-    internal void Signal()
+    /// <summary>An update event for this region arrived: wake the waiters (they re-check), except
+    /// <paramref name="except"/> (the wait of the thread that took the event).</summary>
+    internal void Signal(SemaphoreSlim? except = null)
     {
         foreach (SemaphoreSlim s in _signals)
-            if (s.CurrentCount == 0)
+            if (s != except && s.CurrentCount == 0)
             {
                 try { s.Release(); } catch (SemaphoreFullException) { }
             }

@@ -13,7 +13,7 @@
 
 /* Region layout: docs/channel.md and src/Framework/Channel/ChannelLayout.cs. */
 #define CH_MAGIC 0x314E48434D534956ULL /* "VISMCHN1" */
-#define CH_VERSION 1
+#define CH_VERSION 2
 #define CH_HEADER 4096
 #define CH_MIN_REGION (CH_HEADER + 2 * 4096)
 #define H_MAGIC 0x00
@@ -35,7 +35,7 @@
 #define RING1_PRODUCER 0x180
 #define RING1_CONSUMER 0x1C0
 #define L_CURSOR 0x00
-#define L_WAITSEQ 0x08
+#define L_WAITSEQ 0x100 /* its own cache line (0x200-0x2FF), not beside the cursor */
 #define STATE_NONE 0
 #define STATE_OPEN 1
 #define STATE_CLOSED 2
