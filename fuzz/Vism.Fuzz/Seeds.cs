@@ -179,6 +179,7 @@ internal static class Seeds
         yield return ("request-and-ack", Ring(0, m => { Desc(m, 0, 0, 512, 10, 1, 1); Desc(m, 0, 1, 600, 17, 2, 0); Avail(m, 0); }));
         yield return ("two-chains-event-idx", Ring(1, m => { Desc(m, 0, 0, 512, 10, 1, 1); Desc(m, 0, 1, 600, 17, 2, 0); Desc(m, 0, 2, 640, 8, 2, 0); Avail(m, 0, 2); }));
         yield return ("indirect", Ring(2, m => { Desc(m, 0, 0, 768, 32, 4, 0); Desc(m, 768, 0, 512, 10, 1, 1); Desc(m, 768, 1, 600, 17, 2, 0); Avail(m, 0); }));
+        yield return ("indirect-over-queue-size", Ring(2, m => { Desc(m, 0, 0, 768, 16 * 9, 4, 0); Avail(m, 0); }));
         yield return ("loop", Ring(0, m => { Desc(m, 0, 0, 512, 4, 1, 1); Desc(m, 0, 1, 520, 4, 1, 0); Avail(m, 1); }));
         yield return ("across-the-hole", Ring(0, m => { Desc(m, 0, 0, 0x7ff0, 0x20, 0, 0); Avail(m, 0); }));
     }

@@ -12,7 +12,8 @@ namespace Vism.Fuzz;
 /// Input: <c>u8 sizeLog2, u8 features, u16 nextAvail, u16 ringOffset, memory...</c>; the
 /// descriptor table sits at <c>ringOffset &amp; ~15</c>, the rings follow it. Rules: the walker never throws or loops, every
 /// buffer of a chain lies wholly in guest memory, lengths add up without overflow, a fault always
-/// has a reason, and the chain's Read/Write move exactly what fits.
+/// has a reason, the chain's Read/Write move exactly what fits, and one pop reads at most the queue
+/// size of descriptors plus an indirect table's pointer (a longer chain is refused unread).
 /// </summary>
 internal sealed class SplitQueueTarget : IFuzzTarget
 {
@@ -46,7 +47,10 @@ internal sealed class SplitQueueTarget : IFuzzTarget
         queue.Configure(settings, eventIdx, indirect);
         for (int i = 0; i <= 2 * size + 1; i++)
         {
+            long walked = queue.DescriptorsWalked;
             PopResult result = queue.TryPop(_memory, out DescriptorChain? chain, out string? fault);
+            if (queue.DescriptorsWalked - walked > size + 1)
+                throw new FuzzFinding($"one pop read {queue.DescriptorsWalked - walked} descriptors of a {size}-entry queue");
             if (result == PopResult.Empty) return;
             if (result == PopResult.Fault)
             {
@@ -65,6 +69,8 @@ internal sealed class SplitQueueTarget : IFuzzTarget
     private void Check(DescriptorChain chain, ushort size)
     {
         if (chain.Head >= size) throw new FuzzFinding($"head {chain.Head} of a {size}-entry queue");
+        if (chain.Readable.Count + chain.Writable.Count > size)
+            throw new FuzzFinding($"a chain of {chain.Readable.Count + chain.Writable.Count} buffers in a {size}-entry queue");
         ulong readable = 0, writable = 0;
         foreach (GuestBuffer b in chain.Readable) readable += Inside(b);
         foreach (GuestBuffer b in chain.Writable) writable += Inside(b);

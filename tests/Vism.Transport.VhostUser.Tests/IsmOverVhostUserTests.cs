@@ -65,7 +65,8 @@ internal sealed class IsmRig : IAsyncDisposable
 
     public IsmHost Host { get; }
 
-    public IsmPeer Add(string name, bool connect = true, TimeSpan? notifyPollFast = null, TimeSpan? notifyPollSlow = null, int? loopIndex = null)
+    public IsmPeer Add(string name, bool connect = true, TimeSpan? notifyPollFast = null, TimeSpan? notifyPollSlow = null, int? loopIndex = null,
+        IsmClientOptions? client = null)
     {
         EventLoop loop = _loops[loopIndex ?? _peers.Count % _loops.Length];
         DeviceDescription description = DeviceLayout.Compute(name, Virtio.IsmDeviceId, 16 * MiB, MiB, 1);
@@ -81,7 +82,7 @@ internal sealed class IsmRig : IAsyncDisposable
         loop.InvokeAsync(() => transport.Start(device)).GetAwaiter().GetResult();
         var peer = new IsmPeer(device, transport, events, counters, log);
         _peers.Add(peer);
-        if (connect) peer.Connect();
+        if (connect) peer.Connect(client);
         return peer;
     }
 
@@ -111,11 +112,12 @@ internal sealed class IsmPeer(IsmDevice device, VhostUserTransport transport, Ve
     public IsmClient? Client { get; private set; }
     public IsmClient C => Client!;
 
-    public void Connect()
+    /// <summary>Connects a frontend and starts a client (by default without the eventq).</summary>
+    public void Connect(IsmClientOptions? client = null)
     {
         Ram = new GuestRam();
         Frontend = VhostUserFrontend.Connect(Transport.Endpoint, Ram, new VhostUserFrontendOptions { VectorCount = IsmRig.Vectors });
-        Client = IsmClient.Start(Frontend, new IsmClientOptions { EventVq = false });
+        Client = IsmClient.Start(Frontend, client ?? new IsmClientOptions { EventVq = false });
     }
 
     /// <summary>The frontend vanishes without resetting the device (a VMM killed).</summary>

@@ -15,6 +15,7 @@ public static class ConformanceSuite
         .. EventChecks.All,
         .. FeatureChecks.All,
         .. PersistChecks.All,
+        .. RingChecks.All,
     ];
 
     /// <summary>The checks whose id equals one of <paramref name="patterns"/> or starts with one

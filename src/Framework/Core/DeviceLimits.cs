@@ -25,9 +25,11 @@ public sealed record DeviceLimits
     public int RequestsPerTurn { get; init; } = 16;
 
     /// <summary>Descriptors walked in one loop turn before the device yields the loop (default
-    /// 4096). One chain is always walked whole; a chain of 32,768 descriptors (one full indirect
-    /// table) therefore ends the turn after it.</summary>
-    public int DescriptorsPerTurn { get; init; } = 4096;
+    /// 1024: four of the longest chains; a control request takes two or three, so 16 requests never
+    /// reach it). One chain is always walked whole, but it holds at most the queue size (at most
+    /// 256) of buffer descriptors: a longer one, such as a 32,768-entry indirect table, is a ring
+    /// fault found from the table's length without walking it (<c>ring.chain-over-queue-size</c>).</summary>
+    public int DescriptorsPerTurn { get; init; } = 1024;
 
     /// <summary>Chains the device holds popped and not yet completed, over all its queues (default
     /// 512: every entry of a 256-entry controlq and event queue). Past it the device stops taking

@@ -26,6 +26,11 @@ public enum PopResult
 /// The chain walker follows at most one level of indirect tables, gives up after as many
 /// descriptors as the table it walks holds (a loop), requires device-writable descriptors to follow
 /// every driver-readable one, and rejects chains whose total length does not fit in 32 bits.
+/// A chain holds at most <see cref="Size"/> buffer descriptors (virtio 1.2 section 2.7.5.3.1: "A
+/// driver MUST NOT create a descriptor chain longer than the Queue Size of the device"): an
+/// indirect table with more entries than the chain has left is refused from its length alone,
+/// before any entry is read, so a hostile chain costs one descriptor read, not 32,768
+/// (<c>ring.chain-over-queue-size</c>). The pointer to an indirect table does not count.
 /// Every fault is reported with a short reason (a counter suffix such as <c>ring.loop</c>).
 /// </remarks>
 public sealed class SplitQueue
@@ -44,9 +49,6 @@ public sealed class SplitQueue
 
     /// <summary>Size of one descriptor in bytes.</summary>
     public const int DescriptorSize = 16;
-
-    /// <summary>The largest indirect table accepted (entries); the virtio limit for a queue size.</summary>
-    public const uint MaxIndirectEntries = 32768;
 
     private QueueSettings _settings;
 
@@ -73,7 +75,8 @@ public sealed class SplitQueue
     public ushort NextUsed { get; private set; }
 
     /// <summary>Descriptors read by every walk so far, valid or not (the device's budget per loop turn
-    /// counts them: one chain can hold 32,768).</summary>
+    /// counts them). One walk reads at most <see cref="Size"/> buffer descriptors plus the pointer to
+    /// an indirect table.</summary>
     public long DescriptorsWalked { get; private set; }
 
     /// <summary>Whether VIRTIO_F_EVENT_IDX was negotiated.</summary>
@@ -191,6 +194,7 @@ public sealed class SplitQueue
         bool inIndirect = false;
         uint index = head;
         uint ttl = tableSize;
+        uint room = Size; // buffer descriptors the chain may still hold
         Span<byte> raw = stackalloc byte[DescriptorSize];
         while (true)
         {
@@ -209,8 +213,11 @@ public sealed class SplitQueue
                 if (!IndirectDesc) return "ring.indirect-not-negotiated";
                 if (inIndirect) return "ring.indirect-in-indirect";
                 if ((flags & DescNext) != 0) return "ring.indirect-with-next";
-                if (len == 0 || len % DescriptorSize != 0 || len / DescriptorSize > MaxIndirectEntries)
+                if (len == 0 || len % DescriptorSize != 0)
                     return "ring.indirect-bad-size";
+                // Refused from the table's length alone: none of its entries is read.
+                if (len / DescriptorSize > room)
+                    return "ring.chain-over-queue-size";
                 if (!memory.TryTranslate(addr, len, out _))
                     return "ring.indirect-unmapped";
                 inIndirect = true;
@@ -221,6 +228,9 @@ public sealed class SplitQueue
                 continue;
             }
 
+            // Cannot run out: a direct chain longer than the queue loops (ttl), and an indirect
+            // table was checked against the room left when it was entered.
+            room--;
             bool isWrite = (flags & DescWrite) != 0;
             if (!isWrite && sawWritable)
                 return "ring.read-after-write";

@@ -243,7 +243,7 @@ public sealed partial class DeviceSection
     public int RequestsPerTurn { get; set; } = DeviceLimits.Default.RequestsPerTurn;
 
     /// <summary><c>descriptors-per-turn</c>: see <see cref="DeviceLimits.DescriptorsPerTurn"/>.</summary>
-    [Description("Descriptors one device walks in a loop turn before yielding (1..16777216; one chain is always walked whole)")]
+    [Description("Descriptors one device walks in a loop turn before yielding (1..16777216; one chain, at most the queue size, is always walked whole)")]
     public int DescriptorsPerTurn { get; set; } = DeviceLimits.Default.DescriptorsPerTurn;
 
     /// <summary><c>max-in-flight</c>: see <see cref="DeviceLimits.MaxInFlight"/>.</summary>
