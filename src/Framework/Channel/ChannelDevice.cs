@@ -17,9 +17,6 @@ namespace Vism.Channel;
 /// </summary>
 public sealed class ChannelDevice : IDisposable
 {
-    /// <summary>Offsets one eventq buffer can report with the client's default buffer size.</summary>
-    private const int EventOffsets = 63;
-
     private readonly ConcurrentDictionary<ulong, IsmChannel> _channels = new();
     private readonly IDisposable? _owned;
     private readonly Thread _pump;
@@ -27,7 +24,7 @@ public sealed class ChannelDevice : IDisposable
     /// <summary>Held by the one thread that takes the device's events right now: a channel's
     /// blocking wait (the reader or writer itself, no hand-over) or the pump, for async waits.</summary>
     private readonly Lock _taker = new();
-    private readonly ulong[] _offsets = new ulong[EventOffsets];
+    private readonly ulong[] _offsets; // one eventq buffer's worth
     private readonly SemaphoreSlim _pumpWake = new(0, 1);
     private int _blockedWaiters, _asyncWaiters;
     private readonly bool _eventq;
@@ -53,6 +50,7 @@ public sealed class ChannelDevice : IDisposable
         Client = client;
         _owned = owned;
         _eventq = client.Driver.Has(Features.IsmEventVq);
+        _offsets = new ulong[_eventq ? client.EventCapacity : 0];
         if (!_eventq && client.Driver.Has(Features.IsmEventIrq) && client.Transport.VectorCount > 0)
             _vector = 0;
         _pump = new Thread(Pump) { IsBackground = true, Name = $"vism-channel-{client.DevId}" };
@@ -298,13 +296,7 @@ public sealed class ChannelDevice : IDisposable
             WakePump();
     }
 
-    private void WakePump()
-    {
-        if (_pumpWake.CurrentCount == 0)
-        {
-            try { _pumpWake.Release(); } catch (SemaphoreFullException) { }
-        }
-    }
+    private void WakePump() => IsmChannel.SetSignal(_pumpWake);
 
     /// <summary>Waits up to <paramref name="timeout"/> for one update event (the client spins on it
     /// before it blocks) and signals the channels it is for, but not the caller's own wait
@@ -380,40 +372,15 @@ public sealed class ChannelDevice : IDisposable
                 TimeSpan wait = interval - Stopwatch.GetElapsedTime(lastBeat);
                 if (wait > TimeSpan.Zero)
                 {
-                    if (Volatile.Read(ref _asyncWaiters) > 0 && Volatile.Read(ref _blockedWaiters) == 0 && _taker.TryEnter())
-                    {
-                        try
-                        {
-                            TakeEvents(wait, null, null);
-                        }
-                        finally
-                        {
-                            _taker.Exit();
-                            HandOver();
-                        }
-                    }
-                    else
-                    {
+                    if (Volatile.Read(ref _asyncWaiters) == 0 || Volatile.Read(ref _blockedWaiters) != 0 || !TryTakeEventsAsPump(wait))
                         _pumpWake.Wait(wait);
-                    }
                 }
                 if (Stopwatch.GetElapsedTime(lastBeat) >= interval)
                 {
                     lastBeat = Stopwatch.GetTimestamp();
                     foreach (IsmChannel channel in _channels.Values)
                         channel.Beat(lastBeat);
-                    if (_taker.TryEnter())
-                    {
-                        try
-                        {
-                            TakeEvents(TimeSpan.Zero, null, null);
-                        }
-                        finally
-                        {
-                            _taker.Exit();
-                            HandOver();
-                        }
-                    }
+                    TryTakeEventsAsPump(TimeSpan.Zero);
                 }
             }
         }
@@ -421,6 +388,25 @@ public sealed class ChannelDevice : IDisposable
         {
             DeviceFailed(ex);
         }
+    }
+
+    /// <summary>The pump takes the device's events for up to <paramref name="timeout"/> (zero: what is
+    /// there) unless another thread takes them now, then hands over.</summary>
+    /// <returns>False when another thread held them.</returns>
+    private bool TryTakeEventsAsPump(TimeSpan timeout)
+    {
+        if (!_taker.TryEnter())
+            return false;
+        try
+        {
+            TakeEvents(timeout, null, null);
+        }
+        finally
+        {
+            _taker.Exit();
+            HandOver();
+        }
+        return true;
     }
 
     /// <summary>Stops the event thread; disposes the client (resetting the device, which releases its

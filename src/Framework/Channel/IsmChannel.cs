@@ -575,10 +575,16 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     internal void Signal(SemaphoreSlim? except = null)
     {
         foreach (SemaphoreSlim s in _signals)
-            if (s != except && s.CurrentCount == 0)
-            {
-                try { s.Release(); } catch (SemaphoreFullException) { }
-            }
+            if (s != except)
+                SetSignal(s);
+    }
+
+    /// <summary>Sets a 0/1 signal (a <see cref="SemaphoreSlim"/> with maximum 1) unless it is set already.</summary>
+    internal static void SetSignal(SemaphoreSlim signal)
+    {
+        if (signal.CurrentCount != 0)
+            return;
+        try { signal.Release(); } catch (SemaphoreFullException) { } // set meanwhile by another thread
     }
 
     /// <summary>The channel failed; every wait ends and every later call throws.</summary>

@@ -225,9 +225,9 @@ public sealed class DriverQueue
     private void WriteInterruptRequest()
     {
         if (EventIdx)
-            _ram.TryWriteUInt16(Settings.AvailRing + 4 + 2UL * Size, _polling ? (ushort)(_lastUsed + 0x7fff) : _lastUsed);
+            RawSetUsedEvent(_polling ? (ushort)(_lastUsed + 0x7fff) : _lastUsed);
         else
-            _ram.TryWriteUInt16(Settings.AvailRing, (ushort)(_polling ? 1 : 0));
+            SuppressInterrupts(_polling);
     }
 
     /// <summary>Sets or clears VRING_AVAIL_F_NO_INTERRUPT (ignored by the device under EVENT_IDX).</summary>

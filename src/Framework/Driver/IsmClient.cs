@@ -396,10 +396,14 @@ public sealed class IsmClient : IDisposable
             throw new InvalidOperationException("VIRTIO_ISM_F_EVENT_VQ was not negotiated");
     }
 
+    /// <summary>Region offsets one eventq buffer holds (<see cref="IsmClientOptions.EventBufferSize"/>
+    /// less the 8-byte <c>num</c>, over 8): size the span given to <see cref="WaitEvent(Span{ulong}, TimeSpan)"/> with it.</summary>
+    public int EventCapacity => (int)((_options.EventBufferSize - 8) / 8);
+
     /// <summary>Parses a returned event buffer and re-posts it (also when it was malformed).</summary>
     private ulong[] TakeEvent(UsedElement used)
     {
-        int capacity = (int)((_options.EventBufferSize - 8) / 8);
+        int capacity = EventCapacity;
         Span<ulong> offsets = capacity <= 128 ? stackalloc ulong[capacity] : new ulong[capacity];
         int n = TakeEvent(used, offsets);
         return offsets[..n].ToArray();
