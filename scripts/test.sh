@@ -78,6 +78,12 @@ if [ "$files" -lt "$projects" ]; then
   say "$((projects - files)) of $projects test project(s) produced no results (crashed or hung)"
   failed=$((failed + projects - files))
 fi
+# Name every test that did not pass, with the first lines of its message, right above the
+# summary: a CI log that keeps only its tail still says which test failed and why.
+if [ "$failed" -gt 0 ]; then
+  echo "=== tests that did not pass ==="
+  python3 scripts/trx-failures.py "$RESULTS"/*.trx || say "warning: could not list the failed tests"
+fi
 echo "$passed passed, $failed failed"
 echo "($skipped skipped)"
 if [ "$failed" -gt 0 ] || [ "$test_rc" -ne 0 ] || [ "$files" -eq 0 ]; then
