@@ -65,9 +65,11 @@ public static class EventPath
                 case "--stream-mib": o = o with { StreamMiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--rounds": o = o with { Rounds = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--cpus": o = o with { CpuA = v.Split(',')[0], CpuB = v.Split(',')[1] }; i++; break;
-                case "--only": o = o with { Only = v.Split(',') }; i++; break;
+                // Comma-separated substrings of setting names; a value starting with '=' is one substring,
+                // commas included (setting names contain commas: --only "=mmio irq, busy-poll").
+                case "--only": o = o with { Only = [.. o.Only, .. v.StartsWith('=') ? [v[1..]] : v.Split(',')] }; i++; break;
                 default:
-                    Console.Error.WriteLine($"event-path: unknown argument {args[i]}; options: --round-trips N (20000) --idle SECONDS (5; 60 for the minute-idle figure) --stream-mib MIB-PER-ROUND (512) --rounds N (10) --cpus A,B (0,1) --only NAME,...");
+                    Console.Error.WriteLine($"event-path: unknown argument {args[i]}; options: --round-trips N (20000) --idle SECONDS (5; 60 for the minute-idle figure) --stream-mib MIB-PER-ROUND (512) --rounds N (10) --cpus A,B (0,1) --only NAME,... (or --only =NAME-WITH-COMMAS; repeatable)");
                     return 2;
             }
         }
@@ -92,6 +94,9 @@ public static class EventPath
             new("vq, lever off: no spin", "vhost-user", "vq", 1, 0, true),
             new("vq, lever off: no doorbell (polled window)", "vhost-user", "vq", 1, 50, false),
             new("vq, + busy-poll 200us", "vhost-user", "vq", 1, 50, true, BusyPollUs: 200),
+            // Two cores, three threads on the path: vism's loop polls, the peers sleep.
+            new("vq, busy-poll 200us, peers sleep (no spin)", "vhost-user", "vq", 1, 0, true, BusyPollUs: 200),
+            new("irq, busy-poll 200us, peers sleep (no spin)", "vhost-user", "irq", 1, 0, true, BusyPollUs: 200),
             new("vq, QEMU-guest path: no doorbell, no spin", "vhost-user", "vq", 1, 0, false),
             new("vq, QEMU-guest path, notify-poll-fast 10us", "vhost-user", "vq", 1, 0, false, PollFast: TimeSpan.FromMicroseconds(10)),
             new("vq, QEMU-guest path, notify-poll-slow 2ms", "vhost-user", "vq", 1, 0, false, PollSlow: TimeSpan.FromMilliseconds(2)),
@@ -102,6 +107,9 @@ public static class EventPath
             new("mmio irq, lever off: no spin", "mmio", "irq", 1, 0, true),
             new("mmio vq, low-latency (defaults + busy-poll 200us)", "mmio", "vq", 1, 50, true, BusyPollUs: 200),
             new("mmio irq, low-latency (defaults + busy-poll 200us)", "mmio", "irq", 1, 50, true, BusyPollUs: 200),
+            // The split that suits two cores: vism's loop polls, the peers sleep (no three spinners on two cores).
+            new("mmio vq, busy-poll 200us, peers sleep (no spin)", "mmio", "vq", 1, 0, true, BusyPollUs: 200),
+            new("mmio irq, busy-poll 200us, peers sleep (no spin)", "mmio", "irq", 1, 0, true, BusyPollUs: 200),
         ];
         double tcpMedian = 0, eventfdMedian = 0;
         var results = new Dictionary<string, Result>();
@@ -313,6 +321,7 @@ public static class EventPath
         private readonly IsmHost _host = new(new IsmHostOptions { Gid = 1 }, NullLoggerFactory.Instance);
         private readonly List<IDisposable> _cleanup = [];
         private readonly List<Func<Task>> _stops = [];
+        private readonly List<DeviceCounters> _counters = [];
 
         /// <summary>Two devices with <paramref name="events"/> (vq, irq) on <paramref name="loops"/> loops,
         /// served by <paramref name="transport"/> with the transport's defaults.</summary>
@@ -339,6 +348,7 @@ public static class EventPath
                 var memory = new InMemoryBackend(64UL << 20);
                 _cleanup.Add(memory);
                 var counters = new DeviceCounters();
+                _counters.Add(counters);
                 IsmDevice device = _host.AddDevice(d, loop, memory, events, counters);
                 devIds.Add(device.DevId);
                 var host = new HostDescription { Gid = 1, StateDirectory = _dir, SocketDirectory = _dir };
@@ -372,6 +382,9 @@ public static class EventPath
 
         public void Dispose()
         {
+            if (Environment.GetEnvironmentVariable("VISM_BENCH_COUNTERS") == "1")
+                foreach (DeviceCounters c in _counters)
+                    Console.Error.WriteLine("  counters: " + string.Join(", ", c.Snapshot().OrderBy(kv => kv.Key).Select(kv => $"{kv.Key}={kv.Value}")));
             foreach (Func<Task> stop in _stops) stop().GetAwaiter().GetResult();
             _host.Dispose();
             foreach (IDisposable d in _cleanup) d.Dispose();
