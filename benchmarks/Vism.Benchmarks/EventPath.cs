@@ -29,7 +29,7 @@ namespace Vism.Benchmarks;
 /// vector) with the defaults, the documented low-latency setting and with single levers switched
 /// off. For each: round-trip median / p99, the one-way notify -> event median (the ping carries the
 /// CLOCK_MONOTONIC time it was written), the CPU of host and peers while active and while idle, and
-/// the first event after an idle period. Then event-driven streaming through a 16 MiB region vs a
+/// the first event after an idle period. Then event-driven streaming through a region (16 MiB by default) vs a
 /// single-thread memcpy, per round.
 /// Not a BenchmarkDotNet benchmark: two processes, distributions and rates.
 /// Command: <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- event-path [options]</c>,
@@ -46,7 +46,7 @@ public static class EventPath
     private static readonly TimeSpan StreamWarmup = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
 
-    private sealed record Options(int RoundTrips, int IdleSeconds, int StreamMiB, int Rounds, string CpuA, string CpuB, string[] Only);
+    private sealed record Options(int RoundTrips, int IdleSeconds, int StreamMiB, int Rounds, string CpuA, string CpuB, string[] Only, int RegionMiB = 16, int ChunkKiB = 64);
 
     /// <summary>One ISM setting measured: where the devices live and how the peers drive them.</summary>
     internal sealed record Setting(string Name, string Transport, string Events, int Loops, int SpinUs, bool Doorbell, string Mode = "events",
@@ -64,12 +64,14 @@ public static class EventPath
                 case "--idle": o = o with { IdleSeconds = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--stream-mib": o = o with { StreamMiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--rounds": o = o with { Rounds = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
+                case "--stream-region-mib": o = o with { RegionMiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
+                case "--stream-chunk-kib": o = o with { ChunkKiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--cpus": o = o with { CpuA = v.Split(',')[0], CpuB = v.Split(',')[1] }; i++; break;
                 // Comma-separated substrings of setting names; a value starting with '=' is one substring,
                 // commas included (setting names contain commas: --only "=mmio irq, busy-poll").
                 case "--only": o = o with { Only = [.. o.Only, .. v.StartsWith('=') ? [v[1..]] : v.Split(',')] }; i++; break;
                 default:
-                    Console.Error.WriteLine($"event-path: unknown argument {args[i]}; options: --round-trips N (20000) --idle SECONDS (5; 60 for the minute-idle figure) --stream-mib MIB-PER-ROUND (512) --rounds N (10) --cpus A,B (0,1) --only NAME,... (or --only =NAME-WITH-COMMAS; repeatable)");
+                    Console.Error.WriteLine($"event-path: unknown argument {args[i]}; options: --round-trips N (20000) --idle SECONDS (5; 60 for the minute-idle figure) --stream-mib MIB-PER-ROUND (512) --rounds N (10) --stream-region-mib MIB (16) --stream-chunk-kib KIB (64) --cpus A,B (0,1) --only NAME,... (or --only =NAME-WITH-COMMAS; repeatable)");
                     return 2;
             }
         }
@@ -137,7 +139,7 @@ public static class EventPath
         {
             Console.WriteLine();
             Console.WriteLine($"  load average before streaming: {LoadAverage()}");
-            Result copy = RunSingle(o, ["memcpy", $"mib={o.StreamMiB}", $"rounds={o.Rounds}"]);
+            Result copy = RunSingle(o, ["memcpy", $"mib={o.StreamMiB}", $"rounds={o.Rounds}", $"region-mib={o.RegionMiB}", $"chunk-kib={o.ChunkKiB}"]);
             (string Name, string Mode)[] streams =
             [
                 ("ISM, event-driven (vq, defaults), notify every 16 chunks", "stream"),
@@ -147,14 +149,14 @@ public static class EventPath
             double[] c = copy.List("rounds");
             double cm = Median(c);
             Console.WriteLine();
-            Console.WriteLine($"| streaming, 64 KiB chunks, {StreamWarmup.TotalSeconds:F0} s warm-up | median GB/s | rounds (GB/s) | spread vs median | CPU host / A / B (% of a core) |");
+            Console.WriteLine($"| streaming, {o.ChunkKiB} KiB chunks, {StreamWarmup.TotalSeconds:F0} s warm-up | median GB/s | rounds (GB/s) | spread vs median | CPU host / A / B (% of a core) |");
             Console.WriteLine("|---|---|---|---|---|");
             Console.WriteLine($"| single-thread memcpy (one process) | {cm:F2} | {string.Join(" ", c.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(c)} | - / - / {copy.Get("cpu"):F0} |");
             foreach ((string name, Result r) in runs)
             {
                 double[] st = r.List("rounds");
                 double sm = Median(st);
-                Console.WriteLine($"| {name}, producer -> consumer through a 16 MiB region | {sm:F2} ({sm / cm:F2}x memcpy) | {string.Join(" ", st.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(st)} | {r.Get("host-active"):F0} / {r.Get("a-active"):F0} / {r.Get("b-active"):F0} |");
+                Console.WriteLine($"| {name}, producer -> consumer through a {o.RegionMiB} MiB region | {sm:F2} ({sm / cm:F2}x memcpy) | {string.Join(" ", st.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(st)} | {r.Get("host-active"):F0} / {r.Get("a-active"):F0} / {r.Get("b-active"):F0} |");
             }
             Console.WriteLine();
             foreach ((string name, Result r) in runs)
@@ -285,9 +287,9 @@ public static class EventPath
                 return r;
             }
         }
-        using var host = new BenchHost(s!, kind == "stream" ? 16UL << 20 : 4096);
+        using var host = new BenchHost(s!, kind == "stream" ? (ulong)o.RegionMiB << 20 : 4096);
         string[] common = [$"transport={s!.Transport}", $"events={s.Events}", $"spin={s.SpinUs}", $"doorbell={(s.Doorbell ? 1 : 0)}", $"mode={s.Mode}", n, warm, idle,
-            $"mib={o.StreamMiB}", $"rounds={o.Rounds}", $"size={host.RegionBytes}"];
+            $"mib={o.StreamMiB}", $"rounds={o.Rounds}", $"size={host.RegionBytes}", $"chunk-kib={o.ChunkKiB}"];
         using var pa = new Child(o.CpuA, ["ism", "role=a", $"endpoint={host.Endpoints[0]}", .. common]);
         string token = pa.Expect("token");
         using var pb = new Child(o.CpuB, ["ism", "role=b", $"endpoint={host.Endpoints[1]}", $"token={token}", .. common]);
@@ -404,7 +406,7 @@ public static class EventPath
         bool isA = a.GetValueOrDefault("role") == "a";
         switch (args[0])
         {
-            case "memcpy": Memcpy(Int("mib"), Int("rounds")); return 0;
+            case "memcpy": Memcpy(Int("mib"), Int("rounds"), Int("region-mib"), Int("chunk-kib")); return 0;
             case "tcp": Tcp(isA, Int("n"), Int("warm"), a.GetValueOrDefault("port")); return 0;
             case "eventfd": EventFdPeer(isA, Int("n"), Int("warm"), Int("ping"), Int("pong")); return 0;
             case "ism": Ism(isA, a); return 0;
@@ -505,14 +507,14 @@ public static class EventPath
         else Report("result", ("b-active", CpuPercent(cpu0, start)));
     }
 
-    private static unsafe void Memcpy(int mib, int rounds)
+    private static unsafe void Memcpy(int mib, int rounds, int regionMiB, int chunkKiB)
     {
-        const int Chunk = 64 << 10;
-        byte[] src = new byte[Chunk];
+        int chunk = chunkKiB << 10;
+        byte[] src = new byte[chunk];
         new Random(1).NextBytes(src);
-        nint dst = (nint)NativeMemoryAlloc(16 << 20);
-        int slots = ((16 << 20) - 4096) / Chunk;
-        long chunks = (long)mib * (1 << 20) / Chunk;
+        nint dst = (nint)NativeMemoryAlloc(regionMiB << 20);
+        int slots = ((regionMiB << 20) - 4096) / chunk;
+        long chunks = (long)mib * (1 << 20) / chunk;
         var perRound = new List<double>();
         long warmUntil = Now() + (long)(StreamWarmup.TotalSeconds * Stopwatch.Frequency), cpu0 = 0, start = 0;
         for (bool warm = true; perRound.Count < rounds;)
@@ -520,8 +522,8 @@ public static class EventPath
             if (warm && Now() >= warmUntil) { warm = false; cpu0 = ProcessCpuMicroseconds(); start = Now(); } // the same warm-up as the streaming consumer's
             long t = Now();
             for (long c = 0; c < chunks; c++)
-                src.AsSpan().CopyTo(Span(dst + 4096 + (nint)(c % slots) * Chunk, Chunk));
-            if (!warm) perRound.Add(chunks * Chunk / (Us(Now() - t) * 1000));
+                src.AsSpan().CopyTo(Span(dst + 4096 + (nint)(c % slots) * chunk, chunk));
+            if (!warm) perRound.Add(chunks * chunk / (Us(Now() - t) * 1000));
         }
         Console.WriteLine($"result cpu={CpuPercent(cpu0, start).ToString("R", CultureInfo.InvariantCulture)} rounds=" + string.Join(',', perRound.Select(x => x.ToString("F3", CultureInfo.InvariantCulture))));
     }
@@ -654,7 +656,7 @@ public static class EventPath
         fixed (byte* p = client.Region(offset, size)) return (nint)p;
     }
 
-    /// <summary>Streaming: A produces 64 KiB chunks into a ring in the region, B consumes them, and
+    /// <summary>Streaming: A produces chunks (64 KiB by default) into a ring in the region, B consumes them, and
     /// each waits on eventq events when the ring is full (A) or empty (B). Mode <c>stream</c>: each
     /// side notifies every 16 chunks. Mode <c>stream-on-demand</c>: a side about to wait announces it
     /// (a wait sequence number in the region, then a full fence, then a last look at the ring, as
@@ -666,12 +668,13 @@ public static class EventPath
     /// how long it waited for the other and how often it notified.</summary>
     private static void Stream(bool isA, IsmClient client, ulong offset, nint region, ulong size, Dictionary<string, string> a, Span<ulong> buffer)
     {
-        const int Chunk = 64 << 10, Batch = 16;
+        const int Batch = 16;
+        int chunk = int.Parse(a["chunk-kib"], CultureInfo.InvariantCulture) << 10;
         int mib = int.Parse(a["mib"], CultureInfo.InvariantCulture), rounds = int.Parse(a["rounds"], CultureInfo.InvariantCulture);
         bool onDemand = a["mode"] == "stream-on-demand";
-        long slots = ((long)size - 4096) / Chunk;
-        long perRound = (long)mib * (1 << 20) / Chunk;
-        byte[] local = new byte[Chunk];
+        long slots = ((long)size - 4096) / chunk;
+        long perRound = (long)mib * (1 << 20) / chunk;
+        byte[] local = new byte[chunk];
         new Random(isA ? 1 : 2).NextBytes(local);
         nint produced = region, consumed = region + 64, stop = region + 128;
         nint myWaits = region + (isA ? 256 : 192), theirWaits = region + (isA ? 192 : 256);
@@ -709,30 +712,34 @@ public static class EventPath
             notifies++;
         }
 
+        // Each side re-reads the other's cursor only when its last view says it must wait: a cursor
+        // read at every chunk pulls the owner's line across, and the owner's next store has to take
+        // it back (the channel's writer does the same, docs/channel.md).
+        long consumedSeen = 0, producedSeen = 0;
         for (long c = 0; ; c++)
         {
             if (isA)
             {
                 long next = c;
-                if (next - Volatile.Read(ref Cell(consumed)) >= slots)
-                    Wait(() => next - Volatile.Read(ref Cell(consumed)) < slots || Volatile.Read(ref Cell(stop)) != 0);
+                if (next - consumedSeen >= slots && next - (consumedSeen = Volatile.Read(ref Cell(consumed))) >= slots)
+                    Wait(() => next - (consumedSeen = Volatile.Read(ref Cell(consumed))) < slots || Volatile.Read(ref Cell(stop)) != 0);
                 if (Volatile.Read(ref Cell(stop)) != 0) break;
-                local.AsSpan().CopyTo(Span(region + 4096 + (nint)(c % slots) * Chunk, Chunk));
+                local.AsSpan().CopyTo(Span(region + 4096 + (nint)(c % slots) * chunk, chunk));
                 Volatile.Write(ref Cell(produced), c + 1);
                 Published(c + 1);
             }
             else
             {
                 long next = c;
-                if (Volatile.Read(ref Cell(produced)) <= c)
-                    Wait(() => Volatile.Read(ref Cell(produced)) > next);
-                Span(region + 4096 + (nint)(c % slots) * Chunk, Chunk).CopyTo(local);
+                if (producedSeen <= c && (producedSeen = Volatile.Read(ref Cell(produced))) <= c)
+                    Wait(() => (producedSeen = Volatile.Read(ref Cell(produced))) > next);
+                Span(region + 4096 + (nint)(c % slots) * chunk, chunk).CopyTo(local);
                 Volatile.Write(ref Cell(consumed), c + 1);
                 Published(c + 1);
                 if ((c + 1) % perRound == 0)
                 {
                     long now = Now();
-                    if (measuredFrom >= 0) roundRates.Add(perRound * Chunk / (Us(now - roundStart) * 1000));
+                    if (measuredFrom >= 0) roundRates.Add(perRound * chunk / (Us(now - roundStart) * 1000));
                     else if (now >= warmUntil) { measuredFrom = c + 1; waits = 0; waitTicks = 0; notifies = 0; cpu0 = ProcessCpuMicroseconds(); start = now; }
                     roundStart = now;
                     if (roundRates.Count == rounds)
