@@ -39,17 +39,21 @@ public static class ChannelBenchmark
         {
             failed |= RunAsync(transport, mib, trips, loops, Full).GetAwaiter().GetResult();
             failed |= RunAsync(transport, 0, trips, loops, NoSpin).GetAwaiter().GetResult();
+            failed |= RunAsync(transport, 0, trips, loops, NoSpinBusyPoll).GetAwaiter().GetResult();
         }
         return failed;
     }
 
     /// <summary>One pair of peers on a fresh host: <see cref="Full"/> measures everything with the
     /// driver's defaults; <see cref="NoSpin"/> opens the devices with <c>SpinBeforeBlock</c> 0 and
-    /// measures only the event-driven round trips, where every channel wait then sleeps at once.</summary>
+    /// measures only the event-driven round trips, where every channel wait then sleeps at once;
+    /// <see cref="NoSpinBusyPoll"/> is the same with vism's loop busy-polling 200 us after work
+    /// (<c>busy-poll = "200us"</c>): the host spins instead of the peers.</summary>
     private static async Task<int> RunAsync(string transport, int mib, int trips, int loops, string variant)
     {
         // vism's defaults: both devices on one loop (`loops = 1`), the eventq, the transport's defaults.
-        using var host = new EventPath.BenchHost(transport, "vq", loops, 8 << 20);
+        using var host = new EventPath.BenchHost(
+            new EventPath.Setting(transport, transport, "vq", loops, 0, true, BusyPollUs: variant == NoSpinBusyPoll ? 200 : 0), 8 << 20);
         Console.WriteLine($"channel benchmark ({variant}): transport {transport}, {loops} device loop(s), 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {mib} MiB bulk, {trips} round trips of {Message} bytes; "
             + $"{Environment.ProcessorCount} CPUs; server on CPU 0, client on CPU 1; load average before: {File.ReadAllText("/proc/loadavg").Trim()}");
         using Process server = StartPeer(0, ["server", transport, host.Endpoints[0], host.DevIds[1].ToString(CultureInfo.InvariantCulture), variant]);
@@ -88,14 +92,17 @@ public static class ChannelBenchmark
         return Process.Start(psi) ?? throw new InvalidOperationException("cannot start a peer");
     }
 
-    private const string Full = "defaults", NoSpin = "no-spin";
+    private const string Full = "defaults", NoSpin = "no-spin", NoSpinBusyPoll = "no-spin-busy-poll";
+
+    /// <summary>Whether the peers' waits sleep at once (both no-spin variants).</summary>
+    private static bool Sleeps(string variant) => variant is NoSpin or NoSpinBusyPoll;
 
     /// <summary>One request/response phase: TCP (blocking or spun-on non-blocking socket) or the
     /// channel (wait mode, spin before announcing a wait), over <c>trips x Scale</c> round trips.</summary>
     private sealed record Phase(bool Tcp, bool Poll, TimeSpan? Spin = null, int Scale = 1);
 
     /// <summary>The phases, in order (both peers run the same list).</summary>
-    private static Phase[] Phases(string variant) => variant == NoSpin
+    private static Phase[] Phases(string variant) => Sleeps(variant)
         ? [new(Tcp: true, Poll: false), new(Tcp: false, Poll: false, Spin: TimeSpan.Zero)]
         : [new(Tcp: true, Poll: false), new(Tcp: false, Poll: false), new(Tcp: false, Poll: false, Spin: TimeSpan.Zero),
             new(Tcp: true, Poll: true, Scale: 10), new(Tcp: false, Poll: true, Scale: 10)];
@@ -107,7 +114,7 @@ public static class ChannelBenchmark
     /// <summary>The device with the default channel options: bulk transfers run as a user gets them
     /// (event mode, 20 us spin); the no-spin variant's driver sleeps at once on the update event.</summary>
     private static ChannelDevice Open(string kind, string socket, string variant) =>
-        ChannelDevice.Open(kind, socket, clientOptions: variant == NoSpin ? new IsmClientOptions { SpinBeforeBlock = TimeSpan.Zero } : null);
+        ChannelDevice.Open(kind, socket, clientOptions: Sleeps(variant) ? new IsmClientOptions { SpinBeforeBlock = TimeSpan.Zero } : null);
 
     private static async Task<int> Server(string[] args)
     {
@@ -210,6 +217,7 @@ public static class ChannelBenchmark
             double[] channelRtt = PingChannel(channel, buffer, trips * phase.Scale);
             string what = phase.Poll ? "64 B request/response, polling"
                 : variant == NoSpin ? "64 B request/response, event-driven, no spin (SpinTime 0, SpinBeforeBlock 0: every wait sleeps)"
+                : variant == NoSpinBusyPoll ? "64 B request/response, event-driven, no spin in the peers, vism's loop busy-polls 200 us"
                 : phase.Spin == TimeSpan.Zero ? "64 B request/response, event-driven, SpinTime 0 (every wait announced: notify -> event, 50 us event spin)"
                 : $"64 B request/response, event-driven, defaults (SpinTime {defaultSpin.TotalMicroseconds:F0} us, then the event)";
             Report(what, (phase.Poll ? tcpPoll : tcpEvent)!, channelRtt);
