@@ -46,7 +46,7 @@ public static class EventPath
     private static readonly TimeSpan StreamWarmup = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
 
-    private sealed record Options(int RoundTrips, int IdleSeconds, int StreamMiB, int Rounds, string CpuA, string CpuB, string[] Only, int RegionMiB = 16, int ChunkKiB = 64);
+    private sealed record Options(int RoundTrips, int IdleSeconds, int StreamMiB, int Rounds, string CpuA, string CpuB, string[] Only, int RegionMiB = 16, int ChunkKiB = 64, bool TcpEach = true);
 
     /// <summary>One ISM setting measured: where the devices live and how the peers drive them.</summary>
     internal sealed record Setting(string Name, string Transport, string Events, int Loops, int SpinUs, bool Doorbell, string Mode = "events",
@@ -64,6 +64,7 @@ public static class EventPath
                 case "--idle": o = o with { IdleSeconds = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--stream-mib": o = o with { StreamMiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--rounds": o = o with { Rounds = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
+                case "--tcp-once": o = o with { TcpEach = false }; break;
                 case "--stream-region-mib": o = o with { RegionMiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--stream-chunk-kib": o = o with { ChunkKiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--cpus": o = o with { CpuA = v.Split(',')[0], CpuB = v.Split(',')[1] }; i++; break;
@@ -71,7 +72,7 @@ public static class EventPath
                 // commas included (setting names contain commas: --only "=mmio irq, busy-poll").
                 case "--only": o = o with { Only = [.. o.Only, .. v.StartsWith('=') ? [v[1..]] : v.Split(',')] }; i++; break;
                 default:
-                    Console.Error.WriteLine($"event-path: unknown argument {args[i]}; options: --round-trips N (20000) --idle SECONDS (5; 60 for the minute-idle figure) --stream-mib MIB-PER-ROUND (512) --rounds N (10) --stream-region-mib MIB (16) --stream-chunk-kib KIB (64) --cpus A,B (0,1) --only NAME,... (or --only =NAME-WITH-COMMAS; repeatable)");
+                    Console.Error.WriteLine($"event-path: unknown argument {args[i]}; options: --round-trips N (20000) --idle SECONDS (5; 60 for the minute-idle figure) --stream-mib MIB-PER-ROUND (512) --rounds N (10) --stream-region-mib MIB (16) --stream-chunk-kib KIB (64) --cpus A,B (0,1) --tcp-once --only NAME,... (or --only =NAME-WITH-COMMAS; repeatable)");
                     return 2;
             }
         }
@@ -127,9 +128,15 @@ public static class EventPath
             eventfdMedian = efd.Get("rtt-median");
             Row("raw eventfd between the two processes", efd, tcpMedian);
         }
+        // This machine's TCP round trip moves by 2x from one minute to the next: unless --tcp-once,
+        // each ISM setting is compared with a TCP ping-pong measured just before it (the ratio cell
+        // names that figure), so a ratio compares two things measured at the same moment.
         foreach (Setting s in settings)
             if (Wanted(o, s.Name))
-                Row(s.Name, results[s.Name] = RunPair(o, "ism", s), tcpMedian);
+            {
+                double adjacent = tcpMedian > 0 && o.TcpEach ? RunPair(o, "tcp", null).Get("rtt-median") : tcpMedian;
+                Row(s.Name, results[s.Name] = RunPair(o, "ism", s), adjacent, o.TcpEach && tcpMedian > 0);
+            }
         Console.WriteLine();
         foreach (string name in results.Keys.Where(k => k.StartsWith("mmio", StringComparison.Ordinal)))
             if (results.TryGetValue(name, out Result? m) && eventfdMedian > 0)
@@ -173,10 +180,10 @@ public static class EventPath
 
     private static string LoadAverage() => File.ReadAllText("/proc/loadavg").Trim();
 
-    private static void Row(string name, Result r, double tcpMedian)
+    private static void Row(string name, Result r, double tcpMedian, bool adjacentTcp = false)
     {
         double m = r.Get("rtt-median");
-        string ratio = tcpMedian > 0 ? $"{m / tcpMedian:F2}x" : "-";
+        string ratio = tcpMedian <= 0 ? "-" : adjacentTcp ? $"{m / tcpMedian:F2}x (TCP just before: {tcpMedian:F1} us)" : $"{m / tcpMedian:F2}x";
         string oneWay = r.Has("oneway-median") ? $"{r.Get("oneway-median"):F1} us" : "-";
         string active = $"{r.Get("host-active", 0):F0} / {r.Get("a-active"):F0} / {r.Get("b-active"):F0}";
         string idle = r.Has("a-idle") ? $"{r.Get("host-idle", 0):F2} / {r.Get("a-idle"):F2} / {r.Get("b-idle"):F2}" : "-";
