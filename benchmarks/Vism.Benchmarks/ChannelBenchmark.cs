@@ -20,7 +20,7 @@ namespace Vism.Benchmarks;
 /// sleep at once on the update event (<c>SpinBeforeBlock</c> 0), repeats the event-driven round
 /// trips with no spinning anywhere. Not BenchmarkDotNet: it needs two processes on two cores.
 /// Command:
-/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops]</c>
+/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq]</c>
 /// (default: both transports, 1024 MiB, 5000 round trips event-driven and 50000 polling, 1 device loop).
 /// </summary>
 public static class ChannelBenchmark
@@ -34,12 +34,18 @@ public static class ChannelBenchmark
         int mib = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024;
         int trips = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 5000;
         int loops = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 1;
+        string events = args.Length > 4 ? args[4] : "vq";
+        if (events is not ("vq" or "irq"))
+        {
+            Console.Error.WriteLine($"channel: events kind '{events}' is not vq or irq");
+            return 2;
+        }
         int failed = 0;
         foreach (string transport in transports)
         {
-            failed |= RunAsync(transport, mib, trips, loops, Full).GetAwaiter().GetResult();
-            failed |= RunAsync(transport, 0, trips, loops, NoSpin).GetAwaiter().GetResult();
-            failed |= RunAsync(transport, 0, trips, loops, NoSpinBusyPoll).GetAwaiter().GetResult();
+            failed |= RunAsync(transport, mib, trips, loops, events, Full).GetAwaiter().GetResult();
+            failed |= RunAsync(transport, 0, trips, loops, events, NoSpin).GetAwaiter().GetResult();
+            failed |= RunAsync(transport, 0, trips, loops, events, NoSpinBusyPoll).GetAwaiter().GetResult();
         }
         return failed;
     }
@@ -49,20 +55,20 @@ public static class ChannelBenchmark
     /// measures only the event-driven round trips, where every channel wait then sleeps at once;
     /// <see cref="NoSpinBusyPoll"/> is the same with vism's loop busy-polling 200 us after work
     /// (<c>busy-poll = "200us"</c>): the host spins instead of the peers.</summary>
-    private static async Task<int> RunAsync(string transport, int mib, int trips, int loops, string variant)
+    private static async Task<int> RunAsync(string transport, int mib, int trips, int loops, string events, string variant)
     {
         // vism's defaults: both devices on one loop (`loops = 1`), the eventq, the transport's defaults.
         using var host = new EventPath.BenchHost(
-            new EventPath.Setting(transport, transport, "vq", loops, 0, true, BusyPollUs: variant == NoSpinBusyPoll ? 200 : 0), 8 << 20);
-        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, {loops} device loop(s), 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {mib} MiB bulk, {trips} round trips of {Message} bytes; "
+            new EventPath.Setting(transport, transport, events, loops, 0, true, BusyPollUs: variant == NoSpinBusyPoll ? 200 : 0), 8 << 20);
+        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {events}, {loops} device loop(s), 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {mib} MiB bulk, {trips} round trips of {Message} bytes; "
             + $"{Environment.ProcessorCount} CPUs; server on CPU 0, client on CPU 1; load average before: {File.ReadAllText("/proc/loadavg").Trim()}");
-        using Process server = StartPeer(0, ["server", transport, host.Endpoints[0], host.DevIds[1].ToString(CultureInfo.InvariantCulture), variant]);
+        using Process server = StartPeer(0, ["server", transport, host.Endpoints[0], host.DevIds[1].ToString(CultureInfo.InvariantCulture), variant, events]);
         string? hello = await server.StandardOutput.ReadLineAsync();
         if (hello is null || !hello.StartsWith("listen ", StringComparison.Ordinal))
             throw new InvalidOperationException($"the server peer said '{hello}': {await server.StandardError.ReadToEndAsync()}");
         string[] parts = hello.Split(' ');
         using Process client = StartPeer(1, ["client", transport, host.Endpoints[1], parts[1], parts[2],
-            mib.ToString(CultureInfo.InvariantCulture), trips.ToString(CultureInfo.InvariantCulture), variant]);
+            mib.ToString(CultureInfo.InvariantCulture), trips.ToString(CultureInfo.InvariantCulture), variant, events]);
         Task<string> serverErrors = server.StandardError.ReadToEndAsync();
         Task<string> clientErrors = client.StandardError.ReadToEndAsync();
         while (await client.StandardOutput.ReadLineAsync() is { } line)
@@ -107,18 +113,18 @@ public static class ChannelBenchmark
         : [new(Tcp: true, Poll: false), new(Tcp: false, Poll: false), new(Tcp: false, Poll: false, Spin: TimeSpan.Zero),
             new(Tcp: true, Poll: true, Scale: 10), new(Tcp: false, Poll: true, Scale: 10)];
 
-    /// <summary>A peer process: <c>channel-peer server KIND SOCKET PEER-DEVID VARIANT</c> or
-    /// <c>channel-peer client KIND SOCKET TOKEN PORT MIB TRIPS VARIANT</c>.</summary>
+    /// <summary>A peer process: <c>channel-peer server KIND SOCKET PEER-DEVID VARIANT EVENTS</c> or
+    /// <c>channel-peer client KIND SOCKET TOKEN PORT MIB TRIPS VARIANT EVENTS</c>.</summary>
     public static int Peer(string[] args) => args[0] == "server" ? Server(args).GetAwaiter().GetResult() : Client(args).GetAwaiter().GetResult();
 
     /// <summary>The device with the default channel options: bulk transfers run as a user gets them
     /// (event mode, 20 us spin); the no-spin variant's driver sleeps at once on the update event.</summary>
-    private static ChannelDevice Open(string kind, string socket, string variant) =>
-        ChannelDevice.Open(kind, socket, clientOptions: Sleeps(variant) ? new IsmClientOptions { SpinBeforeBlock = TimeSpan.Zero } : null);
+    private static ChannelDevice Open(string kind, string socket, string variant, string events) =>
+        ChannelDevice.Open(kind, socket, vectors: events == "irq" ? 1 : 0, clientOptions: Sleeps(variant) ? new IsmClientOptions { SpinBeforeBlock = TimeSpan.Zero } : null);
 
     private static async Task<int> Server(string[] args)
     {
-        using ChannelDevice device = Open(args[1], args[2], args[4]);
+        using ChannelDevice device = Open(args[1], args[2], args[4], args[5]);
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
         using ChannelListener offer = await device.ListenAsync(ulong.Parse(args[3], CultureInfo.InvariantCulture));
@@ -166,7 +172,7 @@ public static class ChannelBenchmark
     private static async Task<int> Client(string[] args)
     {
         string variant = args[7];
-        using ChannelDevice device = Open(args[1], args[2], variant);
+        using ChannelDevice device = Open(args[1], args[2], variant, args[8]);
         ulong token = ulong.Parse(args[3].AsSpan(2), NumberStyles.HexNumber, CultureInfo.InvariantCulture);
         using var tcp = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         tcp.Connect(IPAddress.Loopback, int.Parse(args[4], CultureInfo.InvariantCulture)); // synchronous: see Server
