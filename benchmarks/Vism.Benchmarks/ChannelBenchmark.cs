@@ -10,7 +10,7 @@ namespace Vism.Benchmarks;
 /// <summary>
 /// vism channel vs TCP loopback between the same two processes (docs/benchmarks.md, "Channel"):
 /// this process serves two devices as <c>vism run</c> does by default (both on one device loop, the
-/// transport's socket, memfd region memory, the eventq; <see cref="EventPath.BenchHost"/>) and
+/// transport's socket, memfd region memory, the eventq unless <c>irq</c> is asked for; <see cref="EventPath.BenchHost"/>) and
 /// starts two peer processes, each pinned to its own core with taskset, each reaching its device
 /// through the socket. The peers open a TCP connection and a channel to each other and measure, one
 /// after the other: bulk throughput (client to server, then a 1-byte ack), and 64-byte
@@ -18,7 +18,8 @@ namespace Vism.Benchmarks;
 /// SpinTime 0 so every wait is announced and ends on notify -> update event) and polling (TCP:
 /// non-blocking sockets spun on; channel: cursors spun on). A second pair of peers, whose drivers
 /// sleep at once on the update event (<c>SpinBeforeBlock</c> 0), repeats the event-driven round
-/// trips with no spinning anywhere. Not BenchmarkDotNet: it needs two processes on two cores.
+/// trips with no spinning anywhere, and a third pair does so on a host whose loop busy-polls.
+/// Not BenchmarkDotNet: it needs two processes on two cores.
 /// Command:
 /// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq]</c>
 /// (default: both transports, 1024 MiB, 5000 round trips event-driven and 50000 polling, 1 device loop).
@@ -57,7 +58,7 @@ public static class ChannelBenchmark
     /// (<c>busy-poll = "200us"</c>): the host spins instead of the peers.</summary>
     private static async Task<int> RunAsync(string transport, int mib, int trips, int loops, string events, string variant)
     {
-        // vism's defaults: both devices on one loop (`loops = 1`), the eventq, the transport's defaults.
+        // vism's defaults: both devices on one loop (`loops = 1`), the eventq (or irq, when asked), the transport's defaults.
         using var host = new EventPath.BenchHost(
             new EventPath.Setting(transport, transport, events, loops, 0, true, BusyPollUs: variant == NoSpinBusyPoll ? 200 : 0), 8 << 20);
         Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {events}, {loops} device loop(s), 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {mib} MiB bulk, {trips} round trips of {Message} bytes; "

@@ -134,8 +134,9 @@ public static class EventPath
         foreach (Setting s in settings)
             if (Wanted(o, s.Name))
             {
-                double adjacent = tcpMedian > 0 && o.TcpEach ? RunPair(o, "tcp", null).Get("rtt-median") : tcpMedian;
-                Row(s.Name, results[s.Name] = RunPair(o, "ism", s), adjacent, o.TcpEach && tcpMedian > 0);
+                bool adjacent = o.TcpEach && tcpMedian > 0;
+                double tcpNow = adjacent ? RunPair(o, "tcp", null).Get("rtt-median") : tcpMedian;
+                Row(s.Name, results[s.Name] = RunPair(o, "ism", s), tcpNow, adjacent);
             }
         Console.WriteLine();
         foreach (string name in results.Keys.Where(k => k.StartsWith("mmio", StringComparison.Ordinal)))
