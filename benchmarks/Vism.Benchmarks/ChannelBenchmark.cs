@@ -12,64 +12,125 @@ namespace Vism.Benchmarks;
 /// this process serves two devices as <c>vism run</c> does by default (both on one device loop, the
 /// transport's socket, memfd region memory, the eventq unless <c>irq</c> is asked for; <see cref="EventPath.BenchHost"/>) and
 /// starts two peer processes, each pinned to its own core with taskset, each reaching its device
-/// through the socket. The peers open a TCP connection and a channel to each other and measure, one
-/// after the other: bulk throughput (client to server, then a 1-byte ack), and 64-byte
-/// request/response round trips event-driven (TCP: blocking sockets; channel: the defaults, then
-/// SpinTime 0 so every wait is announced and ends on notify -> update event) and polling (TCP:
-/// non-blocking sockets spun on; channel: cursors spun on). A second pair of peers, whose drivers
-/// sleep at once on the update event (<c>SpinBeforeBlock</c> 0), repeats the event-driven round
-/// trips with no spinning anywhere, and a third pair does so on a host whose loop busy-polls.
+/// through the socket. The peers open a TCP connection and a channel to each other and measure:
+/// bulk throughput (client to server, then a 1-byte ack) of TCP, the channel event-driven and the
+/// channel polling, and 64-byte request/response round trips event-driven (TCP: blocking sockets;
+/// channel: the defaults, then SpinTime 0 so every wait is announced and ends on notify -> update
+/// event) and polling (TCP: non-blocking sockets spun on; channel: cursors spun on). A second pair
+/// of peers, whose drivers sleep at once on the update event (<c>SpinBeforeBlock</c> 0), repeats the
+/// event-driven round trips with no spinning anywhere, and a third pair does so on a host whose loop
+/// busy-polls.
+/// Each comparison runs in R alternating rounds (<c>--rounds</c>): a round measures TCP and the
+/// channel one after the other on a share of the bytes or round trips, in list order in even rounds
+/// and reversed in odd ones, and each channel figure is divided by the TCP figure of its own round.
+/// A row gives the median of those per-round ratios and their range (this machine's speed moves 2-3x
+/// between minutes, so one TCP measurement followed by one channel measurement is not a ratio).
 /// Not BenchmarkDotNet: it needs two processes on two cores.
 /// Command:
-/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq]</c>
-/// (default: both transports, 1024 MiB, 5000 round trips event-driven and 50000 polling, 1 device loop).
+/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R]</c>
+/// (default: both transports, 1024 MiB per side in all, 5000 round trips event-driven and 50000
+/// polling per phase in all, 1 device loop, vq, 5 rounds).
 /// </summary>
 public static class ChannelBenchmark
 {
     private const int Message = 64;
     private const int Chunk = 256 * 1024;
+    private const int Warmup = 1000;
+    private const string Usage = "channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R]";
+
+    /// <summary>The run's settings: MiB and round trips are totals per side and phase, split over the rounds.</summary>
+    internal sealed record Options(string[] Transports, int MiB, int Trips, int Loops, string Events, int Rounds);
 
     public static int Run(string[] args)
     {
-        string[] transports = args.Length > 0 && args[0] != "all" ? [args[0]] : ["vhost-user", "mmio"];
-        int mib = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1024;
-        int trips = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 5000;
-        int loops = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 1;
-        string events = args.Length > 4 ? args[4] : "vq";
-        if (events is not ("vq" or "irq"))
+        Options o;
+        try
         {
-            Console.Error.WriteLine($"channel: events kind '{events}' is not vq or irq");
+            o = Parse(args);
+        }
+        catch (ArgumentException e)
+        {
+            Console.Error.WriteLine($"channel: {e.Message}; usage: {Usage}");
             return 2;
         }
         int failed = 0;
-        foreach (string transport in transports)
+        foreach (string transport in o.Transports)
         {
-            failed |= RunAsync(transport, mib, trips, loops, events, Full).GetAwaiter().GetResult();
-            failed |= RunAsync(transport, 0, trips, loops, events, NoSpin).GetAwaiter().GetResult();
-            failed |= RunAsync(transport, 0, trips, loops, events, NoSpinBusyPoll).GetAwaiter().GetResult();
+            failed |= RunAsync(transport, o, Full).GetAwaiter().GetResult();
+            failed |= RunAsync(transport, o with { MiB = 0 }, NoSpin).GetAwaiter().GetResult();
+            failed |= RunAsync(transport, o with { MiB = 0 }, NoSpinBusyPoll).GetAwaiter().GetResult();
         }
         return failed;
     }
+
+    /// <summary>The positional arguments in their old order, and <c>--rounds R</c> (or <c>--rounds=R</c>)
+    /// anywhere; a bad value throws an <see cref="ArgumentException"/> naming it.</summary>
+    internal static Options Parse(string[] args)
+    {
+        var positional = new List<string>();
+        int rounds = 5;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string a = args[i];
+            if (a == "--rounds" || a.StartsWith("--rounds=", StringComparison.Ordinal))
+            {
+                string? v = a == "--rounds" ? (i + 1 < args.Length ? args[++i] : null) : a["--rounds=".Length..];
+                rounds = Whole(v ?? throw new ArgumentException("--rounds needs a value"), "--rounds", 1, 1000);
+            }
+            else if (a.StartsWith("--", StringComparison.Ordinal))
+                throw new ArgumentException($"unknown option '{a}'");
+            else
+                positional.Add(a);
+        }
+        if (positional.Count > 5)
+            throw new ArgumentException($"too many arguments ('{positional[5]}')");
+        string transport = positional.Count > 0 ? positional[0] : "all";
+        if (transport is not ("all" or "vhost-user" or "mmio"))
+            throw new ArgumentException($"transport '{transport}' is not all, vhost-user or mmio");
+        int mib = positional.Count > 1 ? Whole(positional[1], "MiB", 0, 1 << 16) : 1024;
+        int trips = positional.Count > 2 ? Whole(positional[2], "round trips", 1, 1_000_000) : 5000;
+        int loops = positional.Count > 3 ? Whole(positional[3], "loops", 1, 16) : 1;
+        string events = positional.Count > 4 ? positional[4] : "vq";
+        if (events is not ("vq" or "irq"))
+            throw new ArgumentException($"events kind '{events}' is not vq or irq");
+        if (trips < rounds)
+            throw new ArgumentException($"{trips} round trips cannot be split over {rounds} rounds");
+        if (mib > 0 && BulkPerRound(mib, rounds) == 0)
+            throw new ArgumentException($"{mib} MiB split over {rounds} rounds leaves less than one {Chunk >> 10} KiB write per round");
+        return new Options(transport == "all" ? ["vhost-user", "mmio"] : [transport], mib, trips, loops, events, rounds);
+
+        static int Whole(string value, string what, int min, int max) =>
+            int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n >= min && n <= max
+                ? n
+                : throw new ArgumentException($"{what} '{value}' is not a whole number from {min} to {max}");
+    }
+
+    /// <summary>Bytes each side sends per round: the total split over the rounds, in whole 256 KiB writes.</summary>
+    private static long BulkPerRound(int mib, int rounds) => ((long)mib << 20) / rounds / Chunk * Chunk;
 
     /// <summary>One pair of peers on a fresh host: <see cref="Full"/> measures everything with the
     /// driver's defaults; <see cref="NoSpin"/> opens the devices with <c>SpinBeforeBlock</c> 0 and
     /// measures only the event-driven round trips, where every channel wait then sleeps at once;
     /// <see cref="NoSpinBusyPoll"/> is the same with vism's loop busy-polling 200 us after work
     /// (<c>busy-poll = "200us"</c>): the host spins instead of the peers.</summary>
-    private static async Task<int> RunAsync(string transport, int mib, int trips, int loops, string events, string variant)
+    private static async Task<int> RunAsync(string transport, Options o, string variant)
     {
         // vism's defaults: both devices on one loop (`loops = 1`), the eventq (or irq, when asked), the transport's defaults.
         using var host = new EventPath.BenchHost(
-            new EventPath.Setting(transport, transport, events, loops, 0, true, BusyPollUs: variant == NoSpinBusyPoll ? 200 : 0), 8 << 20);
-        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {events}, {loops} device loop(s), 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {mib} MiB bulk, {trips} round trips of {Message} bytes; "
+            new EventPath.Setting(transport, transport, o.Events, o.Loops, 0, true, BusyPollUs: variant == NoSpinBusyPoll ? 200 : 0), 8 << 20);
+        long bulk = o.MiB > 0 ? BulkPerRound(o.MiB, o.Rounds) : 0;
+        int trips = o.Trips / o.Rounds;
+        string bulkText = bulk > 0 ? $"{bulk * o.Rounds / (double)(1 << 20):0.##} MiB bulk per side ({o.Rounds} rounds x {bulk / (double)(1 << 20):0.##} MiB, after {BulkWarmup(bulk) / (double)(1 << 20):0.##} MiB warm-up)" : "no bulk";
+        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {o.Events}, {o.Loops} device loop(s), 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {bulkText}, "
+            + $"{trips * o.Rounds} round trips of {Message} bytes per phase ({o.Rounds} rounds x {trips}, polling x10, each after {Warmup} warm-up), {o.Rounds} alternating rounds (rounds 1, 3, ... in list order, TCP first; rounds 2, 4, ... reversed); "
             + $"{Environment.ProcessorCount} CPUs; server on CPU 0, client on CPU 1; load average before: {File.ReadAllText("/proc/loadavg").Trim()}");
-        using Process server = StartPeer(0, ["server", transport, host.Endpoints[0], host.DevIds[1].ToString(CultureInfo.InvariantCulture), variant, events]);
+        using Process server = StartPeer(0, ["server", transport, host.Endpoints[0], host.DevIds[1].ToString(CultureInfo.InvariantCulture), variant, o.Events]);
         string? hello = await server.StandardOutput.ReadLineAsync();
         if (hello is null || !hello.StartsWith("listen ", StringComparison.Ordinal))
             throw new InvalidOperationException($"the server peer said '{hello}': {await server.StandardError.ReadToEndAsync()}");
         string[] parts = hello.Split(' ');
         using Process client = StartPeer(1, ["client", transport, host.Endpoints[1], parts[1], parts[2],
-            mib.ToString(CultureInfo.InvariantCulture), trips.ToString(CultureInfo.InvariantCulture), variant, events]);
+            bulk.ToString(CultureInfo.InvariantCulture), trips.ToString(CultureInfo.InvariantCulture), variant, o.Events, o.Rounds.ToString(CultureInfo.InvariantCulture)]);
         Task<string> serverErrors = server.StandardError.ReadToEndAsync();
         Task<string> clientErrors = client.StandardError.ReadToEndAsync();
         while (await client.StandardOutput.ReadLineAsync() is { } line)
@@ -105,17 +166,35 @@ public static class ChannelBenchmark
     private static bool Sleeps(string variant) => variant is NoSpin or NoSpinBusyPoll;
 
     /// <summary>One request/response phase: TCP (blocking or spun-on non-blocking socket) or the
-    /// channel (wait mode, spin before announcing a wait), over <c>trips x Scale</c> round trips.</summary>
-    private sealed record Phase(bool Tcp, bool Poll, TimeSpan? Spin = null, int Scale = 1);
+    /// channel (wait mode, spin before announcing a wait), over <c>trips x Scale</c> round trips per
+    /// round; <paramref name="Label"/> names it in the per-round lines.</summary>
+    private sealed record Phase(string Label, bool Tcp, bool Poll, TimeSpan? Spin = null, int Scale = 1);
 
-    /// <summary>The phases, in order (both peers run the same list).</summary>
+    /// <summary>The phases of one round, in list order (both peers run the same list; odd rounds
+    /// reversed, <see cref="InRoundOrder{T}"/>). A channel phase compares with the TCP phase of the
+    /// same kind (blocking or polling) in the same round.</summary>
     private static Phase[] Phases(string variant) => Sleeps(variant)
-        ? [new(Tcp: true, Poll: false), new(Tcp: false, Poll: false, Spin: TimeSpan.Zero)]
-        : [new(Tcp: true, Poll: false), new(Tcp: false, Poll: false), new(Tcp: false, Poll: false, Spin: TimeSpan.Zero),
-            new(Tcp: true, Poll: true, Scale: 10), new(Tcp: false, Poll: true, Scale: 10)];
+        ? [new("TCP blocking", Tcp: true, Poll: false), new("no spin", Tcp: false, Poll: false, Spin: TimeSpan.Zero)]
+        : [new("TCP blocking", Tcp: true, Poll: false), new("defaults", Tcp: false, Poll: false), new("SpinTime 0", Tcp: false, Poll: false, Spin: TimeSpan.Zero),
+            new("TCP polling", Tcp: true, Poll: true, Scale: 10), new("polling", Tcp: false, Poll: true, Scale: 10)];
+
+    /// <summary>The sides of a throughput round in list order: TCP (null), the channel event-driven, polling.</summary>
+    private static readonly ChannelWaitMode?[] BulkSides = [null, ChannelWaitMode.Event, ChannelWaitMode.Poll];
+
+    /// <summary>Bytes of the unmeasured throughput pass each side makes before round 1: a round's
+    /// bytes, at most 16 MiB (four times through the ring: its pages faulted in, the copy loops
+    /// compiled, TCP's buffers grown).</summary>
+    private static long BulkWarmup(long bulkPerRound) => Math.Min(bulkPerRound, 16 << 20);
+
+    /// <summary>Round <paramref name="round"/>'s order (from 0; -1 is the throughput warm-up): the list
+    /// in even rounds, reversed in odd ones, so that neither TCP nor the channel always runs first and
+    /// a steady drift of the machine's speed across a pair of rounds favours neither side. Both peers
+    /// follow it.</summary>
+    private static IEnumerable<T> InRoundOrder<T>(T[] items, int round) => round % 2 == 0 || round < 0 ? items : Enumerable.Reverse(items);
 
     /// <summary>A peer process: <c>channel-peer server KIND SOCKET PEER-DEVID VARIANT EVENTS</c> or
-    /// <c>channel-peer client KIND SOCKET TOKEN PORT MIB TRIPS VARIANT EVENTS</c>.</summary>
+    /// <c>channel-peer client KIND SOCKET TOKEN PORT BULK-BYTES-PER-ROUND TRIPS-PER-ROUND VARIANT EVENTS ROUNDS</c>.
+    /// The client tells the server the rounds, bytes and round trips per round over the TCP socket.</summary>
     public static int Peer(string[] args) => args[0] == "server" ? Server(args).GetAwaiter().GetResult() : Client(args).GetAwaiter().GetResult();
 
     /// <summary>The device with the default channel options: bulk transfers run as a user gets them
@@ -139,33 +218,41 @@ public static class ChannelBenchmark
         using IsmChannel channel = await offer.AcceptAsync();
         var buffer = new byte[Chunk];
         // The same phases as the client, in the same order.
+        int rounds = (int)ReadLong(tcp);
         long bulk = ReadLong(tcp);
-        if (bulk > 0)
-        {
-            for (long got = 0; got < bulk;)
-                got += tcp.Receive(buffer);
-            tcp.Send(buffer.AsSpan(0, 1));
-            foreach (ChannelWaitMode mode in new[] { ChannelWaitMode.Event, ChannelWaitMode.Poll })
+        int trips = (int)ReadLong(tcp);
+        if (rounds < 1 || bulk < 0 || trips < 1)
+            throw new InvalidOperationException($"the client sent {rounds} rounds, {bulk} bytes, {trips} round trips");
+        // Round -1 is the unmeasured warm-up.
+        for (int round = -1; bulk > 0 && round < rounds; round++)
+            foreach (ChannelWaitMode? mode in InRoundOrder(BulkSides, round))
             {
-                channel.WaitMode = mode;
-                for (long got = 0; got < bulk;)
+                long bytes = round < 0 ? BulkWarmup(bulk) : bulk;
+                if (mode is not { } wait)
+                {
+                    for (long got = 0; got < bytes;)
+                        got += tcp.Receive(buffer);
+                    tcp.Send(buffer.AsSpan(0, 1));
+                    continue;
+                }
+                channel.WaitMode = wait;
+                for (long got = 0; got < bytes;)
                     got += channel.ReadSome(buffer);
                 channel.WriteAll(buffer.AsSpan(0, 1));
             }
-        }
-        int trips = (int)ReadLong(tcp);
         TimeSpan defaultSpin = channel.SpinTime;
-        foreach (Phase phase in Phases(args[4]))
-        {
-            if (phase.Tcp)
+        for (int round = 0; round < rounds; round++)
+            foreach (Phase phase in InRoundOrder(Phases(args[4]), round))
             {
-                EchoTcp(tcp, buffer, trips * phase.Scale, phase.Poll);
-                continue;
+                if (phase.Tcp)
+                {
+                    EchoTcp(tcp, buffer, trips * phase.Scale, phase.Poll);
+                    continue;
+                }
+                channel.WaitMode = phase.Poll ? ChannelWaitMode.Poll : ChannelWaitMode.Event;
+                channel.SpinTime = phase.Spin ?? defaultSpin;
+                EchoChannel(channel, buffer, trips * phase.Scale);
             }
-            channel.WaitMode = phase.Poll ? ChannelWaitMode.Poll : ChannelWaitMode.Event;
-            channel.SpinTime = phase.Spin ?? defaultSpin;
-            EchoChannel(channel, buffer, trips * phase.Scale);
-        }
         channel.Close();
         return 0;
     }
@@ -178,65 +265,128 @@ public static class ChannelBenchmark
         using var tcp = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         tcp.Connect(IPAddress.Loopback, int.Parse(args[4], CultureInfo.InvariantCulture)); // synchronous: see Server
         using IsmChannel channel = await device.ConnectAsync(token);
-        long bulk = long.Parse(args[5], CultureInfo.InvariantCulture) << 20;
+        long bulk = long.Parse(args[5], CultureInfo.InvariantCulture);
         int trips = int.Parse(args[6], CultureInfo.InvariantCulture);
+        int rounds = int.Parse(args[9], CultureInfo.InvariantCulture);
         var buffer = new byte[Chunk];
         Random.Shared.NextBytes(buffer);
-
+        WriteLong(tcp, rounds);
         WriteLong(tcp, bulk);
+        WriteLong(tcp, trips);
+
         if (bulk > 0)
         {
-            double tcpBulk = Time(() =>
+            // MiB/s per round, by side (BulkSides' order).
+            double[][] rates = [new double[rounds], new double[rounds], new double[rounds]];
+            // Round -1 is the unmeasured warm-up.
+            for (int round = -1; round < rounds; round++)
             {
-                for (long sent = 0; sent < bulk; sent += Chunk)
-                    tcp.Send(buffer);
-                tcp.Receive(buffer.AsSpan(0, 1));
-            });
-            double tcpRate = bulk / tcpBulk / (1 << 20);
-            foreach (ChannelWaitMode mode in new[] { ChannelWaitMode.Event, ChannelWaitMode.Poll })
-            {
-                channel.WaitMode = mode;
-                double channelBulk = Time(() =>
+                foreach (ChannelWaitMode? mode in InRoundOrder(BulkSides, round))
                 {
-                    for (long sent = 0; sent < bulk; sent += Chunk)
-                        channel.WriteAll(buffer);
-                    channel.ReadSome(buffer.AsSpan(0, 1));
-                });
-                double channelRate = bulk / channelBulk / (1 << 20);
-                Console.WriteLine($"| throughput, {Chunk >> 10} KiB writes, channel {(mode == ChannelWaitMode.Event ? "event-driven (20 us spin)" : "polling")} | TCP loopback {tcpRate:F0} MiB/s | channel {channelRate:F0} MiB/s | channel/TCP x{channelRate / tcpRate:F1} |");
+                    long bytes = round < 0 ? BulkWarmup(bulk) : bulk;
+                    channel.WaitMode = mode ?? channel.WaitMode;
+                    double seconds = mode is null
+                        ? Time(() =>
+                        {
+                            for (long sent = 0; sent < bytes; sent += Chunk)
+                                tcp.Send(buffer);
+                            tcp.Receive(buffer.AsSpan(0, 1));
+                        })
+                        : Time(() =>
+                        {
+                            for (long sent = 0; sent < bytes; sent += Chunk)
+                                channel.WriteAll(buffer);
+                            channel.ReadSome(buffer.AsSpan(0, 1));
+                        });
+                    if (round >= 0)
+                        rates[Array.IndexOf(BulkSides, mode)][round] = bytes / seconds / (1 << 20);
+                }
+                if (round < 0)
+                    continue;
+                double t = rates[0][round];
+                Console.WriteLine($"  throughput round {round + 1}/{rounds}{(round % 2 == 0 ? "" : " (reversed)")}: TCP {t:F0} MiB/s, channel event-driven {rates[1][round]:F0} MiB/s x{Times(rates[1][round] / t)}, polling {rates[2][round]:F0} MiB/s x{Times(rates[2][round] / t)}");
+            }
+            for (int side = 1; side < BulkSides.Length; side++)
+            {
+                double[] ratios = rates[side].Zip(rates[0], (c, t) => c / t).ToArray();
+                Console.WriteLine($"| throughput, {Chunk >> 10} KiB writes, channel {(BulkSides[side] == ChannelWaitMode.Event ? "event-driven (20 us spin)" : "polling")} | TCP loopback {Median(rates[0]):F0} MiB/s | channel {Median(rates[side]):F0} MiB/s | channel/TCP x{Times(Median(ratios))} ({RangeOf(ratios, Times)}) |");
             }
         }
 
-        WriteLong(tcp, trips);
         TimeSpan defaultSpin = channel.SpinTime;
-        double[]? tcpEvent = null, tcpPoll = null;
-        foreach (Phase phase in Phases(variant))
+        Phase[] phases = Phases(variant);
+        // Round trips by phase (list order) and round, each sorted.
+        double[][][] rtts = phases.Select(_ => new double[rounds][]).ToArray();
+        for (int round = 0; round < rounds; round++)
         {
-            if (phase.Tcp)
+            foreach (Phase phase in InRoundOrder(phases, round))
             {
-                double[] rtt = PingTcp(tcp, buffer, trips * phase.Scale, phase.Poll);
-                if (phase.Poll) tcpPoll = rtt;
-                else tcpEvent = rtt;
-                continue;
+                double[] rtt;
+                if (phase.Tcp)
+                    rtt = PingTcp(tcp, buffer, trips * phase.Scale, phase.Poll);
+                else
+                {
+                    channel.WaitMode = phase.Poll ? ChannelWaitMode.Poll : ChannelWaitMode.Event;
+                    channel.SpinTime = phase.Spin ?? defaultSpin;
+                    rtt = PingChannel(channel, buffer, trips * phase.Scale);
+                }
+                rtts[Array.IndexOf(phases, phase)][round] = rtt;
             }
-            channel.WaitMode = phase.Poll ? ChannelWaitMode.Poll : ChannelWaitMode.Event;
-            channel.SpinTime = phase.Spin ?? defaultSpin;
-            double[] channelRtt = PingChannel(channel, buffer, trips * phase.Scale);
+            var line = new List<string>();
+            for (int i = 0; i < phases.Length; i++)
+            {
+                double m = Percentile(rtts[i][round], 50);
+                line.Add(phases[i].Tcp ? $"{phases[i].Label} {m:F2} us" : $"{phases[i].Label} {m:F2} us x{m / Percentile(rtts[TcpOf(phases, i)][round], 50):F3}");
+            }
+            Console.WriteLine($"  64 B round {round + 1}/{rounds}{(round % 2 == 0 ? "" : " (reversed)")}: {string.Join(", ", line)}");
+        }
+        for (int i = 0; i < phases.Length; i++)
+        {
+            Phase phase = phases[i];
+            if (phase.Tcp)
+                continue;
             string what = phase.Poll ? "64 B request/response, polling"
                 : variant == NoSpin ? "64 B request/response, event-driven, no spin (SpinTime 0, SpinBeforeBlock 0: every wait sleeps)"
                 : variant == NoSpinBusyPoll ? "64 B request/response, event-driven, no spin in the peers, vism's loop busy-polls 200 us"
                 : phase.Spin == TimeSpan.Zero ? "64 B request/response, event-driven, SpinTime 0 (every wait announced: notify -> event, 50 us event spin)"
                 : $"64 B request/response, event-driven, defaults (SpinTime {defaultSpin.TotalMicroseconds:F0} us, then the event)";
-            Report(what, (phase.Poll ? tcpPoll : tcpEvent)!, channelRtt);
+            Report(what, rtts[TcpOf(phases, i)], rtts[i]);
         }
         return 0;
     }
 
-    private static void Report(string what, double[] tcp, double[] channel)
+    /// <summary>The TCP phase that channel phase <paramref name="i"/> compares with: the same kind (blocking or polling).</summary>
+    private static int TcpOf(Phase[] phases, int i) => Array.FindIndex(phases, p => p.Tcp && p.Poll == phases[i].Poll);
+
+    /// <summary>A summary row: pooled median and p99 of all rounds' round trips of each side, and the
+    /// median and range of the per-round ratios of the medians.</summary>
+    private static void Report(string what, double[][] tcpRounds, double[][] channelRounds)
     {
-        double tm = Percentile(tcp, 50), cm = Percentile(channel, 50);
-        Console.WriteLine($"| {what} | TCP loopback median {tm:F2} us, p99 {Percentile(tcp, 99):F2} us | channel median {cm:F2} us, p99 {Percentile(channel, 99):F2} us | channel/TCP x{cm / tm:F3} |");
+        double[] ratios = channelRounds.Zip(tcpRounds, (c, t) => Percentile(c, 50) / Percentile(t, 50)).ToArray();
+        double[] tcp = Pool(tcpRounds), channel = Pool(channelRounds);
+        Console.WriteLine($"| {what} | TCP loopback median {Percentile(tcp, 50):F2} us, p99 {Percentile(tcp, 99):F2} us | channel median {Percentile(channel, 50):F2} us, p99 {Percentile(channel, 99):F2} us | channel/TCP x{Median(ratios):F3} ({RangeOf(ratios, r => r.ToString("F3", CultureInfo.InvariantCulture))}) |");
     }
+
+    private static double[] Pool(double[][] rounds)
+    {
+        double[] all = rounds.SelectMany(r => r).ToArray();
+        Array.Sort(all);
+        return all;
+    }
+
+    /// <summary>The median of per-round figures (the mean of the middle two for an even count).</summary>
+    private static double Median(double[] values)
+    {
+        double[] v = [.. values.Order()];
+        return v.Length % 2 == 1 ? v[v.Length / 2] : (v[v.Length / 2 - 1] + v[v.Length / 2]) / 2;
+    }
+
+    /// <summary>"median of N rounds, xMIN-xMAX" for a ratio cell.</summary>
+    private static string RangeOf(double[] ratios, Func<double, string> format) =>
+        $"median of {ratios.Length} rounds, x{format(ratios.Min())}-x{format(ratios.Max())}";
+
+    /// <summary>A throughput ratio: one decimal as before, two below 1 (a starved round shows as x0.04, not x0.0).</summary>
+    private static string Times(double ratio) => ratio.ToString(ratio < 1 ? "F2" : "F1", CultureInfo.InvariantCulture);
 
     private static double Percentile(double[] sorted, int p) => sorted[Math.Min(sorted.Length - 1, sorted.Length * p / 100)];
 
@@ -251,7 +401,7 @@ public static class ChannelBenchmark
     {
         tcp.Blocking = !poll;
         var rtt = new double[trips];
-        for (int i = -1000; i < trips; i++) // 1000 warm-up round trips
+        for (int i = -Warmup; i < trips; i++) // warm-up round trips first
         {
             long start = Stopwatch.GetTimestamp();
             tcp.Send(buffer.AsSpan(0, Message));
@@ -266,7 +416,7 @@ public static class ChannelBenchmark
     private static void EchoTcp(Socket tcp, byte[] buffer, int trips, bool poll)
     {
         tcp.Blocking = !poll;
-        for (int i = -1000; i < trips; i++)
+        for (int i = -Warmup; i < trips; i++)
         {
             ReceiveExactly(tcp, buffer.AsSpan(0, Message));
             tcp.Send(buffer.AsSpan(0, Message));
@@ -289,7 +439,7 @@ public static class ChannelBenchmark
     private static double[] PingChannel(IsmChannel channel, byte[] buffer, int trips)
     {
         var rtt = new double[trips];
-        for (int i = -1000; i < trips; i++)
+        for (int i = -Warmup; i < trips; i++)
         {
             long start = Stopwatch.GetTimestamp();
             channel.Send(buffer.AsSpan(0, Message));
@@ -302,7 +452,7 @@ public static class ChannelBenchmark
 
     private static void EchoChannel(IsmChannel channel, byte[] buffer, int trips)
     {
-        for (int i = -1000; i < trips; i++)
+        for (int i = -Warmup; i < trips; i++)
         {
             int n = channel.Receive(buffer);
             channel.Send(buffer.AsSpan(0, n));
