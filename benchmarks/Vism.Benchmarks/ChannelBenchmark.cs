@@ -212,9 +212,15 @@ public static class ChannelBenchmark
         Console.Out.Flush();
         // Synchronous accept and connect: a socket once used asynchronously is non-blocking inside
         // .NET, and its "blocking" receives then wait through the socket engine thread (an extra
-        // wake-up per message that a TCP user who blocks does not pay).
+        // wake-up per message that a TCP user who blocks does not pay). For the same reason the
+        // polling round trips have a connection of their own: a socket once set non-blocking stays
+        // so underneath (Blocking = true afterwards is emulated through that thread), which made
+        // every blocking round after the first polling phase 2x slower.
         using Socket tcp = listener.AcceptSocket();
         tcp.NoDelay = true;
+        using Socket tcpPoll = listener.AcceptSocket(); // the client connects it second
+        tcpPoll.NoDelay = true;
+        tcpPoll.Blocking = false;
         using IsmChannel channel = await offer.AcceptAsync();
         var buffer = new byte[Chunk];
         // The same phases as the client, in the same order.
@@ -246,7 +252,7 @@ public static class ChannelBenchmark
             {
                 if (phase.Tcp)
                 {
-                    EchoTcp(tcp, buffer, trips * phase.Scale, phase.Poll);
+                    EchoTcp(phase.Poll ? tcpPoll : tcp, buffer, trips * phase.Scale);
                     continue;
                 }
                 channel.WaitMode = phase.Poll ? ChannelWaitMode.Poll : ChannelWaitMode.Event;
@@ -264,6 +270,9 @@ public static class ChannelBenchmark
         ulong token = ulong.Parse(args[3].AsSpan(2), NumberStyles.HexNumber, CultureInfo.InvariantCulture);
         using var tcp = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         tcp.Connect(IPAddress.Loopback, int.Parse(args[4], CultureInfo.InvariantCulture)); // synchronous: see Server
+        using var tcpPoll = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        tcpPoll.Connect(IPAddress.Loopback, int.Parse(args[4], CultureInfo.InvariantCulture)); // after tcp: the server accepts in this order
+        tcpPoll.Blocking = false;
         using IsmChannel channel = await device.ConnectAsync(token);
         long bulk = long.Parse(args[5], CultureInfo.InvariantCulture);
         int trips = int.Parse(args[6], CultureInfo.InvariantCulture);
@@ -323,7 +332,7 @@ public static class ChannelBenchmark
             {
                 double[] rtt;
                 if (phase.Tcp)
-                    rtt = PingTcp(tcp, buffer, trips * phase.Scale, phase.Poll);
+                    rtt = PingTcp(phase.Poll ? tcpPoll : tcp, buffer, trips * phase.Scale);
                 else
                 {
                     channel.WaitMode = phase.Poll ? ChannelWaitMode.Poll : ChannelWaitMode.Event;
@@ -397,9 +406,9 @@ public static class ChannelBenchmark
         return Stopwatch.GetElapsedTime(start).TotalSeconds;
     }
 
-    private static double[] PingTcp(Socket tcp, byte[] buffer, int trips, bool poll)
+    /// <summary>Round trips over <paramref name="tcp"/>: blocking, or spun on when it is non-blocking.</summary>
+    private static double[] PingTcp(Socket tcp, byte[] buffer, int trips)
     {
-        tcp.Blocking = !poll;
         var rtt = new double[trips];
         for (int i = -Warmup; i < trips; i++) // warm-up round trips first
         {
@@ -408,20 +417,17 @@ public static class ChannelBenchmark
             ReceiveExactly(tcp, buffer.AsSpan(0, Message));
             if (i >= 0) rtt[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
         }
-        tcp.Blocking = true;
         Array.Sort(rtt);
         return rtt;
     }
 
-    private static void EchoTcp(Socket tcp, byte[] buffer, int trips, bool poll)
+    private static void EchoTcp(Socket tcp, byte[] buffer, int trips)
     {
-        tcp.Blocking = !poll;
         for (int i = -Warmup; i < trips; i++)
         {
             ReceiveExactly(tcp, buffer.AsSpan(0, Message));
             tcp.Send(buffer.AsSpan(0, Message));
         }
-        tcp.Blocking = true;
     }
 
     /// <summary>Reads exactly <paramref name="into"/>.Length bytes; on a non-blocking socket it spins.</summary>
