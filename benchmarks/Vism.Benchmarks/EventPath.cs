@@ -106,6 +106,7 @@ public static class EventPath
             new("mmio vq, defaults", "mmio", "vq", 1, 50, true),
             new("mmio irq, defaults", "mmio", "irq", 1, 50, true),
             new("mmio irq, loops = 2", "mmio", "irq", 2, 50, true),
+            new("mmio irq, lever off: NOTIFY messages (no doorbell)", "mmio", "irq", 1, 50, false),
             new("mmio vq, lever off: no spin", "mmio", "vq", 1, 0, true),
             new("mmio irq, lever off: no spin", "mmio", "irq", 1, 0, true),
             new("mmio vq, low-latency (defaults + busy-poll 200us)", "mmio", "vq", 1, 50, true, BusyPollUs: 200),
@@ -113,6 +114,7 @@ public static class EventPath
             // The split that suits two cores: vism's loop polls, the peers sleep (no three spinners on two cores).
             new("mmio vq, busy-poll 200us, peers sleep (no spin)", "mmio", "vq", 1, 0, true, BusyPollUs: 200),
             new("mmio irq, busy-poll 200us, peers sleep (no spin)", "mmio", "irq", 1, 0, true, BusyPollUs: 200),
+            new("mmio irq, busy-poll 200us, peers sleep, NOTIFY messages (no doorbell)", "mmio", "irq", 1, 0, false, BusyPollUs: 200),
         ];
         double tcpMedian = 0, eventfdMedian = 0;
         var results = new Dictionary<string, Result>();
@@ -557,7 +559,7 @@ public static class EventPath
         var clientOptions = new IsmClientOptions { SpinBeforeBlock = TimeSpan.FromMicroseconds(int.Parse(a["spin"], CultureInfo.InvariantCulture)) };
         using var ram = new GuestRam(16 << 20);
         IDriverTransport transport = a["transport"] == "mmio"
-            ? MmioVmmClient.Connect(a["endpoint"], ram)
+            ? MmioVmmClient.Connect(a["endpoint"], ram, new MmioVmmOptions { NotifyDoorbells = a["doorbell"] == "1" })
             : VhostUserFrontend.Connect(a["endpoint"], ram, new VhostUserFrontendOptions { VectorCount = 1, NotifyDoorbell = a["doorbell"] == "1" });
         using IsmClient client = IsmClient.Start(transport, clientOptions);
         ulong size = ulong.Parse(a["size"], CultureInfo.InvariantCulture);

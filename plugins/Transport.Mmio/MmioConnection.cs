@@ -12,7 +12,8 @@ namespace Vism.Transport.Mmio;
 /// One VMM connected over the socket: reads its messages on the device's loop (raw non-blocking
 /// descriptor, never a .NET Socket), answers them through the <see cref="MmioSession"/>, and is the
 /// session's <see cref="IMmioVmm"/> (guest RAM from SET_MEM_TABLE, interrupt eventfds from
-/// SET_IRQ_FD, MAP/UNMAP requests to the VMM). Any protocol violation that breaks the framing ends
+/// SET_IRQ_FD, MAP/UNMAP requests to the VMM), and watches the NOTIFY doorbells of SET_NOTIFY_FD
+/// on the loop. Any protocol violation that breaks the framing ends
 /// the connection; everything else gets an error status.
 /// </summary>
 internal sealed class MmioConnection : IMmioVmm, IDisposable
@@ -28,6 +29,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     private readonly Action<MmioConnection> _onClosed;
     private readonly MmioSession _session;
     private readonly EventFd?[] _lines;
+    private readonly Dictionary<ulong, Doorbell> _doorbells = [];
     private readonly Dictionary<uint, PendingRequest> _pending = [];
     private readonly List<SafeFileHandle> _fds = [];
     private readonly List<byte[]> _outbox = [];
@@ -188,7 +190,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             else RejectAndClose(MmioStatus.HandshakeRequired, $"the first message must be HELLO, not {h.Type}");
             return;
         }
-        bool takesFds = h.Type is MmioMessageType.SetMemTable or MmioMessageType.SetIrqFd;
+        bool takesFds = h.Type is MmioMessageType.SetMemTable or MmioMessageType.SetIrqFd or MmioMessageType.SetNotifyFd;
         if (fds.Length > 0 && !takesFds)
         {
             Refuse(h, MmioStatus.BadFd, $"{fds.Length} descriptors on {h.Type}, which takes none (closed)");
@@ -203,6 +205,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             case MmioMessageType.SetMemTable: OnSetMemTable(h, p, fds); break;
             case MmioMessageType.SetIrqFd: OnSetIrqFd(h, p, fds); break;
             case MmioMessageType.SetShmBase: OnSetShmBase(h, p); break;
+            case MmioMessageType.SetNotifyFd: OnSetNotifyFd(h, p, fds); break;
             default: Refuse(h, MmioStatus.UnknownType, $"unknown message type {(ushort)h.Type}"); break;
         }
     }
@@ -331,6 +334,59 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
         _lines[req.Line]?.Dispose();
         _lines[req.Line] = line;
         Reply(h, MmioStatus.Ok);
+    }
+
+    private void OnSetNotifyFd(MmioHeader h, byte[] p, SafeFileHandle[] fds)
+    {
+        if (!SetNotifyFd.TryDecode(p, out SetNotifyFd req))
+        {
+            Refuse(h, MmioStatus.BadMessage, $"SET_NOTIFY_FD payload of {p.Length} bytes (expected {SetNotifyFd.Size})");
+            return;
+        }
+        if (fds.Length > 1)
+        {
+            Refuse(h, MmioStatus.BadFd, $"SET_NOTIFY_FD carries {fds.Length} descriptors (0 or 1)");
+            return;
+        }
+        // One doorbell per offset the guest writes, at most one per region slot in all: a VMM
+        // cannot make the device hold more descriptors than it has slots.
+        DeviceDescription d = _device.Description;
+        ulong window = _session.Registers.ShmLength(ShmId.Notify);
+        if (window == MmioRegister.NoSharedMemory || req.Offset >= window || d.NotifySize == 0 || req.Offset / d.NotifySize >= (ulong)d.MaxRegions)
+        {
+            Refuse(h, MmioStatus.BadRange, $"NOTIFY offset 0x{req.Offset:x} is outside the region slots of the NOTIFY window");
+            return;
+        }
+        if (fds.Length == 0)
+        {
+            if (_doorbells.Remove(req.Offset, out Doorbell? gone)) gone.Dispose();
+            Reply(h, MmioStatus.Ok);
+            return;
+        }
+        if (!_doorbells.ContainsKey(req.Offset) && _doorbells.Count >= d.MaxRegions)
+        {
+            Refuse(h, MmioStatus.BadRange, $"{_doorbells.Count} doorbells are wired, one per region slot; unwire one first");
+            return;
+        }
+        string? why = CheckEventFd(fds[0]);
+        if (why is not null)
+        {
+            Refuse(h, MmioStatus.BadFd, $"NOTIFY doorbell at 0x{req.Offset:x}: {why}");
+            return;
+        }
+        var bell = new Doorbell(req.Offset, EventFd.Adopt(Fd.Dup(fds[0])));
+        bell.Watch = _loop.WatchReadable(bell.Fd.Handle, () => Ring(bell));
+        if (_doorbells.Remove(req.Offset, out Doorbell? old)) old.Dispose();
+        _doorbells[req.Offset] = bell;
+        Reply(h, MmioStatus.Ok);
+    }
+
+    /// <summary>A doorbell was signalled: one NOTIFY of its offset, however many signals the counter
+    /// gathered since the last read (writes coalesce, as the polled window's do).</summary>
+    private void Ring(Doorbell bell)
+    {
+        if (bell.Disposed || _closed) return;
+        if (bell.Fd.Drain() != 0) _session.Notify(bell.Offset, 1);
     }
 
     private static string? CheckEventFd(SafeFileHandle fd)
@@ -484,6 +540,8 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             _lines[i]?.Dispose();
             _lines[i] = null;
         }
+        foreach (Doorbell bell in _doorbells.Values) bell.Dispose();
+        _doorbells.Clear();
         _memory.Dispose();
         _memory = MmioGuestMemory.Empty;
         foreach (SafeFileHandle fd in _fds) fd.Dispose();
@@ -493,6 +551,23 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     }
 
     public void Dispose() => Close("the transport is shutting down");
+
+    /// <summary>A NOTIFY doorbell (SET_NOTIFY_FD): the eventfd the VMM signals for writes at <see cref="Offset"/>.</summary>
+    private sealed class Doorbell(ulong offset, EventFd fd) : IDisposable
+    {
+        public ulong Offset { get; } = offset;
+        public EventFd Fd { get; } = fd;
+        public IDisposable? Watch { get; set; }
+        public bool Disposed { get; private set; }
+
+        public void Dispose()
+        {
+            if (Disposed) return;
+            Disposed = true;
+            Watch?.Dispose(); // before the descriptor is closed
+            Fd.Dispose();
+        }
+    }
 
     private sealed class PendingRequest(MmioMessageType type)
     {

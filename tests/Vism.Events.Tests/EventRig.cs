@@ -58,6 +58,9 @@ internal sealed class EventRig : IDisposable
     /// <summary>Whether the transport delivers every NOTIFY write (see <see cref="ITransportKind.TrapsNotifyWrites"/>).</summary>
     public bool TrapsNotifyWrites => _transport.TrapsNotifyWrites;
 
+    /// <summary>See <see cref="ITransportKind.SeesUnassignedSlots"/>.</summary>
+    public bool SeesUnassignedSlots => _transport.SeesUnassignedSlots;
+
     public IsmHost Host { get; }
 
     /// <summary>Adds a device using <paramref name="events"/>, serves it and starts a client on it.</summary>

@@ -25,6 +25,10 @@ internal interface ITransportKind
     /// slot between two scans are seen as one.</summary>
     bool TrapsNotifyWrites { get; }
 
+    /// <summary>Whether a write to a slot that holds no region reaches the device (trapped, or a
+    /// doorbell), where it is counted as an error. False for vhost-user, which scans only the slots in use.</summary>
+    bool SeesUnassignedSlots { get; }
+
     /// <summary>Serves <paramref name="device"/> with a transport offering <paramref name="vectors"/>
     /// per-region vectors and connects a driver side to it.</summary>
     /// <param name="device">A device not yet served.</param>
@@ -42,17 +46,24 @@ internal sealed class InMemoryKind : ITransportKind
 
     public bool TrapsNotifyWrites => true;
 
+    public bool SeesUnassignedSlots => true;
+
     public Served Serve(IsmDevice device, int vectors, string scratch, ILoggerFactory logs) =>
         new(InMemoryTransport.StartFor(device, ramSize: 8 << 20, vectorCount: vectors), () => TransportKinds.Settle(device));
 }
 
 /// <summary>The MMIO transport on a Unix socket, driven by the Driver's VMM client (as a VMM
-/// forwarding a guest's trapped accesses would); per-region vectors are eventfds the VMM gave.</summary>
-internal sealed class MmioKind : ITransportKind
+/// forwarding a guest's trapped accesses would); per-region vectors are eventfds the VMM gave.
+/// NOTIFY-window writes ring doorbell eventfds (the client's default, as KVM's ioeventfd: writes
+/// the device has not read yet coalesce) or, with <paramref name="doorbells"/> false, travel as
+/// NOTIFY messages (each one delivered).</summary>
+internal sealed class MmioKind(bool doorbells) : ITransportKind
 {
-    public string Name => "mmio";
+    public string Name => doorbells ? "mmio" : "mmio-messages";
 
-    public bool TrapsNotifyWrites => true;
+    public bool TrapsNotifyWrites => !doorbells;
+
+    public bool SeesUnassignedSlots => true;
 
     public Served Serve(IsmDevice device, int vectors, string scratch, ILoggerFactory logs)
     {
@@ -61,10 +72,16 @@ internal sealed class MmioKind : ITransportKind
         ITransport started = TransportKinds.Start(device, transport);
         try
         {
-            MmioVmmClient vmm = MmioVmmClient.Connect(transport.Endpoint);
+            MmioVmmClient vmm = MmioVmmClient.Connect(transport.Endpoint, options: new MmioVmmOptions { NotifyDoorbells = doorbells });
             // NOTIFY messages are handled in order with register accesses: a read's answer means
-            // every earlier write was handled.
-            return new Served(vmm, () => { vmm.ReadStatus(); TransportKinds.Settle(device); }, () => TransportKinds.Stop(device, started));
+            // every earlier write was handled. A doorbell the device has read was handled in the
+            // loop turn that read it, which the read's answer (and the settle) comes after.
+            return new Served(vmm, () =>
+            {
+                Assert.True(vmm.WaitDoorbellsRead(EventRig.Wait), "the device read every doorbell");
+                vmm.ReadStatus();
+                TransportKinds.Settle(device);
+            }, () => TransportKinds.Stop(device, started));
         }
         catch
         {
@@ -83,6 +100,8 @@ internal sealed class VhostUserKind : ITransportKind
     public string Name => "vhost-user";
 
     public bool TrapsNotifyWrites => false;
+
+    public bool SeesUnassignedSlots => false;
 
     public Served Serve(IsmDevice device, int vectors, string scratch, ILoggerFactory logs)
     {
@@ -126,7 +145,8 @@ internal static class TransportKinds
     private static readonly ITransportKind[] All =
     [
         new InMemoryKind(),
-        new MmioKind(),
+        new MmioKind(doorbells: true),
+        new MmioKind(doorbells: false),
         new VhostUserKind(),
     ];
 

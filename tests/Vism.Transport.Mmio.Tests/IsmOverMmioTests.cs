@@ -90,6 +90,40 @@ public sealed class IsmOverMmioTests : IAsyncDisposable
         Assert.Equal(0, _host.RegionCount);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task AnUpdateReachesThePeerByDoorbellOrByNotifyMessage(bool doorbells)
+    {
+        Node a = await AddDevice("mmio-bell-a");
+        Node b = await AddDevice("mmio-bell-b");
+        using MmioVmmClient vmmA = MmioVmmClient.Connect(a.Transport.Endpoint, options: new MmioVmmOptions { NotifyDoorbells = doorbells });
+        using MmioVmmClient vmmB = MmioVmmClient.Connect(b.Transport.Endpoint);
+        using IsmClient guestA = IsmClient.Start(vmmA);
+        using IsmClient guestB = IsmClient.Start(vmmB);
+        AllocReply alloc = guestA.Alloc(4096);
+        AttachReply attach = guestB.Attach(alloc.Token);
+        Assert.True(attach.Ok);
+        Assert.Equal(IsmControl.AckOk, guestB.EventVector(attach.Offset, 1));
+
+        for (int i = 0; i < 3; i++)
+        {
+            guestA.Notify(alloc.Offset);
+            Assert.True(vmmB.WaitVector(1, Generous), $"update {i} fired B's vector");
+        }
+        Assert.Equal(doorbells ? 1 : 0, vmmA.DoorbellCount);
+        Assert.Equal(3, a.Counters.Get("notify.writes")); // counted before the update is routed, so before B sees it
+        // The doorbell stays wired across DETACH and a new region in the same slot.
+        Assert.Equal(IsmControl.AckOk, guestA.Detach(alloc.Offset));
+        AllocReply again = guestA.Alloc(4096);
+        Assert.Equal(alloc.Offset, again.Offset);
+        AttachReply reattach = guestB.Attach(again.Token);
+        Assert.Equal(IsmControl.AckOk, guestB.EventVector(reattach.Offset, 1));
+        guestA.Notify(again.Offset);
+        Assert.True(vmmB.WaitVector(1, Generous), "the update after re-ALLOC fired B's vector");
+        Assert.Equal(doorbells ? 1 : 0, vmmA.DoorbellCount);
+    }
+
     [Fact]
     public async Task AnUpdateArrivesOnThePeersEventqThroughItsSecondMmioQueue()
     {

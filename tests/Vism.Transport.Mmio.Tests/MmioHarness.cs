@@ -16,18 +16,19 @@ internal static class MmioTestDevice
     public const ulong RegionsLength = 1 << 20;
     public const ulong NotifyLength = 4096;
 
-    public static FakeVirtioDevice Create(IDeviceLoop loop) =>
-        new(loop, queueCount: 2, RegionsLength, NotifyLength, regionSize: 64 * 1024, notifySize: 1, name: "fake0") { ConfigGeneration = 3 };
+    /// <summary>16 region slots of 64 KiB; each slot's NOTIFY space is <paramref name="notifySize"/> bytes.</summary>
+    public static FakeVirtioDevice Create(IDeviceLoop loop, ulong notifySize = 1) =>
+        new(loop, queueCount: 2, RegionsLength, NotifyLength, regionSize: 64 * 1024, notifySize: notifySize, name: "fake0") { ConfigGeneration = 3 };
 }
 
 /// <summary>A device test double served by a real <see cref="MmioTransport"/> on a real loop and socket.</summary>
 internal sealed class MmioHarness : IAsyncDisposable
 {
-    private MmioHarness(MmioOptions options)
+    private MmioHarness(MmioOptions options, ulong notifySize)
     {
         Dir = new TempDir("vmmio");
         Loop = new EventLoop("mmio-test");
-        Device = MmioTestDevice.Create(Loop);
+        Device = MmioTestDevice.Create(Loop, notifySize);
         var host = new HostDescription { Gid = 1, StateDirectory = Dir.Path, SocketDirectory = Dir.Path };
         Transport = new MmioTransport(options, Device.Description, host, Loop, Counters, Log);
     }
@@ -40,9 +41,9 @@ internal sealed class MmioHarness : IAsyncDisposable
     public MmioTransport Transport { get; }
     public string SocketPath => Transport.Endpoint;
 
-    public static async Task<MmioHarness> StartAsync(MmioOptions? options = null)
+    public static async Task<MmioHarness> StartAsync(MmioOptions? options = null, ulong notifySize = 1)
     {
-        var h = new MmioHarness(options ?? new MmioOptions());
+        var h = new MmioHarness(options ?? new MmioOptions(), notifySize);
         await h.Loop.InvokeAsync(() => h.Transport.Start(h.Device));
         return h;
     }

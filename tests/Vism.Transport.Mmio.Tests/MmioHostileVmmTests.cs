@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using Vism.Abstractions;
 using Vism.Native;
@@ -20,6 +21,7 @@ public sealed class DescriptorCountingCollection
 [Collection(DescriptorCountingCollection.Name)]
 public sealed class MmioHostileVmmTests
 {
+    private static readonly TimeSpan Generous = TimeSpan.FromSeconds(20);
     private const ulong RamBase = 0x4000_0000;
     private const ulong RamSize = 1 << 20;
 
@@ -269,6 +271,124 @@ public sealed class MmioHostileVmmTests
         Assert.Equal(1, h.Counters.Get("mmio.irq.dropped"));
     }
 
+    private static MmioStatus Wire(RawVmm peer, ulong offset, params SafeHandle[] fds) =>
+        peer.Call(MmioMessageType.SetNotifyFd, new SetNotifyFd(offset).Encode(), MmioMessageFlags.None, fds).Header.Status;
+
+    [Fact]
+    public async Task NotifyDoorbellsMustBeEventfdsForARegionSlot()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await h.ConnectRawAsync();
+        int before = Descriptors.Baseline();
+        using (EventFd bell = EventFd.Create())
+        using (SafeFileHandle notAnEventfd = MemFd.Create("not-a-doorbell", 4096))
+        {
+            ulong slots = (ulong)h.Device.Description.MaxRegions; // 16 slots of one byte each
+            Assert.Equal(MmioStatus.BadMessage, peer.Call(MmioMessageType.SetNotifyFd, new byte[4], MmioMessageFlags.None, bell.Handle).Header.Status);
+            Assert.Equal(MmioStatus.BadRange, Wire(peer, slots, bell.Handle));                      // inside the window, past the slots
+            Assert.Equal(MmioStatus.BadRange, Wire(peer, MmioTestDevice.NotifyLength, bell.Handle)); // past the window
+            Assert.Equal(MmioStatus.BadRange, Wire(peer, ulong.MaxValue, bell.Handle));
+            Assert.Equal(MmioStatus.BadFd, Wire(peer, 0, notAnEventfd));
+            Assert.Equal(MmioStatus.BadFd, Wire(peer, 0, bell.Handle, bell.Handle));
+            bell.Signal();
+            Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.Read, Access(R.MagicValue, 4)).Header.Status);
+            Assert.Empty(h.Device.NotifyWrites);
+        }
+        Descriptors.AssertBackTo(before, "by refused SET_NOTIFY_FD requests");
+    }
+
+    [Fact]
+    public async Task RewiredDoorbellsCloseTheOldDescriptorAndTheirNumberIsCappedAtTheSlots()
+    {
+        // Slots of 8 bytes: a VMM could name 8 offsets per slot; the device keeps at most one
+        // doorbell per slot in all, whatever offsets it is asked for.
+        await using MmioHarness h = await MmioHarness.StartAsync(notifySize: 8);
+        using RawVmm peer = await h.ConnectRawAsync();
+        int slots = h.Device.Description.MaxRegions;
+        int before = Descriptors.Baseline();
+        for (int i = 0; i < 300; i++)
+            using (EventFd bell = EventFd.Create())
+                Assert.Equal(MmioStatus.Ok, Wire(peer, 0, bell.Handle));
+        var bells = new List<EventFd>();
+        for (int i = 1; i < slots; i++)
+        {
+            bells.Add(EventFd.Create());
+            Assert.Equal(MmioStatus.Ok, Wire(peer, (ulong)i, bells[^1].Handle)); // offsets 1..15, all in slots 0 and 1
+        }
+        using (EventFd extra = EventFd.Create())
+        {
+            Assert.Equal(MmioStatus.BadRange, Wire(peer, (ulong)slots, extra.Handle));
+            Assert.Equal(MmioStatus.Ok, Wire(peer, 0, extra.Handle)); // rewiring a wired offset is always allowed
+        }
+        // Unwiring (no descriptor) frees a place.
+        Assert.Equal(MmioStatus.Ok, Wire(peer, 1));
+        using (EventFd again = EventFd.Create())
+            Assert.Equal(MmioStatus.Ok, Wire(peer, (ulong)slots, again.Handle));
+        foreach (EventFd bell in bells) bell.Dispose();
+        for (ulong offset = 0; offset <= (ulong)slots; offset++)
+            Assert.Equal(MmioStatus.Ok, Wire(peer, offset));
+        Descriptors.AssertBackTo(before, "by rewired or unwired doorbells");
+    }
+
+    [Fact]
+    public async Task SignalsThatGatherBeforeTheLoopReadsADoorbellAreOneNotify()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await h.ConnectRawAsync();
+        using EventFd bell = EventFd.Create();
+        Assert.Equal(MmioStatus.Ok, Wire(peer, 5, bell.Handle));
+
+        using var started = new ManualResetEventSlim();
+        using var gate = new ManualResetEventSlim();
+        Task held = h.OnLoop(() =>
+        {
+            started.Set();
+            gate.Wait();
+        });
+        Assert.True(started.Wait(Generous));
+        for (int i = 0; i < 1000; i++) bell.Signal();
+        gate.Set();
+        await held;
+        await h.WaitUntil(() => !h.Device.NotifyWrites.IsEmpty, "the doorbell was read");
+        Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.Read, Access(R.MagicValue, 4)).Header.Status);
+        Assert.Equal([5ul], h.Device.NotifyWrites);
+    }
+
+    [Fact]
+    public async Task ADoorbellStormLeavesTheSocketServed()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await h.ConnectRawAsync();
+        using EventFd bell = EventFd.Create();
+        Assert.Equal(MmioStatus.Ok, Wire(peer, 2, bell.Handle));
+        long signals = 0;
+        using var stop = new CancellationTokenSource();
+        Task storm = Task.Run(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                bell.Signal();
+                Interlocked.Increment(ref signals);
+            }
+        });
+        try
+        {
+            Assert.True(SpinWait.SpinUntil(() => Interlocked.Read(ref signals) >= 10_000, Generous), "the storm started");
+            for (int i = 0; i < 200; i++)
+                Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.Read, Access(R.MagicValue, 4)).Header.Status);
+        }
+        finally
+        {
+            stop.Cancel();
+            await storm;
+        }
+        Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.Read, Access(R.MagicValue, 4)).Header.Status);
+        ulong[] writes = [.. h.Device.NotifyWrites];
+        Assert.NotEmpty(writes);
+        Assert.All(writes, o => Assert.Equal(2ul, o));
+        Assert.InRange(writes.Length, 1, signals);
+    }
+
     [Fact]
     public async Task ShmBaseForAWindowTheDeviceLacksOrUnalignedIsRefused()
     {
@@ -292,6 +412,8 @@ public sealed class MmioHostileVmmTests
             Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetMemTable, SetMemTable.Encode([new MemoryRegion(RamBase, RamSize, 0)]), MmioMessageFlags.None, ram).Header.Status);
             Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(0).Encode(), MmioMessageFlags.None, irq.Handle).Header.Status);
             Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(1).Encode(), MmioMessageFlags.None, vector.Handle).Header.Status);
+            using EventFd bell = EventFd.Create();
+            Assert.Equal(MmioStatus.Ok, Wire(peer, 3, bell.Handle));
             byte[] frame = MmioFrame.Build(MmioMessageType.Write, MmioMessageFlags.None, 9, Access(R.Status, 4, 1));
             peer.SendRaw(frame[..20]); // header and a piece of the payload, then gone
         }

@@ -167,10 +167,10 @@ public sealed class MmioSocketTests
     }
 
     [Fact]
-    public async Task NotifyWindowWritesAreForwardedToTheDeviceExactly()
+    public async Task NotifyMessagesReachTheDeviceExactlyAndInOrder()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
-        using MmioVmmClient client = h.Connect();
+        using MmioVmmClient client = h.Connect(new MmioVmmOptions { NotifyDoorbells = false });
 
         client.WriteNotify(0);
         client.WriteNotify(3);
@@ -178,6 +178,29 @@ public sealed class MmioSocketTests
         Assert.Equal(MmioStatus.BadAccess, client.TryWriteNotify(MmioTestDevice.NotifyLength));
 
         Assert.Equal(new[] { 0ul, 3ul, 7ul }, await h.OnLoop(() => h.Device.NotifyWrites.ToArray()));
+        Assert.Equal(0, client.DoorbellCount);
+    }
+
+    [Fact]
+    public async Task NotifyWritesRingOneDoorbellPerOffsetAndEachReachesTheDevice()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using MmioVmmClient client = h.Connect();
+
+        client.WriteNotify(0);
+        await h.WaitUntil(() => h.Device.NotifyWrites.Count == 1, "the first doorbell was read");
+        client.WriteNotify(3);
+        await h.WaitUntil(() => h.Device.NotifyWrites.Count == 2, "the second doorbell was read");
+        client.WriteNotify(0);
+        await h.WaitUntil(() => h.Device.NotifyWrites.Count == 3, "the first doorbell was read again");
+
+        Assert.Equal(new[] { 0ul, 3ul, 0ul }, await h.OnLoop(() => h.Device.NotifyWrites.ToArray()));
+        Assert.Equal(2, client.DoorbellCount);
+        // A write past the region slots cannot have a doorbell: it travels as NOTIFY and the window
+        // rejects it as before.
+        client.WriteNotify(MmioTestDevice.NotifyLength);
+        await h.WaitUntil(() => h.Counters.Get("mmio.notify.rejected") == 1, "the out-of-window write was rejected");
+        Assert.Equal(2, client.DoorbellCount);
     }
 
     [Fact]

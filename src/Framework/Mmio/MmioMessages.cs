@@ -296,6 +296,34 @@ public readonly record struct NotifyWrite(ulong Offset, uint Width, ulong Value)
     }
 }
 
+/// <summary>SET_NOTIFY_FD: <c>u64 offset</c>; 0 or 1 descriptor (an eventfd).</summary>
+/// <param name="Offset">Byte offset inside the NOTIFY window whose writes the eventfd stands for.</param>
+public readonly record struct SetNotifyFd(ulong Offset)
+{
+    /// <summary>Encoded size.</summary>
+    public const int Size = 8;
+
+    /// <summary>Encodes the payload.</summary>
+    public byte[] Encode()
+    {
+        var b = new byte[Size];
+        BinaryPrimitives.WriteUInt64LittleEndian(b, Offset);
+        return b;
+    }
+
+    /// <summary>Decodes a payload.</summary>
+    /// <param name="p">The payload.</param>
+    /// <param name="value">The request.</param>
+    /// <returns>False when the size is wrong.</returns>
+    public static bool TryDecode(ReadOnlySpan<byte> p, out SetNotifyFd value)
+    {
+        value = default;
+        if (p.Length != Size) return false;
+        value = new(BinaryPrimitives.ReadUInt64LittleEndian(p));
+        return true;
+    }
+}
+
 /// <summary>MAP: <c>u8 shmid, u8 flags, u8 pad[6], u64 shm_offset, u64 fd_offset, u64 length</c>; one descriptor.
 /// UNMAP uses the same layout with flags 0, fd_offset 0 and no descriptor.</summary>
 /// <param name="Id">The window.</param>

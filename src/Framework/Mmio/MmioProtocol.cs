@@ -55,6 +55,10 @@ public enum MmioMessageType : ushort
     /// <summary>VMM to device: a trapped write into the NOTIFY window. Replied only with <see cref="MmioMessageFlags.NeedReply"/>.</summary>
     Notify = 7,
 
+    /// <summary>VMM to device: wires a NOTIFY-window offset to a doorbell eventfd the VMM signals instead of
+    /// sending <see cref="Notify"/> (as KVM's ioeventfd); no descriptor unwires it. Always replied.</summary>
+    SetNotifyFd = 8,
+
     /// <summary>Device to VMM: map a region descriptor into a shared-memory window. One descriptor. Always replied.</summary>
     Map = 16,
 

@@ -28,6 +28,13 @@ public sealed record MmioVmmOptions
     /// window offset and whether the device asked for a writable mapping. For tests that play a
     /// VMM keeping the descriptor (the callback may duplicate it); null by default.</summary>
     public Action<ulong, SafeHandle, bool>? DescriptorReceived { get; init; }
+
+    /// <summary>Whether NOTIFY-window writes ring doorbell eventfds (SET_NOTIFY_FD, as a KVM VMM
+    /// registers an ioeventfd per notify address) instead of travelling as NOTIFY messages. The
+    /// first write to an offset wires its doorbell (one round trip); later writes are one eventfd
+    /// write each. A device that does not know SET_NOTIFY_FD (UNKNOWN_TYPE), or refuses an offset,
+    /// gets NOTIFY messages as before. Default true.</summary>
+    public bool NotifyDoorbells { get; init; } = true;
 }
 
 /// <summary>
@@ -36,7 +43,8 @@ public sealed record MmioVmmOptions
 /// (docs/mmio-protocol.md). Guest RAM is a <see cref="GuestRam"/> memfd given to the device with
 /// SET_MEM_TABLE; the standard interrupt and each per-region vector are eventfds; the REGIONS
 /// window is a reserved address range into which the device's MAP requests are mapped, as a VMM
-/// would map them into guest-physical space; NOTIFY-window writes are trapped and forwarded.
+/// would map them into guest-physical space; NOTIFY-window writes ring a doorbell eventfd per
+/// offset (SET_NOTIFY_FD, KVM's ioeventfd) or, with doorbells off, are trapped and forwarded.
 /// Connecting probes the device the way Linux's virtio_mmio does (magic, version, device id).
 /// Thread-safe; one reader thread serves the device's requests, one thread handles the standard
 /// interrupt line; per-region vectors are waited on by their callers directly (spin, then poll).
@@ -55,6 +63,9 @@ public sealed class MmioVmmClient : IDriverTransport
     private readonly EventFd _line = EventFd.Create();
     private readonly EventFd[] _vectors;
     private readonly EventFd _stop = EventFd.Create();
+    private readonly ConcurrentDictionary<ulong, EventFd?> _doorbells = new(); // null: the device refused the offset
+    private readonly Lock _wireLock = new();
+    private volatile bool _noDoorbells;
     private readonly long[] _vectorFirings;
     private readonly bool[] _queueSignalled = new bool[64];
     private readonly Mapping? _regionsView;
@@ -384,8 +395,87 @@ public sealed class MmioVmmClient : IDriverTransport
     public nint ShmAddress(ShmId id) => id == ShmId.Regions && _regionsView is not null ? _regionsView.Address : 0;
 
     /// <inheritdoc />
-    public void WriteNotify(ulong offset, byte value = 1) =>
+    /// <remarks>With <see cref="MmioVmmOptions.NotifyDoorbells"/> (the default) the write is one
+    /// signal of the offset's doorbell eventfd, as KVM's ioeventfd would do it: the device reads it
+    /// on its loop, and writes that come before it does coalesce into one update (as they do in the
+    /// polled window of vhost-user). A doorbell is not ordered with socket messages: use
+    /// <see cref="TryWriteNotify"/> where a later request must see the write handled.</remarks>
+    public void WriteNotify(ulong offset, byte value = 1)
+    {
+        if (_options.NotifyDoorbells && !_noDoorbells)
+        {
+            ThrowIfFailed();
+            EventFd? bell = _doorbells.TryGetValue(offset, out EventFd? wired) ? wired : WireDoorbell(offset);
+            if (bell is not null)
+            {
+                try
+                {
+                    bell.Signal();
+                }
+                catch (ObjectDisposedException ex)
+                {
+                    throw new DriverTransportException("the VMM client was disposed", ex);
+                }
+                return;
+            }
+        }
         Post(MmioMessageType.Notify, new NotifyWrite(offset, 1, value).Encode());
+    }
+
+    /// <summary>Doorbells wired so far (SET_NOTIFY_FD answered OK).</summary>
+    public int DoorbellCount => _doorbells.Values.Count(b => b is not null);
+
+    /// <summary>Waits until the device has read every doorbell signalled so far (each doorbell's
+    /// counter is back to 0): from then on, work the device posts to its loop comes after those
+    /// writes were handled. For tests and tools that must know a notify has reached the device.</summary>
+    /// <param name="timeout">How long to wait at most.</param>
+    /// <returns>False when a doorbell was still unread at the deadline.</returns>
+    public bool WaitDoorbellsRead(TimeSpan timeout)
+    {
+        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        foreach (EventFd? bell in _doorbells.Values)
+        {
+            if (bell is null) continue;
+            var p = new[] { new Pollfd { fd = Fd.Raw(bell.Handle), events = PollEvents.POLLIN } };
+            while (Syscall.poll(p, 1, 0) == 1 && (p[0].revents & PollEvents.POLLIN) != 0)
+            {
+                ThrowIfFailed();
+                if (Environment.TickCount64 > deadline) return false;
+                Thread.Sleep(1);
+            }
+        }
+        return true;
+    }
+
+    private EventFd? WireDoorbell(ulong offset)
+    {
+        lock (_wireLock)
+        {
+            if (_doorbells.TryGetValue(offset, out EventFd? wired)) return wired;
+            var bell = EventFd.Create();
+            MmioStatus status;
+            try
+            {
+                status = Call(MmioMessageType.SetNotifyFd, new SetNotifyFd(offset).Encode(), [bell.Handle]).Header.Status;
+            }
+            catch
+            {
+                bell.Dispose();
+                throw;
+            }
+            if (status == MmioStatus.Ok)
+            {
+                _doorbells[offset] = bell;
+                return bell;
+            }
+            bell.Dispose();
+            // A device from before SET_NOTIFY_FD: messages from now on. A refused offset (outside the
+            // slots): NOTIFY messages for it, which the device rejects and counts as it always has.
+            if (status == MmioStatus.UnknownType) _noDoorbells = true;
+            else _doorbells[offset] = null;
+            return null;
+        }
+    }
 
     /// <summary>A NOTIFY write the device confirms (to see its status).</summary>
     /// <param name="offset">Offset inside the NOTIFY window.</param>
@@ -693,6 +783,7 @@ public sealed class MmioVmmClient : IDriverTransport
         _regionsView?.Dispose();
         _line.Dispose();
         foreach (EventFd v in _vectors) v.Dispose();
+        foreach (EventFd? bell in _doorbells.Values) bell?.Dispose();
         _stop.Dispose();
         if (_ownsRam) Ram.Dispose();
     }
