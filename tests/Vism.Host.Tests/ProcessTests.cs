@@ -19,14 +19,26 @@ public sealed partial class ProcessTests : IClassFixture<PluginFixture>, IDispos
     [LibraryImport("libc", SetLastError = true)]
     private static partial int kill(int pid, int signal);
 
-    private Process Start(params string[] args)
+    private Process Start(params string[] args) => StartIgnoring(null, args);
+
+    /// <summary>Starts vism through <c>/bin/sh</c> with <paramref name="ignored"/> signals (as
+    /// <c>trap '' INT HUP</c> names them) set to SIG_IGN, which exec keeps: how a shell without job
+    /// control starts a background job (SIGINT, SIGQUIT) and how nohup starts a command (SIGHUP).
+    /// Null starts <c>dotnet</c> directly.</summary>
+    private Process StartIgnoring(string? ignored, params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet")
+        var psi = new ProcessStartInfo(ignored is null ? "dotnet" : "/bin/sh")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
+        if (ignored is not null)
+        {
+            psi.ArgumentList.Add("-c");
+            psi.ArgumentList.Add($"trap '' {ignored}; exec \"$0\" \"$@\"");
+            psi.ArgumentList.Add("dotnet");
+        }
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "vism.dll"));
         foreach (string a in args) psi.ArgumentList.Add(a);
         foreach (string p in _plugins.SearchPaths.Append(TestPlugins.InRepoPluginsDir))
@@ -99,6 +111,43 @@ public sealed partial class ProcessTests : IClassFixture<PluginFixture>, IDispos
         Assert.Contains("device p0: devid 1, transport mem at mem:p0:none", err);
         Assert.Contains("stopping", err);
         Assert.Contains("device p1: stopped", err);
+        Assert.False(File.Exists(status), "the status socket was left behind");
+    }
+
+    [Fact]
+    public async Task RunAnswersSigintAndSighupEvenWhenStartedWithThemIgnored()
+    {
+        // .NET keeps a signal that was ignored when the process started ignored, even when a
+        // PosixSignalRegistration asks for it: vism started from a script's background job or by
+        // nohup would then neither reload on SIGHUP nor stop on SIGINT (it hung until killed).
+        string status = Path.Combine(_dir["state"], StatusSocket.FileName);
+        using Process vism = StartIgnoring("INT HUP QUIT", "run", Config());
+        var err = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        Task reader = Task.Run(async () =>
+        {
+            while (await vism.StandardError.ReadLineAsync() is { } line) err.Enqueue(line);
+        });
+        var sw = Stopwatch.StartNew();
+        string? report = null;
+        while (report?.Contains("\"name\": \"p1\"") != true && !vism.HasExited && sw.Elapsed < Wait)
+        {
+            Thread.Sleep(50);
+            if (File.Exists(status)) report = StatusSocket.TryRead(status, TimeSpan.FromSeconds(5));
+        }
+        Assert.True(report is not null, $"vism run never served status: {string.Join('\n', err)}");
+
+        Assert.Equal(0, kill(vism.Id, 1)); // SIGHUP: reload the (unchanged) file
+        Assert.True(SpinWait.SpinUntil(() => err.Any(l => l.Contains("reloading", StringComparison.Ordinal)), TimeSpan.FromSeconds(20)),
+            $"SIGHUP did not reload: {string.Join('\n', err)}");
+        Assert.False(vism.HasExited, "SIGHUP ended vism");
+        Assert.Equal(0, kill(vism.Id, 2)); // SIGINT: stop
+        bool exited = vism.WaitForExit(TimeSpan.FromSeconds(20));
+        if (!exited) vism.Kill(entireProcessTree: true);
+        Assert.True(exited, $"SIGINT did not stop vism: {string.Join('\n', err)}");
+        vism.WaitForExit();
+        await reader.WaitAsync(Wait);
+        Assert.Equal(0, vism.ExitCode);
+        Assert.Contains(err, l => l.Contains("stopping", StringComparison.Ordinal));
         Assert.False(File.Exists(status), "the status socket was left behind");
     }
 
