@@ -10,7 +10,8 @@ namespace Vism.Benchmarks;
 /// <summary>
 /// vism channel vs TCP loopback between the same two processes (docs/benchmarks.md, "Channel"):
 /// this process serves two devices as <c>vism run</c> does by default (both on one device loop, the
-/// transport's socket, memfd region memory, the eventq unless <c>irq</c> is asked for; <see cref="EventPath.BenchHost"/>) and
+/// transport's socket, memfd region memory (Memory.Hugetlb's 2 MiB pages with <c>--memory hugetlb</c>),
+/// the eventq unless <c>irq</c> is asked for; <see cref="EventPath.BenchHost"/>) and
 /// starts two peer processes, each pinned to its own core with taskset, each reaching its device
 /// through the socket. The peers open a TCP connection and a channel to each other and measure:
 /// bulk throughput (client to server, then a 1-byte ack) of TCP, the channel event-driven and the
@@ -27,19 +28,19 @@ namespace Vism.Benchmarks;
 /// between minutes, so one TCP measurement followed by one channel measurement is not a ratio).
 /// Not BenchmarkDotNet: it needs two processes on two cores.
 /// Command:
-/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R]</c>
+/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R] [--memory memfd|hugetlb]</c>
 /// (default: both transports, 1024 MiB per side in all, 5000 round trips event-driven and 50000
-/// polling per phase in all, 1 device loop, vq, 5 rounds).
+/// polling per phase in all, 1 device loop, vq, 5 rounds, memfd).
 /// </summary>
 public static class ChannelBenchmark
 {
     private const int Message = 64;
     private const int Chunk = 256 * 1024;
     private const int Warmup = 1000;
-    private const string Usage = "channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R]";
+    private const string Usage = "channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R] [--memory memfd|hugetlb]";
 
     /// <summary>The run's settings: MiB and round trips are totals per side and phase, split over the rounds.</summary>
-    internal sealed record Options(string[] Transports, int MiB, int Trips, int Loops, string Events, int Rounds);
+    internal sealed record Options(string[] Transports, int MiB, int Trips, int Loops, string Events, int Rounds, string Memory = "memfd");
 
     public static int Run(string[] args)
     {
@@ -69,6 +70,7 @@ public static class ChannelBenchmark
     {
         var positional = new List<string>();
         int rounds = 5;
+        string memory = "memfd";
         for (int i = 0; i < args.Length; i++)
         {
             string a = args[i];
@@ -76,6 +78,13 @@ public static class ChannelBenchmark
             {
                 string? v = a == "--rounds" ? (i + 1 < args.Length ? args[++i] : null) : a["--rounds=".Length..];
                 rounds = Whole(v ?? throw new ArgumentException("--rounds needs a value"), "--rounds", 1, 1000);
+            }
+            else if (a == "--memory" || a.StartsWith("--memory=", StringComparison.Ordinal))
+            {
+                memory = (a == "--memory" ? (i + 1 < args.Length ? args[++i] : null) : a["--memory=".Length..])
+                    ?? throw new ArgumentException("--memory needs a value");
+                if (memory is not ("memfd" or "hugetlb"))
+                    throw new ArgumentException($"--memory '{memory}' is not memfd or hugetlb");
             }
             else if (a.StartsWith("--", StringComparison.Ordinal))
                 throw new ArgumentException($"unknown option '{a}'");
@@ -97,7 +106,7 @@ public static class ChannelBenchmark
             throw new ArgumentException($"{trips} round trips cannot be split over {rounds} rounds");
         if (mib > 0 && BulkPerRound(mib, rounds) == 0)
             throw new ArgumentException($"{mib} MiB split over {rounds} rounds leaves less than one {Chunk >> 10} KiB write per round");
-        return new Options(transport == "all" ? ["vhost-user", "mmio"] : [transport], mib, trips, loops, events, rounds);
+        return new Options(transport == "all" ? ["vhost-user", "mmio"] : [transport], mib, trips, loops, events, rounds, memory);
 
         static int Whole(string value, string what, int min, int max) =>
             int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n >= min && n <= max
@@ -117,11 +126,11 @@ public static class ChannelBenchmark
     {
         // vism's defaults: both devices on one loop (`loops = 1`), the eventq (or irq, when asked), the transport's defaults.
         using var host = new EventPath.BenchHost(
-            new EventPath.Setting(transport, transport, o.Events, o.Loops, 0, true, BusyPollUs: variant == NoSpinBusyPoll ? 200 : 0), 8 << 20);
+            new EventPath.Setting(transport, transport, o.Events, o.Loops, 0, true, BusyPollUs: variant == NoSpinBusyPoll ? 200 : 0, Memory: o.Memory), 8 << 20);
         long bulk = o.MiB > 0 ? BulkPerRound(o.MiB, o.Rounds) : 0;
         int trips = o.Trips / o.Rounds;
         string bulkText = bulk > 0 ? $"{bulk * o.Rounds / (double)(1 << 20):0.##} MiB bulk per side ({o.Rounds} rounds x {bulk / (double)(1 << 20):0.##} MiB, after {BulkWarmup(bulk) / (double)(1 << 20):0.##} MiB warm-up)" : "no bulk";
-        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {o.Events}, {o.Loops} device loop(s), 8 MiB region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {bulkText}, "
+        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {o.Events}, {o.Loops} device loop(s), 8 MiB {o.Memory} region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {bulkText}, "
             + $"{trips * o.Rounds} round trips of {Message} bytes per phase ({o.Rounds} rounds x {trips}, polling x10, each after {Warmup} warm-up), {o.Rounds} alternating rounds (rounds 1, 3, ... in list order, TCP first; rounds 2, 4, ... reversed); "
             + $"{Environment.ProcessorCount} CPUs; server on CPU 0, client on CPU 1; load average before: {File.ReadAllText("/proc/loadavg").Trim()}");
         using Process server = StartPeer(0, ["server", transport, host.Endpoints[0], host.DevIds[1].ToString(CultureInfo.InvariantCulture), variant, o.Events]);

@@ -13,6 +13,7 @@ using Vism.Driver.Mmio;
 using Vism.Driver.VhostUser;
 using Vism.Events.Irq;
 using Vism.Events.Vq;
+using Vism.Memory.Hugetlb;
 using Vism.Native;
 using Vism.Transport.Mmio;
 using Vism.Transport.VhostUser;
@@ -50,7 +51,7 @@ public static class EventPath
 
     /// <summary>One ISM setting measured: where the devices live and how the peers drive them.</summary>
     internal sealed record Setting(string Name, string Transport, string Events, int Loops, int SpinUs, bool Doorbell, string Mode = "events",
-        TimeSpan? PollFast = null, int BusyPollUs = 0, TimeSpan? PollSlow = null);
+        TimeSpan? PollFast = null, int BusyPollUs = 0, TimeSpan? PollSlow = null, string Memory = "memfd");
 
     public static int Run(string[] args)
     {
@@ -357,13 +358,16 @@ public static class EventPath
                 IEventChannel events = s.Events == "vq"
                     ? new VqEventChannel(new VqEventOptions(), d, loop, NullLogger<VqEventChannel>.Instance)
                     : new IrqEventChannel(new IrqEventOptions(), d, loop, NullLogger<IrqEventChannel>.Instance);
-                var memory = new InMemoryBackend(64UL << 20);
-                _cleanup.Add(memory);
+                var host = new HostDescription { Gid = 1, StateDirectory = _dir, SocketDirectory = _dir };
                 var counters = new DeviceCounters();
                 _counters.Add(counters);
+                // memfd (vism's in-memory backend, 4 KiB pages) or Memory.Hugetlb's 2 MiB pages.
+                IMemoryBackend memory = s.Memory == "hugetlb"
+                    ? new HugetlbMemoryBackend(new HugetlbMemoryOptions(), d, host, counters, NullLogger<HugetlbMemoryBackend>.Instance)
+                    : new InMemoryBackend(64UL << 20);
+                _cleanup.Add((IDisposable)memory);
                 IsmDevice device = _host.AddDevice(d, loop, memory, events, counters);
                 devIds.Add(device.DevId);
-                var host = new HostDescription { Gid = 1, StateDirectory = _dir, SocketDirectory = _dir };
                 if (s.Transport == "mmio")
                 {
                     var t = new MmioTransport(new MmioOptions { Vectors = 1 }, d, host, loop, counters, NullLogger<MmioTransport>.Instance);
