@@ -13,7 +13,7 @@ namespace Vism.Fuzz;
 /// The MMIO socket protocol, device side: Core's ISM device behind the real <see cref="MmioTransport"/>
 /// on a real loop and Unix socket. Each input is one VMM connection: the target sends a valid HELLO
 /// (so the fuzzer need not find the magic), then plays the input as the VMM's byte stream (see
-/// <see cref="SocketFeed"/>; descriptors are eventfds), shuts its sending side and reads every
+/// <see cref="SocketFeed"/>; descriptors are two eventfds, by the piece's parity), shuts its sending side and reads every
 /// reply until the device closes the connection. Rules: the device answers and closes (no hang),
 /// nothing escapes to the loop, no internal failure, every reply is a well-formed frame, and
 /// the decoders of src/Framework/Mmio keep their contract on every message of the stream.
@@ -22,6 +22,7 @@ internal sealed class MmioTarget : DeviceSocketTarget
 {
     private readonly MmioTransport _transport;
     private readonly EventFd _eventFd = EventFd.Create();
+    private readonly EventFd _otherEventFd = EventFd.Create();
 
     public MmioTarget()
         : base("fuzz-mmio")
@@ -35,7 +36,9 @@ internal sealed class MmioTarget : DeviceSocketTarget
 
     protected override bool Connected => _transport.HasVmm;
 
-    protected override SafeHandle Descriptor(int piece) => _eventFd.Handle;
+    /// <summary>Two eventfds, by the piece's parity: the same one as an interrupt line and a
+    /// doorbell is refused, different ones are wired.</summary>
+    protected override SafeHandle Descriptor(int piece) => piece % 2 == 0 ? _eventFd.Handle : _otherEventFd.Handle;
 
     protected override void Greet(UnixSocket vmm)
     {
@@ -128,5 +131,6 @@ internal sealed class MmioTarget : DeviceSocketTarget
     {
         _transport.DisposeAsync().AsTask().GetAwaiter().GetResult();
         _eventFd.Dispose();
+        _otherEventFd.Dispose();
     }
 }

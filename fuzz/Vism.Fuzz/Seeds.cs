@@ -118,7 +118,7 @@ internal static class Seeds
         yield return ("stray-reply", Join(0, 0, MmioFrame.Build(MmioMessageType.Map, MmioMessageFlags.Reply, 77, []), M(MmioMessageType.Hello, new HelloRequest(MmioProtocol.Magic, 1).Encode())));
         yield return ("undefined-read-flags", Join(0, 0, MmioFrame.Build(MmioMessageType.Read, (MmioMessageFlags)0xfffc, 9, new RegisterAccess(0, 4, 0).Encode())));
         yield return ("oversized", Join(0, 0, new MmioHeader(MmioMessageType.Write, 0, 1, 1 << 20).ToBytes()));
-        yield return ("notify-doorbells", Join(0, 0b00111, M(MmioMessageType.SetIrqFd, new SetIrqFd(0).Encode()),
+        yield return ("notify-doorbells", Join(24, 0b00111, M(MmioMessageType.SetIrqFd, new SetIrqFd(0).Encode()),
             M(MmioMessageType.SetNotifyFd, new SetNotifyFd(0).Encode()), M(MmioMessageType.SetNotifyFd, new SetNotifyFd(1 << 20).Encode()),
             M(MmioMessageType.SetNotifyFd, new SetNotifyFd(0).Encode()), M(MmioMessageType.Notify, new NotifyWrite(0, 1, 1).Encode(), MmioMessageFlags.NeedReply)));
     }

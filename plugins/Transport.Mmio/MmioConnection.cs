@@ -29,6 +29,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     private readonly Action<MmioConnection> _onClosed;
     private readonly MmioSession _session;
     private readonly EventFd?[] _lines;
+    private readonly long[] _lineIds; // WiredEventFds ids of _lines (-1: none or unknown)
     private readonly Dictionary<ulong, Doorbell> _doorbells = [];
     private readonly Dictionary<uint, PendingRequest> _pending = [];
     private readonly List<SafeFileHandle> _fds = [];
@@ -56,6 +57,8 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
         _log = log;
         _onClosed = onClosed;
         _lines = new EventFd?[1 + options.Vectors];
+        _lineIds = new long[_lines.Length];
+        Array.Fill(_lineIds, -1);
         _session = new MmioSession(device, this, counters, log);
     }
 
@@ -321,6 +324,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             return;
         }
         EventFd? line = null;
+        long id = -1;
         if (fds.Length == 1)
         {
             string? why = CheckEventFd(fds[0]);
@@ -329,11 +333,24 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
                 Refuse(h, MmioStatus.BadFd, $"interrupt line {req.Line}: {why}");
                 return;
             }
+            id = IdOf(fds[0]);
+            if (!WiredEventFds.TryTake(id, line: true))
+            {
+                Refuse(h, MmioStatus.BadFd, $"interrupt line {req.Line}: the eventfd is a NOTIFY doorbell (here or on another device); each interrupt would ring it");
+                return;
+            }
             line = EventFd.Adopt(Fd.Dup(fds[0]));
         }
-        _lines[req.Line]?.Dispose();
-        _lines[req.Line] = line;
+        SetLine(req.Line, line, id);
         Reply(h, MmioStatus.Ok);
+    }
+
+    private void SetLine(uint index, EventFd? line, long id)
+    {
+        _lines[index]?.Dispose();
+        WiredEventFds.Release(_lineIds[index], line: true);
+        _lines[index] = line;
+        _lineIds[index] = id;
     }
 
     private void OnSetNotifyFd(MmioHeader h, byte[] p, SafeFileHandle[] fds)
@@ -374,7 +391,13 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             Refuse(h, MmioStatus.BadFd, $"NOTIFY doorbell at 0x{req.Offset:x}: {why}");
             return;
         }
-        var bell = new Doorbell(req.Offset, EventFd.Adopt(Fd.Dup(fds[0])));
+        long id = IdOf(fds[0]);
+        if (!WiredEventFds.TryTake(id, line: false))
+        {
+            Refuse(h, MmioStatus.BadFd, $"NOTIFY doorbell at 0x{req.Offset:x}: the eventfd is an interrupt line (here or on another device); each interrupt would ring it");
+            return;
+        }
+        var bell = new Doorbell(req.Offset, EventFd.Adopt(Fd.Dup(fds[0])), id);
         bell.Watch = _loop.WatchReadable(bell.Fd.Handle, () => Ring(bell));
         if (_doorbells.Remove(req.Offset, out Doorbell? old)) old.Dispose();
         _doorbells[req.Offset] = bell;
@@ -387,6 +410,14 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     {
         if (bell.Disposed || _closed) return;
         if (bell.Fd.Drain() != 0) _session.Notify(bell.Offset, 1);
+    }
+
+    private long IdOf(SafeFileHandle fd)
+    {
+        long id = WiredEventFds.IdOf(fd);
+        if (WiredEventFds.FirstUnknown(id))
+            _log.LogWarning("{Device}: the kernel does not show eventfd ids (/proc/self/fdinfo eventfd-id): an eventfd wired both as an interrupt line and as a NOTIFY doorbell cannot be refused", Name);
+        return id;
     }
 
     private static string? CheckEventFd(SafeFileHandle fd)
@@ -535,11 +566,8 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
         _pending.Clear();
         _outbox.Clear();
         _session.Detach();
-        for (int i = 0; i < _lines.Length; i++)
-        {
-            _lines[i]?.Dispose();
-            _lines[i] = null;
-        }
+        for (uint i = 0; i < _lines.Length; i++)
+            SetLine(i, null, -1);
         foreach (Doorbell bell in _doorbells.Values) bell.Dispose();
         _doorbells.Clear();
         _memory.Dispose();
@@ -553,7 +581,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     public void Dispose() => Close("the transport is shutting down");
 
     /// <summary>A NOTIFY doorbell (SET_NOTIFY_FD): the eventfd the VMM signals for writes at <see cref="Offset"/>.</summary>
-    private sealed class Doorbell(ulong offset, EventFd fd) : IDisposable
+    private sealed class Doorbell(ulong offset, EventFd fd, long id) : IDisposable
     {
         public ulong Offset { get; } = offset;
         public EventFd Fd { get; } = fd;
@@ -566,6 +594,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             Disposed = true;
             Watch?.Dispose(); // before the descriptor is closed
             Fd.Dispose();
+            WiredEventFds.Release(id, line: false);
         }
     }
 

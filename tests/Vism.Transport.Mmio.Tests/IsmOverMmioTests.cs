@@ -5,6 +5,7 @@ using Vism.Core;
 using Vism.Core.InMemory;
 using Vism.Driver;
 using Vism.Driver.Mmio;
+using Vism.Mmio;
 using Vism.Native;
 using Vism.Testing;
 
@@ -122,6 +123,41 @@ public sealed class IsmOverMmioTests : IAsyncDisposable
         guestA.Notify(again.Offset);
         Assert.True(vmmB.WaitVector(1, Generous), "the update after re-ALLOC fired B's vector");
         Assert.Equal(doorbells ? 1 : 0, vmmA.DoorbellCount);
+    }
+
+    [Fact]
+    public async Task AVectorWiredAsThePeersDoorbellIsRefusedSoNoNotifyLoopStarts()
+    {
+        // The attack: one VMM serves both guests; it gives A's per-region vector and B's doorbell
+        // for the shared region the same eventfd. One signal of it is a notify by B, which fires
+        // A's vector, which is B's doorbell: another notify by B, and so on, each hop a turn of
+        // vism's loop, for ever (before the guard: 69,192 notifies in the first second).
+        Node a = await AddDevice("mmio-loop-a");
+        Node b = await AddDevice("mmio-loop-b");
+        using MmioVmmClient vmmA = MmioVmmClient.Connect(a.Transport.Endpoint);
+        using MmioVmmClient vmmB = MmioVmmClient.Connect(b.Transport.Endpoint);
+        using IsmClient guestA = IsmClient.Start(vmmA);
+        using IsmClient guestB = IsmClient.Start(vmmB);
+        AllocReply alloc = guestA.Alloc(4096);
+        AttachReply attach = guestB.Attach(alloc.Token);
+        Assert.Equal(IsmControl.AckOk, guestA.EventVector(alloc.Offset, 1));
+
+        using EventFd shared = EventFd.Create();
+        Assert.Equal(MmioStatus.Ok, vmmA.Call(MmioMessageType.SetIrqFd, new SetIrqFd(1 + 1).Encode(), [shared.Handle]).Header.Status);
+        ulong slotB = attach.Offset / guestB.RegionSize * guestB.NotifySize;
+        Assert.Equal(MmioStatus.BadFd, vmmB.Call(MmioMessageType.SetNotifyFd, new SetNotifyFd(slotB).Encode(), [shared.Handle]).Header.Status);
+
+        shared.Signal(); // what would have started the loop: it is no doorbell
+        await Task.Delay(200);
+        Assert.Equal(0, b.Counters.Get("notify.writes"));
+
+        // B's notify (its own doorbell, wired by the client) fires A's vector once, and that is all.
+        shared.Drain();
+        guestB.Notify(attach.Offset);
+        Assert.Equal(1ul, shared.Wait(Generous));
+        await Task.Delay(200);
+        Assert.Equal(1, b.Counters.Get("notify.writes"));
+        Assert.Equal(1, a.Counters.Get("events.updates"));
     }
 
     [Fact]

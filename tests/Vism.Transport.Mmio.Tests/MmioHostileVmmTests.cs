@@ -331,6 +331,44 @@ public sealed class MmioHostileVmmTests
     }
 
     [Fact]
+    public async Task AnEventfdIsNeverBothAnInterruptLineAndADoorbell()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync(new MmioOptions { Vectors = 2 });
+        using RawVmm peer = await h.ConnectRawAsync();
+        using EventFd x = EventFd.Create();
+        using EventFd y = EventFd.Create();
+        Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(1).Encode(), MmioMessageFlags.None, x.Handle).Header.Status);
+        Assert.Equal(MmioStatus.BadFd, Wire(peer, 0, x.Handle));
+        Assert.Equal(MmioStatus.Ok, Wire(peer, 0, y.Handle));
+        Assert.Equal(MmioStatus.BadFd, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(2).Encode(), MmioMessageFlags.None, y.Handle).Header.Status);
+        // Wiring the same kind twice is fine (one eventfd for several lines, or a rewire).
+        Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(2).Encode(), MmioMessageFlags.None, x.Handle).Header.Status);
+        Assert.Equal(MmioStatus.Ok, Wire(peer, 0, y.Handle));
+        // Unwired, an eventfd may take the other role.
+        Assert.Equal(MmioStatus.Ok, Wire(peer, 0));
+        Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(0).Encode(), MmioMessageFlags.None, y.Handle).Header.Status);
+        Assert.True(h.Counters.Get("mmio.protocol.error") >= 2);
+    }
+
+    [Fact]
+    public async Task ADeviceInterruptLineCannotBeAnotherDevicesDoorbellUntilItsVmmLeaves()
+    {
+        // One VMM with two devices: A's vector as B's doorbell would make every event of A a
+        // notify by B, which, on a region they share, is another event of A: a loop for ever.
+        await using MmioHarness a = await MmioHarness.StartAsync(new MmioOptions { Vectors = 1 });
+        await using MmioHarness b = await MmioHarness.StartAsync(new MmioOptions { Vectors = 1 });
+        using RawVmm vmmB = await b.ConnectRawAsync();
+        using EventFd x = EventFd.Create();
+        using (RawVmm vmmA = await a.ConnectRawAsync())
+        {
+            Assert.Equal(MmioStatus.Ok, vmmA.Call(MmioMessageType.SetIrqFd, new SetIrqFd(1).Encode(), MmioMessageFlags.None, x.Handle).Header.Status);
+            Assert.Equal(MmioStatus.BadFd, Wire(vmmB, 0, x.Handle));
+        }
+        await a.WaitUntil(() => !a.Transport.HasVmm, "A's VMM left");
+        Assert.Equal(MmioStatus.Ok, Wire(vmmB, 0, x.Handle)); // A closed its line: x is free
+    }
+
+    [Fact]
     public async Task SignalsThatGatherBeforeTheLoopReadsADoorbellAreOneNotify()
     {
         await using MmioHarness h = await MmioHarness.StartAsync();
