@@ -31,7 +31,8 @@ namespace Vism.Benchmarks;
 /// off. For each: round-trip median / p99, the one-way notify -> event median (the ping carries the
 /// CLOCK_MONOTONIC time it was written), the CPU of host and peers while active and while idle, and
 /// the first event after an idle period. Then event-driven streaming through a region (16 MiB by default) vs a
-/// single-thread memcpy, per round.
+/// single-thread memcpy, in alternating pairs of runs (<c>--stream-pairs</c>, 5), each stream figure
+/// against the memcpy of its own pair.
 /// Not a BenchmarkDotNet benchmark: two processes, distributions and rates.
 /// Command: <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- event-path [options]</c>,
 /// see docs/benchmarks.md.
@@ -47,7 +48,8 @@ public static class EventPath
     private static readonly TimeSpan StreamWarmup = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
 
-    private sealed record Options(int RoundTrips, int IdleSeconds, int StreamMiB, int Rounds, string CpuA, string CpuB, string[] Only, int RegionMiB = 16, int ChunkKiB = 64, bool TcpEach = true);
+    private sealed record Options(int RoundTrips, int IdleSeconds, int StreamMiB, int Rounds, string CpuA, string CpuB, string[] Only, int RegionMiB = 16, int ChunkKiB = 64, bool TcpEach = true,
+        int StreamPairs = 5);
 
     /// <summary>One ISM setting measured: where the devices live and how the peers drive them.</summary>
     internal sealed record Setting(string Name, string Transport, string Events, int Loops, int SpinUs, bool Doorbell, string Mode = "events",
@@ -65,6 +67,7 @@ public static class EventPath
                 case "--idle": o = o with { IdleSeconds = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--stream-mib": o = o with { StreamMiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--rounds": o = o with { Rounds = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
+                case "--stream-pairs": o = o with { StreamPairs = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--tcp-once": o = o with { TcpEach = false }; break;
                 case "--stream-region-mib": o = o with { RegionMiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--stream-chunk-kib": o = o with { ChunkKiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
@@ -73,7 +76,7 @@ public static class EventPath
                 // commas included (setting names contain commas: --only "=mmio irq, busy-poll").
                 case "--only": o = o with { Only = [.. o.Only, .. v.StartsWith('=') ? [v[1..]] : v.Split(',')] }; i++; break;
                 default:
-                    Console.Error.WriteLine($"event-path: unknown argument {args[i]}; options: --round-trips N (20000) --idle SECONDS (5; 60 for the minute-idle figure) --stream-mib MIB-PER-ROUND (512) --rounds N (10) --stream-region-mib MIB (16) --stream-chunk-kib KIB (64) --cpus A,B (0,1) --tcp-once --only NAME,... (or --only =NAME-WITH-COMMAS; repeatable)");
+                    Console.Error.WriteLine($"event-path: unknown argument {args[i]}; options: --round-trips N (20000) --idle SECONDS (5; 60 for the minute-idle figure) --stream-mib MIB-PER-ROUND (512) --rounds N (10) --stream-region-mib MIB (16) --stream-chunk-kib KIB (64) --stream-pairs N (5) --cpus A,B (0,1) --tcp-once --only NAME,... (or --only =NAME-WITH-COMMAS; repeatable)");
                     return 2;
             }
         }
@@ -81,7 +84,7 @@ public static class EventPath
         var started = Stopwatch.StartNew();
         Console.WriteLine($"event-path: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} CPUs, .NET {Environment.Version}, peers on CPUs {o.CpuA} and {o.CpuB} (taskset), host unpinned");
         Console.WriteLine($"  load average at start: {LoadAverage()}");
-        Console.WriteLine($"  {o.RoundTrips} round trips of {Payload} bytes per setting (after {Warmup(o)} warm-up), idle period {o.IdleSeconds} s, streaming {o.Rounds} rounds of {o.StreamMiB} MiB");
+        Console.WriteLine($"  {o.RoundTrips} round trips of {Payload} bytes per setting (after {Warmup(o)} warm-up), idle period {o.IdleSeconds} s, streaming {o.Rounds} rounds of {o.StreamMiB} MiB in {Math.Max(1, o.StreamPairs)} alternating pairs of memcpy and stream runs");
         Console.WriteLine();
         Console.WriteLine("| setting | RTT median | RTT p99 | one-way median | ratio to TCP (median) | CPU active: host / A / B (% of a core) | CPU idle: host / A / B | first event after idle (one-way) |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|");
@@ -150,24 +153,60 @@ public static class EventPath
         {
             Console.WriteLine();
             Console.WriteLine($"  load average before streaming: {LoadAverage()}");
-            Result copy = RunSingle(o, ["memcpy", $"mib={o.StreamMiB}", $"rounds={o.Rounds}", $"region-mib={o.RegionMiB}", $"chunk-kib={o.ChunkKiB}"]);
             (string Name, string Mode)[] streams =
             [
                 ("ISM, event-driven (vq, defaults), notify every 16 chunks", "stream"),
                 ("ISM, event-driven (vq, defaults), notify only a waiting peer", "stream-on-demand"),
             ];
-            var runs = streams.Select(x => (x.Name, R: RunPair(o, "stream", new Setting(x.Name, "vhost-user", "vq", 1, 50, true, Mode: x.Mode)))).ToArray();
-            double[] c = copy.List("rounds");
+            // memcpy and each streaming mode alternate in pairs (memcpy first in odd pairs, last in
+            // even ones), each process after its own warm-up, and each stream figure is divided by
+            // the memcpy of its own pair: this VM's memcpy moves by 2-3x between minutes.
+            int pairs = Math.Max(1, o.StreamPairs);
+            Options each = o with { Rounds = Math.Max(1, o.Rounds / pairs) };
+            var copies = new List<double>();
+            Result copy = new();
+            var streamRounds = streams.Select(_ => new List<double>()).ToArray();
+            var ratios = streams.Select(_ => new List<double>()).ToArray();
+            var runs = new (string Name, Result R)[streams.Length];
+            for (int pair = 0; pair < pairs; pair++)
+            {
+                double pairCopy = 0;
+                var pairStreams = new double[streams.Length];
+                int[] order = [-1, .. Enumerable.Range(0, streams.Length)];
+                if (pair % 2 == 1) Array.Reverse(order);
+                foreach (int k in order)
+                {
+                    if (k < 0)
+                    {
+                        copy = RunSingle(each, ["memcpy", $"mib={o.StreamMiB}", $"rounds={each.Rounds}", $"region-mib={o.RegionMiB}", $"chunk-kib={o.ChunkKiB}"]);
+                        copies.AddRange(copy.List("rounds"));
+                        pairCopy = Median(copy.List("rounds"));
+                        continue;
+                    }
+                    Result r = RunPair(each, "stream", new Setting(streams[k].Name, "vhost-user", "vq", 1, 50, true, Mode: streams[k].Mode));
+                    runs[k] = (streams[k].Name, r);
+                    streamRounds[k].AddRange(r.List("rounds"));
+                    pairStreams[k] = Median(r.List("rounds"));
+                }
+                for (int k = 0; k < streams.Length; k++) ratios[k].Add(pairStreams[k] / pairCopy);
+                if (pairs > 1)
+                    Console.WriteLine($"  streaming pair {pair + 1}/{pairs}{(pair % 2 == 1 ? " (reversed)" : "")}: memcpy {pairCopy:F1} GB/s, "
+                        + string.Join(", ", streams.Select((x, k) => $"{x.Mode} {pairStreams[k]:F1} GB/s = {pairStreams[k] / pairCopy:F2}x")));
+            }
+            double[] c = [.. copies];
             double cm = Median(c);
             Console.WriteLine();
-            Console.WriteLine($"| streaming, {o.ChunkKiB} KiB chunks, {StreamWarmup.TotalSeconds:F0} s warm-up | median GB/s | rounds (GB/s) | spread vs median | CPU host / A / B (% of a core) |");
-            Console.WriteLine("|---|---|---|---|---|");
-            Console.WriteLine($"| single-thread memcpy (one process) | {cm:F2} | {string.Join(" ", c.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(c)} | - / - / {copy.Get("cpu"):F0} |");
-            foreach ((string name, Result r) in runs)
+            Console.WriteLine($"| streaming, {o.ChunkKiB} KiB chunks, {StreamWarmup.TotalSeconds:F0} s warm-up, {pairs} pair(s) of runs | median GB/s | rounds (GB/s) | spread vs median | x memcpy of the same pair: median (range) | CPU host / A / B (% of a core) |");
+            Console.WriteLine("|---|---|---|---|---|---|");
+            Console.WriteLine($"| single-thread memcpy (one process) | {cm:F2} | {string.Join(" ", c.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(c)} | 1.00x | - / - / {copy.Get("cpu"):F0} |");
+            for (int k = 0; k < streams.Length; k++)
             {
-                double[] st = r.List("rounds");
+                double[] st = [.. streamRounds[k]];
+                double[] ra = [.. ratios[k]];
                 double sm = Median(st);
-                Console.WriteLine($"| {name}, producer -> consumer through a {o.RegionMiB} MiB region | {sm:F2} ({sm / cm:F2}x memcpy) | {string.Join(" ", st.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(st)} | {r.Get("host-active"):F0} / {r.Get("a-active"):F0} / {r.Get("b-active"):F0} |");
+                Result r = runs[k].R;
+                Console.WriteLine($"| {streams[k].Name}, producer -> consumer through a {o.RegionMiB} MiB region | {sm:F2} ({sm / cm:F2}x memcpy) | {string.Join(" ", st.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(st)} | "
+                    + $"{Median(ra):F2}x ({ra.Min():F2}-{ra.Max():F2}x; spread {Spread(ra)}) | {r.Get("host-active"):F0} / {r.Get("a-active"):F0} / {r.Get("b-active"):F0} |");
             }
             Console.WriteLine();
             foreach ((string name, Result r) in runs)
