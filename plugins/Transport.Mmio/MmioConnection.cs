@@ -339,7 +339,16 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
                 Refuse(h, MmioStatus.BadFd, $"interrupt line {req.Line}: the eventfd is a NOTIFY doorbell (here or on another device); each interrupt would ring it");
                 return;
             }
-            line = EventFd.Adopt(Fd.Dup(fds[0]));
+            try
+            {
+                line = EventFd.Adopt(Fd.Dup(fds[0]));
+            }
+            catch (PosixException ex)
+            {
+                WiredEventFds.Release(id, line: true);
+                Refuse(h, MmioStatus.Failed, $"interrupt line {req.Line}: {ex.Message}");
+                return;
+            }
         }
         SetLine(req.Line, line, id);
         Reply(h, MmioStatus.Ok);
@@ -397,8 +406,27 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             Refuse(h, MmioStatus.BadFd, $"NOTIFY doorbell at 0x{req.Offset:x}: the eventfd is an interrupt line (here or on another device); each interrupt would ring it");
             return;
         }
-        var bell = new Doorbell(req.Offset, EventFd.Adopt(Fd.Dup(fds[0])), id);
-        bell.Watch = _loop.WatchReadable(bell.Fd.Handle, () => Ring(bell));
+        Doorbell bell;
+        try
+        {
+            bell = new Doorbell(req.Offset, EventFd.Adopt(Fd.Dup(fds[0])), id);
+        }
+        catch (PosixException ex)
+        {
+            WiredEventFds.Release(id, line: false);
+            Refuse(h, MmioStatus.Failed, $"NOTIFY doorbell at 0x{req.Offset:x}: {ex.Message}");
+            return;
+        }
+        try
+        {
+            bell.Watch = _loop.WatchReadable(bell.Fd.Handle, () => Ring(bell));
+        }
+        catch (PosixException ex)
+        {
+            bell.Dispose(); // closes the duplicate and releases the id
+            Refuse(h, MmioStatus.Failed, $"NOTIFY doorbell at 0x{req.Offset:x}: {ex.Message}");
+            return;
+        }
         if (_doorbells.Remove(req.Offset, out Doorbell? old)) old.Dispose();
         _doorbells[req.Offset] = bell;
         Reply(h, MmioStatus.Ok);
