@@ -28,8 +28,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     private readonly ILogger _log;
     private readonly Action<MmioConnection> _onClosed;
     private readonly MmioSession _session;
-    private readonly EventFd?[] _lines;
-    private readonly long[] _lineIds; // WiredEventFds ids of _lines (-1: none or unknown)
+    private readonly WiredEventFd?[] _lines;
     private readonly Dictionary<ulong, Doorbell> _doorbells = [];
     private readonly Dictionary<uint, PendingRequest> _pending = [];
     private readonly List<SafeFileHandle> _fds = [];
@@ -56,9 +55,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
         _counters = counters;
         _log = log;
         _onClosed = onClosed;
-        _lines = new EventFd?[1 + options.Vectors];
-        _lineIds = new long[_lines.Length];
-        Array.Fill(_lineIds, -1);
+        _lines = new WiredEventFd?[1 + options.Vectors];
         _session = new MmioSession(device, this, counters, log);
     }
 
@@ -90,7 +87,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
 
     private void Raise(uint line)
     {
-        EventFd? fd = line < (uint)_lines.Length ? _lines[line] : null;
+        EventFd? fd = line < (uint)_lines.Length ? _lines[line]?.Fd : null;
         if (fd is null || !fd.Signal())
             _counters.Increment("mmio.irq.dropped");
     }
@@ -323,43 +320,44 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             Refuse(h, MmioStatus.BadFd, $"SET_IRQ_FD carries {fds.Length} descriptors (0 or 1)");
             return;
         }
-        EventFd? line = null;
-        long id = -1;
+        WiredEventFd? line = null;
         if (fds.Length == 1)
         {
-            string? why = CheckEventFd(fds[0]);
-            if (why is not null)
-            {
-                Refuse(h, MmioStatus.BadFd, $"interrupt line {req.Line}: {why}");
-                return;
-            }
-            id = IdOf(fds[0]);
-            if (!WiredEventFds.TryTake(id, line: true))
-            {
-                Refuse(h, MmioStatus.BadFd, $"interrupt line {req.Line}: the eventfd is a NOTIFY doorbell (here or on another device); each interrupt would ring it");
-                return;
-            }
-            try
-            {
-                line = EventFd.Adopt(Fd.Dup(fds[0]));
-            }
-            catch (PosixException ex)
-            {
-                WiredEventFds.Release(id, line: true);
-                Refuse(h, MmioStatus.Failed, $"interrupt line {req.Line}: {ex.Message}");
-                return;
-            }
+            line = Adopt(h, fds[0], line: true, $"interrupt line {req.Line}");
+            if (line is null) return;
         }
-        SetLine(req.Line, line, id);
+        _lines[req.Line]?.Dispose();
+        _lines[req.Line] = line;
         Reply(h, MmioStatus.Ok);
     }
 
-    private void SetLine(uint index, EventFd? line, long id)
+    /// <summary>Checks that <paramref name="fd"/> is an eventfd not wired in the other role (on any
+    /// device), duplicates it and takes it in <see cref="WiredEventFds"/>; refuses the request and
+    /// returns null otherwise.</summary>
+    private WiredEventFd? Adopt(MmioHeader h, SafeFileHandle fd, bool line, string what)
     {
-        _lines[index]?.Dispose();
-        WiredEventFds.Release(_lineIds[index], line: true);
-        _lines[index] = line;
-        _lineIds[index] = id;
+        string? why = CheckEventFd(fd);
+        if (why is not null)
+        {
+            Refuse(h, MmioStatus.BadFd, $"{what}: {why}");
+            return null;
+        }
+        long id = IdOf(fd);
+        if (!WiredEventFds.TryTake(id, line))
+        {
+            Refuse(h, MmioStatus.BadFd, $"{what}: the eventfd is {(line ? "a NOTIFY doorbell" : "an interrupt line")} (here or on another device); each interrupt would ring it");
+            return null;
+        }
+        try
+        {
+            return new WiredEventFd(EventFd.Adopt(Fd.Dup(fd)), id, line);
+        }
+        catch (PosixException ex)
+        {
+            WiredEventFds.Release(id, line);
+            Refuse(h, MmioStatus.Failed, $"{what}: {ex.Message}");
+            return null;
+        }
     }
 
     private void OnSetNotifyFd(MmioHeader h, byte[] p, SafeFileHandle[] fds)
@@ -394,29 +392,10 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             Refuse(h, MmioStatus.BadRange, $"{_doorbells.Count} doorbells are wired, one per region slot; unwire one first");
             return;
         }
-        string? why = CheckEventFd(fds[0]);
-        if (why is not null)
-        {
-            Refuse(h, MmioStatus.BadFd, $"NOTIFY doorbell at 0x{req.Offset:x}: {why}");
+        string what = $"NOTIFY doorbell at 0x{req.Offset:x}";
+        if (Adopt(h, fds[0], line: false, what) is not { } wired)
             return;
-        }
-        long id = IdOf(fds[0]);
-        if (!WiredEventFds.TryTake(id, line: false))
-        {
-            Refuse(h, MmioStatus.BadFd, $"NOTIFY doorbell at 0x{req.Offset:x}: the eventfd is an interrupt line (here or on another device); each interrupt would ring it");
-            return;
-        }
-        Doorbell bell;
-        try
-        {
-            bell = new Doorbell(req.Offset, EventFd.Adopt(Fd.Dup(fds[0])), id);
-        }
-        catch (PosixException ex)
-        {
-            WiredEventFds.Release(id, line: false);
-            Refuse(h, MmioStatus.Failed, $"NOTIFY doorbell at 0x{req.Offset:x}: {ex.Message}");
-            return;
-        }
+        var bell = new Doorbell(req.Offset, wired);
         try
         {
             bell.Watch = _loop.WatchReadable(bell.Fd.Handle, () => Ring(bell));
@@ -424,7 +403,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
         catch (PosixException ex)
         {
             bell.Dispose(); // closes the duplicate and releases the id
-            Refuse(h, MmioStatus.Failed, $"NOTIFY doorbell at 0x{req.Offset:x}: {ex.Message}");
+            Refuse(h, MmioStatus.Failed, $"{what}: {ex.Message}");
             return;
         }
         if (_doorbells.Remove(req.Offset, out Doorbell? old)) old.Dispose();
@@ -594,8 +573,11 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
         _pending.Clear();
         _outbox.Clear();
         _session.Detach();
-        for (uint i = 0; i < _lines.Length; i++)
-            SetLine(i, null, -1);
+        for (int i = 0; i < _lines.Length; i++)
+        {
+            _lines[i]?.Dispose();
+            _lines[i] = null;
+        }
         foreach (Doorbell bell in _doorbells.Values) bell.Dispose();
         _doorbells.Clear();
         _memory.Dispose();
@@ -609,10 +591,10 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     public void Dispose() => Close("the transport is shutting down");
 
     /// <summary>A NOTIFY doorbell (SET_NOTIFY_FD): the eventfd the VMM signals for writes at <see cref="Offset"/>.</summary>
-    private sealed class Doorbell(ulong offset, EventFd fd, long id) : IDisposable
+    private sealed class Doorbell(ulong offset, WiredEventFd wired) : IDisposable
     {
         public ulong Offset { get; } = offset;
-        public EventFd Fd { get; } = fd;
+        public EventFd Fd => wired.Fd;
         public IDisposable? Watch { get; set; }
         public bool Disposed { get; private set; }
 
@@ -621,8 +603,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             if (Disposed) return;
             Disposed = true;
             Watch?.Dispose(); // before the descriptor is closed
-            Fd.Dispose();
-            WiredEventFds.Release(id, line: false);
+            wired.Dispose();
         }
     }
 

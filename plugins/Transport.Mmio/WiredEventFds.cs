@@ -72,3 +72,20 @@ internal static class WiredEventFds
         }
     }
 }
+
+/// <summary>An eventfd a VMM gave, duplicated by the device and taken in <see cref="WiredEventFds"/>
+/// as an interrupt line or a doorbell until disposed.</summary>
+internal sealed class WiredEventFd(EventFd fd, long id, bool line) : IDisposable
+{
+    private bool _disposed;
+
+    public EventFd Fd { get; } = fd;
+
+    public void Dispose()
+    {
+        if (_disposed) return; // the id is given back once
+        _disposed = true;
+        Fd.Dispose();
+        WiredEventFds.Release(id, line);
+    }
+}

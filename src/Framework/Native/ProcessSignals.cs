@@ -32,9 +32,7 @@ public static partial class ProcessSignals
         return restored;
     }
 
-    /// <summary>Whether <paramref name="signal"/> is ignored now (for tests and diagnostics).</summary>
-    /// <param name="signal">A Linux signal number.</param>
-    public static unsafe bool IsIgnored(int signal)
+    private static unsafe bool IsIgnored(int signal)
     {
         // struct sigaction starts with the handler; the rest (mask, flags) is not looked at.
         byte* old = stackalloc byte[256];
