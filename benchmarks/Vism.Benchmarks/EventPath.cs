@@ -158,6 +158,7 @@ public static class EventPath
             [
                 ("ISM, event-driven (vq, defaults), notify every 16 chunks", "stream"),
                 ("ISM, event-driven (vq, defaults), notify only a waiting peer", "stream-on-demand"),
+                ("ISM, event-driven (vq, defaults), notify a waiting peer once half the ring is ready", "stream-half"),
             ];
             // memcpy and each streaming mode alternate in pairs (memcpy first in odd pairs, last in
             // even ones), each process after its own warm-up, and each stream figure is divided by
@@ -188,6 +189,9 @@ public static class EventPath
                     runs[k] = (streams[k].Name, r);
                     streamRounds[k].AddRange(r.List("rounds"));
                     pairStreams[k] = Median(r.List("rounds"));
+                    if (pairs > 1)
+                        Console.WriteLine($"    {streams[k].Mode}: {pairStreams[k]:F1} GB/s; B waited {r.Get("b-waits"):F0} times ({r.Get("b-wait-pct"):F1} % of its time), A {r.Get("a-waits"):F0} times ({r.Get("a-wait-pct"):F1} %); "
+                            + $"{r.Get("a-notifies"):F0} / {r.Get("b-notifies"):F0} notifies by A / B; CPU host / A / B {r.Get("host-active"):F0} / {r.Get("a-active"):F0} / {r.Get("b-active"):F0} %");
                 }
                 for (int k = 0; k < streams.Length; k++) ratios[k].Add(pairStreams[k] / pairCopy);
                 if (pairs > 1)
@@ -727,19 +731,26 @@ public static class EventPath
     /// <summary>Streaming: A produces chunks (64 KiB by default) into a ring in the region, B consumes them, and
     /// each waits on eventq events when the ring is full (A) or empty (B). Mode <c>stream</c>: each
     /// side notifies every 16 chunks. Mode <c>stream-on-demand</c>: a side about to wait announces it
-    /// (a wait sequence number in the region, then a full fence, then a last look at the ring, as
-    /// virtio's event suppression), and the other notifies only when it sees a new announcement after
-    /// publishing (its own store, a full fence, then the load): no lost wake-up, and no notify, no
-    /// vism turn, while both run. Region layout: produced +0, consumed +64, stop +128, B's wait
-    /// sequence +192, A's +256; data from +4096. B warms up for <see cref="StreamWarmup"/> (at least
-    /// one round), then times the rounds and raises the stop flag. Each side reports how often and
-    /// how long it waited for the other and how often it notified.</summary>
+    /// (the cursor value it waits for, then a wait sequence number in the region, then a full fence,
+    /// then a last look at the ring, as virtio's event suppression), and the other notifies only when
+    /// it sees a new announcement after publishing (its own store, a full fence, then the load): no
+    /// lost wake-up, and no notify, no vism turn, while both run. Mode <c>stream-half</c>: the same,
+    /// but a waiter asks for half the ring (B: half a ring of chunks ready; A: half a ring free), as
+    /// virtio's event index asks for an interrupt at a later used index: the other side notifies once
+    /// its cursor reaches the announced value. Without it the faster consumer wakes for every chunk
+    /// and then reads right behind the producer (every line moves from core to core while the
+    /// producer still writes next to it), the producer slows, the consumer waits more: the collapse
+    /// to a third of the speed seen in some runs (docs/benchmarks.md). Region layout: produced +0,
+    /// consumed +64, stop +128, B's wait sequence +192, A's +256, B's wanted cursor +320, A's +384;
+    /// data from +4096. B warms up for <see cref="StreamWarmup"/> (at least one round), then times
+    /// the rounds and raises the stop flag. Each side reports how often and how long it waited for
+    /// the other and how often it notified.</summary>
     private static void Stream(bool isA, IsmClient client, ulong offset, nint region, ulong size, Dictionary<string, string> a, Span<ulong> buffer)
     {
         const int Batch = 16;
         int chunk = int.Parse(a["chunk-kib"], CultureInfo.InvariantCulture) << 10;
         int mib = int.Parse(a["mib"], CultureInfo.InvariantCulture), rounds = int.Parse(a["rounds"], CultureInfo.InvariantCulture);
-        bool onDemand = a["mode"] == "stream-on-demand";
+        bool half = a["mode"] == "stream-half", onDemand = half || a["mode"] == "stream-on-demand";
         long slots = ((long)size - 4096) / chunk;
         long perRound = (long)mib * (1 << 20) / chunk;
         byte[] local = new byte[chunk];
@@ -752,12 +763,19 @@ public static class EventPath
         long waits = 0, waitTicks = 0, notifies = 0, warmUntil = Now() + (long)(StreamWarmup.TotalSeconds * Stopwatch.Frequency);
         long cpu0 = ProcessCpuMicroseconds(), start = Now(), roundStart = Now(), measuredFrom = -1;
 
-        void Wait(Func<bool> ready)
+        nint myTarget = region + (isA ? 384 : 320), theirTarget = region + (isA ? 320 : 384);
+        // How far ahead of a waiter the other side must be before the waiter is woken (chunks):
+        // one in stream and stream-on-demand, half the ring in stream-half (a low-watermark).
+        long lag = half ? Math.Max(1, slots / 2) : 1;
+
+        // target: the other side's cursor value this wait needs, announced with the wait.
+        void Wait(Func<bool> ready, long target)
         {
             long w = Now();
             waits++;
             if (onDemand)
             {
+                Volatile.Write(ref Cell(myTarget), target);
                 Interlocked.Increment(ref Cell(myWaits)); // announce, with a full fence
                 if (ready()) { waitTicks += Now() - w; return; }
             }
@@ -773,6 +791,7 @@ public static class EventPath
                 Interlocked.MemoryBarrier(); // the count before the other side's announcement is read
                 long seen = Volatile.Read(ref Cell(theirWaits));
                 if (seen == theirWaitsSeen) return;
+                if (count < Volatile.Read(ref Cell(theirTarget))) return; // not yet what the waiter asked for
                 theirWaitsSeen = seen;
             }
             else if (count % Batch != 0) return;
@@ -790,7 +809,7 @@ public static class EventPath
             {
                 long next = c;
                 if (next - consumedSeen >= slots && next - (consumedSeen = Volatile.Read(ref Cell(consumed))) >= slots)
-                    Wait(() => next - (consumedSeen = Volatile.Read(ref Cell(consumed))) < slots || Volatile.Read(ref Cell(stop)) != 0);
+                    Wait(() => next - (consumedSeen = Volatile.Read(ref Cell(consumed))) <= slots - lag || Volatile.Read(ref Cell(stop)) != 0, next - slots + lag);
                 if (Volatile.Read(ref Cell(stop)) != 0) break;
                 local.AsSpan().CopyTo(Span(region + 4096 + (nint)(c % slots) * chunk, chunk));
                 Volatile.Write(ref Cell(produced), c + 1);
@@ -800,7 +819,7 @@ public static class EventPath
             {
                 long next = c;
                 if (producedSeen <= c && (producedSeen = Volatile.Read(ref Cell(produced))) <= c)
-                    Wait(() => (producedSeen = Volatile.Read(ref Cell(produced))) > next);
+                    Wait(() => (producedSeen = Volatile.Read(ref Cell(produced))) >= next + lag, next + lag);
                 Span(region + 4096 + (nint)(c % slots) * chunk, chunk).CopyTo(local);
                 Volatile.Write(ref Cell(consumed), c + 1);
                 Published(c + 1);
