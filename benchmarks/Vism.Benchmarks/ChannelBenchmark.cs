@@ -133,6 +133,10 @@ public static class ChannelBenchmark
         Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {o.Events}, {o.Loops} device loop(s), 8 MiB {o.Memory} region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {bulkText}, "
             + $"{trips * o.Rounds} round trips of {Message} bytes per phase ({o.Rounds} rounds x {trips}, polling x10, each after {Warmup} warm-up), {o.Rounds} alternating rounds (rounds 1, 3, ... in list order, TCP first; rounds 2, 4, ... reversed); "
             + $"{Environment.ProcessorCount} CPUs; server on CPU 0, client on CPU 1; load average before: {File.ReadAllText("/proc/loadavg").Trim()}");
+        // What the two cores can move between them right now with no vism in it: a slow phase of
+        // this VM (cross-core copies at a third of memcpy) holds the channel back as much.
+        if (bulk > 0)
+            Console.WriteLine($"  cross-core probe before (2 s, CPUs 0 -> 1): {CrossCore.Probe(TimeSpan.FromSeconds(2), 4, 0, 1)}");
         using Process server = StartPeer(0, ["server", transport, host.Endpoints[0], host.DevIds[1].ToString(CultureInfo.InvariantCulture), variant, o.Events]);
         string? hello = await server.StandardOutput.ReadLineAsync();
         if (hello is null || !hello.StartsWith("listen ", StringComparison.Ordinal))
@@ -145,6 +149,8 @@ public static class ChannelBenchmark
         while (await client.StandardOutput.ReadLineAsync() is { } line)
             Console.WriteLine(line);
         await Task.WhenAll(client.WaitForExitAsync(), server.WaitForExitAsync()).WaitAsync(TimeSpan.FromMinutes(10));
+        if (bulk > 0)
+            Console.WriteLine($"  cross-core probe after (2 s, CPUs 0 -> 1): {CrossCore.Probe(TimeSpan.FromSeconds(2), 4, 0, 1)}");
         Console.WriteLine($"load average after: {File.ReadAllText("/proc/loadavg").Trim()}");
         if (client.ExitCode != 0 || server.ExitCode != 0)
         {

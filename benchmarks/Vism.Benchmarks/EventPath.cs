@@ -154,6 +154,7 @@ public static class EventPath
         {
             Console.WriteLine();
             Console.WriteLine($"  load average before streaming: {LoadAverage()}");
+            Console.WriteLine($"  cross-core probe before streaming (2 s, CPUs {o.CpuA} -> {o.CpuB}): {CrossCore.Probe(TimeSpan.FromSeconds(2), Math.Clamp(o.RegionMiB, 1, 1024), int.Parse(o.CpuA, CultureInfo.InvariantCulture), int.Parse(o.CpuB, CultureInfo.InvariantCulture))}");
             (string Name, string Mode)[] streams =
             [
                 ("ISM, event-driven (vq, defaults), notify every 16 chunks", "stream"),
@@ -198,6 +199,7 @@ public static class EventPath
                     Console.WriteLine($"  streaming pair {pair + 1}/{pairs}{(pair % 2 == 1 ? " (reversed)" : "")}: memcpy {pairCopy:F1} GB/s, "
                         + string.Join(", ", streams.Select((x, k) => $"{x.Mode} {pairStreams[k]:F1} GB/s = {pairStreams[k] / pairCopy:F2}x")));
             }
+            Console.WriteLine($"  cross-core probe after streaming (2 s, CPUs {o.CpuA} -> {o.CpuB}): {CrossCore.Probe(TimeSpan.FromSeconds(2), Math.Clamp(o.RegionMiB, 1, 1024), int.Parse(o.CpuA, CultureInfo.InvariantCulture), int.Parse(o.CpuB, CultureInfo.InvariantCulture))}");
             double[] c = [.. copies];
             double cm = Median(c);
             Console.WriteLine();

@@ -10,6 +10,8 @@ if (args is ["channel-peer", .. var channelPeerArgs])
     return Vism.Benchmarks.ChannelBenchmark.Peer(channelPeerArgs);
 if (args is ["idle-cost", .. var rest])
     return Vism.Benchmarks.IdleCost.Run(rest);
+if (args is ["cross-core", .. var crossCoreArgs])
+    return Vism.Benchmarks.CrossCore.Run(crossCoreArgs);
 if (args is ["fairness", .. var fairnessArgs])
     return Vism.Benchmarks.Fairness.Run(fairnessArgs);
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
