@@ -342,7 +342,18 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             Refuse(h, MmioStatus.BadFd, $"{what}: {why}");
             return null;
         }
-        long id = IdOf(fd);
+        long id;
+        try
+        {
+            id = IdOf(fd);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // Unreadable is not "the kernel shows no id": wiring it would switch the guard off
+            // for a descriptor the device could not check (EMFILE here: the dup fails next anyway).
+            Refuse(h, MmioStatus.Failed, $"{what}: cannot read the descriptor's /proc/self/fdinfo: {ex.Message}");
+            return null;
+        }
         if (!WiredEventFds.TryTake(id, line))
         {
             Refuse(h, MmioStatus.BadFd, $"{what}: the eventfd is {(line ? "a NOTIFY doorbell" : "an interrupt line")} (here or on another device); each interrupt would ring it");

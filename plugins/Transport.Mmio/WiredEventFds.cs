@@ -22,19 +22,15 @@ internal static class WiredEventFds
     private static int _unknownReported;
 
     /// <summary>The eventfd id of <paramref name="fd"/>, or -1 when the kernel does not show one
-    /// (the guard is then off).</summary>
+    /// (its fdinfo has no <c>eventfd-id</c> line: the guard is then off).</summary>
+    /// <exception cref="IOException">When the fdinfo cannot be read (for one, the process is out of
+    /// descriptors): the caller must refuse the descriptor, not wire it unguarded.</exception>
     public static long IdOf(SafeFileHandle fd)
     {
-        try
-        {
-            foreach (string line in File.ReadLines($"/proc/self/fdinfo/{Fd.Raw(fd)}"))
-                if (line.StartsWith("eventfd-id:", StringComparison.Ordinal)
-                    && long.TryParse(line.AsSpan("eventfd-id:".Length).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out long id))
-                    return id;
-        }
-        catch (IOException)
-        {
-        }
+        foreach (string line in File.ReadLines($"/proc/self/fdinfo/{Fd.Raw(fd)}"))
+            if (line.StartsWith("eventfd-id:", StringComparison.Ordinal)
+                && long.TryParse(line.AsSpan("eventfd-id:".Length).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out long id))
+                return id;
         return -1;
     }
 

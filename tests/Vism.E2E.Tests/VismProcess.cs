@@ -39,6 +39,9 @@ internal sealed partial class VismProcess : IAsyncDisposable
     /// <summary>The directory region files live in.</summary>
     public string RegionDirectory => _dir["regions"];
 
+    /// <summary>The vism process's id.</summary>
+    public int Pid => _process.Id;
+
     /// <summary>Whether the vism process has ended.</summary>
     public bool HasExited => _process.HasExited;
 

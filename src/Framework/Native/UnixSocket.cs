@@ -186,7 +186,8 @@ public sealed unsafe class UnixSocket : IDisposable
     /// <paramref name="fds"/> (or closed at once when it is null).
     /// </summary>
     /// <returns>Bytes read; 0 at end of stream; -1 when a non-blocking socket has nothing (EAGAIN).</returns>
-    /// <exception cref="PosixException">On errors, including MSG_CTRUNC (more descriptors than <see cref="MaxFds"/>).</exception>
+    /// <exception cref="PosixException">On errors, including MSG_CTRUNC (more descriptors than <see cref="MaxFds"/>, or
+    /// none could be installed because this process is out of descriptors).</exception>
     public int Receive(Span<byte> buffer, List<SafeFileHandle>? fds)
     {
         while (true)
@@ -225,7 +226,7 @@ public sealed unsafe class UnixSocket : IDisposable
             if ((msg.msg_flags & MessageFlags.MSG_CTRUNC) != 0)
             {
                 foreach (SafeFileHandle h in received) h.Dispose();
-                throw new PosixException("recvmsg: control data truncated (too many descriptors)", Errno.EMSGSIZE);
+                throw new PosixException("recvmsg: control data truncated (more descriptors than a message may carry, or this process is out of descriptors)", Errno.EMSGSIZE);
             }
             if (fds is null)
                 foreach (SafeFileHandle h in received) h.Dispose();
