@@ -53,7 +53,7 @@ public static class EventPath
 
     /// <summary>One ISM setting measured: where the devices live and how the peers drive them.</summary>
     internal sealed record Setting(string Name, string Transport, string Events, int Loops, int SpinUs, bool Doorbell, string Mode = "events",
-        TimeSpan? PollFast = null, int BusyPollUs = 0, TimeSpan? PollSlow = null, string Memory = "memfd");
+        TimeSpan? PollFast = null, int BusyPollUs = 0, TimeSpan? PollSlow = null, string Memory = "memfd", bool QueueCalls = true);
 
     public static int Run(string[] args)
     {
@@ -112,6 +112,8 @@ public static class EventPath
             new("mmio irq, loops = 2", "mmio", "irq", 2, 50, true),
             new("mmio irq, lever off: NOTIFY messages (no doorbell)", "mmio", "irq", 1, 50, false),
             new("mmio vq, lever off: no spin", "mmio", "vq", 1, 0, true),
+            new("mmio vq, lever off: no spin, no queue call eventfd (line 0 + InterruptStatus READ)", "mmio", "vq", 1, 0, true, QueueCalls: false),
+            new("mmio vq, lever off: no queue call eventfd (line 0 + InterruptStatus READ)", "mmio", "vq", 1, 50, true, QueueCalls: false),
             new("mmio irq, lever off: no spin", "mmio", "irq", 1, 0, true),
             new("mmio vq, low-latency (defaults + busy-poll 200us)", "mmio", "vq", 1, 50, true, BusyPollUs: 200),
             new("mmio irq, low-latency (defaults + busy-poll 200us)", "mmio", "irq", 1, 50, true, BusyPollUs: 200),
@@ -349,7 +351,7 @@ public static class EventPath
             }
         }
         using var host = new BenchHost(s!, kind == "stream" ? (ulong)o.RegionMiB << 20 : 4096);
-        string[] common = [$"transport={s!.Transport}", $"events={s.Events}", $"spin={s.SpinUs}", $"doorbell={(s.Doorbell ? 1 : 0)}", $"mode={s.Mode}", n, warm, idle,
+        string[] common = [$"transport={s!.Transport}", $"events={s.Events}", $"spin={s.SpinUs}", $"doorbell={(s.Doorbell ? 1 : 0)}", $"queue-calls={(s.QueueCalls ? 1 : 0)}", $"mode={s.Mode}", n, warm, idle,
             $"mib={o.StreamMiB}", $"rounds={o.Rounds}", $"size={host.RegionBytes}", $"chunk-kib={o.ChunkKiB}"];
         using var pa = new Child(o.CpuA, ["ism", "role=a", $"endpoint={host.Endpoints[0]}", .. common]);
         string token = pa.Expect("token");
@@ -623,7 +625,7 @@ public static class EventPath
         var clientOptions = new IsmClientOptions { SpinBeforeBlock = TimeSpan.FromMicroseconds(int.Parse(a["spin"], CultureInfo.InvariantCulture)) };
         using var ram = new GuestRam(16 << 20);
         IDriverTransport transport = a["transport"] == "mmio"
-            ? MmioVmmClient.Connect(a["endpoint"], ram, new MmioVmmOptions { NotifyDoorbells = a["doorbell"] == "1" })
+            ? MmioVmmClient.Connect(a["endpoint"], ram, new MmioVmmOptions { NotifyDoorbells = a["doorbell"] == "1", QueueCallFds = a.GetValueOrDefault("queue-calls", "1") == "1" })
             : VhostUserFrontend.Connect(a["endpoint"], ram, new VhostUserFrontendOptions { VectorCount = 1, NotifyDoorbell = a["doorbell"] == "1" });
         using IsmClient client = IsmClient.Start(transport, clientOptions);
         ulong size = ulong.Parse(a["size"], CultureInfo.InvariantCulture);

@@ -95,6 +95,7 @@ internal sealed class MmioTarget : DeviceSocketTarget
         if (SetIrqFd.TryDecode(p, out SetIrqFd irq)) Twice(irq.Encode(), irq, SetIrqFd.TryDecode);
         if (SetShmBase.TryDecode(p, out SetShmBase shm)) Twice(shm.Encode(), shm, SetShmBase.TryDecode);
         if (SetNotifyFd.TryDecode(p, out SetNotifyFd bell)) Twice(bell.Encode(), bell, SetNotifyFd.TryDecode);
+        if (SetQueueCallFd.TryDecode(p, out SetQueueCallFd call)) Twice(call.Encode(), call, SetQueueCallFd.TryDecode);
         if (RegisterAccess.TryDecode(p, out RegisterAccess access)) Twice(access.Encode(), access, RegisterAccess.TryDecode);
         if (NotifyWrite.TryDecode(p, out NotifyWrite notify)) Twice(notify.Encode(), notify, NotifyWrite.TryDecode);
         if (WindowMapping.TryDecode(p, out WindowMapping map)) Twice(map.Encode(), map, WindowMapping.TryDecode);

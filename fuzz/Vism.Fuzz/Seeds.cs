@@ -121,6 +121,10 @@ internal static class Seeds
         yield return ("notify-doorbells", Join(24, 0b00111, M(MmioMessageType.SetIrqFd, new SetIrqFd(0).Encode()),
             M(MmioMessageType.SetNotifyFd, new SetNotifyFd(0).Encode()), M(MmioMessageType.SetNotifyFd, new SetNotifyFd(1 << 20).Encode()),
             M(MmioMessageType.SetNotifyFd, new SetNotifyFd(0).Encode()), M(MmioMessageType.Notify, new NotifyWrite(0, 1, 1).Encode(), MmioMessageFlags.NeedReply)));
+        yield return ("queue-calls", Join(24, 0b01111, M(MmioMessageType.SetIrqFd, new SetIrqFd(0).Encode()),
+            M(MmioMessageType.SetQueueCallFd, new SetQueueCallFd(0).Encode()), M(MmioMessageType.SetQueueCallFd, new SetQueueCallFd(1).Encode()),
+            M(MmioMessageType.SetNotifyFd, new SetNotifyFd(0).Encode()), M(MmioMessageType.SetQueueCallFd, new SetQueueCallFd(1).Encode()),
+            M(MmioMessageType.SetQueueCallFd, new SetQueueCallFd(7).Encode())));
     }
 
     private static byte[] ToBytes(this MmioHeader h)

@@ -20,6 +20,13 @@ public interface IMmioVmm
     /// <summary>Asserts the device's standard virtio-mmio interrupt (InterruptStatus says why).</summary>
     void RaiseInterrupt();
 
+    /// <summary>Signals the call eventfd the VMM wired for virtqueue <paramref name="queue"/>
+    /// (SET_QUEUE_CALL_FD), which stands for a used-buffer notification of that queue.</summary>
+    /// <param name="queue">The virtqueue index.</param>
+    /// <returns>False when the VMM wired none for it: the caller then sets InterruptStatus bit 0 and
+    /// raises the standard interrupt. A VMM that implements no per-queue calls keeps this default.</returns>
+    bool SignalQueueCall(int queue) => false;
+
     /// <summary>Fires per-region vector <paramref name="vector"/> (0-based, below <see cref="VectorCount"/>).</summary>
     /// <param name="vector">The vector.</param>
     void RaiseVector(int vector);

@@ -30,6 +30,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     private readonly MmioSession _session;
     private readonly WiredEventFd?[] _lines;
     private readonly Dictionary<ulong, Doorbell> _doorbells = [];
+    private readonly Dictionary<int, WiredEventFd> _queueCalls = []; // SET_QUEUE_CALL_FD, by queue index
     private readonly Dictionary<uint, PendingRequest> _pending = [];
     private readonly List<SafeFileHandle> _fds = [];
     private readonly List<byte[]> _outbox = [];
@@ -78,6 +79,13 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     public void RaiseInterrupt() => Raise(MmioProtocol.StandardIrqLine);
 
     public void RaiseVector(int vector) => Raise(1 + (uint)vector);
+
+    public bool SignalQueueCall(int queue)
+    {
+        if (!_queueCalls.TryGetValue(queue, out WiredEventFd? call)) return false;
+        if (!call.Fd.Signal()) _counters.Increment("mmio.queue-call.dropped");
+        return true;
+    }
 
     public ValueTask<string?> MapAsync(WindowMapping mapping, SafeHandle fd) =>
         Request(MmioMessageType.Map, mapping.Encode(), fd);
@@ -190,7 +198,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             else RejectAndClose(MmioStatus.HandshakeRequired, $"the first message must be HELLO, not {h.Type}");
             return;
         }
-        bool takesFds = h.Type is MmioMessageType.SetMemTable or MmioMessageType.SetIrqFd or MmioMessageType.SetNotifyFd;
+        bool takesFds = h.Type is MmioMessageType.SetMemTable or MmioMessageType.SetIrqFd or MmioMessageType.SetNotifyFd or MmioMessageType.SetQueueCallFd;
         if (fds.Length > 0 && !takesFds)
         {
             Refuse(h, MmioStatus.BadFd, $"{fds.Length} descriptors on {h.Type}, which takes none (closed)");
@@ -206,6 +214,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             case MmioMessageType.SetIrqFd: OnSetIrqFd(h, p, fds); break;
             case MmioMessageType.SetShmBase: OnSetShmBase(h, p); break;
             case MmioMessageType.SetNotifyFd: OnSetNotifyFd(h, p, fds); break;
+            case MmioMessageType.SetQueueCallFd: OnSetQueueCallFd(h, p, fds); break;
             default: Refuse(h, MmioStatus.UnknownType, $"unknown message type {(ushort)h.Type}"); break;
         }
     }
@@ -328,6 +337,37 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
         }
         _lines[req.Line]?.Dispose();
         _lines[req.Line] = line;
+        Reply(h, MmioStatus.Ok);
+    }
+
+    private void OnSetQueueCallFd(MmioHeader h, byte[] p, SafeFileHandle[] fds)
+    {
+        if (!SetQueueCallFd.TryDecode(p, out SetQueueCallFd req))
+        {
+            Refuse(h, MmioStatus.BadMessage, $"SET_QUEUE_CALL_FD payload of {p.Length} bytes (expected {SetQueueCallFd.Size}, pad zero)");
+            return;
+        }
+        int queues = Math.Max(0, _device.QueueCount);
+        if (req.Queue >= (uint)queues)
+        {
+            Refuse(h, MmioStatus.BadRange, $"queue {req.Queue} does not exist (the device has {queues})");
+            return;
+        }
+        if (fds.Length > 1)
+        {
+            Refuse(h, MmioStatus.BadFd, $"SET_QUEUE_CALL_FD carries {fds.Length} descriptors (0 or 1)");
+            return;
+        }
+        int queue = (int)req.Queue;
+        WiredEventFd? call = null;
+        if (fds.Length == 1)
+        {
+            // A call eventfd is an interrupt line in all but name: never a doorbell too (WiredEventFds).
+            call = Adopt(h, fds[0], line: true, $"call eventfd of queue {queue}");
+            if (call is null) return;
+        }
+        if (_queueCalls.Remove(queue, out WiredEventFd? old)) old.Dispose();
+        if (call is not null) _queueCalls[queue] = call;
         Reply(h, MmioStatus.Ok);
     }
 
@@ -591,6 +631,8 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
         }
         foreach (Doorbell bell in _doorbells.Values) bell.Dispose();
         _doorbells.Clear();
+        foreach (WiredEventFd call in _queueCalls.Values) call.Dispose();
+        _queueCalls.Clear();
         _memory.Dispose();
         _memory = MmioGuestMemory.Empty;
         foreach (SafeFileHandle fd in _fds) fd.Dispose();

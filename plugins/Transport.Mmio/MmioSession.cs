@@ -122,7 +122,9 @@ public sealed class MmioSession : ITransportServices
     /// <inheritdoc />
     public void SignalQueue(int queueIndex)
     {
-        if (_attached) Registers.SignalUsedBuffer();
+        // A queue the VMM gave a call eventfd is signalled there (the VMM then owns the used-buffer
+        // bit of InterruptStatus, as with vhost-user); the others take the standard interrupt.
+        if (_attached && !_vmm.SignalQueueCall(queueIndex)) Registers.SignalUsedBuffer();
     }
 
     /// <inheritdoc />

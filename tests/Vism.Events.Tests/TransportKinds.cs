@@ -54,9 +54,11 @@ internal sealed class InMemoryKind : ITransportKind
 
 /// <summary>The MMIO transport on a Unix socket, driven by the Driver's VMM client (as a VMM
 /// forwarding a guest's trapped accesses would); per-region vectors are eventfds the VMM gave.
-/// NOTIFY-window writes ring doorbell eventfds (the client's default, as KVM's ioeventfd: writes
-/// the device has not read yet coalesce) or, with <paramref name="doorbells"/> false, travel as
-/// NOTIFY messages (each one delivered).</summary>
+/// NOTIFY-window writes ring doorbell eventfds and each virtqueue has a call eventfd of its own
+/// (the client's defaults, as a KVM VMM's ioeventfds and a vhost-user frontend's call fds: writes
+/// the device has not read yet coalesce) or, with <paramref name="doorbells"/> false, notifies travel
+/// as NOTIFY messages (each one delivered) and used buffers take the standard line with its
+/// InterruptStatus READ + ACK.</summary>
 internal sealed class MmioKind(bool doorbells) : ITransportKind
 {
     public string Name => doorbells ? "mmio" : "mmio-messages";
@@ -72,7 +74,7 @@ internal sealed class MmioKind(bool doorbells) : ITransportKind
         ITransport started = TransportKinds.Start(device, transport);
         try
         {
-            MmioVmmClient vmm = MmioVmmClient.Connect(transport.Endpoint, options: new MmioVmmOptions { NotifyDoorbells = doorbells });
+            MmioVmmClient vmm = MmioVmmClient.Connect(transport.Endpoint, options: new MmioVmmOptions { NotifyDoorbells = doorbells, QueueCallFds = doorbells });
             // NOTIFY messages are handled in order with register accesses: a read's answer means
             // every earlier write was handled. A doorbell the device has read was handled in the
             // loop turn that read it, which the read's answer (and the settle) comes after.

@@ -182,6 +182,34 @@ public sealed class IsmOverMmioTests : IAsyncDisposable
         Assert.Equal([attach.Offset], offsets);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task EventqUpdatesWakeASleepingPeerOnItsQueueCallEventfdOrOnTheStandardLine(bool queueCalls)
+    {
+        Node a = await AddDevice("mmio-call-a", eventq: true);
+        Node b = await AddDevice("mmio-call-b", eventq: true);
+        using MmioVmmClient vmmA = MmioVmmClient.Connect(a.Transport.Endpoint);
+        using MmioVmmClient vmmB = MmioVmmClient.Connect(b.Transport.Endpoint, options: new MmioVmmOptions { QueueCallFds = queueCalls });
+        using IsmClient guestA = IsmClient.Start(vmmA);
+        // No spin: every wait sleeps, so every event has to wake B through its VMM.
+        using IsmClient guestB = IsmClient.Start(vmmB, new IsmClientOptions { SpinBeforeBlock = TimeSpan.Zero });
+        Assert.Equal(queueCalls, vmmB.HasQueueCall(Virtio.EventQueue));
+        Assert.Equal(queueCalls, vmmB.HasQueueCall(0));
+        AllocReply alloc = guestA.Alloc(4096);
+        AttachReply attach = guestB.Attach(alloc.Token);
+        Assert.True(attach.Ok);
+        for (int i = 0; i < 5; i++)
+        {
+            guestA.Notify(alloc.Offset);
+            Assert.Equal([attach.Offset], guestB.WaitEvent(Generous));
+        }
+        // With call eventfds the device leaves InterruptStatus to the VMM: bit 0 is never set (without
+        // them the VMM's interrupt thread reads and acknowledges it for every event, meanwhile).
+        if (queueCalls)
+            Assert.Equal(0u, vmmB.ReadRegister(MmioRegister.InterruptStatus) & MmioRegister.InterruptUsedBuffer);
+    }
+
     [Fact]
     public async Task AVmmThatDiesReleasesItsAttachmentsAndThePeerKeepsWorking()
     {

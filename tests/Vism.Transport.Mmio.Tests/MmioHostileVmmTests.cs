@@ -271,6 +271,85 @@ public sealed class MmioHostileVmmTests
         Assert.Equal(1, h.Counters.Get("mmio.irq.dropped"));
     }
 
+    private static MmioStatus WireCall(RawVmm peer, uint queue, params SafeHandle[] fds) =>
+        peer.Call(MmioMessageType.SetQueueCallFd, new SetQueueCallFd(queue).Encode(), MmioMessageFlags.None, fds).Header.Status;
+
+    private static uint InterruptStatus(RawVmm peer) =>
+        BinaryPrimitives.ReadUInt32LittleEndian(peer.Call(MmioMessageType.Read, Access(R.InterruptStatus, 4)).Payload);
+
+    [Fact]
+    public async Task QueueCallFdsMustBeEventfdsForAQueueTheDeviceHas()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using RawVmm peer = await h.ConnectRawAsync();
+        int before = Descriptors.Baseline();
+        using (EventFd call = EventFd.Create())
+        using (EventFd bell = EventFd.Create())
+        using (SafeFileHandle notAnEventfd = MemFd.Create("not-a-call", 4096))
+        {
+            byte[] padded = new SetQueueCallFd(0).Encode();
+            padded[4] = 1;
+            Assert.Equal(MmioStatus.BadMessage, peer.Call(MmioMessageType.SetQueueCallFd, new byte[4], MmioMessageFlags.None, call.Handle).Header.Status);
+            Assert.Equal(MmioStatus.BadMessage, peer.Call(MmioMessageType.SetQueueCallFd, padded, MmioMessageFlags.None, call.Handle).Header.Status);
+            Assert.Equal(MmioStatus.BadRange, WireCall(peer, 2, call.Handle)); // the test device has queues 0 and 1
+            Assert.Equal(MmioStatus.BadRange, WireCall(peer, uint.MaxValue, call.Handle));
+            Assert.Equal(MmioStatus.BadFd, WireCall(peer, 0, notAnEventfd));
+            Assert.Equal(MmioStatus.BadFd, WireCall(peer, 0, call.Handle, call.Handle));
+            // A doorbell's eventfd is never a call eventfd too (each used buffer would ring it), nor the reverse.
+            Assert.Equal(MmioStatus.Ok, Wire(peer, 0, bell.Handle));
+            Assert.Equal(MmioStatus.BadFd, WireCall(peer, 0, bell.Handle));
+            Assert.Equal(MmioStatus.Ok, WireCall(peer, 1, call.Handle));
+            Assert.Equal(MmioStatus.BadFd, Wire(peer, 1, call.Handle));
+            Assert.Equal(MmioStatus.Ok, WireCall(peer, 1)); // no descriptor unwires
+            Assert.Equal(MmioStatus.Ok, WireCall(peer, 0));  // unwiring a queue that has none is OK
+            Assert.Equal(MmioStatus.Ok, Wire(peer, 0));
+        }
+        Descriptors.AssertBackTo(before, "by refused or unwired SET_QUEUE_CALL_FD requests");
+        Assert.True(h.Counters.Get("mmio.protocol.error") >= 8);
+    }
+
+    [Fact]
+    public async Task AQueueWithACallEventfdIsSignalledThereAndLeavesInterruptStatusToTheVmm()
+    {
+        await using MmioHarness h = await MmioHarness.StartAsync();
+        using EventFd line = EventFd.Create();
+        using EventFd call = EventFd.Create();
+        int before = Descriptors.Baseline();
+        using (RawVmm peer = await h.ConnectRawAsync())
+        {
+            Assert.Equal(MmioStatus.Ok, peer.Call(MmioMessageType.SetIrqFd, new SetIrqFd(0).Encode(), MmioMessageFlags.None, line.Handle).Header.Status);
+            Assert.Equal(MmioStatus.Ok, WireCall(peer, 1, call.Handle));
+
+            // Queue 1 has a call eventfd: it alone is signalled, InterruptStatus stays clear.
+            await h.OnLoop(() => { h.Services.SignalQueue(1); h.Services.SignalQueue(1); });
+            Assert.Equal(2ul, call.Wait(TimeSpan.FromSeconds(20)));
+            Assert.Equal(0u, InterruptStatus(peer));
+            Assert.Equal(0ul, line.Drain());
+
+            // Queue 0 has none: the standard line and InterruptStatus bit 0, as virtio-mmio has it.
+            await h.OnLoop(() => h.Services.SignalQueue(0));
+            Assert.Equal(1ul, line.Wait(TimeSpan.FromSeconds(20)));
+            Assert.Equal(R.InterruptUsedBuffer, InterruptStatus(peer) & R.InterruptUsedBuffer);
+            Assert.Equal(0ul, call.Drain());
+
+            // Rewiring closes the device's old copy (no descriptor piles up); unwiring returns the
+            // queue to the standard line.
+            for (int i = 0; i < 100; i++)
+                using (EventFd again = EventFd.Create())
+                    Assert.Equal(MmioStatus.Ok, WireCall(peer, 1, again.Handle));
+            Assert.Equal(MmioStatus.Ok, WireCall(peer, 1, call.Handle));
+            Assert.Equal(MmioStatus.Ok, WireCall(peer, 1));
+            await h.OnLoop(() => h.Services.SignalQueue(1));
+            Assert.Equal(1ul, line.Wait(TimeSpan.FromSeconds(20)));
+            Assert.Equal(0ul, call.Drain());
+
+            // Wired again, then the VMM leaves: the device closes it with everything else.
+            Assert.Equal(MmioStatus.Ok, WireCall(peer, 1, call.Handle));
+        }
+        await h.WaitUntil(() => !h.Transport.HasVmm, "the VMM left");
+        Descriptors.AssertBackTo(before, "by call eventfds of a VMM that left");
+    }
+
     private static MmioStatus Wire(RawVmm peer, ulong offset, params SafeHandle[] fds) =>
         peer.Call(MmioMessageType.SetNotifyFd, new SetNotifyFd(offset).Encode(), MmioMessageFlags.None, fds).Header.Status;
 

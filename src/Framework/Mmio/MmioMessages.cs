@@ -324,6 +324,34 @@ public readonly record struct SetNotifyFd(ulong Offset)
     }
 }
 
+/// <summary>SET_QUEUE_CALL_FD: <c>u32 queue, u32 pad</c>; 0 or 1 descriptor (an eventfd).</summary>
+/// <param name="Queue">The virtqueue index (QueueSel's value).</param>
+public readonly record struct SetQueueCallFd(uint Queue)
+{
+    /// <summary>Encoded size.</summary>
+    public const int Size = 8;
+
+    /// <summary>Encodes the payload.</summary>
+    public byte[] Encode()
+    {
+        var b = new byte[Size];
+        BinaryPrimitives.WriteUInt32LittleEndian(b, Queue);
+        return b;
+    }
+
+    /// <summary>Decodes a payload.</summary>
+    /// <param name="p">The payload.</param>
+    /// <param name="value">The request.</param>
+    /// <returns>False when the size is wrong or the pad is not zero.</returns>
+    public static bool TryDecode(ReadOnlySpan<byte> p, out SetQueueCallFd value)
+    {
+        value = default;
+        if (p.Length != Size || BinaryPrimitives.ReadUInt32LittleEndian(p[4..]) != 0) return false;
+        value = new(BinaryPrimitives.ReadUInt32LittleEndian(p));
+        return true;
+    }
+}
+
 /// <summary>MAP: <c>u8 shmid, u8 flags, u8 pad[6], u64 shm_offset, u64 fd_offset, u64 length</c>; one descriptor.
 /// UNMAP uses the same layout with flags 0, fd_offset 0 and no descriptor.</summary>
 /// <param name="Id">The window.</param>

@@ -59,6 +59,11 @@ public enum MmioMessageType : ushort
     /// sending <see cref="Notify"/> (as KVM's ioeventfd); no descriptor unwires it. Always replied.</summary>
     SetNotifyFd = 8,
 
+    /// <summary>VMM to device: wires one virtqueue's used-buffer notifications to a call eventfd the device
+    /// signals instead of setting InterruptStatus bit 0 and firing the standard line (as vhost-user's
+    /// SET_VRING_CALL); no descriptor unwires it. Always replied.</summary>
+    SetQueueCallFd = 9,
+
     /// <summary>Device to VMM: map a region descriptor into a shared-memory window. One descriptor. Always replied.</summary>
     Map = 16,
 

@@ -35,6 +35,14 @@ public sealed record MmioVmmOptions
     /// write each. A device that does not know SET_NOTIFY_FD (UNKNOWN_TYPE), or refuses an offset,
     /// gets NOTIFY messages as before. Default true.</summary>
     public bool NotifyDoorbells { get; init; } = true;
+
+    /// <summary>Whether each virtqueue gets a call eventfd of its own (SET_QUEUE_CALL_FD, as a
+    /// vhost-user frontend's SET_VRING_CALL): the device signals it for the queue's used buffers
+    /// instead of setting InterruptStatus and firing the standard line, and <see cref="MmioVmmClient.WaitQueue"/>
+    /// waits on it directly, with no interrupt thread and no InterruptStatus READ + ACK in between.
+    /// Wired when the queue starts; a device that does not know the message (UNKNOWN_TYPE) or
+    /// refuses it keeps the standard line. Default true.</summary>
+    public bool QueueCallFds { get; init; } = true;
 }
 
 /// <summary>
@@ -68,6 +76,8 @@ public sealed class MmioVmmClient : IDriverTransport
     private volatile bool _noDoorbells;
     private readonly long[] _vectorFirings;
     private readonly bool[] _queueSignalled = new bool[64];
+    private readonly EventFd?[] _queueCalls = new EventFd?[64]; // SET_QUEUE_CALL_FD, by queue index
+    private volatile bool _noQueueCalls;
     private readonly Mapping? _regionsView;
     private readonly Thread _reader;
     private readonly Thread _interrupts;
@@ -343,7 +353,42 @@ public sealed class MmioVmmClient : IDriverTransport
         WriteRegister(MmioRegister.QueueReady, 1);
         if (ReadRegister(MmioRegister.QueueReady) != 1)
             throw new DriverTransportException($"the device refused queue {index} ({settings})");
+        if (_options.QueueCallFds && !_noQueueCalls && (uint)index < (uint)_queueCalls.Length)
+            WireQueueCall(index);
     }
+
+    /// <summary>Gives queue <paramref name="index"/> a call eventfd (kept across a driver reset: the
+    /// same eventfd is wired again when the queue starts again).</summary>
+    private void WireQueueCall(int index)
+    {
+        lock (_wireLock)
+        {
+            EventFd call = _queueCalls[index] ?? EventFd.Create();
+            MmioStatus status;
+            try
+            {
+                status = Call(MmioMessageType.SetQueueCallFd, new SetQueueCallFd((uint)index).Encode(), [call.Handle]).Header.Status;
+            }
+            catch
+            {
+                if (_queueCalls[index] is null) call.Dispose();
+                throw;
+            }
+            if (status == MmioStatus.Ok)
+            {
+                _queueCalls[index] = call;
+                return;
+            }
+            // A device from before SET_QUEUE_CALL_FD (or one that refuses the queue): the standard
+            // line and InterruptStatus, as before.
+            if (status == MmioStatus.UnknownType) _noQueueCalls = true;
+            if (_queueCalls[index] is null) call.Dispose();
+        }
+    }
+
+    /// <summary>Whether queue <paramref name="index"/> has a call eventfd of its own (SET_QUEUE_CALL_FD).</summary>
+    /// <param name="index">The queue.</param>
+    public bool HasQueueCall(int index) => (uint)index < (uint)_queueCalls.Length && Volatile.Read(ref _queueCalls[index]) is not null;
 
     /// <inheritdoc />
     public void Kick(int index) => WriteRegister(MmioRegister.QueueNotify, (uint)index);
@@ -357,6 +402,14 @@ public sealed class MmioVmmClient : IDriverTransport
     public bool WaitQueue(int index, TimeSpan timeout)
     {
         if ((uint)index >= (uint)_queueSignalled.Length) return false;
+        if (Volatile.Read(ref _queueCalls[index]) is { } call)
+        {
+            // The queue's own call eventfd: the caller sleeps on it, woken by the device directly.
+            ThrowIfFailed();
+            ulong n = call.Wait(timeout, TimeSpan.Zero);
+            ThrowIfFailed(); // Fail signals every call eventfd so a waiter learns of it at once
+            return n != 0;
+        }
         long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
         lock (_irqLock)
         {
@@ -758,6 +811,7 @@ public sealed class MmioVmmClient : IDriverTransport
             tcs.TrySetException(new DriverTransportException(_failure!));
         lock (_irqLock) Monitor.PulseAll(_irqLock);
         foreach (EventFd v in _vectors) v.Signal(); // wakes WaitVector callers, which then throw (a no-op once closed)
+        foreach (EventFd? c in _queueCalls) c?.Signal(); // and WaitQueue callers on call eventfds
     }
 
     private ulong WindowLength(ShmId id)
@@ -784,6 +838,7 @@ public sealed class MmioVmmClient : IDriverTransport
         _line.Dispose();
         foreach (EventFd v in _vectors) v.Dispose();
         foreach (EventFd? bell in _doorbells.Values) bell?.Dispose();
+        foreach (EventFd? call in _queueCalls) call?.Dispose();
         _stop.Dispose();
         if (_ownsRam) Ram.Dispose();
     }
