@@ -211,6 +211,38 @@ public sealed class IsmOverMmioTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task AgainstADeviceFromBeforeDoorbellsAndCallEventfdsTheClientKeepsNotifyMessagesAndLineZero()
+    {
+        // Both devices play a vism that does not know SET_NOTIFY_FD and SET_QUEUE_CALL_FD: the
+        // clients ask once each, hear UNKNOWN_TYPE, and go on with NOTIFY messages and line 0 +
+        // InterruptStatus. Updates still reach a peer that sleeps on its eventq.
+        Node a = await AddDevice("mmio-old-a", eventq: true);
+        Node b = await AddDevice("mmio-old-b", eventq: true);
+        MmioMessageType[] newer = [MmioMessageType.SetNotifyFd, MmioMessageType.SetQueueCallFd];
+        using var oldA = new OlderDeviceProxy(a.Transport.Endpoint, _dir["old-a.sock"], newer);
+        using var oldB = new OlderDeviceProxy(b.Transport.Endpoint, _dir["old-b.sock"], newer);
+        using MmioVmmClient vmmA = MmioVmmClient.Connect(oldA.Path);
+        using MmioVmmClient vmmB = MmioVmmClient.Connect(oldB.Path);
+        using IsmClient guestA = IsmClient.Start(vmmA);
+        using IsmClient guestB = IsmClient.Start(vmmB, new IsmClientOptions { SpinBeforeBlock = TimeSpan.Zero });
+        Assert.False(vmmB.HasQueueCall(0));
+        Assert.False(vmmB.HasQueueCall(Virtio.EventQueue));
+        Assert.Equal(1, oldB.Refused(MmioMessageType.SetQueueCallFd)); // asked for the first queue only
+
+        AllocReply alloc = guestA.Alloc(4096);
+        AttachReply attach = guestB.Attach(alloc.Token);
+        Assert.True(attach.Ok);
+        for (int i = 0; i < 4; i++)
+        {
+            guestA.Notify(alloc.Offset);
+            Assert.Equal([attach.Offset], guestB.WaitEvent(Generous));
+        }
+        Assert.Equal(0, vmmA.DoorbellCount);
+        Assert.Equal(1, oldA.Refused(MmioMessageType.SetNotifyFd)); // asked at the first write only
+        Assert.Equal(4, a.Counters.Get("notify.writes"));
+    }
+
+    [Fact]
     public async Task AVmmThatDiesReleasesItsAttachmentsAndThePeerKeepsWorking()
     {
         Node a = await AddDevice("mmio-c");

@@ -1,0 +1,107 @@
+using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+using Vism.Mmio;
+using Vism.Native;
+
+namespace Vism.Transport.Mmio.Tests;
+
+/// <summary>
+/// Plays a vism from before some message types, between one VMM and a real device: the VMM
+/// connects to <see cref="Path"/>; messages of the <c>unknown</c> types are answered
+/// <see cref="MmioStatus.UnknownType"/> here (their descriptors closed), as such a device does;
+/// everything else travels both ways unchanged, descriptors included.
+/// </summary>
+internal sealed class OlderDeviceProxy : IDisposable
+{
+    private readonly UnixSocket _listener;
+    private readonly string _device;
+    private readonly HashSet<MmioMessageType> _unknown;
+    private readonly Lock _toVmm = new();
+    private readonly ConcurrentDictionary<MmioMessageType, int> _refused = new();
+    private readonly Thread _up;
+    private UnixSocket? _vmm, _dev;
+    private Thread? _down;
+
+    public OlderDeviceProxy(string device, string path, params MmioMessageType[] unknown)
+    {
+        _device = device;
+        Path = path;
+        _unknown = [.. unknown];
+        _listener = UnixSocket.Listen(path);
+        _up = new Thread(Up) { IsBackground = true, Name = "older-device-proxy" };
+        _up.Start();
+    }
+
+    /// <summary>Where the VMM connects.</summary>
+    public string Path { get; }
+
+    /// <summary>How many messages of <paramref name="type"/> were answered UNKNOWN_TYPE.</summary>
+    public int Refused(MmioMessageType type) => _refused.GetValueOrDefault(type);
+
+    private void Up()
+    {
+        try
+        {
+            _vmm = _listener.Accept();
+            _dev = UnixSocket.Connect(_device);
+            _down = new Thread(Down) { IsBackground = true, Name = "older-device-proxy-down" };
+            _down.Start();
+            var fds = new List<SafeFileHandle>();
+            while (MmioFrame.Receive(_vmm!, fds) is var (h, payload))
+            {
+                if (_unknown.Contains(h.Type) && !h.IsReply)
+                {
+                    _refused.AddOrUpdate(h.Type, 1, (_, n) => n + 1);
+                    lock (_toVmm) _vmm!.Send(MmioFrame.Build(h.Type, MmioMessageFlags.Reply, h.Id, [], MmioStatus.UnknownType));
+                }
+                else
+                {
+                    _dev.Send(MmioFrame.Build(h.Type, h.Flags, h.Id, payload, h.Status), [.. fds.Cast<SafeHandle>()]);
+                }
+                foreach (SafeFileHandle fd in fds) fd.Dispose();
+                fds.Clear();
+            }
+        }
+        catch (Exception ex) when (ex is PosixException or IOException or ObjectDisposedException or InvalidDataException)
+        {
+            // One side went away: so does the proxy.
+        }
+        finally
+        {
+            _dev?.Shutdown();
+        }
+    }
+
+    private void Down()
+    {
+        try
+        {
+            var fds = new List<SafeFileHandle>();
+            while (MmioFrame.Receive(_dev!, fds) is var (h, payload))
+            {
+                lock (_toVmm) _vmm!.Send(MmioFrame.Build(h.Type, h.Flags, h.Id, payload, h.Status), [.. fds.Cast<SafeHandle>()]);
+                foreach (SafeFileHandle fd in fds) fd.Dispose();
+                fds.Clear();
+            }
+        }
+        catch (Exception ex) when (ex is PosixException or IOException or ObjectDisposedException or InvalidDataException)
+        {
+        }
+        finally
+        {
+            _vmm?.Shutdown();
+        }
+    }
+
+    public void Dispose()
+    {
+        _listener.Dispose();
+        _vmm?.Shutdown();
+        _dev?.Shutdown();
+        _up.Join(TimeSpan.FromSeconds(10));
+        _down?.Join(TimeSpan.FromSeconds(10));
+        _vmm?.Dispose();
+        _dev?.Dispose();
+    }
+}
