@@ -41,24 +41,40 @@ internal sealed class OlderDeviceProxy : IDisposable
 
     private void Up()
     {
+        UnixSocket vmm, dev;
         try
         {
-            _vmm = _listener.Accept();
-            _dev = UnixSocket.Connect(_device);
-            _down = new Thread(Down) { IsBackground = true, Name = "older-device-proxy-down" };
-            _down.Start();
-            var fds = new List<SafeFileHandle>();
-            while (MmioFrame.Receive(_vmm!, fds) is var (h, payload))
+            _vmm = vmm = _listener.Accept() ?? throw new IOException("accept found no VMM");
+            _dev = dev = UnixSocket.Connect(_device);
+        }
+        catch (Exception ex) when (ex is PosixException or IOException or ObjectDisposedException)
+        {
+            return;
+        }
+        _down = new Thread(() => Pump(dev, vmm, (h, payload, fds) => Forward(vmm, h, payload, fds))) { IsBackground = true, Name = "older-device-proxy-down" };
+        _down.Start();
+        Pump(vmm, dev, (h, payload, fds) =>
+        {
+            if (!_unknown.Contains(h.Type) || h.IsReply)
             {
-                if (_unknown.Contains(h.Type) && !h.IsReply)
-                {
-                    _refused.AddOrUpdate(h.Type, 1, (_, n) => n + 1);
-                    lock (_toVmm) _vmm!.Send(MmioFrame.Build(h.Type, MmioMessageFlags.Reply, h.Id, [], MmioStatus.UnknownType));
-                }
-                else
-                {
-                    _dev.Send(MmioFrame.Build(h.Type, h.Flags, h.Id, payload, h.Status), [.. fds.Cast<SafeHandle>()]);
-                }
+                Forward(dev, h, payload, fds);
+                return;
+            }
+            _refused.AddOrUpdate(h.Type, 1, (_, n) => n + 1);
+            Forward(vmm, new MmioHeader(h.Type, MmioMessageFlags.Reply, h.Id, 0, MmioStatus.UnknownType), [], []);
+        });
+    }
+
+    /// <summary>Reads messages from <paramref name="from"/> until it ends, hands each (with its
+    /// descriptors, closed afterwards) to <paramref name="handle"/>, then shuts <paramref name="other"/>.</summary>
+    private static void Pump(UnixSocket from, UnixSocket other, Action<MmioHeader, byte[], List<SafeFileHandle>> handle)
+    {
+        var fds = new List<SafeFileHandle>();
+        try
+        {
+            while (MmioFrame.Receive(from, fds) is var (h, payload))
+            {
+                handle(h, payload, fds);
                 foreach (SafeFileHandle fd in fds) fd.Dispose();
                 fds.Clear();
             }
@@ -69,29 +85,14 @@ internal sealed class OlderDeviceProxy : IDisposable
         }
         finally
         {
-            _dev?.Shutdown();
+            other.Shutdown();
         }
     }
 
-    private void Down()
+    /// <summary>Sends one message on; both pumps may send to the VMM, one at a time.</summary>
+    private void Forward(UnixSocket to, MmioHeader h, byte[] payload, List<SafeFileHandle> fds)
     {
-        try
-        {
-            var fds = new List<SafeFileHandle>();
-            while (MmioFrame.Receive(_dev!, fds) is var (h, payload))
-            {
-                lock (_toVmm) _vmm!.Send(MmioFrame.Build(h.Type, h.Flags, h.Id, payload, h.Status), [.. fds.Cast<SafeHandle>()]);
-                foreach (SafeFileHandle fd in fds) fd.Dispose();
-                fds.Clear();
-            }
-        }
-        catch (Exception ex) when (ex is PosixException or IOException or ObjectDisposedException or InvalidDataException)
-        {
-        }
-        finally
-        {
-            _vmm?.Shutdown();
-        }
+        lock (_toVmm) to.Send(MmioFrame.Build(h.Type, h.Flags, h.Id, payload, h.Status), [.. fds.Cast<SafeHandle>()]);
     }
 
     public void Dispose()
