@@ -31,6 +31,7 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
     private readonly WiredEventFd?[] _lines;
     private readonly Dictionary<ulong, Doorbell> _doorbells = [];
     private readonly Dictionary<int, WiredEventFd> _queueCalls = []; // SET_QUEUE_CALL_FD, by queue index
+    private bool _fdsLost; // the message being read lost its descriptors (MSG_CTRUNC)
     private readonly Dictionary<uint, PendingRequest> _pending = [];
     private readonly List<SafeFileHandle> _fds = [];
     private readonly List<byte[]> _outbox = [];
@@ -124,9 +125,12 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             int n;
             try
             {
+                bool truncated;
                 n = _headerGot < MmioHeader.Length
-                    ? _socket.Receive(_header.AsSpan(_headerGot), _fds)
-                    : _socket.Receive(_payload.AsSpan(_payloadGot), _fds);
+                    ? _socket.Receive(_header.AsSpan(_headerGot), _fds, out truncated)
+                    : _socket.Receive(_payload.AsSpan(_payloadGot), _fds, out truncated);
+                // Descriptors ride on a message's first byte: the lost ones were this message's.
+                _fdsLost |= truncated;
             }
             catch (PosixException ex)
             {
@@ -163,9 +167,12 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             _payload = [];
             SafeFileHandle[] fds = [.. _fds];
             _fds.Clear();
+            bool lost = _fdsLost;
+            _fdsLost = false;
             try
             {
-                Dispatch(header, payload, fds);
+                if (lost) RefuseLostDescriptors(header, fds.Length);
+                else Dispatch(header, payload, fds);
             }
             finally
             {
@@ -175,6 +182,24 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             FlushReplies();
             if (_broken) Close("sending to the VMM failed");
         }
+    }
+
+    /// <summary>A message whose descriptors the kernel could not hand over (MSG_CTRUNC): it is not
+    /// acted on (a SET_IRQ_FD without its descriptor would mean "disconnect the line"), and the
+    /// connection goes on. A full buffer means the VMM sent more than a message may carry
+    /// (BAD_FD); fewer means this process could not install them, out of descriptors (FAILED).</summary>
+    private void RefuseLostDescriptors(MmioHeader h, int arrived)
+    {
+        if (!_helloDone)
+        {
+            RejectAndClose(MmioStatus.BadFd, "the first message carries descriptors that could not be received");
+            return;
+        }
+        bool excess = arrived >= UnixSocket.MaxFds;
+        string reason = excess
+            ? $"more than {UnixSocket.MaxFds} descriptors (the excess was dropped by the kernel); not acted on"
+            : "its descriptors could not be received: this process is out of descriptors; not acted on";
+        Refuse(h, excess ? MmioStatus.BadFd : MmioStatus.Failed, reason, reply: !h.IsReply);
     }
 
     private void Dispatch(MmioHeader h, byte[] p, SafeFileHandle[] fds)

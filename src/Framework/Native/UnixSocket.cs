@@ -190,6 +190,31 @@ public sealed unsafe class UnixSocket : IDisposable
     /// none could be installed because this process is out of descriptors).</exception>
     public int Receive(Span<byte> buffer, List<SafeFileHandle>? fds)
     {
+        int before = fds?.Count ?? 0;
+        int n = Receive(buffer, fds, out bool truncated);
+        if (truncated)
+        {
+            if (fds is not null)
+            {
+                foreach (SafeFileHandle h in fds.Skip(before)) h.Dispose();
+                fds.RemoveRange(before, fds.Count - before);
+            }
+            throw new PosixException("recvmsg: control data truncated (more descriptors than a message may carry, or this process is out of descriptors)", Errno.EMSGSIZE);
+        }
+        return n;
+    }
+
+    /// <summary>
+    /// As <see cref="Receive(Span{byte}, List{SafeFileHandle}?)"/>, but MSG_CTRUNC does not throw:
+    /// the bytes are read and the descriptors that did arrive are handed over as usual, and
+    /// <paramref name="truncated"/> says that descriptors the peer sent were lost (it sent more than
+    /// <see cref="MaxFds"/>, or this process could not install them: out of descriptors). For a
+    /// protocol reader that can refuse that one message and go on.
+    /// </summary>
+    /// <returns>As the other overload.</returns>
+    public int Receive(Span<byte> buffer, List<SafeFileHandle>? fds, out bool truncated)
+    {
+        truncated = false;
         while (true)
         {
             long n;
@@ -223,11 +248,7 @@ public sealed unsafe class UnixSocket : IDisposable
                         received.Add(Fd.Own(BinaryPrimitives.ReadInt32LittleEndian(msg.msg_control.AsSpan((int)dataAt + 4 * i))));
                 }
             }
-            if ((msg.msg_flags & MessageFlags.MSG_CTRUNC) != 0)
-            {
-                foreach (SafeFileHandle h in received) h.Dispose();
-                throw new PosixException("recvmsg: control data truncated (more descriptors than a message may carry, or this process is out of descriptors)", Errno.EMSGSIZE);
-            }
+            truncated = (msg.msg_flags & MessageFlags.MSG_CTRUNC) != 0;
             if (fds is null)
                 foreach (SafeFileHandle h in received) h.Dispose();
             else
