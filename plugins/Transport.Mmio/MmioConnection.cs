@@ -349,17 +349,8 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             Refuse(h, MmioStatus.BadRange, $"interrupt line {req.Line} does not exist (0 and 1..{_options.Vectors})");
             return;
         }
-        if (fds.Length > 1)
-        {
-            Refuse(h, MmioStatus.BadFd, $"SET_IRQ_FD carries {fds.Length} descriptors (0 or 1)");
+        if (!TryAdoptLine(h, fds, "SET_IRQ_FD", $"interrupt line {req.Line}", out WiredEventFd? line))
             return;
-        }
-        WiredEventFd? line = null;
-        if (fds.Length == 1)
-        {
-            line = Adopt(h, fds[0], line: true, $"interrupt line {req.Line}");
-            if (line is null) return;
-        }
         _lines[req.Line]?.Dispose();
         _lines[req.Line] = line;
         Reply(h, MmioStatus.Ok);
@@ -378,22 +369,30 @@ internal sealed class MmioConnection : IMmioVmm, IDisposable
             Refuse(h, MmioStatus.BadRange, $"queue {req.Queue} does not exist (the device has {queues})");
             return;
         }
-        if (fds.Length > 1)
-        {
-            Refuse(h, MmioStatus.BadFd, $"SET_QUEUE_CALL_FD carries {fds.Length} descriptors (0 or 1)");
-            return;
-        }
         int queue = (int)req.Queue;
-        WiredEventFd? call = null;
-        if (fds.Length == 1)
-        {
-            // A call eventfd is an interrupt line in all but name: never a doorbell too (WiredEventFds).
-            call = Adopt(h, fds[0], line: true, $"call eventfd of queue {queue}");
-            if (call is null) return;
-        }
+        // A call eventfd is an interrupt line in all but name: never a doorbell too (WiredEventFds).
+        if (!TryAdoptLine(h, fds, "SET_QUEUE_CALL_FD", $"call eventfd of queue {queue}", out WiredEventFd? call))
+            return;
         if (_queueCalls.Remove(queue, out WiredEventFd? old)) old.Dispose();
         if (call is not null) _queueCalls[queue] = call;
         Reply(h, MmioStatus.Ok);
+    }
+
+    /// <summary>The optional descriptor of SET_IRQ_FD or SET_QUEUE_CALL_FD, adopted as an interrupt
+    /// line (<see cref="Adopt"/>); <paramref name="line"/> is null when the message carries none
+    /// (the request unwires). Refuses the request and returns false for more than one descriptor
+    /// or one that cannot be adopted.</summary>
+    private bool TryAdoptLine(MmioHeader h, SafeFileHandle[] fds, string message, string what, out WiredEventFd? line)
+    {
+        line = null;
+        if (fds.Length > 1)
+        {
+            Refuse(h, MmioStatus.BadFd, $"{message} carries {fds.Length} descriptors (0 or 1)");
+            return false;
+        }
+        if (fds.Length == 0) return true;
+        line = Adopt(h, fds[0], line: true, what);
+        return line is not null;
     }
 
     /// <summary>Checks that <paramref name="fd"/> is an eventfd not wired in the other role (on any

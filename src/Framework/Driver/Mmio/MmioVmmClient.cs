@@ -363,27 +363,33 @@ public sealed class MmioVmmClient : IDriverTransport
     {
         lock (_wireLock)
         {
-            EventFd call = _queueCalls[index] ?? EventFd.Create();
-            MmioStatus status;
-            try
-            {
-                status = Call(MmioMessageType.SetQueueCallFd, new SetQueueCallFd((uint)index).Encode(), [call.Handle]).Header.Status;
-            }
-            catch
-            {
-                if (_queueCalls[index] is null) call.Dispose();
-                throw;
-            }
-            if (status == MmioStatus.Ok)
-            {
-                _queueCalls[index] = call;
-                return;
-            }
+            EventFd? kept = _queueCalls[index];
+            EventFd call = kept ?? EventFd.Create();
+            MmioStatus status = SendEventFd(MmioMessageType.SetQueueCallFd, new SetQueueCallFd((uint)index).Encode(), call, fresh: kept is null);
+            if (status == MmioStatus.Ok) _queueCalls[index] = call;
             // A device from before SET_QUEUE_CALL_FD (or one that refuses the queue): the standard
             // line and InterruptStatus, as before.
-            if (status == MmioStatus.UnknownType) _noQueueCalls = true;
-            if (_queueCalls[index] is null) call.Dispose();
+            else if (status == MmioStatus.UnknownType) _noQueueCalls = true;
         }
+    }
+
+    /// <summary>Sends a SET_* message carrying <paramref name="fd"/> and returns the device's status.
+    /// A <paramref name="fresh"/> eventfd (one this client keeps nowhere yet) is closed when the call
+    /// throws or the device does not answer OK.</summary>
+    private MmioStatus SendEventFd(MmioMessageType type, byte[] payload, EventFd fd, bool fresh)
+    {
+        MmioStatus status;
+        try
+        {
+            status = Call(type, payload, [fd.Handle]).Header.Status;
+        }
+        catch
+        {
+            if (fresh) fd.Dispose();
+            throw;
+        }
+        if (status != MmioStatus.Ok && fresh) fd.Dispose();
+        return status;
     }
 
     /// <summary>Whether queue <paramref name="index"/> has a call eventfd of its own (SET_QUEUE_CALL_FD).</summary>
@@ -506,22 +512,12 @@ public sealed class MmioVmmClient : IDriverTransport
         {
             if (_doorbells.TryGetValue(offset, out EventFd? wired)) return wired;
             var bell = EventFd.Create();
-            MmioStatus status;
-            try
-            {
-                status = Call(MmioMessageType.SetNotifyFd, new SetNotifyFd(offset).Encode(), [bell.Handle]).Header.Status;
-            }
-            catch
-            {
-                bell.Dispose();
-                throw;
-            }
+            MmioStatus status = SendEventFd(MmioMessageType.SetNotifyFd, new SetNotifyFd(offset).Encode(), bell, fresh: true);
             if (status == MmioStatus.Ok)
             {
                 _doorbells[offset] = bell;
                 return bell;
             }
-            bell.Dispose();
             // A device from before SET_NOTIFY_FD: messages from now on. A refused offset (outside the
             // slots): NOTIFY messages for it, which the device rejects and counts as it always has.
             if (status == MmioStatus.UnknownType) _noDoorbells = true;
