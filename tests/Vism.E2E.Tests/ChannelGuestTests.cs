@@ -62,6 +62,9 @@ public sealed class ChannelGuestTests(ITestOutputHelper testOutput)
 
         // The region was A's alone to give: B's devid was granted and joined; both ends are gone now.
         Assert.Equal($"0x{devidB:x}", GuestOutput.Field(runA.Line("channel accepted"), "peer"));
+        // vism releases a guest's attachments when its QEMU disconnects, on the device's loop: the
+        // guests' exit can be seen before that turn has run.
+        Assert.True(SpinWait.SpinUntil(() => vism.Status().Regions.Count == 0, TimeSpan.FromSeconds(20)), "the region outlived both guests");
         Assert.Empty(vism.Status().Regions);
         Assert.Equal(0, await vism.StopAsync());
     }
