@@ -104,6 +104,9 @@ public static class EventPath
             // Two cores, three threads on the path: vism's loop polls, the peers sleep.
             new("vq, busy-poll 200us, peers sleep (no spin)", "vhost-user", "vq", 1, 0, true, BusyPollUs: 200),
             new("irq, busy-poll 200us, peers sleep (no spin)", "vhost-user", "irq", 1, 0, true, BusyPollUs: 200),
+            // Three spinners on two cores: they take turns at every look (the peers yield at each one).
+            new("vq, busy-poll 200us, peers spin 1ms", "vhost-user", "vq", 1, 1000, true, BusyPollUs: 200),
+            new("irq, busy-poll 200us, peers spin 1ms", "vhost-user", "irq", 1, 1000, true, BusyPollUs: 200),
             new("vq, QEMU-guest path: no doorbell, no spin", "vhost-user", "vq", 1, 0, false),
             new("vq, QEMU-guest path, notify-poll-fast 10us", "vhost-user", "vq", 1, 0, false, PollFast: TimeSpan.FromMicroseconds(10)),
             new("vq, QEMU-guest path, notify-poll-slow 2ms", "vhost-user", "vq", 1, 0, false, PollSlow: TimeSpan.FromMilliseconds(2)),

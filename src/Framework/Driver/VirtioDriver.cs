@@ -128,7 +128,7 @@ public sealed class VirtioDriver
     public bool WaitUsed(int index, TimeSpan timeout, out UsedElement used) => WaitUsed(index, timeout, TimeSpan.Zero, out used);
 
     /// <summary>Waits for the next used entry of queue <paramref name="index"/>, first polling the used
-    /// ring for up to <paramref name="spin"/> (yielding the core between looks) and then sleeping on
+    /// ring for up to <paramref name="spin"/> (yielding the core at every look) and then sleeping on
     /// the transport's interrupt. Allocates nothing.</summary>
     /// <param name="index">Queue index.</param>
     /// <param name="timeout">How long to wait in all.</param>
@@ -145,7 +145,6 @@ public sealed class VirtioDriver
             // While polling, the device is asked for no interrupt: an entry that comes within the
             // spin costs neither an interrupt nor (over MMIO) the InterruptStatus round trip after it.
             long spinUntil = System.Diagnostics.Stopwatch.GetTimestamp() + (long)(spin.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
-            int turns = 0;
             q.SetPolling(true);
             try
             {
@@ -153,8 +152,11 @@ public sealed class VirtioDriver
                 {
                     if (q.TryTakeUsed(out used))
                         return true;
-                    if ((++turns & 63) == 0) Thread.Yield(); // let a thread that shares this core run (the device's, on a small host)
-                    else Thread.SpinWait(8);
+                    // Yield at every look: a thread that shares this core (vism's loop, the other
+                    // peer, on a small host) runs at once instead of at the end of a time slice; on
+                    // a core of its own the yield returns at once. Every 64 looks cost a busy-polling
+                    // vism 3x on two cores (docs/benchmarks.md, "Spinning peers that yield").
+                    Thread.Yield();
                 }
             }
             finally

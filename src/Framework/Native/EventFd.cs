@@ -31,7 +31,7 @@ public sealed class EventFd : IDisposable
     public ulong Wait(TimeSpan timeout) => Wait(timeout, TimeSpan.Zero);
 
     /// <summary>Like <see cref="Wait(TimeSpan)"/>, but first reads the (non-blocking) counter in a
-    /// loop for up to <paramref name="spin"/> (yielding the core every 16 looks) before it sleeps in poll(2): a waiter that expects a
+    /// loop for up to <paramref name="spin"/> (yielding the core at every look) before it sleeps in poll(2): a waiter that expects a
     /// signal within microseconds trades that much CPU for the wake-up it saves. Allocates nothing.</summary>
     /// <param name="timeout">How long to wait in all.</param>
     /// <param name="spin">How long to spin first (zero: block at once).</param>
@@ -41,15 +41,13 @@ public sealed class EventFd : IDisposable
         if (spin > TimeSpan.Zero)
         {
             long spinUntil = System.Diagnostics.Stopwatch.GetTimestamp() + (long)(spin.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
-            int turns = 0;
             do
             {
                 ulong v = Drain();
                 if (v != 0) return v;
-                // Yield now and then, as VirtioDriver.WaitUsed does: the thread that will signal
+                // Yield at every look, as VirtioDriver.WaitUsed does: the thread that will signal
                 // (vism's loop, on a small host) may be waiting for this core.
-                if ((++turns & 15) == 0) Thread.Yield();
-                else Thread.SpinWait(20);
+                Thread.Yield();
             }
             while (System.Diagnostics.Stopwatch.GetTimestamp() < spinUntil);
         }
