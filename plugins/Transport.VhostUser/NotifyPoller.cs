@@ -59,7 +59,12 @@ internal sealed class NotifyPoller : IDisposable
         _slow = policy.Slow;
         _holdScans = policy.HoldScans;
         _interval = _fast;
+        scanner.Add(this);
     }
+
+    /// <summary>Whether the poller is polling at its fast interval (activity within its hold time)
+    /// with slots in use: the loop's busy looks scan it.</summary>
+    public bool Hot => Armed && _interval == _fast && !_disposed && _device.SlotsInUse > 0;
 
     /// <summary>Whether a scan is queued with the loop's scanner.</summary>
     public bool Armed { get; private set; }
@@ -176,8 +181,10 @@ internal sealed class NotifyPoller : IDisposable
 
     public void Dispose()
     {
+        if (_disposed) return;
         _disposed = true;
         Stop();
+        _scanner.Drop(this);
     }
 }
 

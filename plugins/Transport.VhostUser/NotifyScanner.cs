@@ -35,6 +35,8 @@ internal sealed class NotifyScanner
     private IDisposable? _timer;
     private long _timerDue = long.MaxValue;
     private bool _firing;
+    private readonly List<NotifyPoller> _pollers = []; // every live poller of the loop (busy looks)
+    private IDisposable? _busyLook;
 
     /// <summary>A scanner on <paramref name="loop"/> whose clock is <paramref name="clock"/> (tests
     /// give one they advance; the loop's own timers run on CLOCK_MONOTONIC).</summary>
@@ -64,6 +66,39 @@ internal sealed class NotifyScanner
     {
         long step = Math.Max(1, interval.Ticks);
         return (from / step + 1) * step;
+    }
+
+    /// <summary>Takes <paramref name="poller"/> into the loop's busy looks: while the loop busy-polls
+    /// (after work, <c>[host] busy-poll</c>, see <see cref="IDeviceLoop.OnBusyLook"/>), every poller
+    /// that is polling fast (there was activity within its hold time) is scanned at each look, so a
+    /// notify written then is routed within a look, without waiting for the doorbell's wake-up or the
+    /// fast timer. A loop that does not busy-poll never looks.</summary>
+    public void Add(NotifyPoller poller)
+    {
+        _pollers.Add(poller);
+        _busyLook ??= _loop.OnBusyLook(BusyLook);
+    }
+
+    /// <summary>Drops <paramref name="poller"/> from the busy looks (it was disposed).</summary>
+    public void Drop(NotifyPoller poller)
+    {
+        _pollers.Remove(poller);
+        if (_pollers.Count > 0) return;
+        _busyLook?.Dispose();
+        _busyLook = null;
+    }
+
+    /// <summary>Busy looks done (diagnostics, tests).</summary>
+    internal long BusyLooks { get; private set; }
+
+    private bool BusyLook()
+    {
+        BusyLooks++;
+        int hits = 0;
+        foreach (NotifyPoller poller in _pollers)
+            if (poller.Hot)
+                hits += poller.Scan();
+        return hits > 0;
     }
 
     /// <summary>Queues <paramref name="poller"/> for a scan at <paramref name="due"/> (clock ticks) and

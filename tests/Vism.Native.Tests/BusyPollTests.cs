@@ -64,6 +64,98 @@ public sealed partial class BusyPollTests
         Assert.True(cpu1 - cpu0 < 150_000, $"an idle busy-polling loop used {cpu1 - cpu0} us of CPU in 300 ms");
     }
 
+    [Fact]
+    public async Task BusyLooksRunOnlyWhileTheLoopBusyPollsAndOneThatFindsWorkKeepsItPolling()
+    {
+        // A loop that does not busy-poll never looks.
+        long sleeperLooks = 0;
+        using (var sleeper = new EventLoop("no-busy-poll-test"))
+        using (sleeper.OnBusyLook(() => { Interlocked.Increment(ref sleeperLooks); return false; }))
+        {
+            for (int i = 0; i < 20; i++)
+                await sleeper.InvokeAsync(() => true).WaitAsync(Wait);
+            await Task.Delay(20);
+        }
+        Assert.Equal(0, Interlocked.Read(ref sleeperLooks));
+
+        // A busy-polling loop (50 ms window) looks after work; a look that finds work for 300 ms keeps
+        // it looking all that time, and then it sleeps within the window.
+        using var loop = new EventLoop("busy-look-test") { BusyPoll = TimeSpan.FromMilliseconds(50) };
+        long freq = System.Diagnostics.Stopwatch.Frequency;
+        long until = 0, calls = 0, firstCall = 0, lastCall = 0, offLoop = 0;
+        IDisposable registration = loop.OnBusyLook(() =>
+        {
+            long now = System.Diagnostics.Stopwatch.GetTimestamp();
+            Interlocked.Increment(ref calls);
+            if (!loop.IsOnLoop) Interlocked.Increment(ref offLoop);
+            if (Interlocked.Read(ref firstCall) == 0) Interlocked.Exchange(ref firstCall, now);
+            Interlocked.Exchange(ref lastCall, now);
+            return now < Interlocked.Read(ref until);
+        });
+        await loop.InvokeAsync(() => Interlocked.Exchange(ref until, System.Diagnostics.Stopwatch.GetTimestamp() + freq * 3 / 10)).WaitAsync(Wait);
+        var samples = new List<long>();
+        for (int i = 0; i < 60; i++)
+        {
+            await Task.Delay(10);
+            samples.Add(Interlocked.Read(ref calls));
+        }
+        double spanMs = (Interlocked.Read(ref lastCall) - Interlocked.Read(ref firstCall)) * 1000.0 / freq;
+        string trace = string.Join(",", samples);
+        Assert.Equal(0, Interlocked.Read(ref offLoop));
+        Assert.True(spanMs >= 290, $"looks that found work kept the loop polling only {spanMs:F1} ms (calls every 10 ms: {trace})");
+        Assert.True(spanMs < 500, $"the loop kept looking {spanMs:F1} ms, after its looks had found nothing for 200 ms (calls: {trace})");
+        Assert.Equal(samples[^1], samples[^10]); // asleep: no look in the last 90 ms
+
+        // Disposed (twice): never called again, however much work follows.
+        registration.Dispose();
+        registration.Dispose();
+        long atDispose = Interlocked.Read(ref calls);
+        await loop.InvokeAsync(() => true).WaitAsync(Wait);
+        await Task.Delay(20);
+        Assert.Equal(atDispose, Interlocked.Read(ref calls));
+    }
+
+    [Fact]
+    public async Task WorkLongerThanTheBusyPollWindowIsStillFollowedByPolling()
+    {
+        // The window starts when the work ends: a 20 ms piece of work in a loop with a 5 ms window
+        // is followed by looks (before the fix the window had run out during the work, and the loop
+        // slept at once).
+        using var loop = new EventLoop("busy-after-slow-work-test") { BusyPoll = TimeSpan.FromMilliseconds(5) };
+        long calls = 0, workEnded = 0, firstAfter = 0;
+        using IDisposable registration = loop.OnBusyLook(() =>
+        {
+            Interlocked.Increment(ref calls);
+            if (Interlocked.Read(ref workEnded) != 0 && Interlocked.Read(ref firstAfter) == 0)
+                Interlocked.Exchange(ref firstAfter, System.Diagnostics.Stopwatch.GetTimestamp());
+            return false;
+        });
+        await loop.InvokeAsync(() => true).WaitAsync(Wait); // compiled, and any first window over
+        await Task.Delay(50);
+        await loop.InvokeAsync(() =>
+        {
+            Thread.Sleep(20);
+            Interlocked.Exchange(ref workEnded, System.Diagnostics.Stopwatch.GetTimestamp());
+            return true;
+        }).WaitAsync(Wait);
+        await Task.Delay(50);
+        Assert.True(Interlocked.Read(ref firstAfter) != 0, "the loop slept at once after work longer than its busy-poll window");
+    }
+
+    [Fact]
+    public async Task ABusyLookThatThrowsIsLoggedAndTheLoopGoesOn()
+    {
+        using var loop = new EventLoop("busy-look-throws-test") { BusyPoll = TimeSpan.FromMilliseconds(5) };
+        long others = 0;
+        using IDisposable bad = loop.OnBusyLook(() => throw new InvalidOperationException("look failed"));
+        using IDisposable good = loop.OnBusyLook(() => { Interlocked.Increment(ref others); return false; });
+        for (int i = 0; i < 5; i++)
+            await loop.InvokeAsync(() => true).WaitAsync(Wait);
+        await Task.Delay(20);
+        Assert.True(Interlocked.Read(ref others) > 0, "a throwing look stopped the other looks");
+        Assert.True(await loop.InvokeAsync(() => loop.IsOnLoop).WaitAsync(Wait));
+    }
+
     [StructLayout(LayoutKind.Sequential)]
     private unsafe struct Rusage
     {

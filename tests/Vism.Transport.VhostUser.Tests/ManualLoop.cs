@@ -23,6 +23,31 @@ internal sealed class ManualLoop : IDeviceLoop
 
     public void Post(Action work) => work();
 
+    private readonly List<Func<bool>> _looks = [];
+
+    /// <summary>Busy looks registered and not disposed.</summary>
+    public int LookCount => _looks.Count;
+
+    public IDisposable OnBusyLook(Func<bool> look)
+    {
+        _looks.Add(look);
+        return new Registration(() => _looks.Remove(look));
+    }
+
+    /// <summary>One turn of busy polling: runs every look; true when one found work.</summary>
+    public bool Look()
+    {
+        bool found = false;
+        foreach (Func<bool> look in _looks.ToArray())
+            found |= look();
+        return found;
+    }
+
+    private sealed class Registration(Action dispose) : IDisposable
+    {
+        public void Dispose() => dispose();
+    }
+
     public IDisposable WatchReadable(SafeHandle fd, Action onReadable) => throw new NotSupportedException();
 
     public IDisposable Schedule(TimeSpan due, Action callback)

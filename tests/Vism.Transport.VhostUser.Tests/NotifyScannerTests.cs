@@ -87,6 +87,41 @@ public sealed class NotifyScannerTests : IDisposable
     }
 
     [Fact]
+    public void Scanner_WhileTheLoopBusyPolls_EachLookScansTheActiveWindowsOnly()
+    {
+        var loop = new ManualLoop();
+        var scanner = new NotifyScanner(loop, () => loop.Now);
+        Window active = Add(loop, scanner, slotsInUse: 4, hold: TimeSpan.FromMilliseconds(1));
+        Window idle = Add(loop, scanner, slotsInUse: 4);
+        Window unused = Add(loop, scanner, slotsInUse: 0);
+        Assert.Equal(1, loop.LookCount); // one look for the loop, whatever the number of devices
+        idle.Poller.Activity();
+        RunUntil(loop, loop.Now + 20 * Slow); // the idle one backs off to the slow interval
+        Assert.Equal(Slow, idle.Poller.Interval);
+        active.Poller.Activity();
+        unused.Poller.Activity();
+
+        // A write in the active window is routed by the next look: no timer fires.
+        Assert.False(loop.Look());
+        active.Write(2);
+        idle.Write(1);
+        unused.Write(0);
+        Assert.True(loop.Look());
+        Assert.Equal([2 * SlotSize], active.Device.NotifyWrites.ToArray());
+        Assert.Empty(idle.Device.NotifyWrites); // backed off: left to its slow scan
+        Assert.Empty(unused.Device.NotifyWrites); // no slot in use: never scanned
+        Assert.False(loop.Look()); // reported once
+        Assert.Single(active.Device.NotifyWrites);
+        RunUntil(loop, loop.Now + Slow); // the idle window's write is found by its slow scan
+        Assert.Equal([1 * SlotSize], idle.Device.NotifyWrites.ToArray());
+
+        // The windows go away: so does the loop's look.
+        foreach (Window w in _windows) w.Poller.Dispose();
+        Assert.Equal(0, loop.LookCount);
+        Assert.False(loop.Look());
+    }
+
+    [Fact]
     public void Scanner_ManyIdleDevices_ShareOneWakeUpPerSlowInterval()
     {
         var loop = new ManualLoop();

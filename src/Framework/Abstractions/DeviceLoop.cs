@@ -34,4 +34,26 @@ public interface IDeviceLoop
     /// <param name="callback">Called on the loop thread.</param>
     /// <returns>A registration; disposing it before it fires cancels it.</returns>
     IDisposable Schedule(TimeSpan due, Action callback);
+
+    /// <summary>Calls <paramref name="look"/> on the loop at every turn of its busy polling (the
+    /// host's <c>busy-poll</c> setting: after work, the loop keeps looking for more before it sleeps),
+    /// never while the loop sleeps. A transport polls shared memory there (a NOTIFY window) instead of
+    /// waiting for a timer or a doorbell. <paramref name="look"/> must be short and must return true
+    /// when it found and did work (which keeps the loop busy-polling). A loop that does not
+    /// busy-poll never calls it; the default implementation registers nothing.</summary>
+    /// <param name="look">Called on the loop thread.</param>
+    /// <returns>A registration; disposing it stops the calls.</returns>
+    IDisposable OnBusyLook(Func<bool> look) => NoBusyLook.Instance;
+}
+
+/// <summary>The registration <see cref="IDeviceLoop.OnBusyLook"/> returns where a loop has no busy polling.</summary>
+internal sealed class NoBusyLook : IDisposable
+{
+    /// <summary>The one instance.</summary>
+    public static readonly NoBusyLook Instance = new();
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+    }
 }

@@ -64,7 +64,8 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
     private int _wakePending;
     private volatile bool _stopping;
     private long _busyPollNs; // read on the loop thread
-    private long _lastWorkNs; // loop thread only
+    private long _lastWorkNs; // loop thread only: when the last work ended (the busy-poll window starts there)
+    private Func<bool>[] _busyLooks = []; // copy-on-write under _lock; read on the loop thread
 
     /// <summary>Creates the loop and starts its thread.</summary>
     /// <param name="name">The thread's name.</param>
@@ -240,7 +241,7 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
             while (!_stopping)
             {
                 int n = Wait(epfd, events);
-                if (n > 0 || !_posted.IsEmpty) _lastWorkNs = NowNs;
+                bool worked = n > 0 || !_posted.IsEmpty;
                 if (n < 0)
                 {
                     Errno e = NativeConvert.ToErrno(Marshal.GetLastPInvokeError());
@@ -269,11 +270,57 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
                 }
                 RunPosted();
                 RunTimers();
+                // The busy-poll window starts when the work is done: work that took longer than the
+                // window (a slow request, a JIT pause) is still followed by polling.
+                if (worked) _lastWorkNs = NowNs;
             }
         }
         finally
         {
             NativeMemory.Free(events);
+        }
+    }
+
+    /// <inheritdoc />
+    public IDisposable OnBusyLook(Func<bool> look)
+    {
+        ArgumentNullException.ThrowIfNull(look);
+        lock (_lock) _busyLooks = [.. _busyLooks, look];
+        return new BusyLookRegistration(this, look);
+    }
+
+    /// <summary>One turn of busy polling: every registered look runs; true when one found work.</summary>
+    private bool RunBusyLooks()
+    {
+        Func<bool>[] looks = Volatile.Read(ref _busyLooks);
+        bool found = false;
+        foreach (Func<bool> look in looks)
+        {
+            try
+            {
+                if (look())
+                    found = true;
+            }
+            catch (Exception ex)
+            {
+                _log.LogError(ex, "{Loop}: a busy-poll look threw", Name);
+            }
+        }
+        return found;
+    }
+
+    private sealed class BusyLookRegistration(EventLoop loop, Func<bool> look) : IDisposable
+    {
+        private int _disposed;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+            lock (loop._lock)
+            {
+                int at = Array.IndexOf(loop._busyLooks, look);
+                if (at >= 0) loop._busyLooks = [.. loop._busyLooks[..at], .. loop._busyLooks[(at + 1)..]];
+            }
         }
     }
 
@@ -285,6 +332,8 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
         long busy = Volatile.Read(ref _busyPollNs);
         if (!immediate && busy > 0 && NowNs - _lastWorkNs < busy)
         {
+            if (RunBusyLooks())
+                _lastWorkNs = NowNs;
             Thread.Yield(); // a thread that shares this core runs first (a driver, on a small host)
             immediate = true;
         }
