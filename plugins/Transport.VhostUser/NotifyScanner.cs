@@ -35,7 +35,7 @@ internal sealed class NotifyScanner
     private IDisposable? _timer;
     private long _timerDue = long.MaxValue;
     private bool _firing;
-    private readonly List<NotifyPoller> _pollers = []; // every live poller of the loop (busy looks)
+    private NotifyPoller[] _pollers = []; // every live poller of the loop (busy looks); replaced, never changed in place
     private IDisposable? _busyLook;
 
     /// <summary>A scanner on <paramref name="loop"/> whose clock is <paramref name="clock"/> (tests
@@ -75,15 +75,16 @@ internal sealed class NotifyScanner
     /// fast timer. A loop that does not busy-poll never looks.</summary>
     public void Add(NotifyPoller poller)
     {
-        _pollers.Add(poller);
+        _pollers = [.. _pollers, poller];
         _busyLook ??= _loop.OnBusyLook(BusyLook);
     }
 
     /// <summary>Drops <paramref name="poller"/> from the busy looks (it was disposed).</summary>
     public void Drop(NotifyPoller poller)
     {
-        _pollers.Remove(poller);
-        if (_pollers.Count > 0) return;
+        int at = Array.IndexOf(_pollers, poller);
+        if (at >= 0) _pollers = [.. _pollers[..at], .. _pollers[(at + 1)..]];
+        if (_pollers.Length > 0) return;
         _busyLook?.Dispose();
         _busyLook = null;
     }
@@ -95,6 +96,9 @@ internal sealed class NotifyScanner
     {
         BusyLooks++;
         int hits = 0;
+        // Over the array as it was when the look began: a routed notify may end a device (a failed
+        // event plugin resets it), which disposes its window and replaces the array; a disposed
+        // poller is not hot, so it is skipped.
         foreach (NotifyPoller poller in _pollers)
             if (poller.Hot)
                 hits += poller.Scan();

@@ -230,7 +230,15 @@ public sealed class FakeVirtioDevice : IVirtioDevice
     }
 
     /// <inheritdoc />
-    public void NotifyWrite(ulong offset) => NotifyWrites.Enqueue(offset);
+    public void NotifyWrite(ulong offset)
+    {
+        NotifyWrites.Enqueue(offset);
+        OnNotifyWrite?.Invoke(offset);
+    }
+
+    /// <summary>Called on each NOTIFY-window write (on the loop), after it is recorded, so a test can
+    /// make the device act on it (say, end a device as a failing event plugin would).</summary>
+    public Action<ulong>? OnNotifyWrite { get; set; }
 
     /// <inheritdoc />
     public void Connect(ITransportServices services)

@@ -122,6 +122,27 @@ public sealed class NotifyScannerTests : IDisposable
     }
 
     [Fact]
+    public void Scanner_ALookWhoseNotifyEndsADevice_GoesOnWithTheOthers()
+    {
+        var loop = new ManualLoop();
+        var scanner = new NotifyScanner(loop, () => loop.Now);
+        Window first = Add(loop, scanner, slotsInUse: 2, hold: TimeSpan.FromMilliseconds(1));
+        Window second = Add(loop, scanner, slotsInUse: 2, hold: TimeSpan.FromMilliseconds(1));
+        Window third = Add(loop, scanner, slotsInUse: 2, hold: TimeSpan.FromMilliseconds(1));
+        foreach (Window w in _windows) w.Poller.Activity();
+        // Routing the first window's notify ends that device and the next one (their windows go).
+        first.Device.OnNotifyWrite = _ => { first.Poller.Dispose(); second.Poller.Dispose(); };
+        first.Write(0);
+        second.Write(1);
+        third.Write(1);
+        Assert.True(loop.Look()); // no "collection was modified": the look goes on
+        Assert.Single(first.Device.NotifyWrites);
+        Assert.Empty(second.Device.NotifyWrites); // gone before its turn
+        Assert.Equal([1 * SlotSize], third.Device.NotifyWrites.ToArray());
+        Assert.Equal(1, loop.LookCount);
+    }
+
+    [Fact]
     public void Scanner_ManyIdleDevices_ShareOneWakeUpPerSlowInterval()
     {
         var loop = new ManualLoop();
