@@ -89,12 +89,8 @@ internal sealed class NotifyScanner
         _busyLook = null;
     }
 
-    /// <summary>Busy looks done (diagnostics, tests).</summary>
-    internal long BusyLooks { get; private set; }
-
     private bool BusyLook()
     {
-        BusyLooks++;
         int hits = 0;
         // Over the array as it was when the look began: a routed notify may end a device (a failed
         // event plugin resets it), which disposes its window and replaces the array; a disposed
