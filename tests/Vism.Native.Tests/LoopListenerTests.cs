@@ -1,5 +1,6 @@
 using Vism.Abstractions;
 using Vism.Native;
+using Mono.Unix.Native;
 using Vism.Testing;
 
 namespace Vism.Native.Tests;
@@ -39,7 +40,56 @@ public class LoopListenerTests
         Assert.True(File.Exists(path));
         LoopListener first = await loop.InvokeAsync(() => LoopListener.Start(path, loop, s => s.Dispose(), _ => { }));
         var refused = await Assert.ThrowsAsync<PosixException>(() => loop.InvokeAsync(() => LoopListener.Start(path, loop, s => s.Dispose(), _ => { })));
-        Assert.Equal(Mono.Unix.Native.Errno.EADDRINUSE, refused.Errno);
+        Assert.Equal(Errno.EADDRINUSE, refused.Errno);
         await loop.InvokeAsync(first.Dispose);
+    }
+
+    /// <summary>A client (QEMU, a test, a script) waits for the socket file and then connects. It must
+    /// never find a file nobody listens on yet: the path appears only once the socket listens, with
+    /// its owner and mode already set.</summary>
+    [Fact]
+    public void TheSocketFileAppearsOnlyWhenItAlreadyListensWithItsModeSet()
+    {
+        using var dir = new TempDir("listener");
+        string path = dir["s.sock"];
+        var access = new SocketAccess(null, null, Convert.ToUInt32("600", 8));
+        for (int round = 0; round < 200; round++)
+        {
+            (Errno Error, uint Mode) first = (Errno.ETIMEDOUT, 0);
+            var watcher = new Thread(() => first = ConnectOnceItExists(path)) { IsBackground = true };
+            watcher.Start();
+            Thread.Sleep(1);
+            using (UnixSocket.Listen(path, access: access))
+            {
+                Assert.True(watcher.Join(TimeSpan.FromSeconds(10)), "the watcher never saw the socket file");
+                (Errno error, uint mode) = first;
+                Assert.True(error == 0, $"round {round}: the first connect to the new socket file failed with {error}");
+                Assert.Equal(Convert.ToUInt32("600", 8), mode & 0x1FF);
+            }
+            File.Delete(path);
+        }
+        Assert.Empty(Directory.GetFiles(dir.Path)); // no temporary name left behind
+    }
+
+    /// <summary>Spins until <paramref name="path"/> exists, then connects once: the errno of that
+    /// connect (0 when it succeeded) and the mode the file had when it was first seen.</summary>
+    private static (Errno, uint) ConnectOnceItExists(string path)
+    {
+        long deadline = Environment.TickCount64 + 10_000;
+        while (Environment.TickCount64 < deadline)
+        {
+            if (Syscall.lstat(path, out Stat st) != 0) continue;
+            int fd = Syscall.socket(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_STREAM, 0);
+            try
+            {
+                int rc = Syscall.connect(fd, new SockaddrUn(path));
+                return (rc == 0 ? 0 : Stdlib.GetLastError(), (uint)st.st_mode);
+            }
+            finally
+            {
+                Syscall.close(fd);
+            }
+        }
+        return (Errno.ETIMEDOUT, 0);
     }
 }

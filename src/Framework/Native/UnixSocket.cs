@@ -31,7 +31,8 @@ public sealed unsafe class UnixSocket : IDisposable
 
     /// <summary>Binds and listens on <paramref name="path"/>. A stale socket file nobody listens on
     /// is replaced; a live one is an error (EADDRINUSE). A socket inherited for this path
-    /// (<see cref="InheritedSockets"/>) is used instead of binding a new one.</summary>
+    /// (<see cref="InheritedSockets"/>) is used instead of binding a new one. The path appears only once
+    /// the socket listens with its access set, so a client may connect as soon as it sees the file.</summary>
     /// <param name="path">Socket path.</param>
     /// <param name="backlog">listen(2) backlog.</param>
     /// <param name="access">Owner, group and mode set between bind and listen; null leaves them.</param>
@@ -50,19 +51,23 @@ public sealed unsafe class UnixSocket : IDisposable
         }
         Directory.CreateDirectory(Path.GetDirectoryName(full)!);
         UnixSocket s = Create();
+        string bound = TemporaryName(full);
+        if (bound != full) File.Delete(bound); // left by a process of the same pid that died mid-listen
         try
         {
-            PosixException.Check(Syscall.bind(Fd.Raw(s.Handle), new SockaddrUn(full)), $"bind({full})");
+            PosixException.Check(Syscall.bind(Fd.Raw(s.Handle), new SockaddrUn(bound)), $"bind({bound})");
             try
             {
-                access?.Apply(full);
+                access?.Apply(bound);
+                PosixException.Check(Syscall.listen(Fd.Raw(s.Handle), backlog), $"listen({full})");
+                if (bound != full)
+                    PosixException.Check(Syscall.rename(bound, full), $"rename({bound}, {full})");
             }
             catch
             {
-                File.Delete(full);
+                File.Delete(bound);
                 throw;
             }
-            PosixException.Check(Syscall.listen(Fd.Raw(s.Handle), backlog), $"listen({full})");
             return s;
         }
         catch
@@ -71,6 +76,25 @@ public sealed unsafe class UnixSocket : IDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// Where a listener for <paramref name="full"/> binds before it is ready: a hidden name in the same
+    /// directory, renamed onto <paramref name="full"/> once the socket listens with its owner and mode
+    /// set. A client that waits for the path to appear (QEMU's reconnect, a script, a test) so never
+    /// finds a file nobody listens on yet (ECONNREFUSED), nor one with the default mode. A path so long
+    /// that the hidden name would not fit in <c>sun_path</c> is bound in place.
+    /// </summary>
+    private static string TemporaryName(string full)
+    {
+        string hidden = Path.Combine(Path.GetDirectoryName(full)!,
+            FormattableString.Invariant($".vism-{Environment.ProcessId:x}-{Interlocked.Increment(ref s_bindings):x}"));
+        return System.Text.Encoding.UTF8.GetByteCount(hidden) < MaxPathBytes ? hidden : full;
+    }
+
+    private static int s_bindings;
+
+    /// <summary>sun_path's size on Linux, the terminating NUL included.</summary>
+    private const int MaxPathBytes = 108;
 
     /// <summary>Connects to a listening socket.</summary>
     public static UnixSocket Connect(string path)

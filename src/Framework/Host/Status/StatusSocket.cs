@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using System.Text;
 using Microsoft.Extensions.Logging;
+using Vism.Native;
 
 namespace Vism.Host.Status;
 
@@ -47,15 +48,20 @@ public sealed class StatusSocket : IAsyncDisposable
                 throw new InvalidOperationException($"another vism host is running with state directory {stateDirectory} (it answers on {path})");
             File.Delete(path);
         }
-        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        // UnixSocket.Listen makes the path appear only once the socket listens: `vism status`, or a
+        // script that waits for the file, never finds a socket nobody listens on yet.
+        UnixSocket bound = UnixSocket.Listen(path, backlog: 16);
+        var descriptor = new SafeSocketHandle(bound.Handle.DangerousGetHandle(), ownsHandle: true);
+        bound.Handle.SetHandleAsInvalid(); // the Socket owns the descriptor now
+        Socket listener;
         try
         {
-            listener.Bind(new UnixDomainSocketEndPoint(path));
-            listener.Listen(16);
+            listener = new Socket(descriptor);
         }
         catch
         {
-            listener.Dispose();
+            descriptor.Dispose();
+            File.Delete(path);
             throw;
         }
         return new StatusSocket(path, listener, handle, log);
