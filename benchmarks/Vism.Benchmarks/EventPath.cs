@@ -110,6 +110,9 @@ public static class EventPath
             new("vq, QEMU-guest path: no doorbell, no spin", "vhost-user", "vq", 1, 0, false),
             new("vq, QEMU-guest path, notify-poll-fast 10us", "vhost-user", "vq", 1, 0, false, PollFast: TimeSpan.FromMicroseconds(10)),
             new("vq, QEMU-guest path, notify-poll-slow 2ms", "vhost-user", "vq", 1, 0, false, PollSlow: TimeSpan.FromMilliseconds(2)),
+            // A QEMU guest rings no doorbell: with busy-poll, a write the fast scan finds starts the polling.
+            new("vq, QEMU-guest path, busy-poll 200us, no spin", "vhost-user", "vq", 1, 0, false, BusyPollUs: 200),
+            new("vq, QEMU-guest path, busy-poll 200us, peers spin 1ms", "vhost-user", "vq", 1, 1000, false, BusyPollUs: 200),
             new("mmio vq, defaults", "mmio", "vq", 1, 50, true),
             new("mmio irq, defaults", "mmio", "irq", 1, 50, true),
             new("mmio irq, loops = 2", "mmio", "irq", 2, 50, true),

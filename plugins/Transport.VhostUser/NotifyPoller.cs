@@ -127,6 +127,19 @@ internal sealed class NotifyPoller : IDisposable
         return hits;
     }
 
+    /// <summary>A busy look's scan (<see cref="NotifyScanner"/>): a write it finds is activity, so the
+    /// window keeps polling fast for its hold time after it, as after a kick. Without that, a driver
+    /// that writes without ringing the doorbell would have each write found by a look, the fast timer
+    /// would find nothing, and the window would back off (and leave the looks) one hold time after the
+    /// last kick however busy it was.</summary>
+    /// <returns>Slots found written.</returns>
+    internal int Look()
+    {
+        int hits = Scan();
+        if (hits > 0) _fastScansLeft = _holdScans;
+        return hits;
+    }
+
     /// <summary>One pass over <paramref name="slots"/> notify slots of <paramref name="slotSize"/>
     /// bytes at <paramref name="window"/>: each is compared with its copy in <paramref name="snapshot"/>
     /// and, only when it differs, copied there and reported to <paramref name="device"/> (with the
@@ -161,13 +174,15 @@ internal sealed class NotifyPoller : IDisposable
 
     /// <summary>The scanner's timer reached a scan this poller queued for <paramref name="due"/> (the
     /// entry is already out of the queue); one it has since replaced by an earlier one is ignored.</summary>
-    internal void Due(long due, long now)
+    /// <returns>Whether the scan found writes.</returns>
+    internal bool Due(long due, long now)
     {
-        if (!Armed || due != _due) return;
+        if (!Armed || due != _due) return false;
         Armed = false;
-        if (_disposed) return;
-        if (_device.SlotsInUse == 0) return; // re-armed by the next kick or mapping
-        if (Scan() > 0)
+        if (_disposed) return false;
+        if (_device.SlotsInUse == 0) return false; // re-armed by the next kick or mapping
+        bool found = Scan() > 0;
+        if (found)
         {
             _interval = _fast;
             _fastScansLeft = _holdScans;
@@ -177,6 +192,7 @@ internal sealed class NotifyPoller : IDisposable
         else
             _interval = _interval >= _slow / 2 ? _slow : _interval * 2;
         Arm(now);
+        return found;
     }
 
     public void Dispose()

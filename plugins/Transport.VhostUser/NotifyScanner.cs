@@ -97,7 +97,7 @@ internal sealed class NotifyScanner
         // poller is not hot, so it is skipped.
         foreach (NotifyPoller poller in _pollers)
             if (poller.Hot)
-                hits += poller.Scan();
+                hits += poller.Look();
         return hits > 0;
     }
 
@@ -157,6 +157,7 @@ internal sealed class NotifyScanner
         _timer = null;
         _timerDue = long.MaxValue;
         long now = Now.Ticks;
+        bool found = false;
         _firing = true;
         try
         {
@@ -169,7 +170,7 @@ internal sealed class NotifyScanner
                 {
                     // Each may queue its next scan, always after now: never into this bucket.
                     foreach (NotifyPoller poller in bucket)
-                        poller.Due(due, now);
+                        found |= poller.Due(due, now);
                 }
                 finally
                 {
@@ -185,5 +186,8 @@ internal sealed class NotifyScanner
             else if (_dues.TryPeek(out long next, out _))
                 Arm(next, now);
         }
+        // Writes found by the timer (no doorbell rang: a QEMU guest, or the loop slept) are work:
+        // a busy-polling loop then looks for the next one instead of waiting for the next scan.
+        if (found) _loop.FoundWork();
     }
 }

@@ -143,6 +143,37 @@ public sealed partial class BusyPollTests
     }
 
     [Fact]
+    public async Task ATimerThatFoundWorkIsFollowedByPollingOneThatFoundNothingIsNot()
+    {
+        // A transport's timer that scans polled memory (the NOTIFY window of a driver that rings no
+        // doorbell) and finds writes is work: the loop polls after it, so the next write is found by a
+        // look instead of the next timer. A periodic timer that finds nothing leaves the loop asleep.
+        using var loop = new EventLoop("busy-after-timer-test") { BusyPoll = TimeSpan.FromMilliseconds(20) };
+        IDeviceLoop deviceLoop = loop;
+        long calls = 0;
+        using IDisposable registration = loop.OnBusyLook(() => { Interlocked.Increment(ref calls); return false; });
+        await loop.InvokeAsync(() => true).WaitAsync(Wait); // compiled, and its window over below
+        await Task.Delay(100);
+
+        // Scheduled from off the loop (which posts, and so polls 20 ms), due well after that.
+        var idle = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        loop.Schedule(TimeSpan.FromMilliseconds(80), () => idle.TrySetResult());
+        await Task.Delay(50);
+        long before = Interlocked.Read(ref calls);
+        await idle.Task.WaitAsync(Wait);
+        await Task.Delay(50);
+        Assert.Equal(before, Interlocked.Read(ref calls)); // a timer that found nothing: no polling
+
+        var found = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        loop.Schedule(TimeSpan.FromMilliseconds(80), () => { deviceLoop.FoundWork(); found.TrySetResult(); });
+        await Task.Delay(50);
+        before = Interlocked.Read(ref calls);
+        await found.Task.WaitAsync(Wait);
+        await Task.Delay(50);
+        Assert.True(Interlocked.Read(ref calls) > before, "a timer that found work was not followed by busy polling");
+    }
+
+    [Fact]
     public async Task ABusyLookThatThrowsIsLoggedAndTheLoopGoesOn()
     {
         using var loop = new EventLoop("busy-look-throws-test") { BusyPoll = TimeSpan.FromMilliseconds(5) };

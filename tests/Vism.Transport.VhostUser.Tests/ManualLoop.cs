@@ -34,6 +34,11 @@ internal sealed class ManualLoop : IDeviceLoop
         return new Registration(() => _looks.Remove(look));
     }
 
+    /// <summary>Times a timer told the loop it found work (<see cref="IDeviceLoop.FoundWork"/>).</summary>
+    public int WorkFound { get; private set; }
+
+    public void FoundWork() => WorkFound++;
+
     /// <summary>One turn of busy polling: runs every look; true when one found work.</summary>
     public bool Look()
     {

@@ -121,6 +121,55 @@ public sealed class NotifyScannerTests : IDisposable
         Assert.False(loop.Look());
     }
 
+    /// <summary>A driver that writes its slots without ringing the doorbell (a QEMU guest, or vism's
+    /// frontend with the doorbell off) while the loop busy-polls: its writes are found by the looks,
+    /// before the fast timer. That is activity too, so the window stays hot for as long as writes
+    /// keep coming, not only for its hold time after the last kick.</summary>
+    [Fact]
+    public void Scanner_WritesFoundByLooksKeepTheWindowHot()
+    {
+        var loop = new ManualLoop();
+        var scanner = new NotifyScanner(loop, () => loop.Now);
+        TimeSpan hold = TimeSpan.FromMilliseconds(1);
+        Window window = Add(loop, scanner, slotsInUse: 2, hold: hold);
+        window.Poller.Activity(); // the device started: one kick, then only slot writes
+        for (int i = 0; i < 60; i++) // a write between each two fast scans: three hold times of them
+        {
+            window.Write(i % 2);
+            Assert.True(loop.Look(), $"write {i}, {loop.Now.TotalMicroseconds} us after the kick, was not found by a look");
+            loop.FireNext(); // the fast scan after it finds nothing new: the look routed the write
+        }
+        Assert.Equal(60, window.Device.NotifyWrites.Count);
+        Assert.Equal(0, loop.WorkFound); // every write was the looks' work, none the timer's
+        Assert.Equal(Fast, window.Poller.Interval);
+
+        // The writes stop: after its hold time the window backs off, and looks leave it alone.
+        RunUntil(loop, loop.Now + hold + 4 * Fast);
+        Assert.NotEqual(Fast, window.Poller.Interval);
+        window.Write(0);
+        Assert.False(loop.Look());
+    }
+
+    /// <summary>A write that the fast timer finds (the loop was asleep, no doorbell rang) is work
+    /// the loop is told of, so that a busy-polling loop looks for the next one; scans that find
+    /// nothing are not.</summary>
+    [Fact]
+    public void Scanner_ATimerScanThatFindsAWriteTellsTheLoop()
+    {
+        var loop = new ManualLoop();
+        var scanner = new NotifyScanner(loop, () => loop.Now);
+        Window window = Add(loop, scanner, slotsInUse: 2, hold: TimeSpan.FromMilliseconds(1));
+        window.Poller.Activity();
+        loop.FireNext();
+        Assert.Equal(0, loop.WorkFound);
+        window.Write(1);
+        loop.FireNext();
+        Assert.Equal([1 * SlotSize], window.Device.NotifyWrites.ToArray());
+        Assert.Equal(1, loop.WorkFound);
+        loop.FireNext();
+        Assert.Equal(1, loop.WorkFound);
+    }
+
     [Fact]
     public void Scanner_ALookWhoseNotifyEndsADevice_GoesOnWithTheOthers()
     {

@@ -44,6 +44,12 @@ public interface IDeviceLoop
     /// <param name="look">Called on the loop thread.</param>
     /// <returns>A registration; disposing it stops the calls.</returns>
     IDisposable OnBusyLook(Func<bool> look) => NoBusyLook.Instance;
+
+    /// <summary>Tells the loop, from a timer callback on its thread, that the callback found and did work
+    /// (a scan of polled memory found writes). A busy-polling loop then polls after it, as it does after
+    /// an fd event or posted work; a timer that found nothing starts no polling, so an idle loop's
+    /// periodic timers cost none. The default implementation does nothing.</summary>
+    void FoundWork() { }
 }
 
 /// <summary>The registration <see cref="IDeviceLoop.OnBusyLook"/> returns where a loop has no busy polling.</summary>

@@ -65,6 +65,7 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
     private volatile bool _stopping;
     private long _busyPollNs; // read on the loop thread
     private long _lastWorkNs; // loop thread only: when the last work ended (the busy-poll window starts there)
+    private bool _timerFoundWork; // loop thread only: a timer of this turn called FoundWork
     private Func<bool>[] _busyLooks = []; // copy-on-write under _lock; read on the loop thread
 
     /// <summary>Creates the loop and starts its thread.</summary>
@@ -269,16 +270,25 @@ public sealed class EventLoop : IDeviceLoop, IDisposable
                     if (w is not null) Invoke(w.Callback);
                 }
                 RunPosted();
+                _timerFoundWork = false;
                 RunTimers();
                 // The busy-poll window starts when the work is done: work that took longer than the
-                // window (a slow request, a JIT pause) is still followed by polling.
-                if (worked) _lastWorkNs = NowNs;
+                // window (a slow request, a JIT pause) is still followed by polling. A timer counts
+                // only when it says it found work (FoundWork): idle periodic timers start no polling.
+                if (worked || _timerFoundWork) _lastWorkNs = NowNs;
             }
         }
         finally
         {
             NativeMemory.Free(events);
         }
+    }
+
+    /// <inheritdoc />
+    /// <remarks>Ignored off the loop thread (only a timer callback of this loop may say so).</remarks>
+    public void FoundWork()
+    {
+        if (IsOnLoop) _timerFoundWork = true;
     }
 
     /// <inheritdoc />
