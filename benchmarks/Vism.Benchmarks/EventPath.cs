@@ -49,7 +49,7 @@ public static class EventPath
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
 
     private sealed record Options(int RoundTrips, int IdleSeconds, int StreamMiB, int Rounds, string CpuA, string CpuB, string[] Only, int RegionMiB = 16, int ChunkKiB = 64, bool TcpEach = true,
-        int StreamPairs = 5);
+        int StreamPairs = 5, int LatencyPairs = 1);
 
     /// <summary>One ISM setting measured: where the devices live and how the peers drive them.</summary>
     internal sealed record Setting(string Name, string Transport, string Events, int Loops, int SpinUs, bool Doorbell, string Mode = "events",
@@ -68,6 +68,7 @@ public static class EventPath
                 case "--stream-mib": o = o with { StreamMiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--rounds": o = o with { Rounds = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--stream-pairs": o = o with { StreamPairs = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
+                case "--latency-pairs": o = o with { LatencyPairs = Math.Max(1, int.Parse(v, CultureInfo.InvariantCulture)) }; i++; break;
                 case "--tcp-once": o = o with { TcpEach = false }; break;
                 case "--stream-region-mib": o = o with { RegionMiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
                 case "--stream-chunk-kib": o = o with { ChunkKiB = int.Parse(v, CultureInfo.InvariantCulture) }; i++; break;
@@ -76,7 +77,7 @@ public static class EventPath
                 // commas included (setting names contain commas: --only "=mmio irq, busy-poll").
                 case "--only": o = o with { Only = [.. o.Only, .. v.StartsWith('=') ? [v[1..]] : v.Split(',')] }; i++; break;
                 default:
-                    Console.Error.WriteLine($"event-path: unknown argument {args[i]}; options: --round-trips N (20000) --idle SECONDS (5; 60 for the minute-idle figure) --stream-mib MIB-PER-ROUND (512) --rounds N (10) --stream-region-mib MIB (16) --stream-chunk-kib KIB (64) --stream-pairs N (5) --cpus A,B (0,1) --tcp-once --only NAME,... (or --only =NAME-WITH-COMMAS; repeatable)");
+                    Console.Error.WriteLine($"event-path: unknown argument {args[i]}; options: --round-trips N (20000) --idle SECONDS (5; 60 for the minute-idle figure) --stream-mib MIB-PER-ROUND (512) --rounds N (10) --stream-region-mib MIB (16) --stream-chunk-kib KIB (64) --stream-pairs N (5) --latency-pairs N (1) --cpus A,B (0,1) --tcp-once --only NAME,... (or --only =NAME-WITH-COMMAS; repeatable)");
                     return 2;
             }
         }
@@ -145,12 +146,32 @@ public static class EventPath
         // This machine's TCP round trip moves by 2x from one minute to the next: unless --tcp-once,
         // each ISM setting is compared with a TCP ping-pong measured just before it (the ratio cell
         // names that figure), so a ratio compares two things measured at the same moment.
+        // With --latency-pairs N, each setting is measured N times, each run paired with a TCP run
+        // right before it (odd pairs) or right after it (even pairs); the row gives the median of the
+        // runs' medians and of the pairs' ratios, with their range.
         foreach (Setting s in settings)
             if (Wanted(o, s.Name))
             {
                 bool adjacent = o.TcpEach && tcpMedian > 0;
-                double tcpNow = adjacent ? RunPair(o, "tcp", null).Get("rtt-median") : tcpMedian;
-                Row(s.Name, results[s.Name] = RunPair(o, "ism", s), tcpNow, adjacent);
+                if (!adjacent || o.LatencyPairs == 1)
+                {
+                    double tcpNow = adjacent ? RunPair(o, "tcp", null).Get("rtt-median") : tcpMedian;
+                    Row(s.Name, results[s.Name] = RunPair(o, "ism", s), tcpNow, adjacent);
+                    continue;
+                }
+                var ism = new List<double>();
+                var tcp = new List<double>();
+                Result last = new();
+                for (int pair = 0; pair < o.LatencyPairs; pair++)
+                {
+                    if (pair % 2 == 0) tcp.Add(RunPair(o, "tcp", null).Get("rtt-median"));
+                    last = RunPair(o, "ism", s);
+                    ism.Add(last.Get("rtt-median"));
+                    if (pair % 2 == 1) tcp.Add(RunPair(o, "tcp", null).Get("rtt-median"));
+                    Console.WriteLine($"    {s.Name}, pair {pair + 1}/{o.LatencyPairs}{(pair % 2 == 1 ? " (TCP after)" : "")}: ISM {ism[^1]:F1} us, TCP {tcp[^1]:F1} us = {ism[^1] / tcp[^1]:F2}x");
+                }
+                results[s.Name] = last;
+                PairedRow(s.Name, last, [.. ism], [.. tcp]);
             }
         Console.WriteLine();
         foreach (string name in results.Keys.Where(k => k.StartsWith("mmio", StringComparison.Ordinal)))
@@ -251,6 +272,20 @@ public static class EventPath
         string idle = r.Has("a-idle") ? $"{r.Get("host-idle", 0):F2} / {r.Get("a-idle"):F2} / {r.Get("b-idle"):F2}" : "-";
         string first = r.Has("first-oneway") ? $"{r.Get("first-oneway"):F0} us" : "-";
         Console.WriteLine($"| {name} | {m:F1} us | {r.Get("rtt-p99"):F1} us | {oneWay} | {ratio} | {active} | {idle} | {first} |");
+    }
+
+    /// <summary>A row measured in <paramref name="ism"/>.Length pairs with <paramref name="tcp"/>: the
+    /// medians over the pairs, and the pairs' ratios (median and range); the CPU and idle columns are
+    /// the last run's.</summary>
+    private static void PairedRow(string name, Result last, double[] ism, double[] tcp)
+    {
+        double[] ratios = [.. ism.Zip(tcp, (i, t) => i / t)];
+        string runs = string.Join(" ", ism.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)));
+        string ratio = $"**{Median(ratios):F2}x** median of {ratios.Length} pairs ({ratios.Min():F2}-{ratios.Max():F2}x; at or under 0.5x in {ratios.Count(r => r <= 0.5)}, at or under 1.0x in {ratios.Count(r => r <= 1.0)}; TCP {Median(tcp):F1} us, {tcp.Min():F1}-{tcp.Max():F1})";
+        string active = $"{last.Get("host-active", 0):F0} / {last.Get("a-active"):F0} / {last.Get("b-active"):F0}";
+        string idle = last.Has("a-idle") ? $"{last.Get("host-idle", 0):F2} / {last.Get("a-idle"):F2} / {last.Get("b-idle"):F2}" : "-";
+        string first = last.Has("first-oneway") ? $"{last.Get("first-oneway"):F0} us" : "-";
+        Console.WriteLine($"| {name} | {Median(ism):F1} us (runs: {runs}) | {last.Get("rtt-p99"):F1} us (last run) | {(last.Has("oneway-median") ? $"{last.Get("oneway-median"):F1} us" : "-")} | {ratio} | {active} | {idle} | {first} |");
     }
 
     private static string Spread(double[] rounds)
