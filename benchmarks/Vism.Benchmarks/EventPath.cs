@@ -268,10 +268,16 @@ public static class EventPath
         // the message without an event of their own, so the one-way figure is partly polling.
         if (r.Has("event-hops") && r.Get("event-hops") < 0.98)
             oneWay += $" (polled: {(1 - r.Get("event-hops")) * 100:F0} % of hops had no event)";
+        Console.WriteLine($"| {name} | {m:F1} us | {r.Get("rtt-p99"):F1} us | {oneWay} | {ratio} | {CostColumns(r)} |");
+    }
+
+    /// <summary>The last three cells of a row: CPU active and idle (host / A / B) and the first event after idle.</summary>
+    private static string CostColumns(Result r)
+    {
         string active = $"{r.Get("host-active", 0):F0} / {r.Get("a-active"):F0} / {r.Get("b-active"):F0}";
         string idle = r.Has("a-idle") ? $"{r.Get("host-idle", 0):F2} / {r.Get("a-idle"):F2} / {r.Get("b-idle"):F2}" : "-";
         string first = r.Has("first-oneway") ? $"{r.Get("first-oneway"):F0} us" : "-";
-        Console.WriteLine($"| {name} | {m:F1} us | {r.Get("rtt-p99"):F1} us | {oneWay} | {ratio} | {active} | {idle} | {first} |");
+        return $"{active} | {idle} | {first}";
     }
 
     /// <summary>A row measured in <paramref name="ism"/>.Length pairs with <paramref name="tcp"/>: the
@@ -282,10 +288,7 @@ public static class EventPath
         double[] ratios = [.. ism.Zip(tcp, (i, t) => i / t)];
         string runs = string.Join(" ", ism.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)));
         string ratio = $"**{Median(ratios):F2}x** median of {ratios.Length} pairs ({ratios.Min():F2}-{ratios.Max():F2}x; at or under 0.5x in {ratios.Count(r => r <= 0.5)}, at or under 1.0x in {ratios.Count(r => r <= 1.0)}; TCP {Median(tcp):F1} us, {tcp.Min():F1}-{tcp.Max():F1})";
-        string active = $"{last.Get("host-active", 0):F0} / {last.Get("a-active"):F0} / {last.Get("b-active"):F0}";
-        string idle = last.Has("a-idle") ? $"{last.Get("host-idle", 0):F2} / {last.Get("a-idle"):F2} / {last.Get("b-idle"):F2}" : "-";
-        string first = last.Has("first-oneway") ? $"{last.Get("first-oneway"):F0} us" : "-";
-        Console.WriteLine($"| {name} | {Median(ism):F1} us (runs: {runs}) | {last.Get("rtt-p99"):F1} us (last run) | {(last.Has("oneway-median") ? $"{last.Get("oneway-median"):F1} us" : "-")} | {ratio} | {active} | {idle} | {first} |");
+        Console.WriteLine($"| {name} | {Median(ism):F1} us (runs: {runs}) | {last.Get("rtt-p99"):F1} us (last run) | {(last.Has("oneway-median") ? $"{last.Get("oneway-median"):F1} us" : "-")} | {ratio} | {CostColumns(last)} |");
     }
 
     private static string Spread(double[] rounds)

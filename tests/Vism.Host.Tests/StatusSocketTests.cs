@@ -17,7 +17,7 @@ public class StatusSocketTests
         for (int round = 0; round < 100; round++)
         {
             Errno first = Errno.ETIMEDOUT;
-            var watcher = new Thread(() => first = ConnectOnceItExists(path)) { IsBackground = true };
+            var watcher = new Thread(() => first = SocketWatch.ConnectOnceItExists(path).Error) { IsBackground = true };
             watcher.Start();
             Thread.Sleep(1);
             await using (StatusSocket.Start(dir.Path, _ => Task.FromResult("{}"), NullLogger.Instance))
@@ -28,24 +28,5 @@ public class StatusSocketTests
             Assert.False(File.Exists(path));
         }
         Assert.Empty(Directory.GetFileSystemEntries(dir.Path)); // no temporary name left behind
-    }
-
-    private static Errno ConnectOnceItExists(string path)
-    {
-        long deadline = Environment.TickCount64 + 10_000;
-        while (Environment.TickCount64 < deadline)
-        {
-            if (Syscall.lstat(path, out _) != 0) continue;
-            int fd = Syscall.socket(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_STREAM, 0);
-            try
-            {
-                return Syscall.connect(fd, new SockaddrUn(path)) == 0 ? 0 : Stdlib.GetLastError();
-            }
-            finally
-            {
-                Syscall.close(fd);
-            }
-        }
-        return Errno.ETIMEDOUT;
     }
 }

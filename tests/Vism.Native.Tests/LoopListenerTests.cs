@@ -56,7 +56,7 @@ public class LoopListenerTests
         for (int round = 0; round < 200; round++)
         {
             (Errno Error, uint Mode) first = (Errno.ETIMEDOUT, 0);
-            var watcher = new Thread(() => first = ConnectOnceItExists(path)) { IsBackground = true };
+            var watcher = new Thread(() => first = SocketWatch.ConnectOnceItExists(path)) { IsBackground = true };
             watcher.Start();
             Thread.Sleep(1);
             using (UnixSocket.Listen(path, access: access))
@@ -69,27 +69,5 @@ public class LoopListenerTests
             File.Delete(path);
         }
         Assert.Empty(Directory.GetFiles(dir.Path)); // no temporary name left behind
-    }
-
-    /// <summary>Spins until <paramref name="path"/> exists, then connects once: the errno of that
-    /// connect (0 when it succeeded) and the mode the file had when it was first seen.</summary>
-    private static (Errno, uint) ConnectOnceItExists(string path)
-    {
-        long deadline = Environment.TickCount64 + 10_000;
-        while (Environment.TickCount64 < deadline)
-        {
-            if (Syscall.lstat(path, out Stat st) != 0) continue;
-            int fd = Syscall.socket(UnixAddressFamily.AF_UNIX, UnixSocketType.SOCK_STREAM, 0);
-            try
-            {
-                int rc = Syscall.connect(fd, new SockaddrUn(path));
-                return (rc == 0 ? 0 : Stdlib.GetLastError(), (uint)st.st_mode);
-            }
-            finally
-            {
-                Syscall.close(fd);
-            }
-        }
-        return (Errno.ETIMEDOUT, 0);
     }
 }
