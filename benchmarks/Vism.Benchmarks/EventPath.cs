@@ -32,7 +32,8 @@ namespace Vism.Benchmarks;
 /// CLOCK_MONOTONIC time it was written), the CPU of host and peers while active and while idle, and
 /// the first event after an idle period. Then event-driven streaming through a region (16 MiB by default) vs a
 /// single-thread memcpy, in alternating pairs of runs (<c>--stream-pairs</c>, 5), each stream figure
-/// against the memcpy of its own pair.
+/// against the memcpy of its own pair; each pair also measures a cross-core ring with no vism in it
+/// (<see cref="CrossCore"/>), whose spread over the pairs is the machine's own.
 /// Not a BenchmarkDotNet benchmark: two processes, distributions and rates.
 /// Command: <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- event-path [options]</c>,
 /// see docs/benchmarks.md.
@@ -46,6 +47,10 @@ public static class EventPath
     /// <summary>Streaming and memcpy both warm up this long (at least one round) before the timed
     /// rounds: JIT tiering of the peers and of the host's event path settles within it.</summary>
     private static readonly TimeSpan StreamWarmup = TimeSpan.FromSeconds(1);
+
+    /// <summary>The cross-core probe in each streaming pair: about ten 50 ms samples (after its own
+    /// 1 s warm-up), beside stream rounds of a few tens of ms each.</summary>
+    private static readonly TimeSpan PairProbe = TimeSpan.FromSeconds(0.5);
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
 
     private sealed record Options(int RoundTrips, int IdleSeconds, int StreamMiB, int Rounds, string CpuA, string CpuB, string[] Only, int RegionMiB = 16, int ChunkKiB = 64, bool TcpEach = true,
@@ -196,18 +201,28 @@ public static class EventPath
             int pairs = Math.Max(1, o.StreamPairs);
             Options each = o with { Rounds = Math.Max(1, o.Rounds / pairs) };
             var copies = new List<double>();
+            var rings = new List<double>();
             Result copy = new();
             var streamRounds = streams.Select(_ => new List<double>()).ToArray();
             var ratios = streams.Select(_ => new List<double>()).ToArray();
             var runs = new (string Name, Result R)[streams.Length];
             for (int pair = 0; pair < pairs; pair++)
             {
-                double pairCopy = 0;
+                double pairCopy = 0, pairRing = 0;
                 var pairStreams = new double[streams.Length];
-                int[] order = [-1, .. Enumerable.Range(0, streams.Length)];
+                // -1: memcpy, -2: the cross-core ring with no vism in it (what two cores can move
+                // between them at this moment: the machine's phase, see "cross-core")
+                int[] order = [-1, -2, .. Enumerable.Range(0, streams.Length)];
                 if (pair % 2 == 1) Array.Reverse(order);
                 foreach (int k in order)
                 {
+                    if (k == -2)
+                    {
+                        CrossCore.Summary probe = CrossCore.Probe(PairProbe, Math.Clamp(o.RegionMiB, 1, 1024), int.Parse(o.CpuA, CultureInfo.InvariantCulture), int.Parse(o.CpuB, CultureInfo.InvariantCulture));
+                        pairRing = probe.Ring.Median;
+                        rings.Add(pairRing);
+                        continue;
+                    }
                     if (k < 0)
                     {
                         copy = RunSingle(each, ["memcpy", $"mib={o.StreamMiB}", $"rounds={each.Rounds}", $"region-mib={o.RegionMiB}", $"chunk-kib={o.ChunkKiB}"]);
@@ -225,16 +240,18 @@ public static class EventPath
                 }
                 for (int k = 0; k < streams.Length; k++) ratios[k].Add(pairStreams[k] / pairCopy);
                 if (pairs > 1)
-                    Console.WriteLine($"  streaming pair {pair + 1}/{pairs}{(pair % 2 == 1 ? " (reversed)" : "")}: memcpy {pairCopy:F1} GB/s, "
+                    Console.WriteLine($"  streaming pair {pair + 1}/{pairs}{(pair % 2 == 1 ? " (reversed)" : "")}: memcpy {pairCopy:F1} GB/s, cross-core ring (no vism) {pairRing:F1} GB/s, "
                         + string.Join(", ", streams.Select((x, k) => $"{x.Mode} {pairStreams[k]:F1} GB/s = {pairStreams[k] / pairCopy:F2}x")));
             }
             Console.WriteLine($"  cross-core probe after streaming (2 s, CPUs {o.CpuA} -> {o.CpuB}): {CrossCore.Probe(TimeSpan.FromSeconds(2), Math.Clamp(o.RegionMiB, 1, 1024), int.Parse(o.CpuA, CultureInfo.InvariantCulture), int.Parse(o.CpuB, CultureInfo.InvariantCulture))}");
             double[] c = [.. copies];
             double cm = Median(c);
             Console.WriteLine();
+            double[] rg = [.. rings];
             Console.WriteLine($"| streaming, {o.ChunkKiB} KiB chunks, {StreamWarmup.TotalSeconds:F0} s warm-up, {pairs} pair(s) of runs | median GB/s | rounds (GB/s) | spread vs median | x memcpy of the same pair: median (range) | CPU host / A / B (% of a core) |");
             Console.WriteLine("|---|---|---|---|---|---|");
             Console.WriteLine($"| single-thread memcpy (one process) | {cm:F2} | {string.Join(" ", c.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} | {Spread(c)} | 1.00x | - / - / {copy.Get("cpu"):F0} |");
+            Console.WriteLine($"| cross-core ring, no vism (two threads pinned to CPUs {o.CpuA} and {o.CpuB}, spinning on the cursors; {PairProbe.TotalSeconds:F1} s per pair after 1 s warm-up) | {Median(rg):F2} | {string.Join(" ", rg.Select(x => x.ToString("F1", CultureInfo.InvariantCulture)))} (one per pair) | {Spread(rg)} | {Median(rg) / cm:F2}x (of the run's memcpy median) | - |");
             for (int k = 0; k < streams.Length; k++)
             {
                 double[] st = [.. streamRounds[k]];
