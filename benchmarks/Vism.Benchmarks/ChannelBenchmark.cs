@@ -28,7 +28,7 @@ namespace Vism.Benchmarks;
 /// between minutes, so one TCP measurement followed by one channel measurement is not a ratio).
 /// Not BenchmarkDotNet: it needs two processes on two cores.
 /// Command:
-/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R] [--memory memfd|hugetlb]</c>
+/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R] [--memory memfd|hugetlb] [--read-gap KIB (the readers' ChannelOptions.ReadGap; 0: off)]</c>
 /// (default: both transports, 1024 MiB per side in all, 5000 round trips event-driven and 50000
 /// polling per phase in all, 1 device loop, vq, 5 rounds, memfd).
 /// </summary>
@@ -37,10 +37,10 @@ public static class ChannelBenchmark
     private const int Message = 64;
     private const int Chunk = 256 * 1024;
     private const int Warmup = 1000;
-    private const string Usage = "channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R] [--memory memfd|hugetlb]";
+    private const string Usage = "channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R] [--memory memfd|hugetlb] [--read-gap KIB]";
 
     /// <summary>The run's settings: MiB and round trips are totals per side and phase, split over the rounds.</summary>
-    internal sealed record Options(string[] Transports, int MiB, int Trips, int Loops, string Events, int Rounds, string Memory = "memfd");
+    internal sealed record Options(string[] Transports, int MiB, int Trips, int Loops, string Events, int Rounds, string Memory = "memfd", long ReadGap = -1);
 
     public static int Run(string[] args)
     {
@@ -71,6 +71,7 @@ public static class ChannelBenchmark
         var positional = new List<string>();
         int rounds = 5;
         string memory = "memfd";
+        long readGap = -1; // the channel's default
         for (int i = 0; i < args.Length; i++)
         {
             string a = args[i];
@@ -85,6 +86,11 @@ public static class ChannelBenchmark
                     ?? throw new ArgumentException("--memory needs a value");
                 if (memory is not ("memfd" or "hugetlb"))
                     throw new ArgumentException($"--memory '{memory}' is not memfd or hugetlb");
+            }
+            else if (a == "--read-gap" || a.StartsWith("--read-gap=", StringComparison.Ordinal))
+            {
+                string? v = a == "--read-gap" ? (i + 1 < args.Length ? args[++i] : null) : a["--read-gap=".Length..];
+                readGap = (long)Whole(v ?? throw new ArgumentException("--read-gap needs a value"), "--read-gap KiB", 0, 1 << 20) << 10;
             }
             else if (a.StartsWith("--", StringComparison.Ordinal))
                 throw new ArgumentException($"unknown option '{a}'");
@@ -106,7 +112,7 @@ public static class ChannelBenchmark
             throw new ArgumentException($"{trips} round trips cannot be split over {rounds} rounds");
         if (mib > 0 && BulkPerRound(mib, rounds) == 0)
             throw new ArgumentException($"{mib} MiB split over {rounds} rounds leaves less than one {Chunk >> 10} KiB write per round");
-        return new Options(transport == "all" ? ["vhost-user", "mmio"] : [transport], mib, trips, loops, events, rounds, memory);
+        return new Options(transport == "all" ? ["vhost-user", "mmio"] : [transport], mib, trips, loops, events, rounds, memory, readGap);
 
         static int Whole(string value, string what, int min, int max) =>
             int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n >= min && n <= max
@@ -130,20 +136,21 @@ public static class ChannelBenchmark
         long bulk = o.MiB > 0 ? BulkPerRound(o.MiB, o.Rounds) : 0;
         int trips = o.Trips / o.Rounds;
         string bulkText = bulk > 0 ? $"{bulk * o.Rounds / (double)(1 << 20):0.##} MiB bulk per side ({o.Rounds} rounds x {bulk / (double)(1 << 20):0.##} MiB, after {BulkWarmup(bulk) / (double)(1 << 20):0.##} MiB warm-up)" : "no bulk";
-        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {o.Events}, {o.Loops} device loop(s), 8 MiB {o.Memory} region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), {bulkText}, "
+        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {o.Events}, {o.Loops} device loop(s), 8 MiB {o.Memory} region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), read gap {(o.ReadGap < 0 ? $"{new ChannelOptions().ReadGap >> 10} KiB (default)" : o.ReadGap == 0 ? "off" : $"{o.ReadGap >> 10} KiB")}, {bulkText}, "
             + $"{trips * o.Rounds} round trips of {Message} bytes per phase ({o.Rounds} rounds x {trips}, polling x10, each after {Warmup} warm-up), {o.Rounds} alternating rounds (rounds 1, 3, ... in list order, TCP first; rounds 2, 4, ... reversed); "
             + $"{Environment.ProcessorCount} CPUs; server on CPU 0, client on CPU 1; load average before: {File.ReadAllText("/proc/loadavg").Trim()}");
         // What the two cores can move between them right now with no vism in it: a slow phase of
         // this VM (cross-core copies at a third of memcpy) holds the channel back as much.
         if (bulk > 0)
             Console.WriteLine($"  cross-core probe before (2 s, CPUs 0 -> 1): {CrossCore.Probe(TimeSpan.FromSeconds(2), 4, 0, 1)}");
-        using Process server = StartPeer(0, ["server", transport, host.Endpoints[0], host.DevIds[1].ToString(CultureInfo.InvariantCulture), variant, o.Events]);
+        string gap = o.ReadGap.ToString(CultureInfo.InvariantCulture);
+        using Process server = StartPeer(0, ["server", transport, host.Endpoints[0], host.DevIds[1].ToString(CultureInfo.InvariantCulture), variant, o.Events, gap]);
         string? hello = await server.StandardOutput.ReadLineAsync();
         if (hello is null || !hello.StartsWith("listen ", StringComparison.Ordinal))
             throw new InvalidOperationException($"the server peer said '{hello}': {await server.StandardError.ReadToEndAsync()}");
         string[] parts = hello.Split(' ');
         using Process client = StartPeer(1, ["client", transport, host.Endpoints[1], parts[1], parts[2],
-            bulk.ToString(CultureInfo.InvariantCulture), trips.ToString(CultureInfo.InvariantCulture), variant, o.Events, o.Rounds.ToString(CultureInfo.InvariantCulture)]);
+            bulk.ToString(CultureInfo.InvariantCulture), trips.ToString(CultureInfo.InvariantCulture), variant, o.Events, o.Rounds.ToString(CultureInfo.InvariantCulture), gap]);
         Task<string> serverErrors = server.StandardError.ReadToEndAsync();
         Task<string> clientErrors = client.StandardError.ReadToEndAsync();
         while (await client.StandardOutput.ReadLineAsync() is { } line)
@@ -214,12 +221,16 @@ public static class ChannelBenchmark
 
     /// <summary>The device with the default channel options: bulk transfers run as a user gets them
     /// (event mode, 20 us spin); the no-spin variant's driver sleeps at once on the update event.</summary>
-    private static ChannelDevice Open(string kind, string socket, string variant, string events) =>
-        ChannelDevice.Open(kind, socket, vectors: events == "irq" ? 1 : 0, clientOptions: Sleeps(variant) ? new IsmClientOptions { SpinBeforeBlock = TimeSpan.Zero } : null);
+    private static ChannelDevice Open(string kind, string socket, string variant, string events, string readGap)
+    {
+        long gap = long.Parse(readGap, CultureInfo.InvariantCulture);
+        return ChannelDevice.Open(kind, socket, gap < 0 ? null : new ChannelOptions { ReadGap = gap }, vectors: events == "irq" ? 1 : 0,
+            clientOptions: Sleeps(variant) ? new IsmClientOptions { SpinBeforeBlock = TimeSpan.Zero } : null);
+    }
 
     private static async Task<int> Server(string[] args)
     {
-        using ChannelDevice device = Open(args[1], args[2], args[4], args[5]);
+        using ChannelDevice device = Open(args[1], args[2], args[4], args[5], args[6]);
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
         using ChannelListener offer = await device.ListenAsync(ulong.Parse(args[3], CultureInfo.InvariantCulture));
@@ -281,7 +292,7 @@ public static class ChannelBenchmark
     private static async Task<int> Client(string[] args)
     {
         string variant = args[7];
-        using ChannelDevice device = Open(args[1], args[2], variant, args[8]);
+        using ChannelDevice device = Open(args[1], args[2], variant, args[8], args[10]);
         ulong token = ulong.Parse(args[3].AsSpan(2), NumberStyles.HexNumber, CultureInfo.InvariantCulture);
         using var tcp = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         tcp.Connect(IPAddress.Loopback, int.Parse(args[4], CultureInfo.InvariantCulture)); // synchronous: see Server

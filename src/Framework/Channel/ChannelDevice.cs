@@ -69,9 +69,11 @@ public sealed class ChannelDevice : IDisposable
     /// at once). Defaults when null.</param>
     /// <returns>The channel device.</returns>
     /// <exception cref="DriverTransportException">When the device cannot be reached.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">When an option is out of range (checked before anything connects).</exception>
     public static ChannelDevice Open(string transportKind, string socketPath, ChannelOptions? options = null, int vectors = 0, IsmClientOptions? clientOptions = null)
     {
         ArgumentNullException.ThrowIfNull(socketPath);
+        options?.Validate(); // before anything connects
         GuestRam? ram = null;
         IDriverTransport? transport = null;
         IsmClient? client = null;

@@ -24,6 +24,22 @@ public sealed record ChannelOptions
     /// (0: block at once). Default 20 µs.</summary>
     public TimeSpan SpinTime { get; init; } = TimeSpan.FromMicroseconds(20);
 
+    /// <summary>How far a bulk reader stays behind the writer (bytes; 0: off). Default 1 MiB,
+    /// at most half the ring. A read with a buffer of at least 64 KiB that follows a read of at
+    /// least 64 KiB (a stream, not messages) and finds less than this ready while the writer's
+    /// cursor is still moving spins until this much is ready, the cursor has stood still for
+    /// <see cref="ReadGapQuiet"/>, or 50 quiet times have passed, and then reads. A reader that
+    /// copies each 64 KiB slice as soon as it is published reads lines the writer's core has just
+    /// written, and both sides then run at a third of the speed they reach a megabyte apart
+    /// (docs/benchmarks.md, "A bulk reader that keeps its distance"). Small reads and message
+    /// reads never wait for it.</summary>
+    public long ReadGap { get; init; } = 1 << 20;
+
+    /// <summary>How long the writer's cursor may stand still before a reader waiting for
+    /// <see cref="ReadGap"/> takes what is there. Default 20 µs (a 64 KiB slice takes 2-7 µs to
+    /// write here); 1 µs to 1 s.</summary>
+    public TimeSpan ReadGapQuiet { get; init; } = TimeSpan.FromMicroseconds(20);
+
     /// <summary>How often this side bumps its heartbeat (and checks its peers'). Default 100 ms.</summary>
     public TimeSpan HeartbeatInterval { get; init; } = TimeSpan.FromMilliseconds(100);
 
@@ -37,6 +53,10 @@ public sealed record ChannelOptions
     {
         if (SpinTime < TimeSpan.Zero || SpinTime > TimeSpan.FromSeconds(1))
             throw new ArgumentOutOfRangeException(nameof(SpinTime), SpinTime, "SpinTime must be between 0 and 1 s");
+        if (ReadGap < 0 || ReadGap > 1L << 30)
+            throw new ArgumentOutOfRangeException(nameof(ReadGap), ReadGap, "ReadGap must be between 0 (off) and 1 GiB");
+        if (ReadGapQuiet < TimeSpan.FromMicroseconds(1) || ReadGapQuiet > TimeSpan.FromSeconds(1))
+            throw new ArgumentOutOfRangeException(nameof(ReadGapQuiet), ReadGapQuiet, "ReadGapQuiet must be between 1 µs and 1 s");
         if (HeartbeatInterval < TimeSpan.FromMilliseconds(1) || HeartbeatInterval > TimeSpan.FromSeconds(60))
             throw new ArgumentOutOfRangeException(nameof(HeartbeatInterval), HeartbeatInterval, "HeartbeatInterval must be between 1 ms and 60 s");
         if (PeerTimeout < 2 * HeartbeatInterval)

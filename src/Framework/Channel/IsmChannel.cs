@@ -30,6 +30,8 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     private readonly int _txProducer, _txConsumer, _rxProducer, _rxConsumer;
     private readonly SemaphoreSlim[] _signals = [new(0, 1), new(0, 1)];
     private long _spinTicks;
+    private readonly long _gapQuietTicks;
+    private bool _bulkRead; // the last stream read took at least a slice
     private volatile bool _poll;
     private long _txTail, _rxHead;
     private long _txHeadSeen;
@@ -60,6 +62,8 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         _rxConsumer = creator ? ChannelLayout.Ring1Consumer : ChannelLayout.Ring0Consumer;
         _poll = device.Options.WaitMode == ChannelWaitMode.Poll || !device.HasEvents;
         _spinTicks = (long)(device.Options.SpinTime.TotalSeconds * Stopwatch.Frequency);
+        ReadGap = Math.Min(device.Options.ReadGap, (long)(ringSize / 2));
+        _gapQuietTicks = Math.Max(1, (long)(device.Options.ReadGapQuiet.TotalSeconds * Stopwatch.Frequency));
         _lastPeerChange = Stopwatch.GetTimestamp();
         U32(_mySide + ChannelLayout.SideHeartbeatInterval) = (uint)Math.Max(1, device.Options.HeartbeatInterval.TotalMilliseconds);
     }
@@ -99,6 +103,10 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
             Volatile.Write(ref _spinTicks, (long)(value.TotalSeconds * Stopwatch.Frequency));
         }
     }
+
+    /// <summary>How far a bulk reader stays behind the writer: the device's
+    /// <see cref="ChannelOptions.ReadGap"/>, at most half the ring.</summary>
+    public long ReadGap { get; }
 
     /// <summary>Bytes each direction's ring holds.</summary>
     public long RingSize => (long)_ringSize;
@@ -165,8 +173,9 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         if (buffer.IsEmpty) return 0;
         for (;;)
         {
+            AwaitGap(buffer.Length);
             int n = TryRead(buffer, consume: true);
-            if (n != 0) return Math.Max(n, 0);
+            if (n != 0) return TookRead(n);
             Wait(Read);
         }
     }
@@ -181,9 +190,51 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
         if (buffer.IsEmpty) return 0;
         for (;;)
         {
+            AwaitGap(buffer.Length);
             int n = TryRead(buffer.Span, consume: true);
-            if (n != 0) return Math.Max(n, 0);
+            if (n != 0) return TookRead(n);
             await WaitAsync(Read, cancellation).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>A stream read returned <paramref name="n"/> (-1: the end): remembers whether it
+    /// was a bulk one, for the next read's <see cref="AwaitGap"/>.</summary>
+    private int TookRead(int n)
+    {
+        _bulkRead = n >= Slice;
+        return Math.Max(n, 0);
+    }
+
+    /// <summary>Before a bulk read (a buffer of at least a slice, after a read of at least a
+    /// slice): while less than <see cref="ReadGap"/> is ready but something is, and the writer's
+    /// cursor keeps moving, spin until the gap is ready, the cursor has stood still for
+    /// <see cref="ChannelOptions.ReadGapQuiet"/>, or 50 quiet times have passed. Reading a slice
+    /// the moment it is published means reading lines the writer's core has just written, at a
+    /// third of the speed of lines written a megabyte earlier.</summary>
+    private void AwaitGap(int wanted)
+    {
+        if (ReadGap == 0 || !_bulkRead || wanted < Slice)
+            return;
+        long ready = Available();
+        if (ready <= 0 || ready >= ReadGap)
+            return;
+        long start = Stopwatch.GetTimestamp(), moved = start, limit = 50 * _gapQuietTicks;
+        for (;;)
+        {
+            Thread.SpinWait(1);
+            long now = Available();
+            if (now < 0 || now >= ReadGap || _failure is not null || _closed || PeerState == ChannelState.Closed)
+                return;
+            long t = Stopwatch.GetTimestamp();
+            if (now != ready)
+            {
+                ready = now;
+                moved = t;
+            }
+            else if (t - moved > _gapQuietTicks)
+                return;
+            if (t - start > limit)
+                return;
         }
     }
 
