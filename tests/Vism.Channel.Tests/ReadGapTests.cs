@@ -28,6 +28,24 @@ public sealed class ReadGapTests
         }
     }
 
+    /// <summary>One 64 KiB slice written and read whole (the reader is then a bulk reader); returns
+    /// the reader's 256 KiB buffer.</summary>
+    private static async Task<byte[]> StreamOneSliceAsync(IsmChannel writer, IsmChannel reader)
+    {
+        var buffer = new byte[256 << 10];
+        await writer.WriteAllAsync(Pattern(Slice, 1));
+        Assert.Equal(Slice, await reader.ReadSomeAsync(buffer));
+        return buffer;
+    }
+
+    /// <summary>Runs <paramref name="body"/> on a thread of its own; an exception fails <paramref name="outcome"/>.</summary>
+    private static void Start<T>(Action body, TaskCompletionSource<T> outcome) =>
+        new Thread(() =>
+        {
+            try { body(); }
+            catch (Exception e) { outcome.TrySetException(e); }
+        }) { IsBackground = true, Name = "read-gap test" }.Start();
+
     private static byte[] Pattern(int length, int seed)
     {
         var b = new byte[length];
@@ -49,16 +67,27 @@ public sealed class ReadGapTests
         Assert.Equal(Slice, reader.ReadSome(buffer)); // the first read does not wait: no stream yet
         Assert.Equal(slices[0], buffer[..Slice]);
 
+        // Reader and writer on threads of their own: under a loaded test run, pool continuations
+        // can be late by more than the quiet time.
         writer.WriteAll(slices[1]);
-        Task<int> read = Task.Run(() => reader.ReadSome(buffer));
-        await Task.Delay(50);
-        for (int k = 2; k <= 4; k++)
+        var read = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var wrote = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Start(() => read.SetResult(reader.ReadSome(buffer)), read);
+        Start(() =>
         {
-            Assert.False(read.IsCompleted, $"the read returned with {(k - 1) * 64} KiB ready while the writer was still writing");
-            writer.WriteAll(slices[k]);
-            if (k < 4) await Task.Delay(20);
-        }
-        Assert.Equal(256 << 10, await read.WaitAsync(Limit));
+            string? early = null;
+            Thread.Sleep(50);
+            for (int k = 2; k <= 4; k++)
+            {
+                if (read.Task.IsCompleted)
+                    early ??= $"the read ended with {(k - 1) * 64} KiB ready while the writer was still writing";
+                writer.WriteAll(slices[k]);
+                if (k < 4) Thread.Sleep(20);
+            }
+            wrote.SetResult(early);
+        }, wrote);
+        Assert.Null(await wrote.Task.WaitAsync(Limit));
+        Assert.Equal(256 << 10, await read.Task.WaitAsync(Limit));
         for (int k = 1; k <= 4; k++)
             Assert.Equal(slices[k], buffer[((k - 1) * Slice)..(k * Slice)]);
     }
@@ -68,9 +97,7 @@ public sealed class ReadGapTests
     {
         (ChannelRig rig, IsmChannel writer, IsmChannel reader) = await PairAsync(TimeSpan.FromMilliseconds(50));
         await using ChannelRig _ = rig;
-        var buffer = new byte[256 << 10];
-        await writer.WriteAllAsync(Pattern(Slice, 1));
-        Assert.Equal(Slice, await reader.ReadSomeAsync(buffer));
+        byte[] buffer = await StreamOneSliceAsync(writer, reader);
 
         byte[] tail = Pattern(Slice + 100, 2); // then the writer stops, well short of the gap
         await writer.WriteAllAsync(tail);
@@ -85,6 +112,23 @@ public sealed class ReadGapTests
         writer.Dispose();
         Assert.Equal(1000, await reader.ReadSomeAsync(buffer).AsTask().WaitAsync(Limit));
         Assert.Equal(0, await reader.ReadSomeAsync(buffer).AsTask().WaitAsync(Limit));
+    }
+
+    [Fact]
+    public async Task ACancelledAsyncRead_StopsWaitingForTheGap()
+    {
+        // A quiet time of a second: without the cancellation the read would return after it.
+        (ChannelRig rig, IsmChannel writer, IsmChannel reader) = await PairAsync(TimeSpan.FromSeconds(1));
+        await using ChannelRig _ = rig;
+        byte[] buffer = await StreamOneSliceAsync(writer, reader);
+        await writer.WriteAllAsync(Pattern(Slice, 2));
+        using var cancel = new CancellationTokenSource();
+        var cancelled = new TaskCompletionSource<bool>();
+        Start(() => { Thread.Sleep(100); cancel.Cancel(); cancelled.SetResult(true); }, cancelled); // not a pool timer: see above
+        var clock = Stopwatch.StartNew();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await reader.ReadSomeAsync(buffer, cancel.Token));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(1), $"the cancelled read took {clock.Elapsed.TotalMilliseconds:F0} ms: it waited out the quiet time");
+        Assert.Equal(Slice, await reader.ReadSomeAsync(buffer)); // nothing was consumed
     }
 
     [Fact]

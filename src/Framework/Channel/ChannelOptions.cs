@@ -28,7 +28,7 @@ public sealed record ChannelOptions
     /// at most half the ring. A read with a buffer of at least 64 KiB that follows a read of at
     /// least 64 KiB (a stream, not messages) and finds less than this ready while the writer's
     /// cursor is still moving spins until this much is ready, the cursor has stood still for
-    /// <see cref="ReadGapQuiet"/>, or 50 quiet times have passed, and then reads. A reader that
+    /// <see cref="ReadGapQuiet"/>, or one quiet time and 1 ms have passed, and then reads. A reader that
     /// copies each 64 KiB slice as soon as it is published reads lines the writer's core has just
     /// written, and both sides then run at a third of the speed they reach a megabyte apart
     /// (docs/benchmarks.md, "A bulk reader that keeps its distance"). Small reads and message
