@@ -410,11 +410,7 @@ public static class ChannelBenchmark
     }
 
     /// <summary>The median of per-round figures (the mean of the middle two for an even count).</summary>
-    private static double Median(double[] values)
-    {
-        double[] v = [.. values.Order()];
-        return v.Length % 2 == 1 ? v[v.Length / 2] : (v[v.Length / 2 - 1] + v[v.Length / 2]) / 2;
-    }
+    private static double Median(double[] values) => Vism.Benchmarks.Stats.Median(values);
 
     /// <summary>"median of N rounds, xMIN-xMAX" for a ratio cell.</summary>
     private static string RangeOf(double[] ratios, Func<double, string> format) =>

@@ -585,11 +585,7 @@ public static class EventPath
 
     private static double Pct(List<double> sorted, double p) => sorted.Count == 0 ? double.NaN : sorted[Math.Min(sorted.Count - 1, (int)(sorted.Count * p / 100))];
 
-    private static double Median(double[] v)
-    {
-        double[] s = [.. v.Order()];
-        return s[s.Length / 2];
-    }
+    private static double Median(double[] values) => Vism.Benchmarks.Stats.Median(values);
 
     private static void Tcp(bool isA, int n, int warm, string? port)
     {
