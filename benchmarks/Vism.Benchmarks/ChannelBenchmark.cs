@@ -28,7 +28,7 @@ namespace Vism.Benchmarks;
 /// between minutes, so one TCP measurement followed by one channel measurement is not a ratio).
 /// Not BenchmarkDotNet: it needs two processes on two cores.
 /// Command:
-/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R] [--memory memfd|hugetlb] [--read-gap KIB (the readers' ChannelOptions.ReadGap; 0: off)]</c>
+/// <c>dotnet run -c Release --project benchmarks/Vism.Benchmarks -- channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R] [--memory memfd|hugetlb] [--read-gap KIB (the readers' ChannelOptions.ReadGap; 0: off)] [--region-mib MIB (8)]</c>
 /// (default: both transports, 1024 MiB per side in all, 5000 round trips event-driven and 50000
 /// polling per phase in all, 1 device loop, vq, 5 rounds, memfd).
 /// </summary>
@@ -37,10 +37,10 @@ public static class ChannelBenchmark
     private const int Message = 64;
     private const int Chunk = 256 * 1024;
     private const int Warmup = 1000;
-    private const string Usage = "channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R] [--memory memfd|hugetlb] [--read-gap KIB]";
+    private const string Usage = "channel [all|vhost-user|mmio] [MiB] [round trips] [loops] [vq|irq] [--rounds R] [--memory memfd|hugetlb] [--read-gap KIB] [--region-mib MIB]";
 
     /// <summary>The run's settings: MiB and round trips are totals per side and phase, split over the rounds.</summary>
-    internal sealed record Options(string[] Transports, int MiB, int Trips, int Loops, string Events, int Rounds, string Memory = "memfd", long ReadGap = -1);
+    internal sealed record Options(string[] Transports, int MiB, int Trips, int Loops, string Events, int Rounds, string Memory = "memfd", long ReadGap = -1, int RegionMiB = 8);
 
     public static int Run(string[] args)
     {
@@ -72,6 +72,7 @@ public static class ChannelBenchmark
         int rounds = 5;
         string memory = "memfd";
         long readGap = -1; // the channel's default
+        int regionMiB = 8;
         for (int i = 0; i < args.Length; i++)
         {
             string a = args[i];
@@ -91,6 +92,11 @@ public static class ChannelBenchmark
             {
                 string? v = a == "--read-gap" ? (i + 1 < args.Length ? args[++i] : null) : a["--read-gap=".Length..];
                 readGap = (long)Whole(v ?? throw new ArgumentException("--read-gap needs a value"), "--read-gap KiB", 0, 1 << 20) << 10;
+            }
+            else if (a == "--region-mib" || a.StartsWith("--region-mib=", StringComparison.Ordinal))
+            {
+                string? v = a == "--region-mib" ? (i + 1 < args.Length ? args[++i] : null) : a["--region-mib=".Length..];
+                regionMiB = Whole(v ?? throw new ArgumentException("--region-mib needs a value"), "--region-mib", 1, 256);
             }
             else if (a.StartsWith("--", StringComparison.Ordinal))
                 throw new ArgumentException($"unknown option '{a}'");
@@ -112,7 +118,7 @@ public static class ChannelBenchmark
             throw new ArgumentException($"{trips} round trips cannot be split over {rounds} rounds");
         if (mib > 0 && BulkPerRound(mib, rounds) == 0)
             throw new ArgumentException($"{mib} MiB split over {rounds} rounds leaves less than one {Chunk >> 10} KiB write per round");
-        return new Options(transport == "all" ? ["vhost-user", "mmio"] : [transport], mib, trips, loops, events, rounds, memory, readGap);
+        return new Options(transport == "all" ? ["vhost-user", "mmio"] : [transport], mib, trips, loops, events, rounds, memory, readGap, regionMiB);
 
         static int Whole(string value, string what, int min, int max) =>
             int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n >= min && n <= max
@@ -132,11 +138,11 @@ public static class ChannelBenchmark
     {
         // vism's defaults: both devices on one loop (`loops = 1`), the eventq (or irq, when asked), the transport's defaults.
         using var host = new EventPath.BenchHost(
-            new EventPath.Setting(transport, transport, o.Events, o.Loops, 0, true, BusyPollUs: variant == NoSpinBusyPoll ? 200 : 0, Memory: o.Memory), 8 << 20);
+            new EventPath.Setting(transport, transport, o.Events, o.Loops, 0, true, BusyPollUs: variant == NoSpinBusyPoll ? 200 : 0, Memory: o.Memory), (ulong)o.RegionMiB << 20);
         long bulk = o.MiB > 0 ? BulkPerRound(o.MiB, o.Rounds) : 0;
         int trips = o.Trips / o.Rounds;
         string bulkText = bulk > 0 ? $"{bulk * o.Rounds / (double)(1 << 20):0.##} MiB bulk per side ({o.Rounds} rounds x {bulk / (double)(1 << 20):0.##} MiB, after {BulkWarmup(bulk) / (double)(1 << 20):0.##} MiB warm-up)" : "no bulk";
-        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {o.Events}, {o.Loops} device loop(s), 8 MiB {o.Memory} region (rings of {ChannelLayout.RingSize(8 << 20) >> 10} KiB), read gap {(o.ReadGap < 0 ? $"{new ChannelOptions().ReadGap >> 10} KiB (default)" : o.ReadGap == 0 ? "off" : $"{o.ReadGap >> 10} KiB")}, {bulkText}, "
+        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {o.Events}, {o.Loops} device loop(s), {o.RegionMiB} MiB {o.Memory} region (rings of {ChannelLayout.RingSize((ulong)o.RegionMiB << 20) >> 10} KiB), read gap {(o.ReadGap == 0 ? "off" : $"{Math.Min(o.ReadGap < 0 ? new ChannelOptions().ReadGap : o.ReadGap, (long)ChannelLayout.RingSize((ulong)o.RegionMiB << 20) / 2) >> 10} KiB{(o.ReadGap < 0 ? " (the default: half the ring)" : "")}")}, {bulkText}, "
             + $"{trips * o.Rounds} round trips of {Message} bytes per phase ({o.Rounds} rounds x {trips}, polling x10, each after {Warmup} warm-up), {o.Rounds} alternating rounds (rounds 1, 3, ... in list order, TCP first; rounds 2, 4, ... reversed); "
             + $"{Environment.ProcessorCount} CPUs; server on CPU 0, client on CPU 1; load average before: {File.ReadAllText("/proc/loadavg").Trim()}");
         // What the two cores can move between them right now with no vism in it: a slow phase of

@@ -24,16 +24,21 @@ public sealed record ChannelOptions
     /// (0: block at once). Default 20 µs.</summary>
     public TimeSpan SpinTime { get; init; } = TimeSpan.FromMicroseconds(20);
 
-    /// <summary>How far a bulk reader stays behind the writer (bytes; 0: off). Default 1 MiB,
-    /// at most half the ring. A read with a buffer of at least 64 KiB that follows a read of at
-    /// least 64 KiB (a stream, not messages) and finds less than this ready while the writer's
-    /// cursor is still moving spins until this much is ready, the cursor has stood still for
-    /// <see cref="ReadGapQuiet"/>, or one quiet time and 1 ms have passed, and then reads. A reader that
-    /// copies each 64 KiB slice as soon as it is published reads lines the writer's core has just
-    /// written, and both sides then run at a third of the speed they reach a megabyte apart
+    /// <summary>How far a bulk reader stays behind the writer (bytes; 0: off). Capped at half the
+    /// ring; the default, <see cref="HalfRing"/>, is always half the ring (2047 KiB in an 8 MiB
+    /// region). A read with a buffer of at least 64 KiB that follows a read of at least 64 KiB (a
+    /// stream, not messages) and finds less than this ready while the writer's cursor is still
+    /// moving spins until this much is ready, the cursor has stood still for
+    /// <see cref="ReadGapQuiet"/>, or one quiet time and 1 ms have passed, and then reads. A reader
+    /// that copies each 64 KiB slice as soon as it is published reads lines the writer's core has
+    /// just written, and both sides then run at a third of the speed they reach megabytes apart
     /// (docs/benchmarks.md, "A bulk reader that keeps its distance"). Small reads and message
     /// reads never wait for it.</summary>
-    public long ReadGap { get; init; } = 1 << 20;
+    public long ReadGap { get; init; } = HalfRing;
+
+    /// <summary>The largest <see cref="ReadGap"/> (1 GiB), and its default: every ring is smaller,
+    /// so the gap in effect is half the ring.</summary>
+    public const long HalfRing = 1L << 30;
 
     /// <summary>How long the writer's cursor may stand still before a reader waiting for
     /// <see cref="ReadGap"/> takes what is there. Default 20 µs (a 64 KiB slice takes 2-7 µs to
@@ -53,7 +58,7 @@ public sealed record ChannelOptions
     {
         if (SpinTime < TimeSpan.Zero || SpinTime > TimeSpan.FromSeconds(1))
             throw new ArgumentOutOfRangeException(nameof(SpinTime), SpinTime, "SpinTime must be between 0 and 1 s");
-        if (ReadGap < 0 || ReadGap > 1L << 30)
+        if (ReadGap < 0 || ReadGap > HalfRing)
             throw new ArgumentOutOfRangeException(nameof(ReadGap), ReadGap, "ReadGap must be between 0 (off) and 1 GiB");
         if (ReadGapQuiet < TimeSpan.FromMicroseconds(1) || ReadGapQuiet > TimeSpan.FromSeconds(1))
             throw new ArgumentOutOfRangeException(nameof(ReadGapQuiet), ReadGapQuiet, "ReadGapQuiet must be between 1 µs and 1 s");

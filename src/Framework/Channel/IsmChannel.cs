@@ -210,7 +210,7 @@ public sealed class IsmChannel : IDisposable, IAsyncDisposable
     /// cursor keeps moving, spin until the gap is ready, the cursor has stood still for
     /// <see cref="ChannelOptions.ReadGapQuiet"/>, or one quiet time and 1 ms have passed. Reading a slice
     /// the moment it is published means reading lines the writer's core has just written, at a
-    /// third of the speed of lines written a megabyte earlier.</summary>
+    /// third of the speed of lines written megabytes earlier.</summary>
     private void AwaitGap(int wanted, CancellationToken cancellation)
     {
         if (ReadGap == 0 || !_bulkRead || wanted < Slice)
