@@ -76,28 +76,18 @@ public static class ChannelBenchmark
         for (int i = 0; i < args.Length; i++)
         {
             string a = args[i];
-            if (a == "--rounds" || a.StartsWith("--rounds=", StringComparison.Ordinal))
+            if (ValueOf("--rounds", ref i) is { } r)
+                rounds = Whole(r, "--rounds", 1, 1000);
+            else if (ValueOf("--memory", ref i) is { } m)
             {
-                string? v = a == "--rounds" ? (i + 1 < args.Length ? args[++i] : null) : a["--rounds=".Length..];
-                rounds = Whole(v ?? throw new ArgumentException("--rounds needs a value"), "--rounds", 1, 1000);
-            }
-            else if (a == "--memory" || a.StartsWith("--memory=", StringComparison.Ordinal))
-            {
-                memory = (a == "--memory" ? (i + 1 < args.Length ? args[++i] : null) : a["--memory=".Length..])
-                    ?? throw new ArgumentException("--memory needs a value");
+                memory = m;
                 if (memory is not ("memfd" or "hugetlb"))
                     throw new ArgumentException($"--memory '{memory}' is not memfd or hugetlb");
             }
-            else if (a == "--read-gap" || a.StartsWith("--read-gap=", StringComparison.Ordinal))
-            {
-                string? v = a == "--read-gap" ? (i + 1 < args.Length ? args[++i] : null) : a["--read-gap=".Length..];
-                readGap = (long)Whole(v ?? throw new ArgumentException("--read-gap needs a value"), "--read-gap KiB", 0, 1 << 20) << 10;
-            }
-            else if (a == "--region-mib" || a.StartsWith("--region-mib=", StringComparison.Ordinal))
-            {
-                string? v = a == "--region-mib" ? (i + 1 < args.Length ? args[++i] : null) : a["--region-mib=".Length..];
-                regionMiB = Whole(v ?? throw new ArgumentException("--region-mib needs a value"), "--region-mib", 1, 256);
-            }
+            else if (ValueOf("--read-gap", ref i) is { } g)
+                readGap = (long)Whole(g, "--read-gap KiB", 0, 1 << 20) << 10;
+            else if (ValueOf("--region-mib", ref i) is { } rm)
+                regionMiB = Whole(rm, "--region-mib", 1, 256);
             else if (a.StartsWith("--", StringComparison.Ordinal))
                 throw new ArgumentException($"unknown option '{a}'");
             else
@@ -120,6 +110,15 @@ public static class ChannelBenchmark
             throw new ArgumentException($"{mib} MiB split over {rounds} rounds leaves less than one {Chunk >> 10} KiB write per round");
         return new Options(transport == "all" ? ["vhost-user", "mmio"] : [transport], mib, trips, loops, events, rounds, memory, readGap, regionMiB);
 
+        // The value of option `name` at args[i] (`name V`, which moves i on, or `name=V`); null when
+        // args[i] is another argument.
+        string? ValueOf(string name, ref int i)
+        {
+            if (args[i] == name)
+                return i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{name} needs a value");
+            return args[i].StartsWith(name + "=", StringComparison.Ordinal) ? args[i][(name.Length + 1)..] : null;
+        }
+
         static int Whole(string value, string what, int min, int max) =>
             int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n >= min && n <= max
                 ? n
@@ -141,8 +140,11 @@ public static class ChannelBenchmark
             new EventPath.Setting(transport, transport, o.Events, o.Loops, 0, true, BusyPollUs: variant == NoSpinBusyPoll ? 200 : 0, Memory: o.Memory), (ulong)o.RegionMiB << 20);
         long bulk = o.MiB > 0 ? BulkPerRound(o.MiB, o.Rounds) : 0;
         int trips = o.Trips / o.Rounds;
+        ulong ringSize = ChannelLayout.RingSize((ulong)o.RegionMiB << 20);
+        long gapInEffect = Math.Min(o.ReadGap < 0 ? new ChannelOptions().ReadGap : o.ReadGap, (long)ringSize / 2);
+        string gapText = o.ReadGap == 0 ? "off" : $"{gapInEffect >> 10} KiB{(o.ReadGap < 0 ? " (the default: half the ring)" : "")}";
         string bulkText = bulk > 0 ? $"{bulk * o.Rounds / (double)(1 << 20):0.##} MiB bulk per side ({o.Rounds} rounds x {bulk / (double)(1 << 20):0.##} MiB, after {BulkWarmup(bulk) / (double)(1 << 20):0.##} MiB warm-up)" : "no bulk";
-        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {o.Events}, {o.Loops} device loop(s), {o.RegionMiB} MiB {o.Memory} region (rings of {ChannelLayout.RingSize((ulong)o.RegionMiB << 20) >> 10} KiB), read gap {(o.ReadGap == 0 ? "off" : $"{Math.Min(o.ReadGap < 0 ? new ChannelOptions().ReadGap : o.ReadGap, (long)ChannelLayout.RingSize((ulong)o.RegionMiB << 20) / 2) >> 10} KiB{(o.ReadGap < 0 ? " (the default: half the ring)" : "")}")}, {bulkText}, "
+        Console.WriteLine($"channel benchmark ({variant}): transport {transport}, events {o.Events}, {o.Loops} device loop(s), {o.RegionMiB} MiB {o.Memory} region (rings of {ringSize >> 10} KiB), read gap {gapText}, {bulkText}, "
             + $"{trips * o.Rounds} round trips of {Message} bytes per phase ({o.Rounds} rounds x {trips}, polling x10, each after {Warmup} warm-up), {o.Rounds} alternating rounds (rounds 1, 3, ... in list order, TCP first; rounds 2, 4, ... reversed); "
             + $"{Environment.ProcessorCount} CPUs; server on CPU 0, client on CPU 1; load average before: {File.ReadAllText("/proc/loadavg").Trim()}");
         // What the two cores can move between them right now with no vism in it: a slow phase of

@@ -197,17 +197,20 @@ public static class EventPath
                 double[] r = [.. p.OneWay.Zip(p.Half, (w, h) => w / h)];
                 Console.WriteLine($"  {name}: notify -> event one-way median {Median(p.OneWay):F1} us over {r.Length} runs, each against half an eventfd round trip measured beside it ({Median(p.Half):F1} us, {p.Half.Min():F1}-{p.Half.Max():F1}): "
                     + $"**{Median(r):F2}x** median of the pairs ({r.Min():F2}-{r.Max():F2}x; at or under 1.3x in {r.Count(x => x <= 1.3)})"
-                    + (results[name].Has("event-hops") && results[name].Get("event-hops") < 0.98 ? $"; not an event figure: {(1 - results[name].Get("event-hops")) * 100:F0} % of the last run's hops had no event (the receiver polled)" : ""));
+                    + NotAnEventFigure(results[name], "the last run's hops"));
             }
             else if (results.TryGetValue(name, out Result? m) && eventfdMedian > 0)
                 Console.WriteLine($"  {name}: notify -> event one-way median {m.Get("oneway-median"):F1} us = {m.Get("oneway-median") / (eventfdMedian / 2):F2}x half an eventfd round trip ({eventfdMedian / 2:F1} us)"
-                    + (m.Has("event-hops") && m.Get("event-hops") < 0.98 ? $"; not an event figure: {(1 - m.Get("event-hops")) * 100:F0} % of hops had no event (the receiver polled)" : ""));
+                    + NotAnEventFigure(m, "hops"));
 
         if (Wanted(o, "stream"))
         {
+            // The cross-core ring with no vism in it, on the streaming CPUs and ring size.
+            CrossCore.Summary Probe(TimeSpan duration) =>
+                CrossCore.Probe(duration, Math.Clamp(o.RegionMiB, 1, 1024), int.Parse(o.CpuA, CultureInfo.InvariantCulture), int.Parse(o.CpuB, CultureInfo.InvariantCulture));
             Console.WriteLine();
             Console.WriteLine($"  load average before streaming: {LoadAverage()}");
-            Console.WriteLine($"  cross-core probe before streaming (2 s, CPUs {o.CpuA} -> {o.CpuB}): {CrossCore.Probe(TimeSpan.FromSeconds(2), Math.Clamp(o.RegionMiB, 1, 1024), int.Parse(o.CpuA, CultureInfo.InvariantCulture), int.Parse(o.CpuB, CultureInfo.InvariantCulture))}");
+            Console.WriteLine($"  cross-core probe before streaming (2 s, CPUs {o.CpuA} -> {o.CpuB}): {Probe(TimeSpan.FromSeconds(2))}");
             (string Name, string Mode)[] streams =
             [
                 ("ISM, event-driven (vq, defaults), notify every 16 chunks", "stream"),
@@ -237,7 +240,7 @@ public static class EventPath
                 {
                     if (k == -2)
                     {
-                        CrossCore.Summary probe = CrossCore.Probe(PairProbe, Math.Clamp(o.RegionMiB, 1, 1024), int.Parse(o.CpuA, CultureInfo.InvariantCulture), int.Parse(o.CpuB, CultureInfo.InvariantCulture));
+                        CrossCore.Summary probe = Probe(PairProbe);
                         pairRing = probe.Ring.Median;
                         rings.Add(pairRing);
                         continue;
@@ -262,7 +265,7 @@ public static class EventPath
                     Console.WriteLine($"  streaming pair {pair + 1}/{pairs}{(pair % 2 == 1 ? " (reversed)" : "")}: memcpy {pairCopy:F1} GB/s, cross-core ring (no vism) {pairRing:F1} GB/s, "
                         + string.Join(", ", streams.Select((x, k) => $"{x.Mode} {pairStreams[k]:F1} GB/s = {pairStreams[k] / pairCopy:F2}x")));
             }
-            Console.WriteLine($"  cross-core probe after streaming (2 s, CPUs {o.CpuA} -> {o.CpuB}): {CrossCore.Probe(TimeSpan.FromSeconds(2), Math.Clamp(o.RegionMiB, 1, 1024), int.Parse(o.CpuA, CultureInfo.InvariantCulture), int.Parse(o.CpuB, CultureInfo.InvariantCulture))}");
+            Console.WriteLine($"  cross-core probe after streaming (2 s, CPUs {o.CpuA} -> {o.CpuB}): {Probe(TimeSpan.FromSeconds(2))}");
             double[] c = [.. copies];
             double cm = Median(c);
             Console.WriteLine();
@@ -306,6 +309,11 @@ public static class EventPath
             oneWay += $" (polled: {(1 - r.Get("event-hops")) * 100:F0} % of hops had no event)";
         Console.WriteLine($"| {name} | {m:F1} us | {r.Get("rtt-p99"):F1} us | {oneWay} | {ratio} | {CostColumns(r)} |");
     }
+
+    /// <summary>"; not an event figure: ..." when fewer than 98 % of <paramref name="r"/>'s hops
+    /// delivered an event (the receiver found the message while polling), else "".</summary>
+    private static string NotAnEventFigure(Result r, string hops) =>
+        r.Has("event-hops") && r.Get("event-hops") < 0.98 ? $"; not an event figure: {(1 - r.Get("event-hops")) * 100:F0} % of {hops} had no event (the receiver polled)" : "";
 
     /// <summary>The last three cells of a row: CPU active and idle (host / A / B) and the first event after idle.</summary>
     private static string CostColumns(Result r)

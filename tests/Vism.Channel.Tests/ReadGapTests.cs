@@ -161,7 +161,7 @@ public sealed class ReadGapTests
     [Fact]
     public async Task TheGapIsAtMostHalfTheRing_AndZeroTurnsItOff()
     {
-        await using ChannelRig rig = await ChannelRig.StartAsync("vhost-user", new ChannelOptions()); // default 1 MiB
+        await using ChannelRig rig = await ChannelRig.StartAsync("vhost-user", new ChannelOptions()); // the default: half the ring
         (IsmChannel a, IsmChannel b) = await rig.PairAsync();
         Assert.Equal(a.RingSize / 2, a.ReadGap);
         Assert.Equal(b.RingSize / 2, b.ReadGap);
