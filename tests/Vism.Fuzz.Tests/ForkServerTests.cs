@@ -14,6 +14,7 @@ namespace Vism.Fuzz.Tests;
 /// ran an earlier, empty read of that file instead, the first counted run left the coverage map
 /// empty and afl-fuzz stopped with "No instrumentation detected" (CI, 2026-12-04).
 /// </summary>
+[Collection(AflCollection.Name)]
 public sealed partial class ForkServerTests : IDisposable
 {
     private const int MapSize = 1 << 16;

@@ -6,6 +6,7 @@ using Xunit.Abstractions;
 namespace Vism.Fuzz.Tests;
 
 /// <summary>The fuzz targets as CI runs them (docs/fuzzing.md).</summary>
+[Collection(AflCollection.Name)]
 public sealed partial class FuzzTargetTests(ITestOutputHelper output)
 {
     private static readonly string Repository = Metadata("VismRepository");
@@ -77,4 +78,12 @@ public sealed partial class FuzzTargetTests(ITestOutputHelper output)
 
     private static string Metadata(string key) =>
         typeof(FuzzTargetTests).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!;
+}
+
+/// <summary>The tests that start fuzz processes run one at a time: afl-fuzz's two-second runs and the
+/// fork-server test each get the machine to themselves (on two cores, one slowed the other).</summary>
+[CollectionDefinition(Name)]
+public sealed class AflCollection
+{
+    public const string Name = "afl";
 }
