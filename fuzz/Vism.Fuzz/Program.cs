@@ -1,4 +1,3 @@
-using Microsoft.Win32.SafeHandles;
 using SharpFuzz;
 
 namespace Vism.Fuzz;
@@ -29,7 +28,7 @@ internal static class Program
             // AFL++ persistent mode over SharpFuzz's fork server. Instrumented code must not run before
             // Fuzzer.Run set up the coverage map: the target is made by the first input.
             IFuzzTarget? fuzzed = null;
-            Fuzzer.Run(stream => (fuzzed ??= create()).Run(AflInput.Read(stream)));
+            Fuzzer.Run(_ => (fuzzed ??= create()).Run(AflInput.Read()));
             fuzzed?.Dispose();
             return 0;
         }
@@ -55,7 +54,6 @@ internal static class Program
 
     private static IEnumerable<string> Expand(string path) =>
         Directory.Exists(path) ? Directory.EnumerateFiles(path).Order(StringComparer.Ordinal) : [path];
-
 }
 
 /// <summary>
@@ -65,50 +63,17 @@ internal static class Program
 /// it, and runs that copy twice: once to warm up (its coverage is discarded) and once as the first
 /// run afl-fuzz counts. When the copy wins the race (on a loaded machine it does), the first counted
 /// run is an empty input, the coverage map stays empty and afl-fuzz stops with "No instrumentation
-/// detected". Reading the file from its start when each run begins gives the input afl-fuzz wrote
-/// for that run; the stream SharpFuzz passes is used only when standard input is not a file.
+/// detected". Reading the file again when each run begins gives the input afl-fuzz wrote for that
+/// run, whatever SharpFuzz read before.
 /// </summary>
 internal static class AflInput
 {
-    /// <summary>The bytes of the file on standard input from its start, or the rest of
-    /// <paramref name="given"/> when standard input cannot be read at an offset (a pipe, a terminal).</summary>
-    public static byte[] Read(Stream given)
-    {
-        using var stdin = new SafeFileHandle(0, ownsHandle: false);
-        try
-        {
-            return FromStart(stdin);
-        }
-        catch (NotSupportedException)
-        {
-            return ReadAll(given);
-        }
-    }
+    /// <summary>Standard input opened anew: a file from its start (a new open file description, so
+    /// the offset SharpFuzz moves on descriptor 0 is neither used nor changed), a pipe to its end.</summary>
+    private const string StandardInput = "/proc/self/fd/0";
 
-    /// <summary>The whole file behind <paramref name="file"/>, read with pread from offset 0 (the
-    /// descriptor's own offset, which SharpFuzz moves, is neither used nor changed).</summary>
-    /// <exception cref="NotSupportedException">The descriptor cannot be read at an offset.</exception>
-    public static byte[] FromStart(SafeFileHandle file)
-    {
-        long length = RandomAccess.GetLength(file);
-        if (length > Array.MaxLength) throw new InvalidDataException($"an input of {length} bytes");
-        var input = new byte[length];
-        int read = 0;
-        while (read < input.Length)
-        {
-            int n = RandomAccess.Read(file, input.AsSpan(read), read);
-            if (n == 0) break;
-            read += n;
-        }
-        return read == input.Length ? input : input[..read];
-    }
-
-    private static byte[] ReadAll(Stream stream)
-    {
-        using var copy = new MemoryStream();
-        stream.CopyTo(copy);
-        return copy.ToArray();
-    }
+    /// <summary>The whole input on standard input.</summary>
+    public static byte[] Read() => File.ReadAllBytes(StandardInput);
 }
 
 /// <summary>One fuzz target: created once per process, then run on many inputs.</summary>

@@ -1,8 +1,9 @@
 using System.Diagnostics;
-using System.Reflection;
 using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
 using Mono.Unix.Native;
 using SharpFuzz;
+using Vism.Native;
 
 namespace Vism.Fuzz.Tests;
 
@@ -18,8 +19,6 @@ namespace Vism.Fuzz.Tests;
 public sealed partial class ForkServerTests : IDisposable
 {
     private const int MapSize = 1 << 16;
-    private static readonly string Repository = Meta("VismRepository");
-    private static readonly string Configuration = Meta("VismConfiguration");
 
     private readonly string _dir = Directory.CreateTempSubdirectory("vism-forkserver").FullName;
 
@@ -51,14 +50,14 @@ public sealed partial class ForkServerTests : IDisposable
             {
                 // Neither open waits for the fork server (a FIFO opened for reading and writing, or for
                 // reading without blocking, opens at once), so every wait below has a time limit.
-                using var control = new Fd(Syscall.open(ctl, OpenFlags.O_RDWR));
-                using var status = new Fd(Syscall.open(st, OpenFlags.O_RDONLY | OpenFlags.O_NONBLOCK));
+                using SafeFileHandle control = Fd.Own(PosixException.Check(Syscall.open(ctl, OpenFlags.O_RDWR), "open ctl"));
+                using SafeFileHandle status = Fd.Own(PosixException.Check(Syscall.open(st, OpenFlags.O_RDONLY | OpenFlags.O_NONBLOCK), "open st"));
                 Assert.Equal(0, ReadInt(status, stderr));
 
                 // afl-fuzz writes the input after the hello; by the time it does here, the driver has
                 // long finished whatever it does before waiting for the go (SharpFuzz's warm-up run).
                 Thread.Sleep(1000);
-                string[] seeds = [.. Directory.GetFiles(Path.Combine(Repository, "fuzz/corpus/vhost-user-session")).Order(StringComparer.Ordinal)];
+                string[] seeds = [.. Directory.GetFiles(Path.Combine(Build.Repository, "fuzz/corpus/vhost-user-session")).Order(StringComparer.Ordinal)];
                 foreach (string seed in seeds.Take(2))
                 {
                     File.WriteAllBytes(input, File.ReadAllBytes(seed));
@@ -85,7 +84,7 @@ public sealed partial class ForkServerTests : IDisposable
     /// scripts/fuzz.sh makes it.</summary>
     private string InstrumentedCopy()
     {
-        string build = Path.Combine(Repository, "fuzz/Vism.Fuzz/bin", Configuration, "net10.0");
+        string build = Path.Combine(Build.Repository, "fuzz/Vism.Fuzz/bin", Build.Configuration, "net10.0");
         string bin = Path.Combine(_dir, "bin");
         foreach (string file in Directory.EnumerateFiles(build, "*", SearchOption.AllDirectories))
         {
@@ -99,14 +98,14 @@ public sealed partial class ForkServerTests : IDisposable
     }
 
     /// <summary>The next 4-byte value on the status pipe, within a minute.</summary>
-    private static int ReadInt(Fd status, Task<string> stderr)
+    private static int ReadInt(SafeFileHandle status, Task<string> stderr)
     {
         var value = new byte[4];
         int got = 0;
         long deadline = Environment.TickCount64 + 60_000;
         while (got < 4)
         {
-            var poll = new[] { new Pollfd { fd = status.Raw, events = PollEvents.POLLIN } };
+            var poll = new[] { new Pollfd { fd = Fd.Raw(status), events = PollEvents.POLLIN } };
             int wait = (int)Math.Max(0, deadline - Environment.TickCount64);
             Assert.True(Syscall.poll(poll, 1, wait) > 0, "the fork server did not answer within a minute");
             long n = Read(status, value.AsSpan(got));
@@ -117,22 +116,22 @@ public sealed partial class ForkServerTests : IDisposable
         return BitConverter.ToInt32(value);
     }
 
-    private static unsafe long Read(Fd fd, Span<byte> into)
+    private static unsafe long Read(SafeFileHandle fd, Span<byte> into)
     {
         fixed (byte* p = into)
         {
             long n;
-            do n = Syscall.read(fd.Raw, p, (ulong)into.Length);
+            do n = Syscall.read(Fd.Raw(fd), p, (ulong)into.Length);
             while (n < 0 && Stdlib.GetLastError() is Errno.EINTR or Errno.EAGAIN);
             return n;
         }
     }
 
-    private static unsafe void Write(Fd control, int value)
+    private static unsafe void Write(SafeFileHandle control, int value)
     {
         byte* p = stackalloc byte[4];
         *(int*)p = value;
-        Assert.Equal(4, Syscall.write(control.Raw, p, 4));
+        Assert.Equal(4, Syscall.write(Fd.Raw(control), p, 4));
     }
 
     private static unsafe void Clear(nint map) => new Span<byte>((void*)map, MapSize).Clear();
@@ -144,23 +143,6 @@ public sealed partial class ForkServerTests : IDisposable
     }
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
-
-    /// <summary>A descriptor this test opened, closed on dispose.</summary>
-    private sealed class Fd : IDisposable
-    {
-        public Fd(int fd)
-        {
-            Assert.True(fd >= 0, $"open: {Stdlib.GetLastError()}");
-            Raw = fd;
-        }
-
-        public int Raw { get; }
-
-        public void Dispose() => Syscall.close(Raw);
-    }
-
-    private static string Meta(string key) =>
-        typeof(ForkServerTests).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!;
 
     private const int IpcPrivate = 0, IpcCreat = 0x200, IpcRmid = 0;
 

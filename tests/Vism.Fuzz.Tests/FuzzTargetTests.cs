@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Reflection;
 using System.Text.RegularExpressions;
 using Xunit.Abstractions;
 
@@ -9,9 +8,6 @@ namespace Vism.Fuzz.Tests;
 [Collection(AflCollection.Name)]
 public sealed partial class FuzzTargetTests(ITestOutputHelper output)
 {
-    private static readonly string Repository = Metadata("VismRepository");
-    private static readonly string Configuration = Metadata("VismConfiguration");
-
     public static TheoryData<string> TargetNames() => [.. Targets.All.Keys];
 
     /// <summary>Every seed (and every input that once crashed a target, kept as a seed) passes its
@@ -20,10 +16,10 @@ public sealed partial class FuzzTargetTests(ITestOutputHelper output)
     [MemberData(nameof(TargetNames))]
     public void Corpus_EverySeed_PassesItsTarget(string target)
     {
-        string corpus = Path.Combine(Repository, "fuzz", "corpus", target);
+        string corpus = Path.Combine(Build.Repository, "fuzz", "corpus", target);
         string[] seeds = Directory.GetFiles(corpus);
         Assert.NotEmpty(seeds);
-        Environment.SetEnvironmentVariable("VISM_FUZZ_PLUGINS", Path.Combine(Repository, "src/Framework/Host/bin", Configuration, "net10.0/plugins"));
+        Environment.SetEnvironmentVariable("VISM_FUZZ_PLUGINS", Path.Combine(Build.Repository, "src/Framework/Host/bin", Build.Configuration, "net10.0/plugins"));
         using IFuzzTarget t = Targets.All[target]();
         var failures = new List<string>();
         foreach (string seed in seeds)
@@ -47,14 +43,14 @@ public sealed partial class FuzzTargetTests(ITestOutputHelper output)
     {
         bool root = Environment.UserName == "root";
         Skip.IfNot(root || File.Exists("/usr/bin/afl-fuzz"), "AFL++ is not installed and cannot be installed without root");
-        var psi = new ProcessStartInfo("bash", [Path.Combine(Repository, "scripts/fuzz.sh"), "all", "2"])
+        var psi = new ProcessStartInfo("bash", [Path.Combine(Build.Repository, "scripts/fuzz.sh"), "all", "2"])
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
-            WorkingDirectory = Repository,
+            WorkingDirectory = Build.Repository,
         };
         psi.Environment["VISM_FUZZ_NO_BUILD"] = "1";
-        psi.Environment["VISM_FUZZ_CONFIGURATION"] = Configuration;
+        psi.Environment["VISM_FUZZ_CONFIGURATION"] = Build.Configuration;
         using Process p = Process.Start(psi)!;
         Task<string> stderr = p.StandardError.ReadToEndAsync();
         string stdout = p.StandardOutput.ReadToEnd();
@@ -75,9 +71,6 @@ public sealed partial class FuzzTargetTests(ITestOutputHelper output)
 
     [GeneratedRegex(@"^fuzz: \S+: \d+s, (?<execs>\d+) execs \(.*\), (?<edges>\d+) edges, \d+ paths, (?<crashes>\d+) crashes, (?<hangs>\d+) hangs")]
     private static partial Regex Summary();
-
-    private static string Metadata(string key) =>
-        typeof(FuzzTargetTests).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!;
 }
 
 /// <summary>The tests that start fuzz processes run one at a time: afl-fuzz's two-second runs and the
